@@ -1,0 +1,1 @@
+"""Capture clients: webcam / video / recording -> landmarks -> server -> frames."""

@@ -1,0 +1,1 @@
+"""Networks, presets, checkpoints and the landmark -> label-map renderers shared by training and serving."""

@@ -1,0 +1,166 @@
+"""Landmark topology tables (MediaPipe Pose and Face Mesh) used by the label-map renderers.
+
+Plain Python tables only: this module must import neither mediapipe nor cv2 (it is loaded by
+the live server and by training workers).  The face polylines were derived once, offline, by
+chaining the edges of mediapipe's ``face_mesh_connections`` sets into ordered paths;
+``tests/test_render.py`` checks them (and ``POSE_CONNECTIONS``) against mediapipe.
+
+Landmark convention (whole project): float32 ``(K, 3)``; x, y normalised to [0, 1] of the
+target image (x right, y down); 3rd value = visibility in [0, 1] (pose) or z (face mesh).
+Missing landmarks are NaN.  "Left" is the person's left.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+# --------------------------------------------------------------------------------------------
+# Pose (MediaPipe Pose / BlazePose, 33 landmarks)
+# --------------------------------------------------------------------------------------------
+
+POSE_NUM_LANDMARKS = 33
+
+POSE_LANDMARK_NAMES: tuple[str, ...] = (
+    "nose",
+    "left_eye_inner", "left_eye", "left_eye_outer",
+    "right_eye_inner", "right_eye", "right_eye_outer",
+    "left_ear", "right_ear",
+    "mouth_left", "mouth_right",
+    "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist",
+    "left_pinky", "right_pinky",
+    "left_index", "right_index",
+    "left_thumb", "right_thumb",
+    "left_hip", "right_hip",
+    "left_knee", "right_knee",
+    "left_ankle", "right_ankle",
+    "left_heel", "right_heel",
+    "left_foot_index", "right_foot_index",
+)
+POSE_INDEX: MappingProxyType = MappingProxyType({n: i for i, n in enumerate(POSE_LANDMARK_NAMES)})
+
+# Landmarks that belong to the head (jittered together by the head augmentation).
+POSE_HEAD_LANDMARKS: tuple[int, ...] = tuple(range(0, 11))
+
+# Identical to mediapipe's ``mp.solutions.pose.POSE_CONNECTIONS`` (35 edges).
+POSE_CONNECTIONS: frozenset[tuple[int, int]] = frozenset({
+    (0, 1), (1, 2), (2, 3), (3, 7), (0, 4), (4, 5), (5, 6), (6, 8), (9, 10),
+    (11, 12), (11, 13), (13, 15), (15, 17), (15, 19), (15, 21), (17, 19),
+    (12, 14), (14, 16), (16, 18), (16, 20), (16, 22), (18, 20),
+    (11, 23), (12, 24), (23, 24), (23, 25), (24, 26), (25, 27), (26, 28),
+    (27, 29), (28, 30), (29, 31), (30, 32), (27, 31), (28, 32),
+})
+
+# Derived points appended after the 33 real landmarks when rendering: index -> the landmarks
+# it is the midpoint of.  A derived point exists only if all of its sources are present.
+POSE_NECK = 33
+POSE_DERIVED_POINTS: MappingProxyType = MappingProxyType({POSE_NECK: (11, 12)})  # mid-shoulder
+POSE_NUM_POINTS = POSE_NUM_LANDMARKS + len(POSE_DERIVED_POINTS)
+
+# Limb segments of the colour-coded "dance" label map (vid2vid / OpenPose style), in draw order
+# (later segments are drawn on top): torso, legs, feet, arms, hands, neck and head.
+POSE_LIMB_NAMES: tuple[str, ...] = (
+    "left_torso", "right_torso", "shoulders", "hips",
+    "left_upper_leg", "left_lower_leg", "right_upper_leg", "right_lower_leg",
+    "left_ankle_heel", "left_heel_toe", "right_ankle_heel", "right_heel_toe",
+    "left_upper_arm", "left_lower_arm", "right_upper_arm", "right_lower_arm",
+    "left_hand_index", "left_hand_pinky", "left_hand_thumb",
+    "right_hand_index", "right_hand_pinky", "right_hand_thumb",
+    "neck", "left_eye", "left_ear", "right_eye", "right_ear",
+)
+POSE_LIMBS: tuple[tuple[int, int], ...] = (
+    (11, 23), (12, 24), (11, 12), (23, 24),
+    (23, 25), (25, 27), (24, 26), (26, 28),
+    (27, 29), (29, 31), (28, 30), (30, 32),
+    (11, 13), (13, 15), (12, 14), (14, 16),
+    (15, 19), (15, 17), (15, 21),
+    (16, 20), (16, 18), (16, 22),
+    (POSE_NECK, 0), (0, 2), (2, 7), (0, 5), (5, 8),
+)
+# One distinct RGB colour per limb: fully saturated hues on a 12-degree grid (30 hues, so pure
+# primaries/secondaries are on it and any two colours differ by >= 51 in some channel), assigned
+# with hue step 11/30 so neighbouring limbs and left/right counterparts get clearly different hues.
+POSE_LIMB_COLORS: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 0), (0, 255, 51), (102, 0, 255), (255, 153, 0),
+    (0, 255, 204), (255, 0, 255), (204, 255, 0), (0, 153, 255),
+    (255, 0, 102), (51, 255, 0), (0, 0, 255), (255, 51, 0),
+    (0, 255, 102), (153, 0, 255), (255, 204, 0), (0, 255, 255),
+    (255, 0, 204), (153, 255, 0), (0, 102, 255),
+    (255, 0, 51), (0, 255, 0), (51, 0, 255),
+    (255, 102, 0), (0, 255, 153), (204, 0, 255), (255, 255, 0), (0, 204, 255),
+)
+
+
+def _joint_colors() -> dict[int, tuple[int, int, int]]:
+    """Joint disk colour = colour of the first limb ending at the joint (else first touching it)."""
+    colors: dict[int, tuple[int, int, int]] = {}
+    for (a, b), c in zip(POSE_LIMBS, POSE_LIMB_COLORS):
+        colors.setdefault(b, c)
+    for (a, b), c in zip(POSE_LIMBS, POSE_LIMB_COLORS):
+        colors.setdefault(a, c)
+    return dict(sorted(colors.items()))
+
+
+# Colour of the joint disk drawn at every endpoint of a drawn limb (point index -> RGB).
+POSE_JOINT_COLORS: MappingProxyType = MappingProxyType(_joint_colors())
+
+assert len(POSE_LANDMARK_NAMES) == POSE_NUM_LANDMARKS
+assert len(POSE_LIMBS) == len(POSE_LIMB_COLORS) == len(POSE_LIMB_NAMES)
+assert len(set(POSE_LIMB_COLORS)) == len(POSE_LIMB_COLORS)
+
+# --------------------------------------------------------------------------------------------
+# Face (MediaPipe Face Mesh, 468 landmarks; 478 with refined irises)
+# --------------------------------------------------------------------------------------------
+
+FACE_NUM_LANDMARKS = 468
+FACE_NUM_LANDMARKS_REFINED = 478
+
+# group name -> ordered polylines (tuples of landmark indices).  A closed curve repeats its first
+# index at the end, so consecutive pairs of every polyline are exactly mediapipe's edges:
+#   face_oval      = FACEMESH_FACE_OVAL
+#   left_eyebrow   = FACEMESH_LEFT_EYEBROW   (lower and upper edge)
+#   right_eyebrow  = FACEMESH_RIGHT_EYEBROW
+#   left_eye       = FACEMESH_LEFT_EYE       (closed, starting at the outer corner)
+#   right_eye      = FACEMESH_RIGHT_EYE
+#   nose           = FACEMESH_NOSE           (bridge 168 -> 2, then the closed nostril/base curve
+#                                             through the tip 4 and subnasale 2)
+#   lips_outer + lips_inner = FACEMESH_LIPS  (both closed, starting at the mouth corner)
+FACE_CONTOURS: MappingProxyType = MappingProxyType({
+    "face_oval": (
+        (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+         152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109, 10),
+    ),
+    "left_eyebrow": (
+        (276, 283, 282, 295, 285),
+        (300, 293, 334, 296, 336),
+    ),
+    "right_eyebrow": (
+        (46, 53, 52, 65, 55),
+        (70, 63, 105, 66, 107),
+    ),
+    "left_eye": (
+        (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466, 263),
+    ),
+    "right_eye": (
+        (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246, 33),
+    ),
+    "nose": (
+        (168, 6, 197, 195, 5, 4, 1, 19, 94, 2),
+        (4, 45, 220, 115, 48, 64, 98, 97, 2, 326, 327, 294, 278, 344, 440, 275, 4),
+    ),
+    "lips_outer": (
+        (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40,
+         185, 61),
+    ),
+    "lips_inner": (
+        (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80,
+         191, 78),
+    ),
+})
+FACE_CONTOUR_GROUPS: tuple[str, ...] = tuple(FACE_CONTOURS)
+# Groups whose polylines are closed curves.
+FACE_CLOSED_GROUPS: frozenset[str] = frozenset(
+    g for g, lines in FACE_CONTOURS.items() if all(p[0] == p[-1] for p in lines))
+
+assert all(i < FACE_NUM_LANDMARKS for lines in FACE_CONTOURS.values() for p in lines for i in p)

@@ -1,0 +1,158 @@
+"""Model presets: small config dataclasses registered by name.
+
+A preset fully describes a model (generator + discriminators + which labels it reads). The config is saved
+as JSON next to the weights, so a checkpoint rebuilds its networks without any other code or options.
+
+    >>> cfg = get_preset("dance", size=128)
+    >>> cfg.label_nc, cfg.history_frames
+    (3, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .render import label_channels
+
+_PRESETS: dict[str, Callable[[], "ModelConfig"]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str                         # preset name this config came from
+    kind: str                         # label kind: "dance" (pose skeleton) or "face" (face-mesh contours)
+    size: int = 256                   # square frame side in pixels (height = width)
+    history_frames: int = 2           # L: previous generated frames (and L previous label maps) fed to G; 0 = per-frame
+    # Generator.
+    ngf: int = 32                     # channels after the first 7x7 conv of each encoder; doubled per downsample
+    n_downsample: int = 3             # stride-2 convs in each encoder (and upsamplings in each decoder)
+    n_blocks: int = 6                 # residual blocks on the summed encoder features (image branch)
+    n_blocks_flow: int = 2            # extra residual blocks in the flow/mask branch
+    max_ngf: int = 512                # channel cap
+    norm: str = "instance"            # "instance" | "batch" | "none"
+    flow_max_px: float = 0.0          # |flow| bound in pixels via tanh (0: unbounded, linear head)
+    n_local: int = 0                  # coarse-to-fine local enhancers (0: global generator only)
+    # Discriminators.
+    ndf: int = 32                     # first-layer channels of every PatchGAN (vid2vid: 64)
+    d_layers: int = 3                 # stride-2 layers per PatchGAN
+    d_scales: int = 2                 # spatial scales of the image discriminator
+    temporal_frames: int = 3          # K consecutive frames judged by the temporal discriminator
+    temporal_spacings: tuple = (1, 3) # frame spacings of the temporal discriminators (one D per spacing)
+    face_crop_d: bool = False         # reserved: vid2vid's face-crop D for dance models (not built yet)
+
+    @property
+    def label_nc(self) -> int:
+        """Channels of one frame's label map."""
+        return label_channels(self.kind)
+
+    @property
+    def is_temporal(self) -> bool:
+        return self.history_frames > 0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["temporal_spacings"] = list(self.temporal_spacings)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        d = dict(d)
+        if "temporal_spacings" in d:
+            d["temporal_spacings"] = tuple(int(s) for s in d["temporal_spacings"])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **changes) -> "ModelConfig":
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.kind not in ("dance", "face"):
+            raise ValueError(f"kind must be 'dance' or 'face', got {self.kind!r}")
+        step = 2 ** (self.n_downsample + self.n_local)
+        if self.size < 16 or self.size % step:
+            raise ValueError(f"size {self.size} must be >= 16 and a multiple of {step} "
+                             f"(2^(n_downsample + n_local))")
+        if self.history_frames < 0:
+            raise ValueError("history_frames must be >= 0")
+        if self.norm not in ("instance", "batch", "none"):
+            raise ValueError(f"norm must be instance|batch|none, got {self.norm!r}")
+        if self.temporal_frames < 2:
+            raise ValueError("temporal_frames must be >= 2")
+
+
+def register_preset(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+    """Decorator: register a zero-argument function returning a ModelConfig under its config's name."""
+    cfg = fn()
+    if cfg.name in _PRESETS:
+        raise ValueError(f"preset {cfg.name!r} registered twice")
+    cfg.validate()
+    _PRESETS[cfg.name] = fn
+    return fn
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """The named preset, with fields overridden (e.g. ``size=128``)."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    cfg = _PRESETS[name]()
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["ngf=16", "norm=batch", "temporal_spacings=1,3"]`` -> typed dict, checked against ModelConfig."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields or key == "name":
+            raise ValueError(f"bad override {item!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(k for k in fields if k != 'name')}")
+        default = getattr(_PRESETS["dance"](), key)
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            out[key] = int(value)
+        elif isinstance(default, float):
+            out[key] = float(value)
+        elif isinstance(default, tuple):
+            out[key] = tuple(int(v) for v in value.split(",") if v)
+        else:
+            out[key] = value
+    return out
+
+
+# -- the presets -------------------------------------------------------------------------------------
+# The published vid2vid models use ngf 128 (pose) / 64 (face), 9 blocks, 512-2048 px, and train for days on
+# V100s. These defaults keep the same structure at a size that trains on a CPU or a single consumer GPU;
+# scale them up with overrides (``--set ngf=64 --set n_blocks=9 --size 512``).
+
+@register_preset
+def _dance() -> ModelConfig:
+    """Full-body dance model: pose skeleton labels, L = 2 history frames, flow + occlusion mask."""
+    return ModelConfig(name="dance", kind="dance", size=256, history_frames=2, ngf=32, n_downsample=3,
+                       n_blocks=6, n_blocks_flow=2)
+
+
+@register_preset
+def _dance_perframe() -> ModelConfig:
+    """pix2pixHD-style baseline: the dance generator with no history (no flow, no mask)."""
+    return dataclasses.replace(_dance(), name="dance-perframe", history_frames=0)
+
+
+@register_preset
+def _face() -> ModelConfig:
+    """Talking-face model: face-mesh edge + distance-transform labels."""
+    return ModelConfig(name="face", kind="face", size=256, history_frames=2, ngf=32, n_downsample=3,
+                       n_blocks=6, n_blocks_flow=2)

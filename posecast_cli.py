@@ -1,0 +1,146 @@
+"""``posecast`` — the one command-line entry. Each subcommand imports its heavy modules lazily."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_synth(args) -> int:
+    from trainer.synth import synthesize
+
+    out = synthesize(args.out, seed=args.seed, num_frames=args.frames, size=args.size, fps=args.fps,
+                     clip_frames=args.clip_frames, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {out} ({args.frames} frames, {args.size}px, seed {args.seed})")
+    return 0
+
+
+def _cmd_prepare(args) -> int:
+    from trainer.prepare import prepare_video
+
+    report = prepare_video(args.video, args.out, kind=args.kind, size=args.size, start=args.start,
+                           max_frames=args.max_frames, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {report.out}: {report.frames_written} of {report.frames_read} frames in "
+          f"{len(report.clips)} clip(s), {report.seconds:.1f}s")
+    if report.missing:
+        shown = ", ".join(map(str, report.missing[:20])) + (" ..." if len(report.missing) > 20 else "")
+        print(f"no {'person' if args.kind == 'dance' else 'face'} found in {len(report.missing)} frame(s): {shown}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from models.presets import get_preset, parse_overrides
+    from trainer.clips import parse_frame_range
+    from trainer.train import TrainConfig, Trainer
+
+    overrides = parse_overrides(args.set or [])
+    if args.size:
+        overrides["size"] = args.size
+    cfg = get_preset(args.preset, **overrides)
+    tc = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, device=args.device,
+                     seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
+                     checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+                     gan_mode=args.gan_mode, frame_range=parse_frame_range(args.frames))
+    trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    result = trainer.run()
+    print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
+          f"({result['it_per_s']:.2f} it/s on {trainer.device}); checkpoint {result['checkpoint']}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from trainer.clips import parse_frame_range
+    from trainer.evaluate import evaluate
+
+    video = None if args.no_video else (args.video or str(Path(args.run) / "eval.mp4"))
+    res = evaluate(args.run, args.data, frame_range=parse_frame_range(args.frames), video=video,
+                   max_frames=args.max_frames, device=args.device, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['preset']} {res['size']}px on {res['frames']} frames: PSNR {res['psnr']:.2f} dB, "
+              f"SSIM {res['ssim']:.3f}, flicker {res['flicker']:.2f} (real clip: {res['flicker_real']:.2f})")
+        if video:
+            print(f"side-by-side video (label | generated | real): {video}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posecast", description="Streaming real-time pose-to-video (vid2vid).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="write the built-in synthetic dancer dataset")
+    s.add_argument("--out", required=True, help="dataset folder to write")
+    s.add_argument("--seed", type=int, default=0, help="motion/appearance seed (default 0)")
+    s.add_argument("--frames", type=int, default=300, help="number of frames (default 300)")
+    s.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
+    s.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
+    s.add_argument("--clip-frames", type=int, default=None, help="split into clips of this many frames")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_synth)
+
+    s = sub.add_parser("prepare", help="turn a video into a training dataset (MediaPipe landmarks + optical flow)")
+    s.add_argument("video", help="input video file")
+    s.add_argument("--kind", required=True, choices=["dance", "face"], help="pose (dance) or face-mesh (face)")
+    s.add_argument("--out", required=True, help="dataset folder to write")
+    s.add_argument("--size", type=int, default=256, help="output frame side in pixels (default 256)")
+    s.add_argument("--start", type=int, default=0, help="first source frame to use (default 0)")
+    s.add_argument("--max-frames", type=int, default=None, help="use at most this many source frames")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_prepare)
+
+    s = sub.add_parser("train", help="train a vid2vid model on a dataset")
+    s.add_argument("--data", required=True, help="dataset folder (from synth or prepare)")
+    s.add_argument("--preset", default="dance", help="model preset (dance, dance-perframe, face, ...)")
+    s.add_argument("--out", required=True, help="run folder (checkpoints, config, TensorBoard logs)")
+    s.add_argument("--size", type=int, default=None, help="override the preset's frame side in pixels")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field (repeatable)")
+    s.add_argument("--iterations", type=int, default=2000, help="generator updates (default 2000)")
+    s.add_argument("--batch-size", type=int, default=1, help="clips per iteration (default 1)")
+    s.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    s.add_argument("--max-clip-frames", type=int, default=8, help="clip length T grows up to this (default 8)")
+    s.add_argument("--gan-mode", choices=["lsgan", "hinge"], default="lsgan", help="GAN loss (default lsgan)")
+    s.add_argument("--frames", default=None, metavar="START:STOP", help="train on these dataset frames only")
+    s.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (default: none)")
+    s.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
+    s.add_argument("--sample-every", type=int, default=200, help="iterations between TensorBoard sample grids")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--resume", action="store_true", help="continue from RUN/latest.*")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a trained model on held-out clips (PSNR, SSIM, flicker)")
+    s.add_argument("run", help="run folder or checkpoint .json")
+    s.add_argument("--data", required=True, help="dataset folder with held-out clips")
+    s.add_argument("--frames", default=None, metavar="START:STOP", help="evaluate on these dataset frames only")
+    s.add_argument("--max-frames", type=int, default=None, help="evaluate at most this many frames")
+    s.add_argument("--video", default=None, help="side-by-side mp4 path (default RUN/eval.mp4)")
+    s.add_argument("--no-video", action="store_true", help="do not write the side-by-side video")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    s.add_argument("--json", action="store_true", help="print one JSON object (psnr, ssim, flicker, flicker_real, frames)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        # Expected failures (bad input files, bad options) get one clear line, not a traceback.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"posecast {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Networks: every preset's generator and discriminators run forward and backward on CPU without NaNs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_generator, read_checkpoint, save_checkpoint
+from models.discriminators import ImageDiscriminator, TemporalDiscriminator
+from models.generator import Generator
+from models.presets import ModelConfig, get_preset, list_presets, parse_overrides
+from models.warp import compose_flows, warp
+
+SMALL = dict(size=32, ngf=8, ndf=8)
+
+
+def _inputs(cfg: ModelConfig, batch: int = 2):
+    g = torch.Generator().manual_seed(0)
+    L, C, S = cfg.history_frames, cfg.label_nc, cfg.size
+    labels = torch.rand(batch, (L + 1) * C, S, S, generator=g)
+    prev = torch.rand(batch, L * 3, S, S, generator=g) * 2 - 1
+    return labels, prev
+
+
+def test_registry_has_the_required_presets():
+    assert {"dance", "dance-perframe", "face"} <= set(list_presets())
+    assert get_preset("dance-perframe").history_frames == 0
+    assert get_preset("dance").history_frames == 2
+    assert get_preset("face").label_nc > 3
+    with pytest.raises(KeyError, match="unknown preset 'nope'"):
+        get_preset("nope")
+
+
+@pytest.mark.parametrize("name", list_presets())
+@pytest.mark.parametrize("n_local", [0, 1])
+def test_generator_and_discriminators_forward_backward(name, n_local):
+    cfg = get_preset(name, n_local=n_local, **SMALL)
+    G, D = Generator(cfg), ImageDiscriminator(cfg)
+    labels, prev = _inputs(cfg)
+    frame, flow, mask = G(labels, prev if cfg.history_frames else None)
+    assert frame.shape == (2, 3, 32, 32) and flow.shape == (2, 2, 32, 32) and mask.shape == (2, 1, 32, 32)
+    assert frame.abs().max() <= 1.0 and 0.0 <= mask.min() and mask.max() <= 1.0
+    d_out = D(labels[:, -cfg.label_nc:], frame)
+    assert len(d_out) == cfg.d_scales
+    loss = frame.square().mean() + sum(s[-1].mean() for s in d_out)
+    if cfg.is_temporal:
+        DT = TemporalDiscriminator(cfg)
+        k = cfg.temporal_frames
+        for si in range(len(cfg.temporal_spacings)):
+            t_out = DT(torch.cat([frame] * k, 1), torch.cat([flow] * (k - 1), 1), si)
+            loss = loss + t_out[0][-1].mean()
+    loss.backward()
+    for net in (G, D):
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads, "no gradients reached the network"
+        assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(frame).all()
+
+
+def test_generator_rejects_wrong_shapes():
+    cfg = get_preset("dance", **SMALL)
+    G = Generator(cfg)
+    labels, prev = _inputs(cfg)
+    with pytest.raises(ValueError, match="expected shape"):
+        G(labels[:, :3], prev)
+    with pytest.raises(ValueError, match="needs previous frames"):
+        G(labels, None)
+
+
+def test_output_blends_warped_previous_and_hallucination():
+    """frame = m * warp(prev, flow) + (1 - m) * h: forcing the mask to 1 and the flow to 0 copies prev."""
+    cfg = get_preset("dance", **SMALL)
+    G = Generator(cfg)
+    with torch.no_grad():
+        G.head_mask.weight.zero_()
+        G.head_mask.bias.fill_(50.0)   # sigmoid -> 1
+        G.head_flow.weight.zero_()
+        G.head_flow.bias.zero_()       # zero flow
+    labels, prev = _inputs(cfg)
+    frame, flow, mask = G(labels, prev)
+    assert torch.allclose(frame, prev[:, -3:], atol=1e-5)
+
+
+def test_zero_flow_warp_is_identity_and_shift_moves_pixels():
+    x = torch.rand(1, 3, 16, 20)
+    assert torch.allclose(warp(x, torch.zeros(1, 2, 16, 20)), x, atol=1e-6)
+    flow = torch.zeros(1, 2, 16, 20)
+    flow[:, 0] = 2.0  # out(p) = x(p + (2, 0))
+    assert torch.allclose(warp(x, flow)[..., :, :-2], x[..., :, 2:], atol=1e-5)
+    # Two constant shifts compose into their sum (away from the border).
+    total = compose_flows([flow, flow])
+    assert torch.allclose(total[:, 0, :, :-4], torch.full((1, 16, 16), 4.0), atol=1e-5)
+    assert torch.allclose(total[:, 1], torch.zeros(1, 16, 20), atol=1e-6)
+
+
+def test_config_round_trip_and_overrides():
+    cfg = get_preset("face", size=64)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert parse_overrides(["ngf=16", "norm=batch", "temporal_spacings=1,2"]) == \
+        {"ngf": 16, "norm": "batch", "temporal_spacings": (1, 2)}
+    with pytest.raises(ValueError, match="bad override"):
+        parse_overrides(["nonsense=1"])
+    with pytest.raises(ValueError, match="multiple of"):
+        get_preset("dance", size=100)
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**cfg.to_dict(), "extra": 1})
+
+
+def test_checkpoint_round_trip_in_a_process_without_trainer(tmp_path):
+    cfg = get_preset("dance", **SMALL)
+    G = Generator(cfg).eval()
+    save_checkpoint(tmp_path / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg, {"note": "x"})
+    labels, prev = _inputs(cfg, 1)
+    with torch.no_grad():
+        ref = G(labels, prev)[0]
+    G2, meta = load_generator(tmp_path)
+    assert meta == {"note": "x"}
+    with torch.no_grad():
+        assert torch.equal(G2(labels, prev)[0], ref)
+    # A fresh interpreter loads it with the inference-side imports only: trainer/ stays unimported.
+    code = ("import sys; from models.checkpoint import load_generator; load_generator(sys.argv[1]); "
+            "bad = [m for m in sys.modules if m == 'trainer' or m.startswith('trainer.')]; "
+            "assert not bad, bad; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path):
+    cfg = get_preset("dance", **SMALL)
+    G = Generator(cfg)
+    state = {f"G.{k}": v for k, v in G.state_dict().items()}
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "missing.json")
+    save_checkpoint(tmp_path / "a", state, cfg)
+    # Weights of another config.
+    save_checkpoint(tmp_path / "b", state, cfg.replace(ngf=16))
+    with pytest.raises(CheckpointError, match="do not match the config"):
+        load_generator(tmp_path / "b.json")
+    # Corrupt weights.
+    (tmp_path / "c.json").write_text((tmp_path / "a.json").read_text())
+    (tmp_path / "c.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="unreadable safetensors"):
+        load_generator(tmp_path / "c.json")
+    # Not a checkpoint at all.
+    (tmp_path / "d.json").write_text('{"hello": 1}')
+    with pytest.raises(CheckpointError, match="not a posecast checkpoint"):
+        load_generator(tmp_path / "d.json")
+    (tmp_path / "e.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_generator(tmp_path / "e.json")
+    # No temp files left behind by the atomic writes.
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,0 +1,249 @@
+"""Landmark extraction, DIS flow ground truth and ``prepare_video`` (video -> dataset). CPU only, < 60 s.
+
+Tests on real footage read ``$POSECAST_SHARED_DATA`` (default ``<repo>/../shared/data``) and skip when absent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from trainer.dataset import Dataset
+from trainer.flow import FlowEstimator, backward_flow, warp_backward
+from trainer.prepare import PrepareError, crop_resize, map_landmarks, prepare_video
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("POSECAST_SHARED_DATA", REPO.parent / "shared" / "data"))
+MESSI = SHARED / "messi5.jpg"
+MEGAMIND = SHARED / "Megamind.avi"
+
+needs_messi = pytest.mark.skipif(not MESSI.is_file(), reason=f"shared data {MESSI} not found")
+needs_megamind = pytest.mark.skipif(not MEGAMIND.is_file(), reason=f"shared data {MEGAMIND} not found")
+
+
+def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 2.0)
+    return cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX)
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float = 12.0) -> None:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened(), "OpenCV cannot write mp4v here"
+    for f in frames:
+        writer.write(f)
+    writer.release()
+
+
+# ---------------------------------------------------------------------------------------------------------- flow
+
+@pytest.mark.parametrize("dx,dy", [(3, -2), (-1.5, 4.25)])
+def test_backward_flow_recovers_known_shift(dx, dy):
+    big = _texture(300, 300)
+    prev = big[22:278, 22:278].copy()
+    # cur(p) = prev(p + d): sample the big texture shifted by d (sub-pixel via warpAffine).
+    m = np.float32([[1, 0, 22 + dx], [0, 1, 22 + dy]])
+    cur = cv2.warpAffine(big, m, (256, 256), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    flow, conf = backward_flow(prev, cur)
+    assert flow.shape == (256, 256, 2) and flow.dtype == np.float32
+    assert conf.shape == (256, 256) and conf.dtype == np.float32
+    assert 0.0 <= conf.min() and conf.max() <= 1.0
+    inner = (slice(16, -16), slice(16, -16))
+    err = np.hypot(flow[..., 0][inner] - dx, flow[..., 1][inner] - dy)
+    assert np.median(err) < 0.5
+    assert conf[inner].mean() > 0.9
+    # Convention: cur(p) ~ prev(p + flow(p)).
+    warped = warp_backward(prev, flow)
+    assert np.abs(warped[inner].astype(int) - cur[inner]).mean() < 3.0
+    assert np.abs(prev[inner].astype(int) - cur[inner]).mean() > 10.0  # the shift is not trivially small
+
+
+def test_flow_confidence_drops_at_disocclusions():
+    bg, square = _texture(128, 128, seed=1), _texture(48, 48, seed=2)
+    prev, cur = bg.copy(), bg.copy()
+    prev[40:88, 30:78] = square
+    cur[40:88, 42:90] = square                    # the square moves 12 px right over a static background
+    flow, conf = FlowEstimator()(prev, cur)
+    assert conf[5:30, 5:30].mean() > 0.9          # static background: consistent
+    assert conf[45:83, 50:85].mean() > 0.9        # moving square: consistent ...
+    assert np.median(flow[45:83, 50:85, 0]) == pytest.approx(-12, abs=0.5)   # ... and flow points back to it
+    assert conf[45:83, 31:41].mean() < 0.5        # background uncovered in cur: no correspondence in prev
+
+
+def test_flow_rejects_mismatched_frames():
+    with pytest.raises(ValueError):
+        backward_flow(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 40, 3), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- crop geometry
+
+def test_crop_resize_and_landmark_mapping_agree():
+    img = np.zeros((200, 300, 3), np.uint8)
+    cv2.circle(img, (210, 70), 6, (255, 255, 255), -1)       # a dot at (210, 70) pixels (continuous 210.5, 70.5)
+    for box, size in [((200.0, 80.0, 120.0), 64), ((150.0, 100.0, 400.0), 64), ((205.0, 75.0, 30.0), 96)]:
+        out = crop_resize(img, box, size)
+        assert out.shape == (size, size, 3)
+        lm = np.array([[210.5 / 300, 70.5 / 200, 1.0]], np.float32)
+        u, v = map_landmarks(lm, box, 300, 200, "dance")[0, :2] * size
+        ys, xs = np.nonzero(out[..., 0] > 127)
+        assert abs(xs.mean() + 0.5 - u) < 1.0 and abs(ys.mean() + 0.5 - v) < 1.0
+
+
+# -------------------------------------------------------------------------------------------------- bad inputs
+
+def test_missing_video(tmp_path):
+    path = tmp_path / "nope.mp4"
+    with pytest.raises(PrepareError, match="nope.mp4"):
+        prepare_video(path, tmp_path / "out", kind="dance", progress=False)
+
+
+def test_text_file_is_not_a_video(tmp_path):
+    path = tmp_path / "notes.mp4"
+    path.write_text("this is not a video\n" * 20)
+    with pytest.raises(PrepareError, match="notes.mp4"):
+        prepare_video(path, tmp_path / "out", kind="dance", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_videos(tmp_path):
+    frames = [_texture(96, 128, seed=i) for i in range(30)]
+    full = tmp_path / "full.mp4"
+    _write_video(full, frames)
+    data = full.read_bytes()
+    # mp4 cut in half: the index (moov atom) is at the end, the file no longer opens.
+    half = tmp_path / "half.mp4"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PrepareError, match="half.mp4"):
+        prepare_video(half, tmp_path / "o1", kind="dance", progress=False)
+    # AVI cut short: it opens and the header still declares every frame, but decoding stops early.
+    avi = tmp_path / "full.avi"
+    writer = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), 12, (128, 96))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    short = tmp_path / "short.avi"
+    short.write_bytes(avi.read_bytes()[: avi.stat().st_size // 3])
+    with pytest.raises(PrepareError, match="short.avi.*(corrupt|truncated)"):
+        prepare_video(short, tmp_path / "o2", kind="dance", progress=False)
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o2.partial").exists()
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(PrepareError, match="kind"):
+        prepare_video(tmp_path / "x.mp4", tmp_path / "out", kind="hands", progress=False)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(FileExistsError):
+        prepare_video(tmp_path / "x.mp4", tmp_path / "exists", kind="dance", progress=False)
+
+
+def test_landmarks_module_imports_without_mediapipe():
+    code = "import sys, clients.landmarks as m; assert 'mediapipe' not in sys.modules; print(m.POSE_LANDMARKS)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "33"
+
+
+def test_unknown_landmark_kind():
+    from clients.landmarks import LandmarkExtractor
+    with pytest.raises(ValueError, match="hands"):
+        LandmarkExtractor("hands")
+
+
+# ------------------------------------------------------------------------------------------- real footage
+
+@needs_messi
+def test_prepare_dance_from_moving_photo(tmp_path):
+    img = cv2.imread(str(MESSI))
+    assert img is not None
+    h, w, n, black = 300, 400, 12, (4, 8)
+    frames = []
+    for i in range(n):
+        if i in black:
+            frames.append(np.zeros((h, w, 3), np.uint8))
+            continue
+        s = 0.6 + 0.01 * i
+        m = np.float32([[s, 0, 20 + 3 * i], [0, s, 40 - i]])
+        frames.append(cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT))
+    video = tmp_path / "messi.mp4"
+    _write_video(video, frames)
+
+    out = tmp_path / "ds"
+    rep = prepare_video(video, out, kind="dance", size=192, progress=False)
+    assert rep.frames_read == n
+    assert rep.frames_written == n - len(black)
+    assert rep.missing == list(black)
+    assert rep.clips == [(0, 4), (4, 7), (7, 10)]
+    assert rep.out == out and rep.seconds > 0
+
+    ds = Dataset(out)
+    m = ds.manifest
+    assert m.kind == "dance" and m.num_landmarks == 33 and len(ds) == n - len(black)
+    assert (m.height, m.width) == (192, 192) and ds.frames.shape == (len(ds), 192, 192, 3)
+    assert m.missing_frames == list(black)
+    assert ds.clips == [(0, 4), (4, 7), (7, 10)]
+    assert m.fps == pytest.approx(12.0)
+    lm = np.asarray(ds.landmarks)
+    assert np.isfinite(lm).all()
+    assert lm[..., :2].min() >= 0.0 and lm[..., :2].max() <= 1.0
+    assert lm[..., 2].min() >= 0.0 and lm[..., 2].max() <= 1.0          # visibility
+    # One fixed crop for the whole video.
+    boxes = m.extra["crop"]["boxes"]
+    assert len(boxes) == len(ds) and all(b == boxes[0] for b in boxes) and m.extra["crop"]["box"] == boxes[0]
+    assert m.extra["source_fps"] == pytest.approx(12.0)
+    assert m.extra["source_frame_indices"] == [i for i in range(n) if i not in black]
+    stats = m.extra["subject_stats"]
+    assert 0.03 < stats["shoulder_width"] < 0.5 and 0.05 < stats["torso_length"] < 0.6
+    assert all(0.0 < v < 1.0 for v in stats["hip_center"])
+    # Flow: zero at clip starts, plausible elsewhere.
+    for a, b in ds.clips:
+        assert not np.asarray(ds.flow[a]).any() and not np.asarray(ds.flow_conf[a]).any()
+        assert np.asarray(ds.flow_conf[a + 1]).mean() > 100
+    # Landmarks really are in the output frame: re-detect on a written frame.
+    from clients.landmarks import LandmarkExtractor
+    with LandmarkExtractor("dance", static_image_mode=True) as ex:
+        again = ex(np.asarray(ds.frames[2]))
+    assert again is not None
+    vis = (again[:, 2] > 0.8) & (lm[2, :, 2] > 0.8)
+    assert vis.sum() >= 10
+    assert np.median(np.abs(again[vis, :2] - lm[2, vis, :2])) < 0.015
+
+    with pytest.raises(FileExistsError):
+        prepare_video(video, out, kind="dance", size=128, progress=False)
+    rep2 = prepare_video(video, out, kind="dance", size=64, start=5, max_frames=4, overwrite=True, progress=False)
+    assert rep2.frames_read == 4 and rep2.missing == [8] and rep2.clips == [(0, 3)]
+    assert Dataset(out).manifest.extra["source_frame_indices"] == [5, 6, 7]
+
+
+@needs_megamind
+def test_prepare_face_megamind(tmp_path):
+    out = tmp_path / "face"
+    rep = prepare_video(MEGAMIND, out, kind="face", size=128, max_frames=30, progress=False)
+    assert rep.frames_read == 30
+    assert rep.frames_written >= 27          # the face is found in nearly every frame
+    ds = Dataset(out)
+    m = ds.manifest
+    assert m.kind == "face" and m.num_landmarks == 478 and len(ds) == rep.frames_written
+    assert ds.frames.shape[1:] == (128, 128, 3) and ds.landmarks.shape[1:] == (478, 3)
+    assert m.missing_frames == rep.missing and ds.clips == rep.clips
+    lm = np.asarray(ds.landmarks)
+    assert np.isfinite(lm).all()
+    assert lm[..., :2].min() > 0.0 and lm[..., :2].max() < 1.0           # the whole face is inside the crop
+    assert m.fps == pytest.approx(23.976, abs=0.01)
+    # Stable crop: the centre moves little between consecutive frames of a clip (a few % of the crop side).
+    boxes = np.array(m.extra["crop"]["boxes"], float)
+    assert boxes.shape == (len(ds), 3)
+    centre = boxes[:, :2] + boxes[:, 2:] / 2
+    for a, b in ds.clips:
+        if b - a >= 2:
+            step = np.linalg.norm(np.diff(centre[a:b], axis=0), axis=1)
+            assert step.max() < 0.04 * boxes[a:b, 2].mean()
+            assert np.ptp(boxes[a:b, 2]) < 0.15 * boxes[a:b, 2].mean()
+    stats = m.extra["subject_stats"]
+    assert 0.15 < stats["eye_distance"] < 0.6

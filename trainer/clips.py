@@ -1,0 +1,111 @@
+"""Clips of a dataset as tensors at the model's resolution, with their label maps rendered on the fly.
+
+Label maps come from ``models.render.render_labels``: the very renderer the live server uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import torch
+
+from models.render import render_labels
+
+from .dataset import Dataset, DatasetError
+
+
+@dataclasses.dataclass
+class Augment:
+    limb_drop_prob: float = 0.05   # pose: probability of dropping each limb from the label map (vid2vid: 0.05)
+    head_jitter_px: float = 1.0    # pose: Gaussian noise on head landmarks, pixels at the model resolution
+    face_jitter_px: float = 0.5    # face: Gaussian noise on every landmark, pixels
+
+
+def parse_frame_range(text: str | None) -> tuple[int, int] | None:
+    """``"200:270"`` -> (200, 270); ``":200"`` -> (0, 200); None/empty -> None (all frames)."""
+    if not text:
+        return None
+    a, sep, b = text.partition(":")
+    if not sep:
+        raise ValueError(f"frame range {text!r} must look like START:STOP")
+    start = int(a) if a else 0
+    stop = int(b) if b else 1 << 62
+    if start < 0 or stop <= start:
+        raise ValueError(f"frame range {text!r} is empty or negative")
+    return start, stop
+
+
+class ClipSource:
+    """Frames, label maps and ground-truth flow of a dataset, resized to ``size``×``size``."""
+
+    def __init__(self, dataset: Dataset, size: int, frame_range: tuple[int, int] | None = None):
+        self.ds = dataset
+        self.size = size
+        self.kind = dataset.kind
+        clips = dataset.clips
+        if frame_range is not None:
+            a, b = frame_range
+            clips = [(max(s, a), min(e, b)) for s, e in clips if min(e, b) > max(s, a)]
+        if not clips:
+            raise DatasetError(f"{dataset.path}: no frames in the selected range {frame_range}")
+        self.clips = clips
+        m = dataset.manifest
+        self._scale = (size / m.width, size / m.height)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(b - a for a, b in self.clips)
+
+    def windows(self, length: int) -> list[tuple[int, int]]:
+        """Every [start, start+length) that lies inside one clip."""
+        return [(s, s + length) for a, b in self.clips for s in range(a, b - length + 1)]
+
+    def longest_clip(self) -> int:
+        return max(b - a for a, b in self.clips)
+
+    def _resize(self, img: np.ndarray, interp=cv2.INTER_AREA) -> np.ndarray:
+        if img.shape[0] == self.size and img.shape[1] == self.size:
+            return img
+        return cv2.resize(img, (self.size, self.size), interpolation=interp)
+
+    def labels(self, index: int, rng: np.random.Generator | None = None, augment: Augment | None = None) -> np.ndarray:
+        """(C, S, S) float32 label map of frame ``index``."""
+        kw = {}
+        if rng is not None and augment is not None:
+            if self.kind == "dance":
+                kw = dict(rng=rng, limb_drop_prob=augment.limb_drop_prob, head_jitter_px=augment.head_jitter_px)
+            else:
+                kw = dict(rng=rng, jitter_px=augment.face_jitter_px)
+        return render_labels(self.kind, np.asarray(self.ds.landmarks[index]), self.size, self.size, **kw)
+
+    def load(self, start: int, stop: int, rng: np.random.Generator | None = None,
+             augment: Augment | None = None) -> dict[str, torch.Tensor]:
+        """Frames start..stop-1 as tensors:
+        labels (T, C, S, S) [0,1]; frames (T, 3, S, S) [-1,1]; flow (T, 2, S, S) px; conf (T, 1, S, S) [0,1]."""
+        ds = self.ds
+        frames, flows, confs, labels = [], [], [], []
+        sx, sy = self._scale
+        for i in range(start, stop):
+            frames.append(self._resize(np.asarray(ds.frames[i])))
+            flow = self._resize(np.asarray(ds.flow[i], np.float32), cv2.INTER_LINEAR) * np.float32((sx, sy))
+            flows.append(flow)
+            confs.append(self._resize(np.asarray(ds.flow_conf[i]), cv2.INTER_NEAREST))
+            labels.append(self.labels(i, rng, augment))
+        frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return {
+            "labels": torch.from_numpy(np.stack(labels)),
+            "frames": frames,
+            "flow": torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous(),
+            "conf": torch.from_numpy(np.stack(confs)).unsqueeze(1).float() / 255.0,
+        }
+
+    def sample_batch(self, length: int, batch: int, rng: np.random.Generator,
+                     augment: Augment | None = None) -> dict[str, torch.Tensor]:
+        """``batch`` random windows of ``length`` frames, stacked: (B, T, ...)."""
+        wins = self.windows(length)
+        if not wins:
+            raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
+        picks = [self.load(*wins[rng.integers(len(wins))], rng=rng, augment=augment) for _ in range(batch)]
+        return {k: torch.stack([p[k] for p in picks]) for k in picks[0]}

@@ -1,0 +1,233 @@
+"""The posecast dataset folder: one format written by ``posecast synth`` and ``posecast prepare``.
+
+Layout of a dataset folder ``DIR``::
+
+    DIR/manifest.json   # metadata, see DatasetManifest
+    DIR/frames.npy      # uint8   (N, H, W, 3)  RGB frames
+    DIR/landmarks.npy   # float32 (N, K, 3)     per frame: x, y normalised to [0, 1] of the frame,
+                        #                       3rd value = visibility in [0, 1] (pose) or z (face);
+                        #                       a landmark that was not found is NaN
+    DIR/flow.npy        # float16 (N, H, W, 2)  backward flow in pixels: frame[i](p) ~ frame[i-1](p + flow[i](p));
+                        #                       flow[i] is zero at the first frame of every clip
+    DIR/flow_conf.npy   # uint8   (N, H, W)     flow confidence, 0 (unreliable / occluded) .. 255 (reliable)
+
+Frames are grouped into clips (``manifest.clips``, half-open ``[start, stop)`` ranges of frame indices):
+frames inside a clip are consecutive in time; a clip boundary marks a cut or a run of frames without detection.
+
+Writing is crash-safe: everything goes to ``DIR.partial/`` and is renamed to ``DIR`` only once complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+FORMAT_NAME = "posecast-dataset"
+FORMAT_VERSION = 1
+
+_ARRAYS = {
+    # name: (dtype, per-frame shape builder (H, W, K) -> shape)
+    "frames": (np.uint8, lambda h, w, k: (h, w, 3)),
+    "landmarks": (np.float32, lambda h, w, k: (k, 3)),
+    "flow": (np.float16, lambda h, w, k: (h, w, 2)),
+    "flow_conf": (np.uint8, lambda h, w, k: (h, w)),
+}
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, incomplete or inconsistent."""
+
+
+@dataclasses.dataclass
+class DatasetManifest:
+    kind: str                      # "dance" (33 MediaPipe pose landmarks) or "face" (468/478 face-mesh landmarks)
+    height: int                    # frame height in pixels
+    width: int                     # frame width in pixels
+    fps: float                     # frames per second of the source
+    num_landmarks: int             # K: 33 for pose, 468 or 478 for face mesh
+    num_frames: int = 0            # N
+    clips: list = dataclasses.field(default_factory=list)           # [[start, stop), ...]
+    source: str = ""               # where the frames came from (video path, "synth:seed=..")
+    missing_frames: list = dataclasses.field(default_factory=list)  # source frame indices without detection
+    extra: dict = dataclasses.field(default_factory=dict)           # producer-specific (crop box, synth params)
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetManifest":
+        if d.get("format") != FORMAT_NAME:
+            raise DatasetError(f"not a posecast dataset manifest (format={d.get('format')!r})")
+        if d.get("version") != FORMAT_VERSION:
+            raise DatasetError(f"dataset format version {d.get('version')} is not supported (expected {FORMAT_VERSION})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DatasetError(f"unknown manifest keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class DatasetWriter:
+    """Append frames clip by clip, then ``close()`` to publish the folder atomically.
+
+    Example::
+
+        with DatasetWriter(out, kind="dance", height=256, width=256, fps=30, num_landmarks=33) as w:
+            w.begin_clip()
+            for frame, lms, flow, conf in ...:
+                w.add(frame, lms, flow, conf)   # flow/conf of the first frame of a clip are ignored (zeroed)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, kind: str, height: int, width: int, fps: float,
+                 num_landmarks: int, source: str = "", overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} already exists (pass overwrite=True / --overwrite to replace it)")
+        self.manifest = DatasetManifest(kind=kind, height=height, width=width, fps=float(fps),
+                                        num_landmarks=num_landmarks, source=source)
+        self._tmp = self.path.with_name(self.path.name + ".partial")
+        if self._tmp.exists():
+            shutil.rmtree(self._tmp)
+        self._tmp.mkdir(parents=True)
+        self._raw = {name: open(self._tmp / f"{name}.raw", "wb") for name in _ARRAYS}
+        self._clip_start: int | None = None
+        self._closed = False
+
+    # -- writing -------------------------------------------------------------------------------
+    def begin_clip(self) -> None:
+        """Start a new clip; the previous one (if any) is closed. Empty clips are dropped."""
+        self._end_clip()
+        self._clip_start = self.manifest.num_frames
+
+    def add(self, frame: np.ndarray, landmarks: np.ndarray, flow: np.ndarray | None = None,
+            flow_conf: np.ndarray | None = None) -> None:
+        """Append one frame. ``flow``/``flow_conf`` are backward (to the previous frame of the clip)."""
+        if self._clip_start is None:
+            self.begin_clip()
+        m = self.manifest
+        h, w, k = m.height, m.width, m.num_landmarks
+        first = self.manifest.num_frames == self._clip_start
+        if flow is None or first:
+            flow = np.zeros((h, w, 2), np.float16)
+        if flow_conf is None or first:
+            flow_conf = np.zeros((h, w), np.uint8) if first else np.full((h, w), 255, np.uint8)
+        if flow_conf.dtype != np.uint8:  # accept [0, 1] floats
+            flow_conf = np.clip(np.asarray(flow_conf, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        values = {"frames": frame, "landmarks": landmarks, "flow": flow, "flow_conf": flow_conf}
+        for name, (dtype, shape_fn) in _ARRAYS.items():
+            arr = np.ascontiguousarray(values[name], dtype=dtype)
+            expected = shape_fn(h, w, k)
+            if arr.shape != expected:
+                raise ValueError(f"{name}: expected shape {expected}, got {arr.shape}")
+            self._raw[name].write(arr.tobytes())
+        m.num_frames += 1
+
+    def note_missing(self, source_index: int) -> None:
+        """Record a source frame that had no detection (it also ends the current clip)."""
+        self.manifest.missing_frames.append(int(source_index))
+        self._end_clip()
+
+    def _end_clip(self) -> None:
+        if self._clip_start is not None and self.manifest.num_frames > self._clip_start:
+            self.manifest.clips.append([self._clip_start, self.manifest.num_frames])
+        self._clip_start = None
+
+    def close(self) -> Path:
+        """Finish every array, write the manifest, and atomically move the folder into place."""
+        if self._closed:
+            return self.path
+        self._end_clip()
+        m = self.manifest
+        for name, (dtype, shape_fn) in _ARRAYS.items():
+            self._raw[name].close()
+            raw_path = self._tmp / f"{name}.raw"
+            shape = (m.num_frames, *shape_fn(m.height, m.width, m.num_landmarks))
+            with open(self._tmp / f"{name}.npy", "wb") as out, open(raw_path, "rb") as src:
+                np.lib.format.write_array_header_1_0(
+                    out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                          "shape": shape})
+                shutil.copyfileobj(src, out, 16 << 20)
+            raw_path.unlink()
+        (self._tmp / "manifest.json").write_text(m.to_json())
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self._tmp, self.path)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        for f in self._raw.values():
+            f.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._closed = True
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Dataset:
+    """Read-only view of a dataset folder (arrays are memory-mapped)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not mpath.is_file():
+            raise DatasetError(f"{self.path}: no manifest.json — is this a dataset made by `posecast synth` "
+                               f"or `posecast prepare`?")
+        try:
+            self.manifest = DatasetManifest.from_dict(json.loads(mpath.read_text()))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{mpath}: invalid JSON ({e})") from None
+        m = self.manifest
+        for name, (dtype, shape_fn) in _ARRAYS.items():
+            f = self.path / f"{name}.npy"
+            if not f.is_file():
+                raise DatasetError(f"{self.path}: missing {f.name}")
+            arr = np.load(f, mmap_mode="r")
+            expected = (m.num_frames, *shape_fn(m.height, m.width, m.num_landmarks))
+            if arr.shape != expected or arr.dtype != dtype:
+                raise DatasetError(f"{f}: expected {np.dtype(dtype).name}{expected}, found {arr.dtype.name}{arr.shape}")
+            setattr(self, name, arr)
+        for start, stop in m.clips:
+            if not (0 <= start < stop <= m.num_frames):
+                raise DatasetError(f"{mpath}: clip [{start}, {stop}) is outside 0..{m.num_frames}")
+
+    frames: np.ndarray
+    landmarks: np.ndarray
+    flow: np.ndarray
+    flow_conf: np.ndarray
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def clips(self) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in self.manifest.clips]
+
+    def __len__(self) -> int:
+        return self.manifest.num_frames
+
+    def windows(self, length: int) -> list[tuple[int, int]]:
+        """Every [start, start+length) window that lies inside one clip."""
+        out = []
+        for a, b in self.clips:
+            out.extend((s, s + length) for s in range(a, b - length + 1))
+        return out
+
+    def iter_clips(self) -> Iterator[tuple[int, int]]:
+        yield from self.clips

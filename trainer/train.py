@@ -1,0 +1,311 @@
+"""The vid2vid training loop, written out top to bottom.
+
+Per iteration: sample B clips of T frames, generate them sequentially from an all-zero history (so inference
+needs no real frames), then update the discriminators and the generator. T grows during training
+(progressive temporal training).
+
+Generator loss  = adv_image + w_fm * FM_image + w_l1 * L1(frame, real)
+                + w_flow * |flow - flow_gt|_conf + w_warp * |warp(real_{t-1}, flow) - real_t|_conf
+                + w_temporal * (adv_temporal + w_fm * FM_temporal)
+vid2vid's VGG perceptual loss needs pretrained weights that cannot be downloaded here; the L1 term stands in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from models.checkpoint import (CheckpointError, load_state, read_checkpoint, save_checkpoint, subdict)
+from models.discriminators import ImageDiscriminator, TemporalDiscriminator
+from models.generator import Generator
+from models.posenorm import subject_stats
+from models.presets import ModelConfig
+from models.visualize import label_preview, side_by_side, to_uint8
+from models.warp import compose_flows, warp
+
+from . import losses
+from .clips import Augment, ClipSource
+from .dataset import Dataset
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    iterations: int = 2000            # generator updates in total
+    batch_size: int = 1               # clips per iteration
+    lr: float = 2e-4                  # Adam learning rate (vid2vid)
+    beta1: float = 0.5                # Adam betas (vid2vid)
+    beta2: float = 0.999
+    decay_start: float = 0.5          # fraction of iterations after which the lr decays linearly to 0
+    clip_frames_start: int = 4        # T at the start (history L plus a couple of frames)
+    clip_frames_max: int = 8          # T doubles up to this
+    clip_double_every: int = 0        # iterations between doublings of T (0: spread evenly over the run)
+    gan_mode: str = "lsgan"           # "lsgan" | "hinge"
+    w_fm: float = 10.0                # feature matching (vid2vid: 10)
+    w_l1: float = 10.0                # L1 to the real frame (stands in for VGG, vid2vid: 10)
+    w_flow: float = 10.0              # flow L1 vs ground truth, masked by confidence (vid2vid: 10)
+    w_warp: float = 10.0              # warp loss (vid2vid: 10)
+    w_temporal: float = 1.0           # temporal GAN (vid2vid: 1)
+    augment: bool = True              # limb dropout / landmark jitter on label maps
+    seed: int = 0
+    device: str = "auto"              # "auto" (CUDA when present) | "cpu" | "cuda" | "cuda:N"
+    log_every: int = 10               # iterations between TensorBoard scalar writes
+    sample_every: int = 200           # iterations between sample grids in TensorBoard
+    checkpoint_every: int = 500       # iterations between checkpoints
+    time_limit_s: float = 0.0         # stop (and checkpoint) after this many seconds (0: no limit)
+    frame_range: tuple | None = None  # only train on dataset frames [start, stop)
+
+    def clip_frames(self, it: int, min_frames: int) -> int:
+        """Clip length T at iteration ``it``: clip_frames_start doubled every clip_double_every iterations."""
+        start = max(self.clip_frames_start, min_frames)
+        top = max(self.clip_frames_max, start)
+        doublings = max(0, math.ceil(math.log2(top / start)))
+        every = self.clip_double_every or max(1, self.iterations // (doublings + 1))
+        return min(top, start * 2 ** (it // every))
+
+    def lr_at(self, it: int) -> float:
+        start = int(self.decay_start * self.iterations)
+        if it < start:
+            return self.lr
+        return self.lr * max(0.0, 1.0 - (it - start) / max(1, self.iterations - start))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but PyTorch sees no CUDA GPU (this is the CPU build?)")
+    return dev
+
+
+# -- Optimizer state <-> flat tensors (safetensors holds tensors only; the rest goes to JSON) --------------
+def _optim_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"{prefix}.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optim(opt: torch.optim.Optimizer, tensors: dict, prefix: str, meta: dict) -> None:
+    state: dict = {}
+    for key, v in subdict(tensors, prefix).items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class Trainer:
+    """Holds the networks and optimizers; ``run()`` is the loop."""
+
+    def __init__(self, model: ModelConfig, train: TrainConfig, data: str | os.PathLike, out: str | os.PathLike,
+                 *, resume: bool = False, progress: bool = True,
+                 on_iteration: Callable[[int, dict], None] | None = None):
+        self.cfg, self.tc = model, train
+        self.out = Path(out)
+        self.progress = progress
+        self.on_iteration = on_iteration  # called as (iteration, scalar losses) after each update
+        self.device = pick_device(train.device)
+        self.dataset = Dataset(data)
+        if self.dataset.kind != model.kind:
+            raise ValueError(f"dataset {data} is a {self.dataset.kind!r} dataset but preset {model.name!r} "
+                             f"expects {model.kind!r}")
+        self.source = ClipSource(self.dataset, model.size, train.frame_range)
+        L = model.history_frames
+        self.min_frames = max(L + 2, 2)
+        if self.source.longest_clip() < self.min_frames:
+            raise ValueError(f"{data}: the longest clip has {self.source.longest_clip()} frames; "
+                             f"training needs at least {self.min_frames}")
+
+        torch.manual_seed(train.seed)
+        self.rng = np.random.default_rng(train.seed)
+        dev = self.device
+        self.G = Generator(model).to(dev)
+        self.D = ImageDiscriminator(model).to(dev)
+        self.DT = TemporalDiscriminator(model).to(dev) if model.is_temporal and train.w_temporal > 0 else None
+        betas = (train.beta1, train.beta2)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=betas)
+        d_params = list(self.D.parameters()) + (list(self.DT.parameters()) if self.DT else [])
+        self.opt_D = torch.optim.Adam(d_params, lr=train.lr, betas=betas)
+        self.iteration = 0
+        self.subject_stats = subject_stats(self.dataset.landmarks) if model.kind == "dance" else None
+        if resume:
+            self._resume()
+
+    # -- Checkpoints -----------------------------------------------------------------------------------
+    def _meta(self) -> dict:
+        tc = dataclasses.asdict(self.tc)
+        return {"iteration": self.iteration, "train": tc, "dataset": str(self.dataset.path),
+                "dataset_fps": self.dataset.manifest.fps, "subject_stats": self.subject_stats}
+
+    def save(self) -> Path:
+        """latest.* (everything, for --resume) and generator.* (G only, for eval/export/serve)."""
+        meta = self._meta()
+        tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
+        save_checkpoint(self.out / "generator", tensors, self.cfg, meta)
+        tensors.update({f"D.{k}": v for k, v in self.D.state_dict().items()})
+        if self.DT:
+            tensors.update({f"DT.{k}": v for k, v in self.DT.state_dict().items()})
+        og, og_meta = _optim_tensors(self.opt_G, "optG")
+        od, od_meta = _optim_tensors(self.opt_D, "optD")
+        tensors.update(og)
+        tensors.update(od)
+        meta["optim"] = {"optG": og_meta, "optD": od_meta}
+        meta["rng"] = self.rng.bit_generator.state
+        return save_checkpoint(self.out / "latest", tensors, self.cfg, meta)
+
+    def _resume(self) -> None:
+        path = self.out / "latest.json"
+        if not path.is_file():
+            raise CheckpointError(f"--resume: {path} not found")
+        cfg, tensors, meta = read_checkpoint(path)
+        if cfg != self.cfg:
+            raise CheckpointError(f"--resume: {path} was trained with a different model config "
+                                  f"({cfg.name}, size {cfg.size}) than asked ({self.cfg.name}, size {self.cfg.size})")
+        load_state(self.G, subdict(tensors, "G"), "generator")
+        load_state(self.D, subdict(tensors, "D"), "image discriminator")
+        if self.DT:
+            load_state(self.DT, subdict(tensors, "DT"), "temporal discriminator")
+        _load_optim(self.opt_G, tensors, "optG", meta["optim"]["optG"])
+        _load_optim(self.opt_D, tensors, "optD", meta["optim"]["optD"])
+        self.iteration = int(meta["iteration"])
+        self.rng.bit_generator.state = meta["rng"]
+
+    def _temporal_inputs(self, frames: torch.Tensor, gt_flow: torch.Tensor, spacing: int):
+        """K frames spaced ``spacing`` apart, ending at the clip's last frame, and the GT flows between them."""
+        k = self.DT.k
+        T = frames.shape[1]
+        idx = [T - 1 - spacing * (k - 1 - j) for j in range(k)]
+        stack = torch.cat([frames[:, i] for i in idx], 1)
+        flows = [compose_flows([gt_flow[:, i - d] for d in range(spacing)]) for i in idx[1:]]
+        return stack, torch.cat(flows, 1)
+
+    # -- The loop ----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from tqdm import tqdm
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg, tc, dev = self.cfg, self.tc, self.device
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "train": dataclasses.asdict(tc)},
+                                                         indent=2))
+        tb = SummaryWriter(str(self.out / "tensorboard"))
+        augment = Augment() if tc.augment else None
+        history: list[dict] = []
+        t0 = time.monotonic()
+        bar = tqdm(total=tc.iterations, initial=self.iteration, disable=not self.progress, unit="it",
+                   desc=f"train {cfg.name} {cfg.size}px", dynamic_ncols=True)
+        try:
+            while self.iteration < tc.iterations:
+                it = self.iteration
+                for group in self.opt_G.param_groups + self.opt_D.param_groups:
+                    group["lr"] = tc.lr_at(it)
+
+                # Fetch training data.
+                T = min(tc.clip_frames(it, self.min_frames), self.source.longest_clip())
+                batch = self.source.sample_batch(T, tc.batch_size, self.rng, augment)
+                batch = {k: v.to(dev) for k, v in batch.items()}
+                labels, real, gt_flow, conf = batch["labels"], batch["frames"], batch["flow"], batch["conf"]
+                B, C, S = labels.shape[0], labels.shape[2], cfg.size
+
+                # Generate the clip from zero history.
+                fake, flow, mask = self.G.rollout(labels)
+                flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  (B, T, ...) -> (B*T, ...)
+
+                # Update the discriminators.
+                self.opt_D.zero_grad(set_to_none=True)
+                d_img = self.D(flat(labels).repeat(2, 1, 1, 1), torch.cat((flat(real), flat(fake).detach())))
+                d_real = [[f[: B * T] for f in s] for s in d_img]
+                d_fake = [[f[B * T:] for f in s] for s in d_img]
+                loss_d = losses.d_loss(d_real, d_fake, tc.gan_mode)
+                temporal = []  # (spacing index, real stack, flows) usable at this T
+                if self.DT:
+                    for si, s in enumerate(self.DT.spacings):
+                        if self.DT.clip_span(si) <= T:
+                            temporal.append((si, *self._temporal_inputs(real, gt_flow, s)))
+                    for si, real_stack, tflow in temporal:
+                        fake_stack = self._temporal_inputs(fake.detach(), gt_flow, self.DT.spacings[si])[0]
+                        out = self.DT(torch.cat((real_stack, fake_stack)), tflow.repeat(2, 1, 1, 1), si)
+                        loss_d = loss_d + losses.d_loss([[f[:B] for f in s] for s in out],
+                                                        [[f[B:] for f in s] for s in out], tc.gan_mode) / len(temporal)
+                loss_d.backward()
+                self.opt_D.step()
+
+                # Update the generator.
+                self.opt_G.zero_grad(set_to_none=True)
+                d_fake = self.D(flat(labels), flat(fake))
+                logs = {"D": loss_d.item()}
+                g_adv = losses.g_adv_loss(d_fake, tc.gan_mode)
+                g_fm = losses.feature_matching_loss(d_fake, d_real)
+                g_l1 = (fake - real).abs().mean()
+                loss_g = g_adv + tc.w_fm * g_fm + tc.w_l1 * g_l1
+                logs.update(G_adv=g_adv.item(), G_fm=g_fm.item(), L1=g_l1.item())
+                if cfg.is_temporal and T > 1:
+                    # Frame 0 of a window was made from zero history: no flow/warp targets for it.
+                    w = conf[:, 1:]
+                    g_flow = losses.masked_l1(flow[:, 1:], gt_flow[:, 1:], w)
+                    warped_real = warp(flat(real[:, :-1]), flat(flow[:, 1:])).reshape(real[:, 1:].shape)
+                    g_warp = losses.masked_l1(warped_real, real[:, 1:], w)
+                    loss_g = loss_g + tc.w_flow * g_flow + tc.w_warp * g_warp
+                    logs.update(flow=g_flow.item(), warp=g_warp.item(), mask=mask[:, 1:].mean().item())
+                if temporal:
+                    g_t = 0.0
+                    for si, real_stack, tflow in temporal:
+                        fake_stack = self._temporal_inputs(fake, gt_flow, self.DT.spacings[si])[0]
+                        out_fake = self.DT(fake_stack, tflow, si)
+                        with torch.no_grad():
+                            out_real = self.DT(real_stack, tflow, si)
+                        g_t = g_t + (losses.g_adv_loss(out_fake, tc.gan_mode)
+                                     + tc.w_fm * losses.feature_matching_loss(out_fake, out_real)) / len(temporal)
+                    loss_g = loss_g + tc.w_temporal * g_t
+                    logs["G_temporal"] = float(g_t.detach())
+                loss_g.backward()
+                self.opt_G.step()
+                logs["G"] = loss_g.item()
+                self.iteration += 1
+
+                # Report.
+                history.append(logs)
+                if self.on_iteration:
+                    self.on_iteration(self.iteration, logs)
+                bar.update(1)
+                bar.set_postfix(T=T, G=f"{logs['G']:.3f}", D=f"{logs['D']:.3f}", L1=f"{logs['L1']:.3f}")
+                if self.iteration % tc.log_every == 0:
+                    for k, v in logs.items():
+                        tb.add_scalar(f"loss/{k}", v, self.iteration)
+                    tb.add_scalar("train/clip_frames", T, self.iteration)
+                    tb.add_scalar("train/lr", tc.lr_at(it), self.iteration)
+                if self.iteration % tc.sample_every == 0:
+                    tb.add_image("samples", self._sample_grid(labels[0], fake[0], real[0]), self.iteration,
+                                 dataformats="HWC")
+                if self.iteration % tc.checkpoint_every == 0:
+                    self.save()
+                if tc.time_limit_s and time.monotonic() - t0 > tc.time_limit_s:
+                    bar.write(f"time limit of {tc.time_limit_s:.0f}s reached at iteration {self.iteration}")
+                    break
+        finally:
+            bar.close()
+            if self.iteration:
+                self.save()
+            tb.close()
+        seconds = time.monotonic() - t0
+        done = len(history)
+        return {"iterations": self.iteration, "seconds": seconds, "it_per_s": done / seconds if seconds else 0.0,
+                "history": history, "checkpoint": str(self.out / "generator.json")}
+
+    def _sample_grid(self, labels, fake, real) -> np.ndarray:
+        """Rows of label | generated | real for up to 4 frames of one clip."""
+        idx = np.linspace(0, labels.shape[0] - 1, min(4, labels.shape[0])).round().astype(int)
+        rows = [side_by_side(label_preview(labels[i].detach().cpu().numpy()),
+                             to_uint8(fake[i].detach().cpu().numpy()),
+                             to_uint8(real[i].detach().cpu().numpy())) for i in idx]
+        return np.concatenate(rows, 0)
