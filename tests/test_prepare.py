@@ -159,6 +159,23 @@ def test_unknown_landmark_kind():
 # ------------------------------------------------------------------------------------------- real footage
 
 @needs_messi
+def test_landmark_extractor_pose_on_photo():
+    from clients.landmarks import POSE_LANDMARKS, LandmarkExtractor
+    rgb = cv2.cvtColor(cv2.imread(str(MESSI)), cv2.COLOR_BGR2RGB)
+    with LandmarkExtractor("dance", static_image_mode=True) as ex:
+        assert ex.num_landmarks == POSE_LANDMARKS == 33
+        lm = ex(rgb)
+        assert ex(np.zeros_like(rgb)) is None
+        with pytest.raises(ValueError):
+            ex(rgb.astype(np.float32))
+    assert lm is not None and lm.shape == (33, 3) and lm.dtype == np.float32
+    assert lm[:, :2].min() >= 0.0 and lm[:, :2].max() <= 1.0
+    assert np.median(lm[:, 2]) > 0.5                      # visibility
+    with pytest.raises(RuntimeError, match="closed"):
+        ex(rgb)
+
+
+@needs_messi
 def test_prepare_dance_from_moving_photo(tmp_path):
     img = cv2.imread(str(MESSI))
     assert img is not None

@@ -29,17 +29,17 @@ LANDMARK_NAMES = (
 LM = {name: i for i, name in enumerate(LANDMARK_NAMES)}
 
 # Placement in the frame (normalised coordinates of a square frame).
-FIGURE_SCALE = 0.66      # frame heights per body unit (standing height is ~1.07 units -> ~0.71 of the frame)
+FIGURE_SCALE = 0.64      # frame heights per body unit (standing height is ~1.11 units -> ~0.71 of the frame)
 FLOOR_Y = 0.935          # normalised y of the floor (bottom of the shoes)
 MARGIN_X = 0.025         # the figure is kept at least this far from the left/right frame edges
 
-# Body dimensions in body units (standing height ~1.07).
+# Body dimensions in body units (standing height ~1.11).
 HIP_HALF = 0.085
 SHOULDER_HALF = 0.125
 SHOULDER_Y = -0.31
 NECK_Y = -0.345
-HEAD_UP = 0.105          # neck base -> head centre
-HEAD_RX, HEAD_RY = 0.064, 0.080
+HEAD_UP = 0.122          # neck base -> head centre
+HEAD_RX, HEAD_RY = 0.068, 0.084
 UPPER_ARM, FOREARM, HAND = 0.165, 0.150, 0.085
 THIGH, SHIN = 0.245, 0.245
 ANKLE_H = 0.068          # ankle above the floor
@@ -49,9 +49,10 @@ TORSO_TOP_Y, TORSO_BOTTOM_Y = -0.36, 0.075
 # Torso cross-section profile along its axis (v = 0 top .. 1 bottom): half-width a(v); depth b = TORSO_DEPTH * a.
 TORSO_V = np.array([0.0, 0.06, 0.13, 0.25, 0.55, 0.80, 1.0])
 TORSO_A = np.array([0.070, 0.118, 0.138, 0.132, 0.108, 0.122, 0.120])
-TORSO_DEPTH = 0.58
+TORSO_DEPTH = 0.68
 
-SEGMENT_BEATS = 8
+SEGMENT_BEATS = 8        # legs, facing and style change every 8 beats
+ARM_BEATS = 4            # arm moves every 4 beats
 BLEND_BEATS = 1.5
 
 # -- parameter vector layout ---------------------------------------------------------------------------
@@ -63,6 +64,7 @@ _LEG = ("ab", "fl", "kn", "to", "tp")
 _GLOBAL = ("dx", "roll", "hroll", "hyaw", "bounce")
 _KEYS = tuple(f"{s}{k}" for s in "LR" for k in _ARM) + tuple(f"{s}{k}" for s in "LR" for k in _LEG) + _GLOBAL
 _IDX = {k: i for i, k in enumerate(_KEYS)}
+_N_ARM = 2 * len(_ARM)
 _NP = len(_KEYS)
 
 ARM_MOVES = ("sway", "raise", "wave", "circle", "pump", "hips", "swing", "clap", "disco")
@@ -171,12 +173,23 @@ class DanceMotion:
         else:
             facing = math.pi
         spin = 0.0
-        if k > 0 and facing != math.pi and r.random() < 0.25:
+        if k > 0 and facing != math.pi and r.random() < 0.2:
             spin = float(r.choice([-1.0, 1.0]))
         spin_start = float(r.uniform(2.5, 4.0))
         spin_len = float(r.choice([2.0, 3.0]))
         return _Segment(arm, leg, lead, amp, mirror, roll_amp, roll_phase, head_phase, facing, spin,
                         spin_start, spin_len)
+
+    def _arm_segment(self, j: int) -> _Segment:
+        """Arm move of the j-th 4-beat bar (drawn from its own RNG; avoids repeating the previous bar's move)."""
+        first = lambda jj: int(_rng(self.seed, jj, 1).integers(len(ARM_MOVES)))  # noqa: E731
+        r = _rng(self.seed, j, 1)
+        arm = int(r.integers(len(ARM_MOVES)))
+        if arm == first(j - 1):
+            arm = (arm + 1 + int(r.integers(len(ARM_MOVES) - 1))) % len(ARM_MOVES)
+        lead = 1 if r.random() < 0.5 else -1
+        return _Segment(arm, 0, lead, float(r.uniform(0.8, 1.15)), bool(r.random() < 0.5), 0.0, 0.0, 0.0, 0.0,
+                        0.0, 0.0, 1.0)
 
     def _yaw(self, k: int, u: float, seg: _Segment) -> float:
         prev = self._segment(k - 1).facing if k > 0 else 0.0
@@ -214,7 +227,7 @@ class DanceMotion:
                     arm(side, 1.45 + 0.1 * sin(pi * u), fw=0.15, el=1.25 + 0.5 * A * sin(2 * pi * u), fw2=0.1,
                         wr=0.35 * sin(2 * pi * u))
                 else:
-                    arm(side, 0.8 + 0.08 * sin(2 * pi * u), fw=-0.2, el=-2.15, fw2=-0.3)
+                    arm(side, 0.8 + 0.08 * sin(2 * pi * u), fw=0.05, el=-2.0, fw2=0.15, wr=0.9)
             elif name == "circle":
                 ang = pi * u + (ph if seg.mirror else 0.0)
                 arm(side, 1.55 + 1.0 * A * sin(ang), fw=0.55 * cos(ang), el=0.25, wr=0.1)
@@ -225,7 +238,7 @@ class DanceMotion:
                 else:
                     arm(side, 0.45 + 0.1 * q, fw=0.55, el=1.9, fw2=0.9)
             elif name == "hips":
-                arm(side, 0.8 + 0.12 * A * sin(2 * pi * u + ph), fw=-0.15, el=-2.15, fw2=-0.25)
+                arm(side, 0.8 + 0.12 * A * sin(2 * pi * u + ph), fw=0.05, el=-2.0, fw2=0.15, wr=0.9)
             elif name == "swing":
                 w = sin(pi * u + ph)
                 arm(side, 0.2 + 0.05 * w, fw=0.8 * A * w, el=0.05, fw2=0.8 * A * w + 1.3)
@@ -295,8 +308,17 @@ class DanceMotion:
         yaw = self._yaw(k, u, seg)
         w = _smoothstep((u - (SEGMENT_BEATS - BLEND_BEATS)) / BLEND_BEATS)
         if w > 0:
-            nxt = self._segment(k + 1)
-            params = (1 - w) * params + w * self._params(nxt, u - SEGMENT_BEATS, b)
+            params = (1 - w) * params + w * self._params(self._segment(k + 1), u - SEGMENT_BEATS, b)
+        # arms follow their own 4-beat bars
+        j = int(math.floor(b / ARM_BEATS))
+        ua = b - j * ARM_BEATS
+        aseg = self._arm_segment(j)
+        arms = self._params(aseg, ua, b)
+        w = _smoothstep((ua - (ARM_BEATS - BLEND_BEATS)) / BLEND_BEATS)
+        if w > 0:
+            arms = (1 - w) * arms + w * self._params(self._arm_segment(j + 1), ua - ARM_BEATS, b)
+        params[:_N_ARM] = arms[:_N_ARM]
+        seg = dataclasses.replace(seg, arm=aseg.arm)
         return self._build(frame_index, t, b, params, yaw, seg)
 
     def _build(self, frame_index: int, t: float, b: float, p: np.ndarray, yaw: float, seg: _Segment) -> Pose:

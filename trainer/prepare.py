@@ -54,8 +54,7 @@ CUT_REL = 4.0               # ... and this many times the median difference of t
 CUT_WINDOW = 12             # frames either side for that median
 FB_THRESHOLD_PX = 1.0
 
-# MediaPipe landmark indices used for the subject statistics.
-_L_SHOULDER, _R_SHOULDER, _L_HIP, _R_HIP = 11, 12, 23, 24
+# MediaPipe face-mesh landmark indices used for the face statistics.
 _FACE_EYE_OUTER = (33, 263)
 _FACE_TOP, _FACE_CHIN = 10, 152
 
@@ -301,27 +300,16 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def subject_stats(kind: str, landmarks: list[np.ndarray]) -> dict:
-    """Median body/face measures in normalised output coordinates (for later pose normalisation)."""
+def subject_stats(kind: str, landmarks: list[np.ndarray]) -> dict | None:
+    """Median body/face measures in normalised output coordinates (for later pose normalisation).
+
+    dance: :func:`models.posenorm.subject_stats` (shoulder width, torso length, shoulder/hip centres over the
+    frames where shoulders and hips are visible; None when there is no such frame). face: eye distance, face
+    height and face centre.
+    """
     if kind == "dance":
-        good = [lm for lm in landmarks if (lm[[_L_SHOULDER, _R_SHOULDER, _L_HIP, _R_HIP], 2] >= 0.5).all()]
-        used = good or list(landmarks)
-        sw, hc, tl, sc = [], [], [], []
-        for lm in used:
-            ls, rs, lh, rh = lm[_L_SHOULDER, :2], lm[_R_SHOULDER, :2], lm[_L_HIP, :2], lm[_R_HIP, :2]
-            s_c, h_c = (ls + rs) / 2, (lh + rh) / 2
-            sw.append(float(np.linalg.norm(ls - rs)))
-            hc.append(h_c)
-            sc.append(s_c)
-            tl.append(float(np.linalg.norm(s_c - h_c)))
-        return {
-            "frames_used": len(used),
-            "shoulders_and_hips_visible": bool(good),
-            "shoulder_width": _median(sw),
-            "hip_center": [float(v) for v in np.median(hc, axis=0)] if hc else None,
-            "shoulder_center": [float(v) for v in np.median(sc, axis=0)] if sc else None,
-            "torso_length": _median(tl),
-        }
+        from models.posenorm import subject_stats as pose_stats
+        return pose_stats(np.stack(landmarks)) if landmarks else None
     ed, fh, fc = [], [], []
     for lm in landmarks:
         a, b = _FACE_EYE_OUTER
@@ -329,7 +317,7 @@ def subject_stats(kind: str, landmarks: list[np.ndarray]) -> dict:
         fh.append(float(np.linalg.norm(lm[_FACE_TOP, :2] - lm[_FACE_CHIN, :2])))
         fc.append(lm[:, :2].mean(0))
     return {
-        "frames_used": len(landmarks),
+        "frames": len(landmarks),
         "eye_distance": _median(ed),            # outer eye corners 33-263
         "face_height": _median(fh),             # forehead 10 - chin 152
         "face_center": [float(v) for v in np.median(fc, axis=0)] if fc else None,
