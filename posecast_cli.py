@@ -12,7 +12,8 @@ def _cmd_synth(args) -> int:
     from trainer.synth import synthesize
 
     out = synthesize(args.out, seed=args.seed, num_frames=args.frames, size=args.size, fps=args.fps,
-                     clip_frames=args.clip_frames, overwrite=args.overwrite, progress=not args.quiet)
+                     clip_frames=args.clip_frames, overwrite=args.overwrite, progress=not args.quiet,
+                     appearance_seed=args.appearance_seed)
     print(f"wrote {out} ({args.frames} frames, {args.size}px, seed {args.seed})")
     return 0
 
@@ -73,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write the built-in synthetic dancer dataset")
     s.add_argument("--out", required=True, help="dataset folder to write")
-    s.add_argument("--seed", type=int, default=0, help="motion/appearance seed (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="dance motion seed (default 0)")
+    s.add_argument("--appearance-seed", type=int, default=0,
+                   help="the dancer's looks and the room (default 0); keep it fixed for held-out data")
     s.add_argument("--frames", type=int, default=300, help="number of frames (default 300)")
     s.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
     s.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")

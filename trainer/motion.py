@@ -86,7 +86,7 @@ def rot2(angle: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Pose:
     """One frame of the dance. Positions are normalised coordinates of a square frame (x, y in [0, 1]);
     depths are body units toward the camera; angles are radians."""
@@ -138,8 +138,11 @@ class DanceMotion:
         self.fps = float(fps)
         r = _rng(self.seed, -1)
         self.bpm = float(r.uniform(96.0, 124.0))
-        self._tempo = [(float(r.uniform(0.08, 0.14)), 2 * math.pi / float(r.uniform(14.0, 22.0)), float(r.uniform(0, 6.3))),
-                       (float(r.uniform(0.03, 0.07)), 2 * math.pi / float(r.uniform(5.0, 8.0)), float(r.uniform(0, 6.3)))]
+        # tempo(t) = bpm * (1 + sum a sin(w t + c)): (a, w, c) of a slow and a faster drift
+        self._tempo = [(float(r.uniform(0.08, 0.14)), 2 * math.pi / float(r.uniform(14.0, 22.0)),
+                        float(r.uniform(0, 6.3))),
+                       (float(r.uniform(0.03, 0.07)), 2 * math.pi / float(r.uniform(5.0, 8.0)),
+                        float(r.uniform(0, 6.3)))]
         self._travel = (float(r.uniform(0.06, 0.10)), float(r.uniform(20.0, 32.0)), float(r.uniform(0, 6.3)))
 
     # -- time ------------------------------------------------------------------------------------------
@@ -176,7 +179,7 @@ class DanceMotion:
         if k > 0 and facing != math.pi and r.random() < 0.2:
             spin = float(r.choice([-1.0, 1.0]))
         spin_start = float(r.uniform(2.5, 4.0))
-        spin_len = float(r.choice([2.0, 3.0]))
+        spin_len = float(r.choice([3.0, 4.0]))
         return _Segment(arm, leg, lead, amp, mirror, roll_amp, roll_phase, head_phase, facing, spin,
                         spin_start, spin_len)
 
@@ -438,7 +441,7 @@ class DanceMotion:
 
         # visibility
         vis = np.ones(NUM_LANDMARKS)
-        vis[:11] = 0.3 + 0.7 * np.clip((fz + 0.3) / 0.4, 0.0, 1.0)
+        vis[:11] = 0.3 + 0.7 * np.clip((fz + 0.45) / 0.4, 0.0, 1.0)
         depth = pts[:, 2].copy()
         tt, tb = ex[2], ex[3]
         axis = tb - tt

@@ -27,8 +27,8 @@ import numpy as np
 
 from .dataset import DatasetWriter
 from .motion import (
-    FIGURE_SCALE, FOOT_BACK, FOOT_FWD, FOREARM, HAND, HEAD_RX, HEAD_UP, HEAD_RY, LM, SHIN, THIGH, TORSO_A, TORSO_BOTTOM_Y, TORSO_DEPTH,
-    TORSO_TOP_Y, TORSO_V, UPPER_ARM, DanceMotion, Pose, pose_landmarks, rot2,
+    FIGURE_SCALE, FOOT_BACK, FOOT_FWD, FOREARM, HAND, HEAD_RX, HEAD_RY, HEAD_UP, LM, SHIN, THIGH, TORSO_A,
+    TORSO_BOTTOM_Y, TORSO_DEPTH, TORSO_TOP_Y, TORSO_V, UPPER_ARM, DanceMotion, Pose, pose_landmarks, rot2,
 )
 
 PART_NAMES = (
@@ -41,7 +41,8 @@ PART_NAMES = (
 PART_ID = {n: i + 1 for i, n in enumerate(PART_NAMES)}   # 0 = background
 
 TORSO_LEN = TORSO_BOTTOM_Y - TORSO_TOP_Y
-_LIGHT = np.array([-0.45, -0.40, 0.80]) / np.linalg.norm([-0.45, -0.40, 0.80])   # view coords: x right, y down, z to camera
+# light direction in view coords (x right, y down, z toward the camera): from the upper left front
+_LIGHT = np.array([-0.45, -0.40, 0.80]) / np.linalg.norm([-0.45, -0.40, 0.80])
 _SS = 3   # supersampling of sprites and textures
 
 # limb sprites: (nominal length, half-width at start, at end, extension before start, after end)
@@ -305,12 +306,12 @@ class DancerSprites:
         self.shoe = _make_sprite(-0.01, FL + 0.015, -0.035, 0.035, res, shoe_fn)
 
         def ear_fn(X, Y):
-            rho = (X / 0.020) ** 2 + (Y / 0.030) ** 2
-            inner = (X / 0.011) ** 2 + ((Y - 0.002) / 0.019) ** 2
-            rgb = _fill(X.shape, skin) * (0.95 - 0.25 * np.clip(inner < 1, 0, 1)[..., None] * (inner[..., None] > 0.3))
+            rho = (X / 0.016) ** 2 + (Y / 0.026) ** 2
+            inner = (X / 0.008) ** 2 + ((Y - 0.002) / 0.015) ** 2
+            rgb = _fill(X.shape, skin) * (0.93 - 0.12 * np.exp(-inner)[..., None])
             return rgb, (rho <= 1).astype(np.float64)
 
-        self.ear = _make_sprite(-0.021, 0.021, -0.031, 0.031, res, ear_fn)
+        self.ear = _make_sprite(-0.017, 0.017, -0.027, 0.027, res, ear_fn)
 
         self.torso_tex = self._torso_texture(px_per_unit * 1.4, rng)
         self.head_tex = self._head_texture(px_per_unit * 1.6, rng)
@@ -336,7 +337,8 @@ class DancerSprites:
             nf = 0.105 * np.sqrt(np.clip(1 - (psi / 0.6) ** 2, 0, 1))
             nb = 0.035 * np.sqrt(np.clip(1 - ((np.abs(psi) - math.pi) / 0.45) ** 2, 0, 1))
             neck_v = np.maximum(nf, nb)
-            rgb = _mix((v < neck_v + 0.022) & (neck_v > 0), app.shirt2 if app.pattern == "hstripes" else app.shirt1, rgb)
+            trim = app.shirt2 if app.pattern == "hstripes" else app.shirt1
+            rgb = _mix((v < neck_v + 0.022) & (neck_v > 0), trim, rgb)
             rgb = _mix(v < neck_v, skin, rgb)
             # belt and trousers / shorts
             belt0, belt1 = 0.735, 0.775
@@ -771,9 +773,13 @@ def render_frame(pose: Pose, size: int, seed: int = 0, prev_pose: Pose | None = 
 # dataset
 # ------------------------------------------------------------------------------------------------------
 def synthesize(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256, fps: float = 30.0,
-               clip_frames: int | None = None, overwrite: bool = False, progress: bool = True) -> Path:
-    """Write a dataset folder (via DatasetWriter, kind="dance", num_landmarks=33, source=f"synth:seed={seed}")
-    and return its path. clip_frames splits the sequence into clips of that many frames (None: one clip)."""
+               clip_frames: int | None = None, overwrite: bool = False, progress: bool = True,
+               appearance_seed: int = 0) -> Path:
+    """Write a dataset folder (via DatasetWriter, kind="dance", num_landmarks=33) and return its path.
+
+    ``seed`` drives the dance motion; ``appearance_seed`` the dancer's looks and the room. A model learns one
+    person in one place, so held-out data for a model is another motion seed with the same appearance seed.
+    clip_frames splits the sequence into clips of that many frames (None: one clip)."""
     from tqdm import tqdm
 
     if num_frames < 1:
@@ -783,11 +789,12 @@ def synthesize(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256
     if clip_frames is not None and clip_frames < 1:
         raise ValueError("clip_frames must be >= 1")
     motion = DanceMotion(seed=seed, fps=fps)
-    renderer = DancerRenderer(size, seed)
+    renderer = DancerRenderer(size, appearance_seed)
     t0 = time.perf_counter()
     writer = DatasetWriter(out_dir, kind="dance", height=size, width=size, fps=fps, num_landmarks=33,
-                           source=f"synth:seed={seed}", overwrite=overwrite)
-    writer.manifest.extra = {"synth": {"seed": seed, "size": size, "fps": fps, "clip_frames": clip_frames,
+                           source=f"synth:seed={seed},appearance={appearance_seed}",
+                           overwrite=overwrite)
+    writer.manifest.extra = {"synth": {"seed": seed, "appearance_seed": appearance_seed, "size": size, "fps": fps, "clip_frames": clip_frames,
                                        "bpm": round(motion.bpm, 2), "appearance": dataclasses.asdict(renderer.app)}}
     try:
         prev_parts, prev_ids = None, None

@@ -1,0 +1,244 @@
+"""Tests for trainer/motion.py (procedural dance) and trainer/synth.py (synthetic dancer dataset)."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from trainer.dataset import Dataset
+from trainer.motion import HEAD_RY, LM, NUM_LANDMARKS, DanceMotion
+from trainer.synth import PART_NAMES, DancerRenderer, render_frame, synthesize
+
+# ------------------------------------------------------------------------------------------------------
+# fixtures: small datasets, written once per module
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ds64(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "d64"
+    path = synthesize(out, seed=3, num_frames=24, size=64, clip_frames=10, progress=False)
+    return Dataset(path)
+
+
+@pytest.fixture(scope="module")
+def ds128(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "d128"
+    return Dataset(synthesize(out, seed=0, num_frames=40, size=128, progress=False))
+
+
+# ------------------------------------------------------------------------------------------------------
+# motion
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_landmarks_shape_range_and_random_access():
+    m = DanceMotion(seed=5, fps=30)
+    lm = m.landmarks(123)
+    assert lm.shape == (NUM_LANDMARKS, 3) and lm.dtype == np.float32
+    # random access: the same frame from a fresh instance, after other frames, is identical
+    m2 = DanceMotion(seed=5, fps=30)
+    for i in (0, 400, 7):
+        m2.landmarks(i)
+    np.testing.assert_array_equal(m2.landmarks(123), lm)
+    assert not np.array_equal(DanceMotion(seed=6).landmarks(123), lm)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_figure_inside_frame_and_moving(seed):
+    m = DanceMotion(seed=seed)
+    L = np.stack([m.landmarks(i) for i in range(0, 600, 2)])
+    assert np.isfinite(L).all()
+    assert (L[..., :2] > 0.0).all() and (L[..., :2] < 1.0).all()
+    assert (L[..., 2] >= 0).all() and (L[..., 2] <= 1).all()
+    # the figure occupies roughly 60-85% of the frame height (feet to the top of the head)
+    poses = [m.pose(i) for i in range(0, 600, 10)]
+    top = np.array([p.head_center[1] - HEAD_RY * p.scale for p in poses])
+    bottom = np.array([p.xy[:, 1].max() for p in poses])
+    assert (top > 0.02).all() and (bottom < 0.99).all()
+    height = bottom - top
+    assert 0.6 <= np.median(height) <= 0.85
+    # wrists and ankles actually move
+    for name in ("left_wrist", "right_wrist", "left_ankle", "right_ankle"):
+        assert L[:, LM[name], :2].std(0).max() > 0.015, name
+    for name in ("left_wrist", "right_wrist"):
+        assert L[:, LM[name], :2].std(0).max() > 0.05, name
+    # smooth: no popping between consecutive frames
+    step = np.linalg.norm(np.diff(L[..., :2], axis=0), axis=-1)   # every 2nd frame here
+    assert step.max() < 0.25
+
+
+def test_motion_smooth_frame_to_frame():
+    m = DanceMotion(seed=4)
+    L = np.stack([m.landmarks(i) for i in range(900)])[..., :2]
+    step = np.linalg.norm(np.diff(L, axis=0), axis=-1)
+    acc = np.linalg.norm(np.diff(L, 2, axis=0), axis=-1)
+    assert step.max() < 0.15
+    assert acc.max() < 0.08
+
+
+def test_turns_swap_left_right_and_lower_visibility():
+    m = DanceMotion(seed=0)
+    poses = [m.pose(i) for i in range(0, 2400, 3)]
+    yaws = np.array([p.yaw for p in poses])
+    front = [p for p, y in zip(poses, yaws) if math.cos(y) > 0.98]
+    back = [p for p, y in zip(poses, yaws) if math.cos(y) < -0.9]
+    side = [p for p, y in zip(poses, yaws) if abs(math.sin(y)) > 0.97]
+    assert front and back and side, "the dance should face the camera, turn sideways and turn away"
+    ls, rs = LM["left_shoulder"], LM["right_shoulder"]
+    # MediaPipe convention: the person's left appears on the image's right when facing the camera
+    assert all(p.xy[ls, 0] > p.xy[rs, 0] for p in front)
+    assert all(p.xy[ls, 0] < p.xy[rs, 0] for p in back)
+    # shoulders look narrower from the side
+    w_front = np.median([abs(p.xy[ls, 0] - p.xy[rs, 0]) for p in front])
+    w_side = np.median([abs(p.xy[ls, 0] - p.xy[rs, 0]) for p in side])
+    assert w_side < 0.5 * w_front
+    # facing the camera, the face is visible; from the side the far ear / eye are not
+    assert np.mean([p.visibility[:11].min() for p in front]) > 0.9
+    assert np.mean([p.visibility[:11].min() for p in side]) < 0.5
+    assert np.mean([p.visibility[0] for p in back]) < 0.5
+
+
+def test_landmarks_aspect():
+    m = DanceMotion(seed=1)
+    sq, wide, tall = m.landmarks(50), m.landmarks(50, aspect=16 / 9), m.landmarks(50, aspect=9 / 16)
+    np.testing.assert_allclose(wide[:, 1], sq[:, 1], atol=1e-6)
+    assert np.ptp(wide[:, 0]) < np.ptp(sq[:, 0])
+    assert (tall[:, :2] >= 0).all() and (tall[:, :2] <= 1).all()
+    np.testing.assert_allclose(tall[:, 2], sq[:, 2])
+
+
+# ------------------------------------------------------------------------------------------------------
+# dataset
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_dataset_format_and_clips(ds64):
+    d = ds64
+    n = 24
+    assert len(d) == n and d.kind == "dance"
+    m = d.manifest
+    assert (m.height, m.width, m.num_landmarks, m.fps) == (64, 64, 33, 30.0)
+    assert m.source == "synth:seed=3,appearance=0"
+    assert d.frames.shape == (n, 64, 64, 3) and d.frames.dtype == np.uint8
+    assert d.landmarks.shape == (n, 33, 3) and d.landmarks.dtype == np.float32
+    assert d.flow.shape == (n, 64, 64, 2) and d.flow.dtype == np.float16
+    assert d.flow_conf.shape == (n, 64, 64) and d.flow_conf.dtype == np.uint8
+    assert d.clips == [(0, 10), (10, 20), (20, 24)]
+    for start, stop in d.clips:
+        assert (d.flow_conf[start] == 0).all() and (d.flow[start] == 0).all()
+        for i in range(start + 1, stop):
+            assert (d.flow_conf[i] == 255).mean() > 0.8     # most pixels visible in the previous frame
+            assert set(np.unique(d.flow_conf[i])) <= {0, 255}
+    assert np.isfinite(d.flow.astype(np.float32)).all()
+    lm = d.landmarks
+    assert (lm[..., :2] >= 0).all() and (lm[..., :2] <= 1).all()
+    # the landmarks are the motion's landmarks
+    np.testing.assert_array_equal(lm[7], DanceMotion(seed=3).landmarks(7))
+
+
+def test_single_clip_and_overwrite(tmp_path):
+    p = synthesize(tmp_path / "one", seed=1, num_frames=5, size=32, progress=False)
+    d = Dataset(p)
+    assert d.clips == [(0, 5)]
+    assert (d.flow_conf[0] == 0).all() and (d.flow_conf[1:] == 255).mean() > 0.8
+    with pytest.raises(FileExistsError):
+        synthesize(tmp_path / "one", seed=1, num_frames=5, size=32, progress=False)
+    synthesize(tmp_path / "one", seed=2, num_frames=3, size=32, overwrite=True, progress=False)
+    assert len(Dataset(tmp_path / "one")) == 3
+
+
+def test_determinism(tmp_path, ds64):
+    again = Dataset(synthesize(tmp_path / "again", seed=3, num_frames=12, size=64, clip_frames=10, progress=False))
+    for name in ("frames", "landmarks", "flow", "flow_conf"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(ds64, name)[:12], err_msg=name)
+    other = Dataset(synthesize(tmp_path / "other", seed=4, num_frames=12, size=64, clip_frames=10, progress=False))
+    assert not np.array_equal(other.frames, again.frames)
+    assert not np.array_equal(other.landmarks, again.landmarks)
+    # The appearance seed changes the dancer and the room, not the motion.
+    looks = Dataset(synthesize(tmp_path / "looks", seed=3, num_frames=2, size=64, appearance_seed=9, progress=False))
+    np.testing.assert_array_equal(looks.landmarks, again.landmarks[:2])
+    assert np.abs(looks.frames[0].astype(int) - again.frames[0].astype(int)).mean() > 5
+
+
+def _warp(prev: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(prev.astype(np.float32), gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def test_flow_is_exact(ds128):
+    d = ds128
+    errs, moving_flow, moving_zero = [], [], []
+    for i in range(1, len(d)):
+        flow = d.flow[i].astype(np.float32)
+        cur = d.frames[i].astype(np.float32)
+        prev = d.frames[i - 1].astype(np.float32)
+        conf = d.flow_conf[i] == 255
+        err = np.abs(_warp(prev, flow) - cur).mean(-1)
+        errs.append(err[conf].mean())
+        moving = conf & (np.linalg.norm(flow, axis=-1) > 1.0)
+        if moving.sum() > 50:
+            moving_flow.append(err[moving].mean())
+            moving_zero.append(np.abs(prev - cur).mean(-1)[moving].mean())
+    assert np.mean(errs) < 6.0 and np.max(errs) < 8.0
+    assert len(moving_flow) > 10
+    # on moving parts the exact flow explains the change, zero flow does not
+    assert np.mean(moving_flow) < 8.0
+    assert np.mean(moving_zero) > 2.0 * np.mean(moving_flow)
+    # the background is static: zero flow there
+    bg = np.all(d.frames[1:] == np.round(DancerRenderer(128, seed=0).background).astype(np.uint8), axis=-1)
+    assert bg.mean() > 0.5
+    assert (d.flow[1:][bg] == 0).all()
+
+
+def test_confidence_marks_occlusions():
+    """Pixels whose part was hidden (or off its surface) at t-1 get confidence 0."""
+    m, r = DanceMotion(seed=0), DancerRenderer(96, seed=0)
+    prev = r.render(m.pose(0))
+    zeros = 0
+    for i in range(1, 30):
+        res = r.render(m.pose(i), m.pose(i - 1), prev.ids)
+        h, w = res.ids.shape
+        jx = np.floor(np.arange(w)[None] + 0.5 + res.flow[..., 0]).astype(int).clip(0, w - 1)
+        jy = np.floor(np.arange(h)[:, None] + 0.5 + res.flow[..., 1]).astype(int).clip(0, h - 1)
+        ok = res.conf == 255
+        assert (prev.ids[jy, jx][ok] == res.ids[ok]).all()
+        zeros += (res.conf == 0).sum()
+        prev = res
+    assert zeros > 0
+
+
+def test_person_like(ds128):
+    d = ds128
+    bg = DancerRenderer(128, seed=0).background
+    for i in (0, 20, 39):
+        frame = d.frames[i].astype(np.float32)
+        diff = np.abs(frame - bg).max(-1)
+        frac = (diff > 12).mean()
+        assert 0.06 < frac < 0.5, frac           # a sizeable figure, not the whole frame
+        x, y = (d.landmarks[i, LM["nose"], :2] * 128).astype(int)
+        assert diff[y, x] > 12                    # the head is drawn where the nose landmark is
+        for name in ("left_hip", "right_hip", "left_knee", "right_knee", "left_shoulder", "right_shoulder"):
+            x, y = (d.landmarks[i, LM[name], :2] * 128).astype(int)
+            assert diff[max(0, y - 1):y + 2, max(0, x - 1):x + 2].max() > 12, name
+    # a textured, shaded figure: many distinct colours, many visible parts
+    res = render_frame(DanceMotion(seed=0).pose(0), 128, seed=0)
+    ids = np.unique(res.ids)
+    assert len(ids) >= 18 and ids.max() <= len(PART_NAMES)
+    fig = res.frame[res.ids > 0]
+    assert len(np.unique(fig.reshape(-1, 3), axis=0)) > 200
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_any_size(size):
+    m = DanceMotion(seed=2)
+    res = render_frame(m.pose(30), size, seed=2, prev_pose=m.pose(29))
+    assert res.frame.shape == (size, size, 3) and res.frame.dtype == np.uint8
+    assert res.ids.shape == (size, size) and res.flow.shape == (size, size, 2)
+    assert res.conf.shape == (size, size) and res.conf.dtype == np.uint8
+    assert (res.ids > 0).mean() > 0.05
