@@ -1,0 +1,465 @@
+"""Capture client, sources and pose normalisation. CPU, loopback only, < 60 s.
+
+A tiny fake ROUTER server (in a thread, speaking realtime/protocol) stands in for ``posecast serve``.
+Tests on real footage read ``$POSECAST_SHARED_DATA`` (default ``<repo>/../shared/data``) and skip when absent.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from clients.capture import CaptureClient, ServerLostError, capture, server_address
+from clients.sources import (RecordingSource, SourceError, SyntheticSource, VideoSource, load_recording,
+                             open_source, save_recording)
+from models.posenorm import PoseNormalizer, normalize_pose, pose_scale, subject_stats, to_square
+from realtime import protocol as P
+from trainer.motion import DanceMotion
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("POSECAST_SHARED_DATA", REPO.parent / "shared" / "data"))
+MESSI = SHARED / "messi5.jpg"
+MEGAMIND = SHARED / "Megamind.avi"
+needs_messi = pytest.mark.skipif(not MESSI.is_file(), reason=f"shared data {MESSI} not found")
+needs_megamind = pytest.mark.skipif(not MEGAMIND.is_file(), reason=f"shared data {MEGAMIND} not found")
+
+SIZE = 64
+COLOR_BGR = (40, 160, 220)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _dance_stats(seed: int = 1, n: int = 30) -> dict:
+    m = DanceMotion(seed, 30.0)
+    return subject_stats(np.stack([m.landmarks(i) for i in range(n)]))
+
+
+class FakeServer(threading.Thread):
+    """A minimal posecast server: hello -> welcome, landmarks -> a solid-colour frame.
+
+    ``drop``: seqs for which no frame is sent (counted in ``dropped``, like latest-wins dropping);
+    ``mute_after``: the first session stops answering anything after this many frames (a hung server);
+    ``error_seqs``: answer these landmarks with an error reply instead of a frame.
+    """
+
+    def __init__(self, *, kind="dance", num_landmarks=33, subject_stats=None, drop=(), mute_after=None,
+                 error_seqs=()):
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.kind, self.num_landmarks, self.stats = kind, num_landmarks, subject_stats
+        self.drop, self.mute_after, self.error_seqs = set(drop), mute_after, set(error_seqs)
+        ok, buf = cv2.imencode(".jpg", np.full((SIZE, SIZE, 3), COLOR_BGR, np.uint8))
+        self.jpeg = buf.tobytes()
+        self.received: list[tuple[int, np.ndarray]] = []   # (seq, landmarks) of every landmarks message
+        self.sessions: list[bytes] = []
+        self.hellos = 0
+        self._halt = threading.Event()
+        self._dropped: dict[bytes, int] = {}
+        self._answered: dict[bytes, int] = {}
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            if not self.sock.poll(20):
+                continue
+            ident, raw = self.sock.recv_multipart()
+            msg = P.decode(raw)
+            if isinstance(msg, P.Hello):
+                self.hellos += 1
+                self.sessions.append(ident)
+                self._reply(ident, P.Welcome(version=P.PROTOCOL_VERSION, kind=self.kind, size=SIZE,
+                                             history_frames=2, num_landmarks=self.num_landmarks,
+                                             layout="mediapipe-pose-33", model="fake", backend="none",
+                                             subject_stats=self.stats, fps=30.0))
+            elif isinstance(msg, P.Landmarks):
+                muted = (self.mute_after is not None and ident == self.sessions[0]
+                         and self._answered.get(ident, 0) >= self.mute_after)
+                if muted:
+                    continue
+                self.received.append((msg.seq, msg.array()))
+                if msg.seq in self.drop:
+                    self._dropped[ident] = self._dropped.get(ident, 0) + 1
+                    continue
+                self._answered[ident] = self._answered.get(ident, 0) + 1
+                if msg.seq in self.error_seqs:
+                    self._reply(ident, P.Error(P.ErrorCode.BAD_LANDMARKS, "fake: landmarks rejected", msg.seq))
+                    continue
+                self._reply(ident, P.Frame(seq=msg.seq, capture_ts=msg.capture_ts, jpeg=self.jpeg,
+                                           timings={"decode": 0.1, "render": 0.5, "engine": 1.0, "encode": 0.3,
+                                                    "total": 1.9},
+                                           dropped=self._dropped.get(ident, 0)))
+
+    def _reply(self, ident: bytes, msg) -> None:
+        self.sock.send_multipart([ident, P.encode(msg)])
+
+    def __enter__(self) -> "FakeServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt.set()
+        self.join(timeout=2)
+        self.sock.close(linger=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _count_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    cap = cv2.VideoCapture(str(path))
+    n, shape = 0, None
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        n, shape = n + 1, f.shape[:2]
+    cap.release()
+    return n, shape
+
+
+# -- connection --------------------------------------------------------------------------------------------
+@pytest.mark.timeout(20)
+def test_connect_fails_clearly_when_nothing_listens():
+    port = _free_port()
+    client = CaptureClient(f"tcp://127.0.0.1:{port}", timeout_s=0.3, retries=2, log=_quiet)
+    t = time.monotonic()
+    with pytest.raises(ConnectionError) as e:
+        client.connect()
+    assert 0.5 < time.monotonic() - t < 5
+    msg = str(e.value)
+    assert f"no posecast server answered at tcp://127.0.0.1:{port} after 2 tries (0.3 s each)" in msg
+    assert "posecast serve" in msg
+    assert server_address("example.org:6000") == "tcp://example.org:6000"
+    assert server_address("example.org") == "tcp://example.org:5555"
+
+
+@pytest.mark.timeout(20)
+def test_connect_welcome():
+    with FakeServer(subject_stats={"x": 1}) as srv, CaptureClient(srv.address, timeout_s=2, log=_quiet) as c:
+        w = c.connect()
+        assert (w.kind, w.size, w.num_landmarks, w.fps) == ("dance", SIZE, 33, 30.0)
+        assert w.subject_stats == {"x": 1}
+
+
+# -- streaming ---------------------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_synthetic_stream_records_every_frame(tmp_path):
+    n = 12
+    drop = {1, 4, 7}
+    logs: list[str] = []
+    with FakeServer(subject_stats=_dance_stats(), drop=drop, error_seqs={9}) as srv:
+        client = CaptureClient(srv.address, timeout_s=2, log=logs.append)
+        with client:
+            src = SyntheticSource(seed=3, fps=30, num_frames=n, realtime=False, preview_size=96)
+            st = client.run(src, record=tmp_path / "out.mp4", headless=True)
+    assert st.frames_sent == n
+    assert st.dropped == len(drop) and st.errors == 1 and st.lost == 0
+    assert st.frames_received + st.dropped + st.errors == st.frames_sent
+    assert st.frames_received == n - len(drop) - 1
+    assert any("fake: landmarks rejected" in m for m in logs)
+    assert st.error_reasons == {"bad_landmarks: fake: landmarks rejected": 1}
+    assert st.latency_p50_ms is not None and 0 < st.latency_p50_ms <= st.latency_p99_ms < 2000
+    assert st.fps > 0 and {"capture_to_send", "server_total", "decode", "glass_to_glass"} <= st.stages.keys()
+    assert st.output == str(tmp_path / "out.mp4")
+    frames, shape = _count_frames(tmp_path / "out.mp4")
+    assert frames == st.frames_received
+    assert shape[0] > 256 and shape[1] >= 2 * 256  # input panel | output (enlarged), status bar below
+    # every landmarks message reached the server: 33 finite rows, in order
+    assert [s for s, _ in srv.received] == list(range(n))
+    assert all(a.shape == (33, 3) and np.isfinite(a).all() for _, a in srv.received)
+
+
+@pytest.mark.timeout(30)
+def test_recorded_mp4_has_all_frames_and_output_panel(tmp_path):
+    n = 8
+    with FakeServer() as srv:
+        st = capture(srv.address, "synthetic:2", record=tmp_path / "v.mp4", headless=True, max_frames=n,
+                     realtime=False, timeout_s=2, log=_quiet)
+    assert st.frames_sent == st.frames_received == n and st.dropped == 0
+    cap = cv2.VideoCapture(str(tmp_path / "v.mp4"))
+    got = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        got.append(f)
+    assert len(got) == n
+    # the right panel is the server's solid colour (the status bar is below the panels)
+    patch = got[-1][20:230, -200:-20].reshape(-1, 3).mean(0)
+    assert np.abs(patch - COLOR_BGR).max() < 20
+
+
+@pytest.mark.timeout(30)
+def test_save_landmarks_then_replay_is_identical(tmp_path):
+    n = 15
+    rec = tmp_path / "rec.npz"
+    stats = _dance_stats(seed=1)
+    with FakeServer(subject_stats=stats) as srv:
+        st = capture(srv.address, "synthetic:5", save_landmarks=rec, headless=True, max_frames=n,
+                     realtime=False, timeout_s=2, log=_quiet)
+        first = [a for _, a in srv.received]
+    assert st.landmarks_path == str(rec) and st.frames_sent == n
+    with np.load(rec, allow_pickle=False) as z:
+        assert str(z["format"]) == "posecast-landmarks" and str(z["kind"]) == "dance"
+        assert z["landmarks"].shape == (n, 33, 3) and z["landmarks"].dtype == np.float32
+        assert float(z["fps"]) == 30.0 and z["capture_ts"].shape == (n,)
+    # the raw (un-normalised) synthetic motion was saved
+    m = DanceMotion(5, 30.0)
+    np.testing.assert_array_equal(load_recording(rec)["landmarks"], np.stack([m.landmarks(i) for i in range(n)]))
+    # normalisation changed what was sent (different subject) ...
+    assert not np.allclose(first[0], m.landmarks(0))
+    # ... and replaying the recording sends exactly the same landmarks again
+    with FakeServer(subject_stats=stats) as srv:
+        src = open_source(str(rec), "dance", realtime=False)
+        assert isinstance(src, RecordingSource) and len(src) == n
+        with CaptureClient(srv.address, timeout_s=2, log=_quiet) as c:
+            st2 = c.run(src, headless=True)
+        second = [a for _, a in srv.received]
+    assert st2.frames_sent == st2.frames_received == n
+    np.testing.assert_array_equal(np.stack(first), np.stack(second))
+    # a recording of the wrong kind is refused clearly
+    with pytest.raises(SourceError, match="'dance' landmarks but the server's model is 'face'"):
+        open_source(str(rec), "face")
+
+
+@pytest.mark.timeout(30)
+def test_recording_source_pacing_and_missing_frames(tmp_path):
+    lm = np.stack([DanceMotion(0).landmarks(i) for i in range(6)])
+    lm[2] = np.nan
+    path = save_recording(tmp_path / "r.npz", lm, kind="dance", fps=50.0, aspect=4 / 3)
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write left nothing behind
+    src = RecordingSource(path)
+    assert (src.kind, src.fps, src.aspect) == ("dance", 50.0, pytest.approx(4 / 3))
+    t = time.monotonic()
+    items = list(src)
+    assert time.monotonic() - t >= 5 / 50 - 0.01  # paced at its fps
+    assert [it.index for it in items] == list(range(6)) and all(it.rgb is None for it in items)
+    assert items[2].landmarks is None
+    np.testing.assert_array_equal(items[3].landmarks, lm[3])
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(SourceError, match="cannot read landmark recording"):
+        RecordingSource(tmp_path / "bad.npz")
+
+
+@pytest.mark.timeout(30)
+def test_server_goes_away_and_comes_back(tmp_path):
+    logs: list[str] = []
+    with FakeServer(mute_after=4) as srv:
+        client = CaptureClient(srv.address, timeout_s=0.5, retries=2, log=logs.append)
+        with client:
+            st = client.run(SyntheticSource(seed=0, num_frames=60, realtime=True, fps=60, preview_size=0),
+                            headless=True)
+        assert srv.hellos == 2
+    assert st.reconnects == 1 and st.lost >= 1
+    assert st.frames_sent == 60
+    assert st.frames_received + st.dropped + st.errors + st.lost == st.frames_sent
+    assert st.frames_received >= 4 + 10  # answered before the hang, and again after reconnecting
+    assert any("did the server go away" in m for m in logs) and any("reconnected" in m for m in logs)
+
+
+@pytest.mark.timeout(30)
+def test_server_gone_for_good_gives_up():
+    srv = FakeServer()
+    srv.start()
+    client = CaptureClient(srv.address, timeout_s=0.3, retries=1, log=_quiet)
+    client.connect()
+    srv.__exit__()  # the server dies
+    with pytest.raises(ServerLostError) as e:
+        client.run(SyntheticSource(seed=0, num_frames=200, realtime=True, fps=60, preview_size=0), headless=True)
+    assert "tcp://127.0.0.1" in str(e.value) and e.value.stats is not None
+    assert e.value.stats.frames_received == 0 and e.value.stats.lost > 0
+    client.close()
+
+
+# -- sources -----------------------------------------------------------------------------------------------
+def test_video_source_missing_or_corrupt(tmp_path):
+    with pytest.raises(FileNotFoundError, match="video file not found: .*nope.mp4"):
+        VideoSource(tmp_path / "nope.mp4")
+    with pytest.raises(FileNotFoundError):
+        open_source(str(tmp_path / "nope.mp4"))
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(os.urandom(4096))
+    with pytest.raises(SourceError, match="corrupt"):
+        VideoSource(bad)
+
+
+def test_video_source_reads_paces_and_loops(tmp_path):
+    path = tmp_path / "v.mp4"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (48, 32))
+    for i in range(5):
+        w.write(np.full((32, 48, 3), i * 40, np.uint8))
+    w.release()
+    src = VideoSource(path, realtime=False)
+    assert src.fps == pytest.approx(25.0) and src.aspect == pytest.approx(1.5)
+    items = list(src)
+    assert len(items) == 5 and items[0].rgb.shape == (32, 48, 3) and items[0].landmarks is None
+    t = time.monotonic()
+    items = list(VideoSource(path, realtime=True))
+    assert time.monotonic() - t >= 4 / 25 - 0.01
+    looped = VideoSource(path, loop=True, realtime=False)
+    it = iter(looped)
+    assert [next(it).index for _ in range(12)] == list(range(12))
+    looped.close()
+    assert isinstance(open_source(str(path), realtime=False), VideoSource)
+
+
+def test_synthetic_source_matches_motion():
+    src = open_source("synthetic:4", "dance", realtime=False, num_frames=3, default_fps=24)
+    assert isinstance(src, SyntheticSource) and src.fps == 24
+    items = list(src)
+    m = DanceMotion(4, 24.0)
+    assert len(items) == 3
+    for i, it in enumerate(items):
+        np.testing.assert_array_equal(it.landmarks, m.landmarks(i))
+        assert it.rgb.shape == (256, 256, 3) and it.rgb.max() > 0  # rendered skeleton preview
+    with pytest.raises(SourceError, match="server's model is 'face'"):
+        open_source("synthetic", "face")
+
+
+# -- pose normalisation ------------------------------------------------------------------------------------
+def _scaled(base: np.ndarray, k: float, shift) -> np.ndarray:
+    out = base.copy()
+    out[..., :2] = base[..., :2] * k + np.asarray(shift, np.float32)
+    return out
+
+
+def test_normalize_pose_maps_scale_and_position():
+    base = np.stack([DanceMotion(1).landmarks(i) for i in range(30)])
+    target = subject_stats(base)
+    src = _scaled(base, 0.5, (0.3, 0.1))
+    source = subject_stats(src)
+    assert pose_scale(source, target) == pytest.approx(2.0, rel=1e-5)
+    assert pose_scale(source, target, "torso") == pytest.approx(2.0, rel=1e-5)
+    frame = src[7].copy()
+    frame[13] = np.nan                 # a missing elbow
+    frame[15, 2] = 0.1                 # a barely visible wrist
+    out = normalize_pose(frame, source, target)
+    assert np.isnan(out[13]).all()
+    assert out[15, 2] == pytest.approx(0.1)
+    keep = np.arange(33) != 13
+    np.testing.assert_allclose(out[keep, :2], base[7][keep, :2], atol=1e-5)
+    np.testing.assert_array_equal(out[keep, 2], frame[keep, 2])   # visibility untouched
+    got = subject_stats(out[None])
+    ref = subject_stats(base[7][None])
+    for key in ("shoulder_width", "torso_length"):
+        assert got[key] == pytest.approx(ref[key], abs=1e-5)
+    np.testing.assert_allclose(got["hip_center"], ref["hip_center"], atol=1e-5)
+    # shoulder-width-only scaling of a person with other proportions
+    wide = src.copy()
+    sh = wide[:, [11, 12], :2]
+    wide[:, [11, 12], :2] = (sh - sh.mean(1, keepdims=True)) * 1.5 + sh.mean(1, keepdims=True)
+    assert pose_scale(subject_stats(wide), target, "shoulders") == pytest.approx(2.0 / 1.5, rel=1e-4)
+    assert pose_scale(subject_stats(wide), target, "torso") == pytest.approx(2.0, rel=1e-4)
+    # a source frame of a 16:9 camera: x is compressed by the aspect ratio
+    aspect = 16 / 9
+    cam = src.copy()
+    cam[..., 0] /= aspect
+    cam_stats = subject_stats(to_square(cam, aspect))
+    np.testing.assert_allclose(normalize_pose(cam[3], cam_stats, target, aspect=aspect), base[3], atol=1e-5)
+
+
+def test_pose_normalizer_online():
+    base = np.stack([DanceMotion(2).landmarks(i) for i in range(40)])
+    target = subject_stats(base[:10])
+    src = _scaled(base, 1.6, (-0.2, -0.25))
+    src[0, [23, 24], 2] = 0.2          # hips hidden in the first frame: not used for the estimate
+    norm = PoseNormalizer(target, warmup=10)
+    assert norm(None) is None
+    np.testing.assert_array_equal(norm(src[0]), src[0])   # nothing learned yet: passes through
+    outs = [norm(f) for f in src[1:11]]
+    assert norm.ready and norm.source_stats["frames"] == 10
+    assert norm.source_stats["torso_length"] == pytest.approx(1.6 * subject_stats(base[1:11])["torso_length"],
+                                                              rel=1e-5)
+    # frozen after warm-up: later frames map with the same transform
+    nan_frame = src[30].copy()
+    nan_frame[25:29] = np.nan
+    out = norm(nan_frame)
+    assert np.isnan(out[25:29]).all()
+    t_stats = subject_stats(base[1:11])
+    expected = _scaled(base[30], 1.0, (0, 0))
+    # same subject -> identity up to the difference between the medians of frames 0-9 and 1-10
+    k = target["torso_length"] / t_stats["torso_length"]
+    assert abs(k - 1) < 0.05
+    np.testing.assert_allclose(out[:25, :2], expected[:25, :2], atol=0.02)
+    assert len(outs) == 10
+    # no target statistics: pass-through
+    assert not PoseNormalizer(None).active
+    np.testing.assert_array_equal(PoseNormalizer(None)(src[5]), src[5])
+    # face meshes pass through
+    face = np.random.default_rng(0).random((478, 3)).astype(np.float32)
+    np.testing.assert_array_equal(PoseNormalizer(target)(face), face)
+
+
+# -- end to end through MediaPipe ----------------------------------------------------------------------------
+@needs_messi
+@pytest.mark.timeout(60)
+def test_video_of_a_real_person_through_mediapipe(tmp_path):
+    img = cv2.imread(str(MESSI))
+    h, w = img.shape[:2]
+    path = tmp_path / "messi.mp4"
+    n = 10
+    W, H = 640, 400
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
+    for i in range(n):
+        s = 0.85 + 0.02 * i
+        im = cv2.resize(img, (int(w * s), int(h * s)), interpolation=cv2.INTER_AREA)
+        canvas = np.full((H, W, 3), 90, np.uint8)
+        x0, y0 = 10 + 6 * i, 20 + 2 * i
+        canvas[y0:y0 + im.shape[0], x0:x0 + im.shape[1]] = im[:H - y0, :W - x0]
+        vw.write(canvas)
+    vw.release()
+    with FakeServer(subject_stats=_dance_stats()) as srv:
+        st = capture(srv.address, str(path), headless=True, realtime=False, timeout_s=10,
+                     record=tmp_path / "view.mp4", save_landmarks=tmp_path / "messi.npz", log=_quiet)
+        sent = [a for _, a in srv.received]
+    assert st.frames_sent == n and st.landmarks_found == n
+    assert st.frames_received + st.dropped == n
+    assert len(sent) == n and all(a.shape == (33, 3) for a in sent)
+    assert all(np.isfinite(a).all() for a in sent)
+    assert "extract" in st.stages and st.stages["extract"] > 0
+    rec = load_recording(tmp_path / "messi.npz")
+    assert rec["aspect"] == pytest.approx(W / H) and np.isfinite(rec["landmarks"]).all()
+    raw = rec["landmarks"]
+    assert (raw[:, [11, 12, 23, 24], 2] > 0.5).all()   # shoulders and hips clearly visible
+    # the player moves right and grows between the first and the last frame, in the raw landmarks ...
+    assert raw[-1, [11, 12, 23, 24], 0].mean() > raw[0, [11, 12, 23, 24], 0].mean()
+    # ... and normalisation puts his torso where the training subject's is
+    tgt = _dance_stats()
+    centre = lambda a: a[[11, 12, 23, 24], :2].mean(0)  # noqa: E731
+    tc = (np.asarray(tgt["shoulder_center"]) + np.asarray(tgt["hip_center"])) / 2
+    assert np.abs(centre(sent[0]) - tc).max() < 0.05
+    assert _count_frames(tmp_path / "view.mp4")[0] == st.frames_received
+
+
+@needs_megamind
+@pytest.mark.timeout(60)
+def test_face_video_through_mediapipe_passes_through(tmp_path):
+    n = 8
+    with FakeServer(kind="face", num_landmarks=478, subject_stats=None) as srv:
+        st = capture(srv.address, str(MEGAMIND), headless=True, realtime=False, max_frames=n, timeout_s=10,
+                     save_landmarks=tmp_path / "face.npz", log=_quiet)
+        sent = [a for _, a in srv.received]
+    assert st.frames_sent == n and st.landmarks_found >= n - 1
+    rec = load_recording(tmp_path / "face.npz")
+    assert rec["kind"] == "face" and rec["landmarks"].shape == (n, 478, 3)
+    # face landmarks are not normalised: what was sent is what MediaPipe found
+    np.testing.assert_array_equal(np.stack(sent), rec["landmarks"])
+    with pytest.raises(SourceError, match="'face'"):
+        with FakeServer(kind="face", num_landmarks=478) as srv:
+            capture(srv.address, "synthetic", headless=True, max_frames=1, timeout_s=2, log=_quiet)
