@@ -1,0 +1,143 @@
+"""Per-client streaming state: the label-map and frame histories one client's generator runs on.
+
+A ``Session`` turns one client's landmark stream into frames, exactly like ``Generator.rollout`` does at training
+time: history starts at zero (and returns to zero on ``reset()``), each step renders the current label map with
+the training renderer (``models.render``) and feeds the engine
+
+    labels   (1, (L+1)*C, S, S)  the label maps of frames t-L..t, oldest first
+    previous (1, L*3, S, S)      the L previously generated frames in [-1, 1], oldest first
+
+then shifts both histories by one frame. All buffers are preallocated: the label map is rendered straight into
+the current slot of the label buffer, and the frame is converted to uint8 in place.
+
+Sessions are not thread-safe; the server runs every session on its one worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from models.render import render_labels
+from realtime.protocol import ErrorCode, ProtocolError
+
+# Landmark values whose magnitude exceeds this are rejected (x, y are normalised to [0, 1]; the renderer already
+# treats anything beyond 4 image sizes outside the frame as missing). Catches pixel coordinates and garbage.
+MAX_ABS_LANDMARK = 100.0
+
+#: Landmark layout name, default K sent in the Welcome, and every K accepted, per label kind.
+LAYOUTS: dict[str, tuple[str, int, tuple[int, ...]]] = {
+    "dance": ("mediapipe-pose-33", 33, (33,)),
+    "face": ("mediapipe-face-mesh", 478, (478, 468)),
+}
+
+
+def layout_of(kind: str) -> tuple[str, int, tuple[int, ...]]:
+    """(layout name, default K, accepted K) of a label kind."""
+    try:
+        return LAYOUTS[kind]
+    except KeyError:
+        raise ValueError(f"no landmark layout for label kind {kind!r}") from None
+
+
+def _ms(t0: float, t1: float) -> float:
+    return (t1 - t0) * 1000.0
+
+
+class Session:
+    """One client's generator state over an ``Engine`` (see realtime/engine.py).
+
+    ``step(landmarks)`` -> ``(frame, timings)``: ``frame`` is uint8 RGB ``(S, S, 3)``, a buffer owned by the
+    session and overwritten by the next step (copy it to keep it); ``timings`` holds per-stage milliseconds
+    ``render``, ``engine`` and ``post`` (float -> uint8 and the history shift).
+    """
+
+    def __init__(self, engine, name: str = ""):
+        cfg = engine.cfg
+        self.engine = engine
+        self.name = name
+        self.kind = cfg.kind
+        self.size = S = cfg.size
+        self.history_frames = L = cfg.history_frames
+        self.label_nc = C = cfg.label_nc
+        self.layout, self.num_landmarks, self.accepted_counts = layout_of(cfg.kind)
+        self._labels = np.zeros((1, (L + 1) * C, S, S), np.float32)
+        self._current = self._labels[0, L * C:]                     # (C, S, S) view: the current frame's slot
+        self._previous = np.zeros((1, L * 3, S, S), np.float32) if L else None
+        self._planes_f = np.empty((3, S, S), np.float32)
+        self._planes_u8 = np.empty((3, S, S), np.uint8)
+        self._rgb = np.empty((S, S, 3), np.uint8)
+        self.frames = 0                                              # frames generated since start / reset
+
+    # -- validation --------------------------------------------------------------------------------------
+    def check(self, landmarks, seq: int | None = None) -> np.ndarray:
+        """Validate one client's landmarks; return them as float32 ``(K, 3)`` or raise ProtocolError BAD_LANDMARKS.
+
+        K must match the model's layout (face: 468 or 478); NaN marks a missing value and is allowed; inf and
+        values beyond +-MAX_ABS_LANDMARK are not.
+        """
+        try:
+            arr = np.asarray(landmarks)
+        except Exception:  # noqa: BLE001 - anything that is not array-like
+            raise ProtocolError(ErrorCode.BAD_LANDMARKS, "landmarks are not a numeric array", seq) from None
+        if arr.dtype.kind not in "fiu":
+            raise ProtocolError(ErrorCode.BAD_LANDMARKS, f"landmarks must be numeric, got dtype {arr.dtype}", seq)
+        if arr.ndim != 2 or arr.shape[1] != 3:
+            raise ProtocolError(ErrorCode.BAD_LANDMARKS, f"landmarks must have shape (K, 3), got {list(arr.shape)}",
+                                seq)
+        if arr.shape[0] not in self.accepted_counts:
+            want = " or ".join(map(str, self.accepted_counts))
+            raise ProtocolError(ErrorCode.BAD_LANDMARKS, f"this {self.kind} model ({self.layout}) needs K = {want} "
+                                                         f"landmarks, got {arr.shape[0]}", seq)
+        arr = arr.astype(np.float32, copy=False)
+        with np.errstate(invalid="ignore"):
+            bad = np.abs(arr) > MAX_ABS_LANDMARK                         # NaN -> False (allowed), inf -> True
+        if bad.any():
+            n_inf = int(np.isinf(arr).sum())
+            what = f"{n_inf} inf value(s)" if n_inf else f"values beyond +-{MAX_ABS_LANDMARK:g}"
+            rows = np.flatnonzero(bad.any(axis=1))[:8].tolist()
+            raise ProtocolError(ErrorCode.BAD_LANDMARKS,
+                                f"landmarks contain {what} (rows {rows}); x, y must be normalised to [0, 1] "
+                                f"and missing landmarks sent as NaN", seq)
+        return arr
+
+    # -- the hot path ------------------------------------------------------------------------------------
+    def step(self, landmarks, seq: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Generate the next frame from ``landmarks`` (K, 3); see the class docstring."""
+        lm = self.check(landmarks, seq)
+        S, L, C = self.size, self.history_frames, self.label_nc
+        t0 = time.perf_counter()
+        render_labels(self.kind, lm, S, S, out=self._current)
+        t1 = time.perf_counter()
+        out = self.engine.step(self._labels, self._previous)
+        t2 = time.perf_counter()
+        frame = np.asarray(out, np.float32).reshape(3, S, S)
+        # models.visualize.to_uint8 without temporaries, bit-identical: clip((x + 1) * 127.5 + 0.5, 0, 255) -> uint8
+        # (truncating), on contiguous planes, then one interleaving pass (10x faster than working on the transpose).
+        f, u = self._planes_f, self._planes_u8
+        np.add(frame, np.float32(1.0), out=f)
+        np.multiply(f, np.float32(127.5), out=f)
+        np.add(f, np.float32(0.5), out=f)
+        np.clip(f, np.float32(0.0), np.float32(255.0), out=f)
+        np.copyto(u, f, casting="unsafe")
+        cv2.merge((u[0], u[1], u[2]), dst=self._rgb)
+        # Shift the histories one frame (block by block, oldest first: no overlapping copies, no temporaries).
+        if L:
+            lab, prev = self._labels[0], self._previous[0]
+            for i in range(L):
+                lab[i * C:(i + 1) * C] = lab[(i + 1) * C:(i + 2) * C]
+            for i in range(L - 1):
+                prev[i * 3:(i + 1) * 3] = prev[(i + 1) * 3:(i + 2) * 3]
+            prev[(L - 1) * 3:] = frame
+        self.frames += 1
+        t3 = time.perf_counter()
+        return self._rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
+
+    def reset(self) -> None:
+        """Back to zero history: the next frame is generated exactly as the first one of a new session."""
+        self._labels.fill(0.0)
+        if self._previous is not None:
+            self._previous.fill(0.0)
+        self.frames = 0

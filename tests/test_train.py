@@ -1,0 +1,165 @@
+"""A short training run on the synthetic dancer: losses move, output beats the mean frame, eval, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import load_generator, read_checkpoint
+from models.presets import get_preset
+from trainer.clips import ClipSource
+from trainer.dataset import Dataset, DatasetError, DatasetWriter
+from trainer.synth import synthesize
+from trainer.train import TrainConfig, Trainer
+
+SIZE = 64
+TINY = dict(size=SIZE, ngf=8, ndf=8, n_blocks=2, n_blocks_flow=1, n_downsample=2)
+ITERATIONS = 120
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    train = synthesize(root / "train", seed=1, num_frames=60, size=SIZE, progress=False)
+    heldout = synthesize(root / "heldout", seed=2, num_frames=20, size=SIZE, progress=False)
+    cfg = get_preset("dance", **TINY)
+    tc = TrainConfig(iterations=ITERATIONS, clip_frames_start=3, clip_frames_max=4, lr=1e-3, w_temporal=0.0,
+                     checkpoint_every=10**6, sample_every=50, log_every=10)
+    result = Trainer(cfg, tc, train, root / "run", progress=False).run()
+    return {"root": root, "train": train, "heldout": heldout, "run": root / "run", "result": result, "cfg": cfg}
+
+
+@pytest.mark.timeout(600)
+def test_losses_move_and_output_beats_the_mean_frame(trained):
+    hist = trained["result"]["history"]
+    assert len(hist) == ITERATIONS
+    for row in hist:
+        assert all(np.isfinite(v) for v in row.values()), row
+    first = np.mean([h["L1"] for h in hist[:10]])
+    last = np.mean([h["L1"] for h in hist[-10:]])
+    assert last < 0.8 * first, (first, last)
+    # The flow head learns the motion: flow loss goes down too.
+    assert np.mean([h["flow"] for h in hist[-10:]]) < np.mean([h["flow"] for h in hist[:10]])
+
+    # Held-out motion, same dancer: generate from labels alone (zero history) and compare, where the person
+    # is (pixels that differ from the static room), with the trivial baseline of predicting the mean frame.
+    G, _ = load_generator(trained["run"])
+    train_src = ClipSource(Dataset(trained["train"]), SIZE)
+    train_frames = train_src.load(*train_src.clips[0])["frames"]
+    mean_frame, room = train_frames.mean(0), train_frames.median(0).values
+    src = ClipSource(Dataset(trained["heldout"]), SIZE)
+    clip = src.load(*src.clips[0])
+    with torch.no_grad():
+        fake = G.rollout(clip["labels"][None])[0][0]
+    real = clip["frames"]
+    person = ((real - room).abs().amax(1, keepdim=True) > 0.15).float()
+    person = torch.nn.functional.max_pool2d(person, 5, 1, 2)
+    assert 0.05 < person.mean() < 0.6
+
+    def mae(x):
+        return float(((x - real).abs() * person).sum() / (3 * person.sum()))
+
+    assert mae(fake) < mae(mean_frame.expand_as(real)), (mae(fake), mae(mean_frame.expand_as(real)))
+
+
+def test_run_folder_contents(trained):
+    run = trained["run"]
+    for name in ("generator.json", "generator.safetensors", "latest.json", "latest.safetensors", "config.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.*")), "no TensorBoard event file"
+    cfg, tensors, meta = read_checkpoint(run / "latest.json")
+    assert cfg == trained["cfg"]
+    assert meta["iteration"] == ITERATIONS
+    assert any(k.startswith("optG.") for k in tensors) and any(k.startswith("D.") for k in tensors)
+    assert meta["subject_stats"]["shoulder_width"] > 0
+
+
+def test_eval_json_keys_and_ranges(trained):
+    out = subprocess.run([sys.executable, "-m", "posecast_cli", "eval", str(trained["run"]), "--data",
+                          str(trained["heldout"]), "--json", "--video", str(trained["root"] / "side.mp4")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"psnr", "ssim", "flicker", "flicker_real", "frames"} <= set(res)
+    assert res["frames"] == 20
+    assert 5.0 < res["psnr"] < 60.0
+    assert -1.0 <= res["ssim"] <= 1.0
+    assert res["flicker"] >= 0.0 and 0.0 <= res["flicker_real"] < 5.0
+    import cv2
+    cap = cv2.VideoCapture(str(trained["root"] / "side.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+    ok, frame = cap.read()
+    assert ok and frame.shape[1] > 3 * SIZE  # label | generated | real
+
+
+@pytest.mark.timeout(300)
+def test_resume_continues_from_the_checkpoint(trained, tmp_path):
+    cfg = trained["cfg"]
+    tc = TrainConfig(iterations=3, clip_frames_start=3, clip_frames_max=3, checkpoint_every=10**6)
+    Trainer(cfg, tc, trained["train"], tmp_path / "r", progress=False).run()
+    seen = []
+    tc5 = TrainConfig(iterations=5, clip_frames_start=3, clip_frames_max=3, checkpoint_every=10**6)
+    t = Trainer(cfg, tc5, trained["train"], tmp_path / "r", resume=True, progress=False,
+                on_iteration=lambda it, logs: seen.append(it))
+    assert t.iteration == 3
+    t.run()
+    assert seen == [4, 5]
+    assert read_checkpoint(tmp_path / "r" / "latest.json")[2]["iteration"] == 5
+    # Resuming with another model config is refused with a clear message.
+    with pytest.raises(ValueError, match="different model config"):
+        Trainer(cfg.replace(ngf=16), tc5, trained["train"], tmp_path / "r", resume=True, progress=False)
+
+
+def test_clip_length_grows_and_lr_decays():
+    tc = TrainConfig(iterations=300, clip_frames_start=4, clip_frames_max=16, decay_start=0.5)
+    lengths = [tc.clip_frames(i, 4) for i in range(300)]
+    assert lengths[0] == 4 and lengths[-1] == 16 and sorted(lengths) == lengths
+    assert set(lengths) == {4, 8, 16}
+    assert tc.lr_at(0) == tc.lr and tc.lr_at(150) == tc.lr and tc.lr_at(299) < 0.01 * tc.lr
+
+
+def test_training_refuses_mismatched_or_tiny_data(tmp_path, trained):
+    with pytest.raises(ValueError, match="expects 'face'"):
+        Trainer(get_preset("face", size=SIZE, ngf=8, ndf=8), TrainConfig(iterations=1), trained["train"],
+                tmp_path / "x", progress=False)
+    with pytest.raises(DatasetError, match="no manifest.json"):
+        Trainer(trained["cfg"], TrainConfig(iterations=1), tmp_path, tmp_path / "x", progress=False)
+    tiny = synthesize(tmp_path / "tiny", seed=0, num_frames=6, size=SIZE, clip_frames=2, progress=False)
+    with pytest.raises(ValueError, match="longest clip has 2 frames"):
+        Trainer(trained["cfg"], TrainConfig(iterations=1), tiny, tmp_path / "x", progress=False)
+
+
+def test_dataset_writer_is_atomic_and_checks_shapes(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(ValueError, match="frames: expected shape"):
+        with DatasetWriter(out, kind="dance", height=8, width=8, fps=30, num_landmarks=33) as w:
+            w.add(np.zeros((8, 8, 3), np.uint8), np.zeros((33, 3), np.float32))
+            w.add(np.zeros((4, 4, 3), np.uint8), np.zeros((33, 3), np.float32))
+    assert not out.exists() and not (tmp_path / "ds.partial").exists()
+    with DatasetWriter(out, kind="dance", height=8, width=8, fps=30, num_landmarks=33) as w:
+        for i in range(5):
+            if i == 2:
+                w.note_missing(i)
+                continue
+            w.add(np.full((8, 8, 3), i, np.uint8), np.zeros((33, 3), np.float32))
+    ds = Dataset(out)
+    assert len(ds) == 4 and ds.clips == [(0, 2), (2, 4)] and ds.manifest.missing_frames == [2]
+    assert ds.flow_conf[0].max() == 0 and ds.flow_conf[2].max() == 0 and ds.flow_conf[1].min() == 255
+    with pytest.raises(FileExistsError, match="already exists"):
+        DatasetWriter(out, kind="dance", height=8, width=8, fps=30, num_landmarks=33)
+    (out / "flow.npy").unlink()
+    with pytest.raises(DatasetError, match="missing flow.npy"):
+        Dataset(out)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "posecast_cli", "train", "--data", str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "posecast train: error:" in out.stderr and "no manifest.json" in out.stderr
+    assert "Traceback" not in out.stderr
