@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +69,48 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from realtime.export import export
+
+    res = export(args.run, args.backend, fp16=args.fp16, out=args.out)
+    for k, v in res.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from realtime.server import serve
+
+    serve(args.model, args.bind, args.backend, max_clients=args.max_clients, idle_timeout_s=args.idle_timeout,
+          jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
+    return 0
+
+
+def _cmd_capture(args) -> int:
+    from clients.capture import capture
+
+    stats = capture(args.server, args.source, record=args.record, headless=args.headless,
+                    save_landmarks=args.save_landmarks, normalize=not args.no_normalize, max_frames=args.max_frames,
+                    timeout_s=args.timeout, retries=args.retries, realtime=not args.fast, loop=args.loop)
+    print(stats.summary())
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from clients.demo import demo
+
+    res = demo(args.model, source=args.source, frames=args.frames, out=args.out, backend=args.backend,
+               headless=args.headless or args.json)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"demo: {res['frames_received']} of {res['frames_sent']} frames back ({res['dropped']} dropped by "
+              f"latest-wins) at {res['fps']:.1f} fps; glass-to-glass latency p50 {res['latency_p50_ms']} ms, "
+              f"p99 {res['latency_p99_ms']} ms ({res['backend']})")
+        print(f"input | output video: {res['output']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posecast", description="Streaming real-time pose-to-video (vid2vid).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -128,6 +171,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object (psnr, ssim, flicker, flicker_real, frames)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("export", help="compile the generator (ONNX, checked against PyTorch; TensorRT engines)")
+    s.add_argument("run", help="run folder or checkpoint .json")
+    s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch-tensorrt"],
+                   help="target backend (default onnxruntime)")
+    s.add_argument("--fp16", action="store_true", help="half precision (TensorRT backends)")
+    s.add_argument("--out", default=None, help="ONNX output path (default RUN/generator.onnx)")
+    s.set_defaults(fn=_cmd_export)
+
+    s = sub.add_parser("serve", help="serve a model to capture clients over ZeroMQ")
+    s.add_argument("model", help="run folder or checkpoint .json")
+    s.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                   help="ZeroMQ address (default tcp://127.0.0.1:5555; tcp://0.0.0.0:5555 for the network)")
+    s.add_argument("--backend", default=None, help="onnxruntime (default), torch, tensorrt, torch-tensorrt")
+    s.add_argument("--max-clients", type=int, default=16, help="concurrent sessions (default 16)")
+    s.add_argument("--idle-timeout", type=float, default=10.0, help="free a silent client's session after S seconds")
+    s.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames sent (default 90)")
+    s.add_argument("--stats-interval", type=float, default=10.0, help="seconds between stats log lines")
+    s.set_defaults(fn=_cmd_serve)
+
+    s = sub.add_parser("capture", help="stream landmarks from a webcam/video/recording to a server, show the result")
+    s.add_argument("--server", default="tcp://127.0.0.1:5555", help="server address (default tcp://127.0.0.1:5555)")
+    s.add_argument("--source", default="0",
+                   help="camera index, video file, landmark recording (.npz) or synthetic[:SEED] (default 0)")
+    s.add_argument("--record", default=None, metavar="OUT.mp4", help="record input | output to an mp4")
+    s.add_argument("--headless", action="store_true", help="no window (recording still works)")
+    s.add_argument("--save-landmarks", default=None, metavar="REC.npz", help="save the landmarks sent (replayable)")
+    s.add_argument("--no-normalize", action="store_true", help="send landmarks as detected (no body-scale mapping)")
+    s.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server (default 5)")
+    s.add_argument("--retries", type=int, default=3, help="connection attempts (default 3)")
+    s.add_argument("--fast", action="store_true", help="read files as fast as the server renders, not at their fps")
+    s.add_argument("--loop", action="store_true", help="loop a video or recording")
+    s.set_defaults(fn=_cmd_capture)
+
+    s = sub.add_parser("demo", help="the live pipeline on loopback with the bundled model")
+    s.add_argument("--model", default=None, help="model to serve (default: the bundled dance model)")
+    s.add_argument("--source", default="synthetic", help="synthetic[:SEED] (default), a camera index or a video")
+    s.add_argument("--frames", type=int, default=300, help="frames to stream (default 300)")
+    s.add_argument("--out", default="demo/out.mp4", help="input | output video (default demo/out.mp4)")
+    s.add_argument("--backend", default=None, help="onnxruntime (default), torch, tensorrt, torch-tensorrt")
+    s.add_argument("--headless", action="store_true", help="no window")
+    s.add_argument("--json", action="store_true", help="print one JSON object (frames_sent, frames_received, "
+                                                       "dropped, fps, latency_p50_ms, latency_p99_ms, output)")
+    s.set_defaults(fn=_cmd_demo)
     return p
 
 
@@ -139,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        # Expected failures (bad input files, bad options) get one clear line, not a traceback.
+        # Expected failures (bad input files, bad options, no server) get one clear line, not a traceback;
+        # POSECAST_DEBUG=1 shows the traceback.
+        if os.environ.get("POSECAST_DEBUG"):
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"posecast {args.command}: error: {msg}", file=sys.stderr)
         return 2

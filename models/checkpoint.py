@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .generator import Generator
+from .generator import SequentialGenerator, build_generator
 from .presets import ModelConfig
 
 FORMAT = "posecast-checkpoint"
@@ -119,10 +119,10 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: st
     module.load_state_dict(state)
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SequentialGenerator, dict]:
     """Rebuild the generator from a checkpoint (eval mode). Returns (generator, meta)."""
     cfg, tensors, meta = read_checkpoint(path)
-    g = Generator(cfg)
+    g = build_generator(cfg)
     state = subdict(tensors, "G")
     if not state:
         raise CheckpointError(f"{resolve(path)}: no generator tensors (expected keys 'G.*')")

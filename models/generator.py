@@ -84,7 +84,66 @@ class _LocalLevel(nn.Module):
         return img_feat, flow_feat
 
 
-class Generator(nn.Module):
+_ARCHS: dict[str, type["SequentialGenerator"]] = {}
+
+
+def register_arch(name: str):
+    """Class decorator: make a generator architecture buildable by ``ModelConfig.arch``."""
+    def deco(cls):
+        _ARCHS[name] = cls
+        return cls
+    return deco
+
+
+def build_generator(cfg: ModelConfig) -> "SequentialGenerator":
+    """The generator network of ``cfg`` (by ``cfg.arch``), freshly initialised."""
+    if cfg.arch not in _ARCHS:
+        raise ValueError(f"unknown generator architecture {cfg.arch!r}; known: {', '.join(sorted(_ARCHS))}")
+    return _ARCHS[cfg.arch](cfg)
+
+
+class SequentialGenerator(nn.Module):
+    """What every architecture shares: the one-step contract plus the zero-history rollout."""
+
+    cfg: ModelConfig
+
+    @property
+    def history_frames(self) -> int:
+        return self.cfg.history_frames
+
+    def zero_history(self, batch: int = 1, device=None):
+        """(label history, frame history) for the first frame: all zeros (the model is trained from zeros)."""
+        cfg = self.cfg
+        L, S = cfg.history_frames, cfg.size
+        return (torch.zeros(batch, L * cfg.label_nc, S, S, device=device),
+                torch.zeros(batch, L * 3, S, S, device=device))
+
+    def rollout(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Generate a clip step by step from zero history, as inference does.
+
+        labels (B, T, C, S, S) -> frames (B, T, 3, S, S), flows (B, T, 2, S, S), masks (B, T, 1, S, S).
+        Frames enter the history detached: no gradient flows into earlier steps.
+        """
+        B, T = labels.shape[:2]
+        L = self.cfg.history_frames
+        label_hist, frame_hist = self.zero_history(B, labels.device)
+        frames, flows, masks = [], [], []
+        for t in range(T):
+            lab = labels[:, t]
+            frame, flow, mask = self(torch.cat((label_hist, lab), 1), frame_hist if L else None)
+            frames.append(frame)
+            flows.append(flow)
+            masks.append(mask)
+            if L:
+                label_hist = torch.cat((label_hist[:, lab.shape[1]:], lab), 1)
+                frame_hist = torch.cat((frame_hist[:, 3:], frame.detach()), 1)
+        return torch.stack(frames, 1), torch.stack(flows, 1), torch.stack(masks, 1)
+
+
+@register_arch("vid2vid")
+class Generator(SequentialGenerator):
+    """vid2vid's generator (see the module docstring)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
@@ -102,10 +161,6 @@ class Generator(nn.Module):
             nn.init.zeros_(self.head_flow.bias)
         # Flow head outputs are scaled to pixels: +-1 -> +-size/64 px (4 px at 256).
         self.flow_scale = cfg.size / 64.0
-
-    @property
-    def history_frames(self) -> int:
-        return self.cfg.history_frames
 
     def forward(self, labels: torch.Tensor, previous: torch.Tensor | None = None):
         """One step: ``(labels, previous) -> (frame, flow, mask)``; see the module docstring for shapes."""
@@ -140,30 +195,6 @@ class Generator(nn.Module):
         frame = mask * warped + (1 - mask) * hallucinated
         return frame, flow, mask
 
-    def zero_history(self, batch: int = 1, device=None):
-        """(label history, frame history) for the first frame: all zeros (the model is trained from zeros)."""
-        cfg = self.cfg
-        L, S = cfg.history_frames, cfg.size
-        return (torch.zeros(batch, L * cfg.label_nc, S, S, device=device),
-                torch.zeros(batch, L * 3, S, S, device=device))
 
-    def rollout(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Generate a clip step by step from zero history, as inference does.
-
-        labels (B, T, C, S, S) -> frames (B, T, 3, S, S), flows (B, T, 2, S, S), masks (B, T, 1, S, S).
-        Frames enter the history detached: no gradient flows into earlier steps.
-        """
-        B, T = labels.shape[:2]
-        L = self.cfg.history_frames
-        label_hist, frame_hist = self.zero_history(B, labels.device)
-        frames, flows, masks = [], [], []
-        for t in range(T):
-            lab = labels[:, t]
-            frame, flow, mask = self(torch.cat((label_hist, lab), 1), frame_hist if L else None)
-            frames.append(frame)
-            flows.append(flow)
-            masks.append(mask)
-            if L:
-                label_hist = torch.cat((label_hist[:, lab.shape[1]:], lab), 1)
-                frame_hist = torch.cat((frame_hist[:, 3:], frame.detach()), 1)
-        return torch.stack(frames, 1), torch.stack(flows, 1), torch.stack(masks, 1)
+# Architectures defined in their own modules register themselves on import.
+from . import lite as _lite  # noqa: E402,F401

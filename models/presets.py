@@ -25,6 +25,7 @@ class ModelConfig:
     size: int = 256                   # square frame side in pixels (height = width)
     history_frames: int = 2           # L: previous generated frames (and L previous label maps) fed to G; 0 = per-frame
     # Generator.
+    arch: str = "vid2vid"             # generator architecture: "vid2vid" (models/generator.py) | "lite" (models/lite.py)
     ngf: int = 32                     # channels after the first 7x7 conv of each encoder; doubled per downsample
     n_downsample: int = 3             # stride-2 convs in each encoder (and upsamplings in each decoder)
     n_blocks: int = 6                 # residual blocks on the summed encoder features (image branch)
@@ -156,3 +157,10 @@ def _face() -> ModelConfig:
     """Talking-face model: face-mesh edge + distance-transform labels."""
     return ModelConfig(name="face", kind="face", size=256, history_frames=2, ngf=32, n_downsample=3,
                        n_blocks=6, n_blocks_flow=2)
+
+
+@register_preset
+def _lite() -> ModelConfig:
+    """CPU real-time dance model (models/lite.py): same temporal design, ~0.12 GMAC per frame at 256²."""
+    return ModelConfig(name="lite", kind="dance", arch="lite", size=256, history_frames=2, ngf=32, n_downsample=4,
+                       n_blocks=4, n_blocks_flow=0, norm="none")

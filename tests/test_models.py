@@ -11,7 +11,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load_generator, read_checkpoint, save_checkpoint
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
-from models.generator import Generator
+from models.generator import Generator, build_generator
 from models.presets import ModelConfig, get_preset, list_presets, parse_overrides
 from models.warp import compose_flows, warp
 
@@ -27,7 +27,8 @@ def _inputs(cfg: ModelConfig, batch: int = 2):
 
 
 def test_registry_has_the_required_presets():
-    assert {"dance", "dance-perframe", "face"} <= set(list_presets())
+    assert {"dance", "dance-perframe", "face", "lite"} <= set(list_presets())
+    assert get_preset("lite").arch == "lite" and get_preset("lite").history_frames == 2
     assert get_preset("dance-perframe").history_frames == 0
     assert get_preset("dance").history_frames == 2
     assert get_preset("face").label_nc > 3
@@ -35,11 +36,14 @@ def test_registry_has_the_required_presets():
         get_preset("nope")
 
 
-@pytest.mark.parametrize("name", list_presets())
-@pytest.mark.parametrize("n_local", [0, 1])
+VARIANTS = [(name, 0) for name in list_presets()] + \
+    [(name, 1) for name in list_presets() if get_preset(name).arch == "vid2vid"]  # + coarse-to-fine enhancer
+
+
+@pytest.mark.parametrize("name,n_local", VARIANTS)
 def test_generator_and_discriminators_forward_backward(name, n_local):
     cfg = get_preset(name, n_local=n_local, **SMALL)
-    G, D = Generator(cfg), ImageDiscriminator(cfg)
+    G, D = build_generator(cfg), ImageDiscriminator(cfg)
     labels, prev = _inputs(cfg)
     frame, flow, mask = G(labels, prev if cfg.history_frames else None)
     assert frame.shape == (2, 3, 32, 32) and flow.shape == (2, 2, 32, 32) and mask.shape == (2, 1, 32, 32)
@@ -59,6 +63,26 @@ def test_generator_and_discriminators_forward_backward(name, n_local):
         assert grads, "no gradients reached the network"
         assert all(torch.isfinite(g).all() for g in grads)
     assert torch.isfinite(frame).all()
+
+
+def test_lite_is_two_orders_of_magnitude_cheaper():
+    from models.flops import count_macs
+
+    macs = {}
+    for name in ("dance", "lite"):
+        cfg = get_preset(name, size=64)
+        labels, prev = _inputs(cfg, 1)
+        macs[name] = count_macs(build_generator(cfg).eval(), labels, prev)
+    assert macs["lite"] * 100 < macs["dance"]
+    with pytest.raises(ValueError, match="no local enhancer"):
+        build_generator(get_preset("lite", n_local=1))
+
+
+def test_mac_count_of_a_known_conv():
+    from models.flops import count_macs
+
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    assert count_macs(conv, torch.zeros(1, 4, 10, 10)) == 8 * 10 * 10 * 4 * 9
 
 
 def test_generator_rejects_wrong_shapes():

@@ -25,7 +25,7 @@ import torch
 
 from models.checkpoint import (CheckpointError, load_state, read_checkpoint, save_checkpoint, subdict)
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
-from models.generator import Generator
+from models.generator import build_generator
 from models.posenorm import subject_stats
 from models.presets import ModelConfig
 from models.visualize import label_preview, side_by_side, to_uint8
@@ -129,7 +129,7 @@ class Trainer:
         torch.manual_seed(train.seed)
         self.rng = np.random.default_rng(train.seed)
         dev = self.device
-        self.G = Generator(model).to(dev)
+        self.G = build_generator(model).to(dev)
         self.D = ImageDiscriminator(model).to(dev)
         self.DT = TemporalDiscriminator(model).to(dev) if model.is_temporal and train.w_temporal > 0 else None
         betas = (train.beta1, train.beta2)
