@@ -111,6 +111,32 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from realtime.bench import BenchPlan, run_bench
+
+    plan = BenchPlan(presets=tuple(args.presets.split(",")), backends=tuple(args.backends.split(",")),
+                     sizes=tuple(int(s) for s in args.sizes.split(",")), runs=args.runs,
+                     stream_preset=args.stream_preset, stream_size=args.stream_size, stream_frames=args.stream_frames,
+                     stream_clients=tuple(int(c) for c in args.stream_clients.split(",") if c),
+                     stream_model=args.stream_model)
+
+    def emit(row):
+        if args.json:
+            print(json.dumps(row), flush=True)
+        elif row["what"] == "machine":
+            print(f"machine: {row['cpu_count']} CPUs, conv throughput {row['conv_gmac_per_s']} GMAC/s", flush=True)
+        elif row["what"] == "generator":
+            print(f"generator {row['preset']:>14} {row['backend']:>12} {row['size']:>4}px: p50 {row['p50_ms']:7.2f} ms "
+                  f"p99 {row['p99_ms']:7.2f} ms  {row['gmac']:.3f} GMAC  floor {row.get('floor_ms', '-')} ms", flush=True)
+        else:
+            print(f"stream {row['preset']} {row['backend']} {row['size']}px x{row['clients']}: {row['fps']} fps, "
+                  f"latency p50 {row['latency_p50_ms']} ms p99 {row['latency_p99_ms']} ms, server overhead "
+                  f"{row['server_overhead_ms']} ms/frame (engine {row['engine_ms']} ms)", flush=True)
+
+    run_bench(plan, emit)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posecast", description="Streaming real-time pose-to-video (vid2vid).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -216,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object (frames_sent, frames_received, "
                                                        "dropped, fps, latency_p50_ms, latency_p99_ms, output)")
     s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("bench", help="generator latency per preset x backend x size, and the live loopback stream")
+    s.add_argument("--presets", default="lite,dance", help="comma-separated presets (default lite,dance)")
+    s.add_argument("--backends", default="onnxruntime,torch", help="comma-separated backends (default onnxruntime,torch)")
+    s.add_argument("--sizes", default="128,256", help="comma-separated frame sides (default 128,256)")
+    s.add_argument("--runs", type=int, default=50, help="timed runs per generator figure (default 50)")
+    s.add_argument("--stream-preset", default="lite", help="preset of the stream figure (default lite)")
+    s.add_argument("--stream-size", type=int, default=256, help="frame side of the stream figure (default 256)")
+    s.add_argument("--stream-frames", type=int, default=300, help="frames streamed (default 300)")
+    s.add_argument("--stream-clients", default="1", help="comma-separated client counts, '' for none (default 1)")
+    s.add_argument("--stream-model", default=None, help="trained model for the stream (default: random weights)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.set_defaults(fn=_cmd_bench)
     return p
 
 

@@ -1,0 +1,210 @@
+"""``posecast bench``: generator latency per preset × backend × size, and the live loopback stream.
+
+Every generator figure comes with the preset's multiply-accumulates per frame and the compute floor on this
+machine (MACs / a measured convolution throughput), so it can be read as a ratio to the floor. Timings live
+here, never in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _percentiles(times_ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(times_ms, 50)), float(np.percentile(times_ms, 99))
+
+
+def random_checkpoint(preset: str, size: int, folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A randomly initialised generator checkpoint (latency does not depend on the weights)."""
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.generator import build_generator
+    from models.presets import get_preset
+
+    torch.manual_seed(seed)
+    cfg = get_preset(preset, size=size)
+    G = build_generator(cfg)
+    save_checkpoint(Path(folder) / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg,
+                    {"subject_stats": None})
+    return Path(folder)
+
+
+def conv_throughput_gmacs(threads: int | None = None, repeats: int = 20) -> float:
+    """Measured ONNX Runtime CPU throughput of a plain 3x3 convolution stack, in GMAC/s."""
+    import onnxruntime as ort
+    import torch
+
+    net = torch.nn.Sequential(*[torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(4)]).eval()
+    x = torch.randn(1, 64, 64, 64)
+    macs = 4 * 64 * 64 * 64 * 64 * 9
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "conv.onnx"
+        torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=17,
+                          dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed = {"x": x.numpy()}
+        for _ in range(3):
+            sess.run(None, feed)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - t0)
+    return macs / float(np.median(times)) / 1e9
+
+
+def bench_generator(preset: str, backend: str, size: int, *, runs: int = 50, warmup: int = 5,
+                    throughput_gmacs: float | None = None, model: str | os.PathLike | None = None,
+                    engine_kwargs: dict | None = None) -> dict:
+    """Latency of ``Engine.step`` (p50/p99 over ``runs`` timed calls after ``warmup``)."""
+    import torch
+
+    from models.flops import count_macs
+    from models.generator import build_generator
+    from models.presets import get_preset
+
+    from .engine import open_engine
+
+    cfg = get_preset(preset, size=size)
+    L, C, S = cfg.history_frames, cfg.label_nc, size
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = open_engine(model or random_checkpoint(preset, size, tmp), backend, **(engine_kwargs or {}))
+        rng = np.random.default_rng(0)
+        labels = rng.random((1, (L + 1) * C, S, S), dtype=np.float32)
+        prev = (rng.random((1, L * 3, S, S), dtype=np.float32) * 2 - 1) if L else None
+        for _ in range(warmup):
+            engine.step(labels, prev)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            engine.step(labels, prev)
+            times.append((time.perf_counter() - t0) * 1000)
+    p50, p99 = _percentiles(times)
+    G = build_generator(cfg).eval()
+    gmac = count_macs(G, torch.from_numpy(labels), torch.from_numpy(prev) if L else None) / 1e9
+    out = {"what": "generator", "preset": preset, "backend": backend, "size": size, "p50_ms": round(p50, 2),
+           "p99_ms": round(p99, 2), "gmac": round(gmac, 4)}
+    if throughput_gmacs:
+        out["floor_ms"] = round(gmac / throughput_gmacs * 1000, 2)
+        out["ratio_to_floor"] = round(p50 / out["floor_ms"], 2) if out["floor_ms"] else None
+    return out
+
+
+def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3) -> Path:
+    """A landmark recording of the synthetic dancer (what `capture --save-landmarks` writes)."""
+    from clients.sources import save_recording
+    from trainer.motion import DanceMotion
+
+    motion = DanceMotion(seed=seed, fps=fps)
+    lms = np.stack([motion.landmarks(i) for i in range(frames)]).astype(np.float32)
+    save_recording(path, lms, kind="dance", fps=fps)
+    return path
+
+
+def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, clients: int = 1,
+                 model: str | os.PathLike | None = None, fps: float = 30.0) -> dict:
+    """The live loopback stream: a `posecast serve` process and ``clients`` capture clients replaying a landmark
+    recording at ``fps``. Reports received fps (per client, averaged), glass-to-glass latency p50/p99 and the
+    server's own work per frame other than the generator (decode + render + encode)."""
+    import threading
+
+    import zmq
+
+    from clients.capture import capture
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = model or random_checkpoint(preset, size, tmp / "model")
+        rec = _recording(tmp / "rec.npz", frames, fps)
+        with zmq.Context() as ctx:  # find a free port
+            s = ctx.socket(zmq.REP)
+            port = s.bind_to_random_port("tcp://127.0.0.1")
+            s.close(0)
+        address = f"tcp://127.0.0.1:{port}"
+        server = subprocess.Popen([sys.executable, "-m", "posecast_cli", "serve", str(model), "--bind", address,
+                                   "--backend", backend, "--stats-interval", "3600"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            results: list = [None] * clients
+            errors: list = []
+
+            def run(i):
+                try:
+                    results[i] = capture(address, str(rec), headless=True, timeout_s=60.0, retries=2,
+                                         normalize=False, log=lambda m: None)
+                except Exception as e:  # noqa: BLE001 - reported below with the server's stderr
+                    errors.append(e)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            server.terminate()
+            try:
+                _, err = server.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                _, err = server.communicate()
+        if errors:
+            raise RuntimeError(f"stream benchmark failed: {errors[0]}; server said: {err[-2000:]}")
+    stats = [r for r in results if r is not None]
+    st = stats[0].stages
+    overhead = sum(st.get(f"server_{k}") or 0.0 for k in ("decode", "render", "encode"))
+    return {"what": "stream", "preset": preset, "backend": backend, "size": size, "clients": clients,
+            "fps": round(float(np.mean([s.fps for s in stats])), 2),
+            "latency_p50_ms": round(float(np.mean([s.latency_p50_ms for s in stats])), 2),
+            "latency_p99_ms": round(float(np.max([s.latency_p99_ms for s in stats])), 2),
+            "server_overhead_ms": round(overhead, 2),
+            "engine_ms": round(st.get("server_engine") or 0.0, 2),
+            "frames_sent": sum(s.frames_sent for s in stats),
+            "frames_received": sum(s.frames_received for s in stats),
+            "dropped": sum(s.dropped for s in stats)}
+
+
+@dataclasses.dataclass
+class BenchPlan:
+    presets: tuple = ("lite", "dance")          # generator presets to time
+    backends: tuple = ("onnxruntime", "torch")  # engine backends to time
+    sizes: tuple = (128, 256)                   # frame sides in pixels
+    runs: int = 50                              # timed runs per generator figure (after warm-up)
+    stream_preset: str = "lite"                 # preset of the live-stream figure
+    stream_size: int = 256
+    stream_frames: int = 300
+    stream_clients: tuple = (1,)                # concurrent clients per stream figure
+    stream_model: str | None = None             # a trained model for the stream (default: random weights)
+
+
+def run_bench(plan: BenchPlan, emit) -> list[dict]:
+    """Run every measurement of ``plan``, calling ``emit(row)`` as each finishes."""
+    rows = []
+    gmacs = conv_throughput_gmacs()
+    row = {"what": "machine", "cpu_count": os.cpu_count(), "conv_gmac_per_s": round(gmacs, 2)}
+    rows.append(row)
+    emit(row)
+    for preset in plan.presets:
+        for size in plan.sizes:
+            for backend in plan.backends:
+                row = bench_generator(preset, backend, size, runs=plan.runs, throughput_gmacs=gmacs)
+                rows.append(row)
+                emit(row)
+    for n in plan.stream_clients:
+        row = bench_stream(plan.stream_preset, "onnxruntime", plan.stream_size, frames=plan.stream_frames,
+                           clients=n, model=plan.stream_model)
+        rows.append(row)
+        emit(row)
+    return rows
