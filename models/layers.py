@@ -18,13 +18,20 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 def conv_block(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, norm: str = "instance",
                act: bool = True) -> nn.Sequential:
-    """[reflection pad] conv -> norm -> ReLU. Odd kernels keep the size (stride 1) or halve it (stride 2)."""
+    """[reflection pad] conv -> norm -> ReLU. Odd kernels keep the size (stride 1) or halve it (stride 2).
+
+    A convolution followed by a norm has no bias: the norm subtracts it anyway, and without it an all-zero
+    input (the zero history of the first frame, a frame with nobody in it) stays exactly zero through the
+    encoder. With a bias, instance norm would divide the float rounding noise of a constant map by
+    sqrt(eps) and amplify it ~300x per layer, making the first frame differ between backends.
+    """
     pad = kernel // 2
+    bias = norm == "none"
     layers: list[nn.Module] = []
     if pad and stride == 1:
-        layers += [nn.ReflectionPad2d(pad), nn.Conv2d(in_ch, out_ch, kernel, stride=1, bias=norm != "batch")]
+        layers += [nn.ReflectionPad2d(pad), nn.Conv2d(in_ch, out_ch, kernel, stride=1, bias=bias)]
     else:
-        layers += [nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=pad, bias=norm != "batch")]
+        layers += [nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=pad, bias=bias)]
     layers.append(norm_layer(norm, out_ch))
     if act:
         layers.append(nn.ReLU(inplace=True))

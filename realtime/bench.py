@@ -106,7 +106,7 @@ def bench_generator(preset: str, backend: str, size: int, *, runs: int = 50, war
 def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3) -> Path:
     """A landmark recording of the synthetic dancer (what `capture --save-landmarks` writes)."""
     from clients.sources import save_recording
-    from trainer.motion import DanceMotion
+    from clients.motion import DanceMotion
 
     motion = DanceMotion(seed=seed, fps=fps)
     lms = np.stack([motion.landmarks(i) for i in range(frames)]).astype(np.float32)

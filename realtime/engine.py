@@ -14,6 +14,7 @@ Loading never imports trainer/: the model is rebuilt from its checkpoint (models
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -84,6 +85,157 @@ class TorchEngine(Engine):
             lab = torch.from_numpy(labels).to(self.device)
             prev = torch.from_numpy(previous).to(self.device) if previous is not None else None
             return self.G(lab, prev)[0].float().cpu().numpy()
+
+
+def _onnx_for(model: str | os.PathLike, onnx_path: str | os.PathLike | None):
+    """(ONNX path, export result or None): an .onnx as given, else the checkpoint's, (re-)exported when stale."""
+    from . import export as X
+
+    p = Path(model)
+    if p.suffix == ".onnx":
+        if not p.is_file():
+            raise EngineError(f"{p}: ONNX file not found")
+        return p, None
+    return X.ensure_onnx(model, onnx_path)
+
+
+@register_backend("onnxruntime")
+class OnnxRuntimeEngine(Engine):
+    """ONNX Runtime: CPU by default; ``device="cuda"`` uses the CUDAExecutionProvider (onnxruntime-gpu).
+
+    ``model`` is a run folder / checkpoint .json (its ``generator.onnx`` is exported, checked against PyTorch
+    and cached next to it when missing or stale) or an exported ``.onnx`` (used as is; its config comes from
+    the file's metadata). ``threads``: intra-op threads (default ``os.cpu_count()``); inter-op 1, sequential.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, model: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+                 onnx_path: str | os.PathLike | None = None, **_):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise EngineError(f"onnxruntime backend needs the onnxruntime package ({e}): pip install onnxruntime") from None
+        from . import export as X
+
+        if device not in ("cpu", "cuda"):
+            raise EngineError(f"onnxruntime backend: device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise EngineError("onnxruntime backend on cuda needs the CUDAExecutionProvider; this onnxruntime has "
+                                  f"{', '.join(ort.get_available_providers())} (pip install onnxruntime-gpu)")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(self.onnx_path), so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise EngineError(f"{self.onnx_path}: onnxruntime could not load it ({type(e).__name__}: {e})") from None
+        self.cfg = X.config_from_metadata(self._session.get_modelmeta().custom_metadata_map, str(self.onnx_path))
+        want_in, _ = X.io_shapes(self.cfg)
+        got_in = {i.name: tuple(i.shape) for i in self._session.get_inputs()}
+        if got_in != want_in:
+            raise EngineError(f"{self.onnx_path}: inputs {got_in} do not match its config (expected {want_in})")
+        self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.threads = so.intra_op_num_threads
+
+    def _run(self, labels, previous):
+        feeds = {"labels": labels}
+        if previous is not None:
+            feeds["previous"] = previous
+        return self._session.run(["frame"], feeds)[0]
+
+
+@register_backend("tensorrt")
+class TensorRTEngine(Engine):
+    """TensorRT: the cached serialized engine of the checkpoint's ONNX (built on first use), run on a CUDA
+    stream with preallocated torch CUDA tensors as its I/O buffers."""
+
+    backend = "tensorrt"
+
+    def __init__(self, model: str | os.PathLike, device: str = "cuda", fp16: bool = False,
+                 cache_dir: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None, **_):
+        from . import export as X
+
+        trt = X.import_tensorrt()  # one clear line without a GPU or the package
+        import torch
+
+        if device != "cuda" and not str(device).startswith("cuda"):
+            raise EngineError(f"tensorrt backend runs on cuda only, got device={device!r}")
+        self._torch = torch
+        self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
+        self.cfg = X.config_from_metadata(X.read_onnx_metadata(self.onnx_path), str(self.onnx_path))
+        self.engine_path, key, self.built = X.get_tensorrt_engine(self.onnx_path, fp16, cache_dir)
+        self._runtime, self._engine = X.load_tensorrt_engine(self.engine_path, key, trt)
+        self._ctx = self._engine.create_execution_context()
+        if self._ctx is None:
+            raise EngineError(f"{self.engine_path}: TensorRT could not create an execution context")
+        self.device, self.fp16 = "cuda", fp16
+        self._stream = torch.cuda.Stream()
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
+        want = {**X.io_shapes(self.cfg)[0], **X.io_shapes(self.cfg)[1]}
+        self._buffers = {}
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            shape = tuple(self._engine.get_tensor_shape(name))
+            if want.get(name) != shape:
+                raise EngineError(f"{self.engine_path}: tensor {name} is {shape}, the config expects {want.get(name)}")
+            dtype = dtypes.get(self._engine.get_tensor_dtype(name))
+            if dtype is None:
+                raise EngineError(f"{self.engine_path}: unsupported tensor type {self._engine.get_tensor_dtype(name)} for {name}")
+            buf = torch.empty(shape, dtype=dtype, device="cuda")
+            self._buffers[name] = buf
+            self._ctx.set_tensor_address(name, buf.data_ptr())
+        if "frame" not in self._buffers or "labels" not in self._buffers:
+            raise EngineError(f"{self.engine_path}: engine lacks the labels input or the frame output")
+
+    def _run(self, labels, previous):
+        torch = self._torch
+        with torch.cuda.stream(self._stream):
+            self._buffers["labels"].copy_(torch.from_numpy(labels))
+            if previous is not None:
+                self._buffers["previous"].copy_(torch.from_numpy(previous))
+            if not self._ctx.execute_async_v3(self._stream.cuda_stream):
+                raise EngineError(f"{self.engine_path}: TensorRT execution failed")
+            frame = self._buffers["frame"].float().cpu()  # D2H on this stream, then waits for it
+        self._stream.synchronize()
+        return frame.numpy()
+
+
+@register_backend("torch-tensorrt")
+class TorchTensorRTEngine(Engine):
+    """torch-tensorrt (dynamo IR, static shapes); the compiled program is cached next to the run."""
+
+    backend = "torch-tensorrt"
+
+    def __init__(self, model: str | os.PathLike, device: str = "cuda", fp16: bool = False,
+                 cache_dir: str | os.PathLike | None = None, **_):
+        from . import export as X
+
+        X.import_torch_tensorrt()  # one clear line without a GPU or the package
+        import torch
+
+        if device != "cuda" and not str(device).startswith("cuda"):
+            raise EngineError(f"torch-tensorrt backend runs on cuda only, got device={device!r}")
+        self._torch = torch
+        self._module, self.cfg, self.program_path, self.built = X.compile_torch_tensorrt(
+            model, fp16=fp16, cache_dir=cache_dir)
+        self.device, self.fp16 = "cuda", fp16
+
+    def _run(self, labels, previous):
+        torch = self._torch
+        with torch.no_grad():
+            args = [torch.from_numpy(labels).cuda()]
+            if previous is not None:
+                args.append(torch.from_numpy(previous).cuda())
+            return self._module(*args)[0].float().cpu().numpy()
 
 
 def open_engine(model: str | os.PathLike, backend: str = "onnxruntime", **kwargs) -> Engine:

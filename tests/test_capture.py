@@ -22,7 +22,7 @@ from clients.sources import (RecordingSource, SourceError, SyntheticSource, Vide
                              open_source, save_recording)
 from models.posenorm import PoseNormalizer, normalize_pose, pose_scale, subject_stats, to_square
 from realtime import protocol as P
-from trainer.motion import DanceMotion
+from clients.motion import DanceMotion
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("POSECAST_SHARED_DATA", REPO.parent / "shared" / "data"))
