@@ -10,7 +10,9 @@ import logging
 import os
 from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+import models
+
+DEFAULT_MODEL = Path(models.__file__).resolve().parent / "default"
 
 
 def bundled_model() -> Path:
@@ -35,7 +37,13 @@ def demo(model: str | os.PathLike | None = None, *, source: str = "synthetic", f
     logging.getLogger("posecast").setLevel(log_level)
     model = Path(model) if model else bundled_model()
     backend = backend or ("onnxruntime" if "onnxruntime" in list_backends() else "torch")
-    engine = open_engine(model, backend)
+    kwargs = {}
+    if backend == "onnxruntime" and not os.access(model if model.is_dir() else model.parent, os.W_OK):
+        # An installed, read-only model folder: keep the exported ONNX in the user's cache instead.
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posecast"
+        cache.mkdir(parents=True, exist_ok=True)
+        kwargs["onnx_path"] = cache / f"{model.name}.onnx"
+    engine = open_engine(model, backend, **kwargs)
     with Server(engine, "tcp://127.0.0.1:0", stats_interval_s=3600) as server:
         server.start()
         stats = capture(server.endpoint, source, record=out, headless=headless, max_frames=frames,
