@@ -24,12 +24,7 @@ from models.posenorm import PoseNormalizer, normalize_pose, pose_scale, subject_
 from realtime import protocol as P
 from clients.motion import DanceMotion
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("POSECAST_SHARED_DATA", REPO.parent / "shared" / "data"))
-MESSI = SHARED / "messi5.jpg"
-MEGAMIND = SHARED / "Megamind.avi"
-needs_messi = pytest.mark.skipif(not MESSI.is_file(), reason=f"shared data {MESSI} not found")
-needs_megamind = pytest.mark.skipif(not MEGAMIND.is_file(), reason=f"shared data {MEGAMIND} not found")
+from shared_data import MEGAMIND, MESSI, REPO, SHARED, needs_megamind, needs_messi  # noqa: F401
 
 SIZE = 64
 COLOR_BGR = (40, 160, 220)

@@ -5,7 +5,6 @@ Tests on real footage read ``$POSECAST_SHARED_DATA`` (default ``<repo>/../shared
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +17,7 @@ from trainer.dataset import Dataset
 from trainer.flow import FlowEstimator, backward_flow, warp_backward
 from trainer.prepare import PrepareError, crop_resize, map_landmarks, prepare_video
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("POSECAST_SHARED_DATA", REPO.parent / "shared" / "data"))
-MESSI = SHARED / "messi5.jpg"
-MEGAMIND = SHARED / "Megamind.avi"
-
-needs_messi = pytest.mark.skipif(not MESSI.is_file(), reason=f"shared data {MESSI} not found")
-needs_megamind = pytest.mark.skipif(not MEGAMIND.is_file(), reason=f"shared data {MEGAMIND} not found")
+from shared_data import MEGAMIND, MESSI, REPO, SHARED, needs_megamind, needs_messi  # noqa: F401
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -201,7 +201,7 @@ class DancerSprites:
         res = px_per_unit * 1.25
         self.res = res
         rng = np.random.default_rng([seed & 0xFFFFFFFF, 104729])
-        skin, a = _col(app.skin), app
+        skin = _col(app.skin)
 
         def limb_fn(L, w0, w1, e0, e1, colour_fn, round_end=False):
             def fn(X, Y):

@@ -215,7 +215,7 @@ class Trainer:
                 batch = self.source.sample_batch(T, tc.batch_size, self.rng, augment)
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 labels, real, gt_flow, conf = batch["labels"], batch["frames"], batch["flow"], batch["conf"]
-                B, C, S = labels.shape[0], labels.shape[2], cfg.size
+                B = labels.shape[0]
 
                 # Generate the clip from zero history.
                 fake, flow, mask = self.G.rollout(labels)
