@@ -81,8 +81,9 @@ def _cmd_export(args) -> int:
 def _cmd_serve(args) -> int:
     from realtime.server import serve
 
-    serve(args.model, args.bind, args.backend, max_clients=args.max_clients, idle_timeout_s=args.idle_timeout,
-          jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
+    engine_kwargs = {"threads": args.threads} if args.threads else {}
+    serve(args.model, args.bind, args.backend, engine_kwargs=engine_kwargs, max_clients=args.max_clients,
+          idle_timeout_s=args.idle_timeout, jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
     return 0
 
 
@@ -118,7 +119,7 @@ def _cmd_bench(args) -> int:
                      sizes=tuple(int(s) for s in args.sizes.split(",")), runs=args.runs,
                      stream_preset=args.stream_preset, stream_size=args.stream_size, stream_frames=args.stream_frames,
                      stream_clients=tuple(int(c) for c in args.stream_clients.split(",") if c),
-                     stream_model=args.stream_model)
+                     stream_model=args.stream_model, stream_threads=args.stream_threads)
 
     def emit(row):
         if args.json:
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", default="tcp://127.0.0.1:5555",
                    help="ZeroMQ address (default tcp://127.0.0.1:5555; tcp://0.0.0.0:5555 for the network)")
     s.add_argument("--backend", default=None, help="onnxruntime (default), torch, tensorrt, torch-tensorrt")
+    s.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime intra-op threads (default: all cores; 1 leaves a core for a local client)")
     s.add_argument("--max-clients", type=int, default=16, help="concurrent sessions (default 16)")
     s.add_argument("--idle-timeout", type=float, default=10.0, help="free a silent client's session after S seconds")
     s.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames sent (default 90)")
@@ -253,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream-frames", type=int, default=300, help="frames streamed (default 300)")
     s.add_argument("--stream-clients", default="1", help="comma-separated client counts, '' for none (default 1)")
     s.add_argument("--stream-model", default=None, help="trained model for the stream (default: random weights)")
+    s.add_argument("--stream-threads", type=int, default=None, help="server onnxruntime threads (default: all cores)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(fn=_cmd_bench)
     return p

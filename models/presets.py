@@ -161,6 +161,6 @@ def _face() -> ModelConfig:
 
 @register_preset
 def _lite() -> ModelConfig:
-    """CPU real-time dance model (models/lite.py): same temporal design, ~0.12 GMAC per frame at 256²."""
+    """CPU real-time dance model (models/lite.py): same temporal design, ~0.10 GMAC per frame at 256²."""
     return ModelConfig(name="lite", kind="dance", arch="lite", size=256, history_frames=2, ngf=32, n_downsample=4,
                        n_blocks=4, n_blocks_flow=0, norm="none")

@@ -115,7 +115,7 @@ def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3) -> Pat
 
 
 def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, clients: int = 1,
-                 model: str | os.PathLike | None = None, fps: float = 30.0) -> dict:
+                 model: str | os.PathLike | None = None, fps: float = 30.0, threads: int | None = None) -> dict:
     """The live loopback stream: a `posecast serve` process and ``clients`` capture clients replaying a landmark
     recording at ``fps``. Reports received fps (per client, averaged), glass-to-glass latency p50/p99 and the
     server's own work per frame other than the generator (decode + render + encode)."""
@@ -135,7 +135,8 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
             s.close(0)
         address = f"tcp://127.0.0.1:{port}"
         server = subprocess.Popen([sys.executable, "-m", "posecast_cli", "serve", str(model), "--bind", address,
-                                   "--backend", backend, "--stats-interval", "3600"],
+                                   "--backend", backend, "--stats-interval", "3600",
+                                   *(["--threads", str(threads)] if threads else [])],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             results: list = [None] * clients
@@ -169,7 +170,7 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
             "fps": round(float(np.mean([s.fps for s in stats])), 2),
             "latency_p50_ms": round(float(np.mean([s.latency_p50_ms for s in stats])), 2),
             "latency_p99_ms": round(float(np.max([s.latency_p99_ms for s in stats])), 2),
-            "server_overhead_ms": round(overhead, 2),
+            "server_overhead_ms": round(overhead, 2), "server_threads": threads,
             "engine_ms": round(st.get("server_engine") or 0.0, 2),
             "frames_sent": sum(s.frames_sent for s in stats),
             "frames_received": sum(s.frames_received for s in stats),
@@ -187,6 +188,7 @@ class BenchPlan:
     stream_frames: int = 300
     stream_clients: tuple = (1,)                # concurrent clients per stream figure
     stream_model: str | None = None             # a trained model for the stream (default: random weights)
+    stream_threads: int | None = None           # server onnxruntime threads (None: all cores)
 
 
 def run_bench(plan: BenchPlan, emit) -> list[dict]:
@@ -204,7 +206,7 @@ def run_bench(plan: BenchPlan, emit) -> list[dict]:
                 emit(row)
     for n in plan.stream_clients:
         row = bench_stream(plan.stream_preset, "onnxruntime", plan.stream_size, frames=plan.stream_frames,
-                           clients=n, model=plan.stream_model)
+                           clients=n, model=plan.stream_model, threads=plan.stream_threads)
         rows.append(row)
         emit(row)
     return rows
