@@ -1,0 +1,39 @@
+"""posecast bench: the JSON lines it prints have the documented keys (figures are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from realtime.bench import bench_stream
+
+
+@pytest.mark.timeout(300)
+def test_bench_json_lines():
+    out = subprocess.run([sys.executable, "-m", "posecast_cli", "bench", "--json", "--presets", "lite,dance",
+                          "--backends", "onnxruntime,torch", "--sizes", "32", "--runs", "3", "--stream-clients", ""],
+                         capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows[0]["what"] == "machine" and rows[0]["conv_gmac_per_s"] > 0
+    gen = [r for r in rows if r["what"] == "generator"]
+    assert {(r["preset"], r["backend"]) for r in gen} == {("lite", "onnxruntime"), ("lite", "torch"),
+                                                          ("dance", "onnxruntime"), ("dance", "torch")}
+    for r in gen:
+        assert {"preset", "backend", "size", "p50_ms", "p99_ms", "gmac", "floor_ms"} <= set(r)
+        assert r["size"] == 32 and 0 < r["p50_ms"] <= r["p99_ms"] and r["gmac"] > 0 and r["floor_ms"] > 0
+    macs = {r["preset"]: r["gmac"] for r in gen}
+    assert macs["lite"] < macs["dance"] / 50
+
+
+@pytest.mark.timeout(300)
+def test_bench_stream_accounts_for_every_frame():
+    row = bench_stream("lite", "onnxruntime", 32, frames=40, clients=2, fps=60.0)
+    assert {"what", "preset", "backend", "size", "clients", "fps", "latency_p50_ms", "latency_p99_ms",
+            "server_overhead_ms"} <= set(row)
+    assert row["what"] == "stream" and row["clients"] == 2
+    assert row["frames_sent"] == 80 and row["frames_received"] + row["dropped"] == 80
+    assert row["fps"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p99_ms"] and row["server_overhead_ms"] > 0
