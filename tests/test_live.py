@@ -39,6 +39,7 @@ def test_capture_client_and_server_account_for_every_frame(tiny_model, tmp_path,
         server.start()
         stats = capture(server.endpoint, "synthetic:4", record=tmp_path / "out.mp4", headless=True,
                         max_frames=120, realtime=False, max_in_flight=8, timeout_s=30)
+        server.close()  # joins the serving thread: its counters are final
         counters = server.stats()
     assert stats.frames_sent == 120
     assert stats.frames_received + stats.dropped == stats.frames_sent
