@@ -119,7 +119,7 @@ def _cmd_bench(args) -> int:
                      sizes=tuple(int(s) for s in args.sizes.split(",")), runs=args.runs,
                      stream_preset=args.stream_preset, stream_size=args.stream_size, stream_frames=args.stream_frames,
                      stream_clients=tuple(int(c) for c in args.stream_clients.split(",") if c),
-                     stream_model=args.stream_model, stream_threads=args.stream_threads)
+                     stream_model=args.stream_model, stream_threads=args.stream_threads, train=args.train)
 
     def emit(row):
         if args.json:
@@ -129,6 +129,9 @@ def _cmd_bench(args) -> int:
         elif row["what"] == "generator":
             print(f"generator {row['preset']:>14} {row['backend']:>12} {row['size']:>4}px: p50 {row['p50_ms']:7.2f} ms "
                   f"p99 {row['p99_ms']:7.2f} ms  {row['gmac']:.3f} GMAC  floor {row.get('floor_ms', '-')} ms", flush=True)
+        elif row["what"] == "train":
+            print(f"train {row['preset']:>14} {row['size']:>4}px T={row['clip_frames']}: {row['it_per_s']} it/s "
+                  f"({row['s_per_it']} s/it on {row['device']})", flush=True)
         else:
             print(f"stream {row['preset']} {row['backend']} {row['size']}px x{row['clients']}: {row['fps']} fps, "
                   f"latency p50 {row['latency_p50_ms']} ms p99 {row['latency_p99_ms']} ms, server overhead "
@@ -257,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream-clients", default="1", help="comma-separated client counts, '' for none (default 1)")
     s.add_argument("--stream-model", default=None, help="trained model for the stream (default: random weights)")
     s.add_argument("--stream-threads", type=int, default=None, help="server onnxruntime threads (default: all cores)")
+    s.add_argument("--train", action="store_true", help="also time training (it/s per preset and size)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(fn=_cmd_bench)
     return p
