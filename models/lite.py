@@ -26,6 +26,9 @@ from .generator import SequentialGenerator, register_arch
 from .presets import ModelConfig
 from .warp import warp
 
+# The canvas is one parameter per output pixel; Adam moves each parameter by about the learning rate per step,
+# so it is stored scaled down by this gain (its effective step is CANVAS_GAIN x the learning rate).
+CANVAS_GAIN = 32.0
 SHUFFLE = 4  # space-to-depth factor at the input (stride-4 conv) and depth-to-space at the output
 
 
@@ -103,7 +106,7 @@ class LiteGenerator(SequentialGenerator):
         y = F.relu(self.up1(F.interpolate(s16, scale_factor=2.0, mode="nearest")))
         y = F.relu(self.up2(torch.cat((y, s8), 1)))
         y = F.relu(self.fuse(torch.cat((F.interpolate(y, scale_factor=2.0, mode="nearest"), s4), 1)))
-        out = self.head(y) + self.canvas             # (B, out_ch, S, S)
+        out = self.head(y) + self.canvas * CANVAS_GAIN  # (B, out_ch, S, S)
         hallucinated = torch.tanh(out[:, :3])
         if not L:
             zeros = torch.zeros_like(hallucinated[:, :1])
