@@ -115,7 +115,7 @@ def _cmd_demo(args) -> int:
 def _cmd_bench(args) -> int:
     from realtime.bench import BenchPlan, run_bench
 
-    plan = BenchPlan(presets=tuple(args.presets.split(",")), backends=tuple(args.backends.split(",")),
+    plan = BenchPlan(presets=tuple(p for p in args.presets.split(",") if p), backends=tuple(args.backends.split(",")),
                      sizes=tuple(int(s) for s in args.sizes.split(",")), runs=args.runs,
                      stream_preset=args.stream_preset, stream_size=args.stream_size, stream_frames=args.stream_frames,
                      stream_clients=tuple(int(c) for c in args.stream_clients.split(",") if c),
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_demo)
 
     s = sub.add_parser("bench", help="generator latency per preset x backend x size, and the live loopback stream")
-    s.add_argument("--presets", default="lite,dance", help="comma-separated presets (default lite,dance)")
+    s.add_argument("--presets", default="lite,dance", help="comma-separated presets, '' for none (default lite,dance)")
     s.add_argument("--backends", default="onnxruntime,torch", help="comma-separated backends (default onnxruntime,torch)")
     s.add_argument("--sizes", default="128,256", help="comma-separated frame sides (default 128,256)")
     s.add_argument("--runs", type=int, default=50, help="timed runs per generator figure (default 50)")

@@ -40,7 +40,6 @@ class ModelConfig:
     d_scales: int = 2                 # spatial scales of the image discriminator
     temporal_frames: int = 3          # K consecutive frames judged by the temporal discriminator
     temporal_spacings: tuple = (1, 3) # frame spacings of the temporal discriminators (one D per spacing)
-    face_crop_d: bool = False         # reserved: vid2vid's face-crop D for dance models (not built yet)
 
     @property
     def label_nc(self) -> int:
