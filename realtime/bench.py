@@ -149,11 +149,11 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
                 except Exception as e:  # noqa: BLE001 - reported below with the server's stderr
                     errors.append(e)
 
-            threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            workers = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
         finally:
             server.terminate()
             try:
@@ -228,7 +228,10 @@ def run_bench(plan: BenchPlan, emit) -> list[dict]:
                 rows.append(row)
                 emit(row)
     if plan.train:
-        for preset in plan.presets:
+        from models.presets import get_preset
+
+        # Training is timed on the synthetic dancer, so only presets of the dance kind.
+        for preset in [p for p in plan.presets if get_preset(p).kind == "dance"]:
             for size in plan.sizes:
                 row = bench_train(preset, size)
                 rows.append(row)
