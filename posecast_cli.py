@@ -82,6 +82,9 @@ def _cmd_serve(args) -> int:
     from realtime.server import serve
 
     engine_kwargs = {"threads": args.threads} if args.threads else {}
+    if args.onnx_cache:
+        Path(args.onnx_cache).mkdir(parents=True, exist_ok=True)
+        engine_kwargs["onnx_path"] = Path(args.onnx_cache) / f"{Path(args.model).resolve().name}.onnx"
     serve(args.model, args.bind, args.backend, engine_kwargs=engine_kwargs, max_clients=args.max_clients,
           idle_timeout_s=args.idle_timeout, jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
     return 0
@@ -217,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default=None, help="onnxruntime (default), torch, tensorrt, torch-tensorrt")
     s.add_argument("--threads", type=int, default=None,
                    help="onnxruntime intra-op threads (default: all cores; 1 leaves a core for a local client)")
+    s.add_argument("--onnx-cache", default=None, metavar="DIR",
+                   help="keep the exported ONNX here instead of next to the model (for read-only model folders)")
     s.add_argument("--max-clients", type=int, default=16, help="concurrent sessions (default 16)")
     s.add_argument("--idle-timeout", type=float, default=10.0, help="free a silent client's session after S seconds")
     s.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames sent (default 90)")

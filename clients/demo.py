@@ -29,26 +29,22 @@ def demo(model: str | os.PathLike | None = None, *, source: str = "synthetic", f
 
     Returns the summary: frames_sent, frames_received, dropped, fps, latency_p50_ms, latency_p99_ms, output.
     """
-    from realtime.engine import list_backends, open_engine
-    from realtime.server import Server
+    from realtime.engine import list_backends
+    from realtime.server import server_process
 
     from .capture import capture
 
     logging.getLogger("posecast").setLevel(log_level)
     model = Path(model) if model else bundled_model()
     backend = backend or ("onnxruntime" if "onnxruntime" in list_backends() else "torch")
-    kwargs = {}
+    extra: tuple[str, ...] = ()
     if backend == "onnxruntime" and not os.access(model if model.is_dir() else model.parent, os.W_OK):
-        # An installed, read-only model folder: keep the exported ONNX in the user's cache instead.
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posecast"
-        cache.mkdir(parents=True, exist_ok=True)
-        kwargs["onnx_path"] = cache / f"{model.name}.onnx"
-    engine = open_engine(model, backend, **kwargs)
-    with Server(engine, "tcp://127.0.0.1:0", stats_interval_s=3600) as server:
-        server.start()
-        stats = capture(server.endpoint, source, record=out, headless=headless, max_frames=frames,
-                        realtime=realtime)
-        server_stats = server.stats()
+        # An installed, read-only model folder: the server keeps its exported ONNX in the user's cache instead.
+        extra = ("--onnx-cache", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posecast"))
+    # The server runs in its own process (as it would on a GPU box), the capture client in this one.
+    with server_process(model, backend, extra_args=extra) as address:
+        stats = capture(address, source, record=out, headless=headless, max_frames=frames, realtime=realtime,
+                        timeout_s=30.0)
     return {
         "frames_sent": stats.frames_sent,
         "frames_received": stats.frames_received,
@@ -58,7 +54,7 @@ def demo(model: str | os.PathLike | None = None, *, source: str = "synthetic", f
         "latency_p99_ms": None if stats.latency_p99_ms is None else round(stats.latency_p99_ms, 2),
         "output": stats.output,
         "model": str(model),
-        "backend": engine.backend,
+        "backend": backend,
         "stages_ms": {k: round(v, 2) for k, v in stats.stages.items() if v is not None},
-        "server_errors": server_stats.get("errors", 0),
+        "errors": stats.errors,
     }

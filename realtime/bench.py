@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,24 +119,15 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
     server's own work per frame other than the generator (decode + render + encode)."""
     import threading
 
-    import zmq
-
     from clients.capture import capture
+
+    from .server import server_process
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = model or random_checkpoint(preset, size, tmp / "model")
         rec = _recording(tmp / "rec.npz", frames, fps)
-        with zmq.Context() as ctx:  # find a free port
-            s = ctx.socket(zmq.REP)
-            port = s.bind_to_random_port("tcp://127.0.0.1")
-            s.close(0)
-        address = f"tcp://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "posecast_cli", "serve", str(model), "--bind", address,
-                                   "--backend", backend, "--stats-interval", "3600",
-                                   *(["--threads", str(threads)] if threads else [])],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
+        with server_process(model, backend, threads=threads) as address:
             results: list = [None] * clients
             errors: list = []
 
@@ -146,7 +135,7 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
                 try:
                     results[i] = capture(address, str(rec), headless=True, timeout_s=60.0, retries=2,
                                          normalize=False, log=lambda m: None)
-                except Exception as e:  # noqa: BLE001 - reported below with the server's stderr
+                except Exception as e:  # noqa: BLE001 - re-raised below, after the server is stopped
                     errors.append(e)
 
             workers = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
@@ -154,15 +143,8 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
                 w.start()
             for w in workers:
                 w.join()
-        finally:
-            server.terminate()
-            try:
-                _, err = server.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                _, err = server.communicate()
         if errors:
-            raise RuntimeError(f"stream benchmark failed: {errors[0]}; server said: {err[-2000:]}")
+            raise RuntimeError(f"stream benchmark failed: {errors[0]}")
     stats = [r for r in results if r is not None]
     st = stats[0].stages
     overhead = sum(st.get(f"server_{k}") or 0.0 for k in ("decode", "render", "encode"))

@@ -23,6 +23,7 @@ traceback, and the server goes on. See docs/protocol.md for the wire protocol.
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import logging
 import signal
 import threading
@@ -451,3 +452,37 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
         for sig, old in installed.items():
             signal.signal(sig, old)
     return server.stats()
+
+
+@contextlib.contextmanager
+def server_process(model, backend: str = "onnxruntime", *, threads: int | None = None, host: str = "127.0.0.1",
+                   extra_args: tuple[str, ...] = ()):
+    """Run ``posecast serve MODEL`` in a child process on a free loopback port; yields its address.
+
+    The server gets its own interpreter (no GIL shared with the caller's capture client), as in a real
+    deployment. It is stopped with SIGTERM (clean shutdown) when the block ends; if it died early, its stderr is
+    raised as a RuntimeError.
+    """
+    import subprocess
+    import sys
+
+    with zmq.Context() as ctx:  # a free port: bind, read it, release it
+        probe = ctx.socket(zmq.ROUTER)
+        port = probe.bind_to_random_port(f"tcp://{host}")
+        probe.close(0)
+    address = f"tcp://{host}:{port}"
+    cmd = [sys.executable, "-m", "posecast_cli", "serve", str(model), "--bind", address, "--backend", backend,
+           "--stats-interval", "3600", *(["--threads", str(threads)] if threads else []), *extra_args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield address
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if proc.returncode not in (0, -signal.SIGTERM):
+            raise RuntimeError(f"posecast serve exited with {proc.returncode}: {err.strip()[-2000:]}")
