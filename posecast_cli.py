@@ -122,7 +122,7 @@ def _cmd_bench(args) -> int:
                      sizes=tuple(int(s) for s in args.sizes.split(",")), runs=args.runs,
                      stream_preset=args.stream_preset, stream_size=args.stream_size, stream_frames=args.stream_frames,
                      stream_clients=tuple(int(c) for c in args.stream_clients.split(",") if c),
-                     stream_model=args.stream_model, stream_threads=args.stream_threads, train=args.train)
+                     stream_model=args.stream_model, stream_threads=args.stream_threads)
 
     def emit(row):
         if args.json:
@@ -141,6 +141,14 @@ def _cmd_bench(args) -> int:
                   f"{row['server_overhead_ms']} ms/frame (engine {row['engine_ms']} ms)", flush=True)
 
     run_bench(plan, emit)
+    if args.train:
+        from models.presets import get_preset
+        from trainer.bench import bench_train
+
+        # Training is timed on the synthetic dancer, so only presets of the dance kind.
+        for preset in [p for p in plan.presets if get_preset(p).kind == "dance"]:
+            for size in plan.sizes:
+                emit(bench_train(preset, size))
     return 0
 
 

@@ -159,28 +159,6 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
             "dropped": sum(s.dropped for s in stats)}
 
 
-def bench_train(preset: str, size: int, *, clip_frames: int = 4, iterations: int = 4, device: str = "cpu") -> dict:
-    """Training speed (iterations/s, one clip of ``clip_frames`` frames per iteration) on the synthetic dancer.
-
-    Imports the trainer (this is a benchmark of training, not of the live path)."""
-    from models.presets import get_preset
-    from trainer.synth import synthesize
-    from trainer.train import TrainConfig, Trainer
-
-    cfg = get_preset(preset, size=size)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = synthesize(Path(tmp) / "data", num_frames=max(16, clip_frames + 2), size=size, progress=False)
-        tc = TrainConfig(iterations=iterations + 1, clip_frames_start=clip_frames, clip_frames_max=clip_frames,
-                         checkpoint_every=10**9, sample_every=10**9, log_every=10**9, device=device)
-        times = []
-        t = Trainer(cfg, tc, data, Path(tmp) / "run", progress=False,
-                    on_iteration=lambda it, logs: times.append(time.perf_counter()))
-        t.run()
-    per_it = float(np.median(np.diff(times)))  # the first iteration (warm-up) is excluded by the diff
-    return {"what": "train", "preset": preset, "size": size, "clip_frames": clip_frames, "device": device,
-            "it_per_s": round(1.0 / per_it, 3), "s_per_it": round(per_it, 2)}
-
-
 @dataclasses.dataclass
 class BenchPlan:
     presets: tuple = ("lite", "dance")          # generator presets to time
@@ -193,7 +171,6 @@ class BenchPlan:
     stream_clients: tuple = (1,)                # concurrent clients per stream figure
     stream_model: str | None = None             # a trained model for the stream (default: random weights)
     stream_threads: int | None = None           # server onnxruntime threads (None: all cores)
-    train: bool = False                         # also time training (iterations/s per preset and size)
 
 
 def run_bench(plan: BenchPlan, emit) -> list[dict]:
@@ -207,15 +184,6 @@ def run_bench(plan: BenchPlan, emit) -> list[dict]:
         for size in plan.sizes:
             for backend in plan.backends:
                 row = bench_generator(preset, backend, size, runs=plan.runs, throughput_gmacs=gmacs)
-                rows.append(row)
-                emit(row)
-    if plan.train:
-        from models.presets import get_preset
-
-        # Training is timed on the synthetic dancer, so only presets of the dance kind.
-        for preset in [p for p in plan.presets if get_preset(p).kind == "dance"]:
-            for size in plan.sizes:
-                row = bench_train(preset, size)
                 rows.append(row)
                 emit(row)
     for n in plan.stream_clients:
