@@ -29,6 +29,7 @@ They are written atomically (temporary file in the same folder, then ``os.replac
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import os
@@ -82,7 +83,7 @@ class _Pacer:
         self._n += 1
 
 
-class Source:
+class Source(abc.ABC):
     """Base class; subclasses implement :meth:`_items`."""
 
     fps: float = DEFAULT_FPS
@@ -94,8 +95,9 @@ class Source:
     def __iter__(self) -> Iterator[SourceItem]:
         return self._items()
 
-    def _items(self) -> Iterator[SourceItem]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _items(self) -> Iterator[SourceItem]:
+        """Yield the source's items, paced as the source says."""
 
     def close(self) -> None:
         pass

@@ -13,6 +13,7 @@ Loading never imports trainer/: the model is rebuilt from its checkpoint (models
 
 from __future__ import annotations
 
+import abc
 import os
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,7 @@ def list_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-class Engine:
+class Engine(abc.ABC):
     """Base class: subclasses set ``cfg``, ``backend`` and implement ``_run``."""
 
     cfg: ModelConfig
@@ -56,8 +57,9 @@ class Engine:
         return self._run(np.ascontiguousarray(labels, np.float32),
                          np.ascontiguousarray(previous, np.float32) if L else None)
 
-    def _run(self, labels: np.ndarray, previous: np.ndarray | None) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _run(self, labels: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+        """Run the compiled generator on validated, contiguous float32 inputs; return the frame."""
 
     def describe(self) -> str:
         return f"{self.backend} on {self.device} ({self.cfg.name}, {self.cfg.size}px, L={self.cfg.history_frames})"
