@@ -40,10 +40,27 @@ def list_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+def checkpoint_meta(model: str | os.PathLike) -> dict:
+    """The ``meta`` of a checkpoint (training subject's statistics, dataset fps, ...); {} for a bare .onnx."""
+    import json
+
+    from models.checkpoint import CheckpointError, resolve
+
+    if Path(model).suffix == ".onnx":
+        return {}
+    try:
+        meta = json.loads(resolve(model).read_text()).get("meta", {})
+    except (CheckpointError, OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 class Engine(abc.ABC):
-    """Base class: subclasses set ``cfg``, ``backend`` and implement ``_run``."""
+    """Base class: subclasses set ``cfg``, ``backend`` and implement ``_run``. ``meta`` carries the checkpoint's
+    metadata (e.g. ``subject_stats``, which the server announces to clients for pose normalisation)."""
 
     cfg: ModelConfig
+    meta: dict = {}
     backend: str = "?"
     device: str = "cpu"
 
@@ -130,6 +147,7 @@ class OnnxRuntimeEngine(Engine):
         else:
             providers = ["CPUExecutionProvider"]
         self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
+        self.meta = checkpoint_meta(model)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -173,6 +191,7 @@ class TensorRTEngine(Engine):
             raise EngineError(f"tensorrt backend runs on cuda only, got device={device!r}")
         self._torch = torch
         self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
+        self.meta = checkpoint_meta(model)
         self.cfg = X.config_from_metadata(X.read_onnx_metadata(self.onnx_path), str(self.onnx_path))
         self.engine_path, key, self.built = X.get_tensorrt_engine(self.onnx_path, fp16, cache_dir)
         self._runtime, self._engine = X.load_tensorrt_engine(self.engine_path, key, trt)
@@ -222,6 +241,7 @@ class TorchTensorRTEngine(Engine):
         from . import export as X
 
         X.import_torch_tensorrt()  # one clear line without a GPU or the package
+        self.meta = checkpoint_meta(model)
         import torch
 
         if device != "cuda" and not str(device).startswith("cuda"):

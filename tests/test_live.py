@@ -86,3 +86,12 @@ def test_demo_cli_json(tiny_model, tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["frames_sent"] == 40 and res["frames_received"] + res["dropped"] == 40
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_welcome_carries_subject_stats_on_every_backend(tiny_model, backend):
+    """Pose normalisation needs the training subject's statistics, whatever engine the server runs."""
+    engine = open_engine(tiny_model, backend)
+    with Server(engine, "tcp://127.0.0.1:0") as server:
+        assert server.welcome.subject_stats["shoulder_width"] == 0.2
+        assert server.welcome.fps == 30.0
