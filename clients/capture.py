@@ -449,8 +449,8 @@ class _Run:
     def _input_panel(self, p: _Pending, size: int) -> np.ndarray:
         if p.view is not None:
             return p.view
-        from clients.sources import _preview
-        return _preview(self.c.welcome.kind, p.view_landmarks, size)
+        from clients.sources import preview_image
+        return preview_image(self.c.welcome.kind, p.view_landmarks, size)
 
     # -- sending ----------------------------------------------------------------------------------------
     def _send_work(self, w: _Work) -> None:

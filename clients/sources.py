@@ -229,7 +229,7 @@ class VideoSource(Source):
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _preview(kind: str, landmarks: np.ndarray | None, size: int) -> np.ndarray:
+def preview_image(kind: str, landmarks: np.ndarray | None, size: int) -> np.ndarray:
     """The rendered label map of landmarks as a uint8 RGB image (black when nothing was detected)."""
     from models.render import render_labels
     from models.visualize import label_preview
@@ -267,7 +267,7 @@ class SyntheticSource(Source):
         i = 0
         while self.num_frames is None or i < self.num_frames:
             lm = self.motion.landmarks(self.start + i)
-            rgb = _preview(self.kind, lm, self.preview_size) if self.preview_size > 0 else None
+            rgb = preview_image(self.kind, lm, self.preview_size) if self.preview_size > 0 else None
             pacer.wait()
             yield SourceItem(i, time.time(), rgb, lm)
             i += 1
