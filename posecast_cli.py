@@ -35,16 +35,20 @@ def _cmd_prepare(args) -> int:
 def _cmd_train(args) -> int:
     from models.presets import get_preset, parse_overrides
     from trainer.clips import parse_frame_range
-    from trainer.train import TrainConfig, Trainer
+    from trainer.train import TrainConfig, Trainer, train_config_for
 
     overrides = parse_overrides(args.set or [])
     if args.size:
         overrides["size"] = args.size
     cfg = get_preset(args.preset, **overrides)
-    tc = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                     seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
-                     checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-                     gan_mode=args.gan_mode, frame_range=parse_frame_range(args.frames))
+    fields = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, device=args.device,
+                  seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
+                  checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, gan_mode=args.gan_mode,
+                  frame_range=parse_frame_range(args.frames))
+    if args.teacher:
+        fields["teacher"] = args.teacher
+    fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_range",)))
+    tc = train_config_for(cfg.name, **fields)
     trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet)
     result = trainer.run()
     print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
@@ -186,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run folder (checkpoints, config, TensorBoard logs)")
     s.add_argument("--size", type=int, default=None, help="override the preset's frame side in pixels")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field (repeatable)")
+    s.add_argument("--train-set", action="append", metavar="KEY=VALUE",
+                   help="override a training config field, e.g. w_gan=0.1 (repeatable; see trainer/train.py)")
+    s.add_argument("--teacher", default=None, metavar="RUN",
+                   help="distil from this trained run's generator (same kind and size), e.g. a dance run for lite")
     s.add_argument("--iterations", type=int, default=2000, help="generator updates (default 2000)")
     s.add_argument("--batch-size", type=int, default=1, help="clips per iteration (default 1)")
     s.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")

@@ -106,6 +106,9 @@ class SequentialGenerator(nn.Module):
     """What every architecture shares: the one-step contract plus the zero-history rollout."""
 
     cfg: ModelConfig
+    # True when the architecture composites onto a static background plate: the trainer then calls
+    # set_background((3, S, S) tensor in [-1, 1]) with an estimate from the training data before training.
+    uses_background_plate = False
 
     @property
     def history_frames(self) -> int:

@@ -110,26 +110,33 @@ def get_preset(name: str, **overrides) -> ModelConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["ngf=16", "norm=batch", "temporal_spacings=1,3"]`` -> typed dict, checked against ModelConfig."""
-    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+def parse_overrides(items: list[str], cls: type = ModelConfig, exclude: tuple = ("name",)) -> dict:
+    """``["ngf=16", "norm=batch", "temporal_spacings=1,3"]`` -> typed dict, checked against the dataclass ``cls``.
+
+    Types come from the fields' defaults (ModelConfig: the ``dance`` preset's values)."""
+    defaults = _PRESETS["dance"]() if cls is ModelConfig else cls()
+    fields = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields or key == "name":
-            raise ValueError(f"bad override {item!r}: expected KEY=VALUE with KEY one of "
-                             f"{', '.join(k for k in fields if k != 'name')}")
-        default = getattr(_PRESETS["dance"](), key)
-        if isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, int):
-            out[key] = int(value)
-        elif isinstance(default, float):
-            out[key] = float(value)
-        elif isinstance(default, tuple):
-            out[key] = tuple(int(v) for v in value.split(",") if v)
-        else:
-            out[key] = value
+        if not sep or key not in fields:
+            raise ValueError(f"bad override {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        default = getattr(defaults, key)
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError("expected true or false")
+                out[key] = value.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                out[key] = int(value)
+            elif isinstance(default, float):
+                out[key] = float(value)
+            elif isinstance(default, tuple):
+                out[key] = tuple(int(v) for v in value.split(",") if v)
+            else:
+                out[key] = value
+        except ValueError as e:
+            raise ValueError(f"bad override {item!r}: {e}") from None
     return out
 
 
@@ -160,6 +167,6 @@ def _face() -> ModelConfig:
 
 @register_preset
 def _lite() -> ModelConfig:
-    """CPU real-time dance model (models/lite.py): same temporal design, ~0.10 GMAC per frame at 256²."""
+    """CPU real-time dance model (models/lite.py): same temporal design, ~0.11 GMAC per frame at 256²."""
     return ModelConfig(name="lite", kind="dance", arch="lite", size=256, history_frames=2, ngf=32, n_downsample=4,
                        n_blocks=4, n_blocks_flow=0, norm="none")

@@ -78,6 +78,51 @@ def test_lite_is_two_orders_of_magnitude_cheaper():
         build_generator(get_preset("lite", n_local=1))
 
 
+def test_lite_flow_branch_reaches_shared_features_scaled_down(monkeypatch):
+    import models.lite as lite
+
+    cfg = get_preset("lite", size=32, ngf=8)
+    torch.manual_seed(0)
+    G = build_generator(cfg)
+    labels, prev = _inputs(cfg, 1)
+    G.eval()
+    with torch.no_grad():
+        ref = G(labels, prev)
+    G.train()
+    out = G(labels, prev)
+    for a, b in zip(out, ref):  # the gradient scaling leaves the forward pass alone
+        assert torch.allclose(a, b, atol=1e-6)
+
+    def shared_grad(scale: float) -> torch.Tensor:
+        monkeypatch.setattr(lite, "FLOW_GRAD_SCALE", scale)
+        G.zero_grad()
+        _, flow, mask = G(labels, prev)
+        (flow.square().sum() + mask.sum()).backward()
+        return G.fuse.pw.weight.grad.clone(), G.flow_head.weight.grad.clone()
+
+    full, branch_full = shared_grad(1.0)
+    scaled, branch_scaled = shared_grad(0.1)
+    assert full.abs().sum() > 0
+    assert torch.allclose(scaled, 0.1 * full, rtol=1e-4, atol=1e-8)
+    assert torch.allclose(branch_scaled, branch_full)  # the branch itself learns at full strength
+
+
+def test_lite_draws_its_background_plate_where_the_head_adds_nothing():
+    cfg = get_preset("lite", size=32, ngf=8)
+    G = build_generator(cfg).eval()
+    plate = torch.rand(3, 32, 32) * 1.6 - 0.8
+    G.set_background(plate)
+    with torch.no_grad():
+        G.head.weight.zero_()
+        G.flow_head.weight.zero_()
+        G.flow_head.bias.copy_(torch.tensor([0.0, 0.0, -30.0]))  # zero flow, occlusion mask ~0: all hallucinated
+        frame, flow, mask = G(*_inputs(cfg, 1))
+    assert mask.max() < 1e-6 and flow.abs().max() == 0
+    assert torch.allclose(frame[0], plate, atol=1e-5)
+    with pytest.raises(ValueError, match="background plate of shape"):
+        G.set_background(torch.zeros(3, 16, 16))
+
+
 def test_mac_count_of_a_known_conv():
     from models.flops import count_macs
 
@@ -128,10 +173,23 @@ def test_config_round_trip_and_overrides():
         {"ngf": 16, "norm": "batch", "temporal_spacings": (1, 2)}
     with pytest.raises(ValueError, match="bad override"):
         parse_overrides(["nonsense=1"])
+    with pytest.raises(ValueError, match="bad override 'ngf=wide'"):
+        parse_overrides(["ngf=wide"])
     with pytest.raises(ValueError, match="multiple of"):
         get_preset("dance", size=100)
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**cfg.to_dict(), "extra": 1})
+
+
+def test_training_overrides_are_typed_against_train_config():
+    from trainer.train import TrainConfig
+
+    assert parse_overrides(["w_gan=0.1", "augment=off", "clip_frames_max=6"], TrainConfig) == \
+        {"w_gan": 0.1, "augment": False, "clip_frames_max": 6}
+    with pytest.raises(ValueError, match="bad override 'ngf=16'"):
+        parse_overrides(["ngf=16"], TrainConfig)
+    with pytest.raises(ValueError, match="expected true or false"):
+        parse_overrides(["augment=maybe"], TrainConfig)
 
 
 def test_checkpoint_round_trip_in_a_process_without_trainer(tmp_path):

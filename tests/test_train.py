@@ -115,6 +115,19 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
         Trainer(cfg.replace(ngf=16), tc5, trained["train"], tmp_path / "r", resume=True, progress=False)
 
 
+def test_regression_only_training_builds_no_discriminator_and_resumes(trained, tmp_path):
+    plain = dict(w_gan=0.0, w_fm=0.0, w_temporal=0.0, clip_frames_start=3, clip_frames_max=3, checkpoint_every=10**6)
+    t = Trainer(trained["cfg"], TrainConfig(iterations=2, **plain), trained["train"], tmp_path / "r", progress=False)
+    assert t.D is None and t.DT is None and t.opt_D is None
+    hist = t.run()["history"]
+    assert [sorted(h) for h in hist] == [["G", "L1", "flow", "mask", "warp"]] * 2
+    _, tensors, meta = read_checkpoint(tmp_path / "r" / "latest.json")
+    assert not any(k.startswith(("D.", "DT.", "optD.")) for k in tensors) and list(meta["optim"]) == ["optG"]
+    t = Trainer(trained["cfg"], TrainConfig(iterations=3, **plain), trained["train"], tmp_path / "r", resume=True,
+                progress=False)
+    assert t.iteration == 2 and len(t.run()["history"]) == 1
+
+
 def test_clip_length_grows_and_lr_decays():
     tc = TrainConfig(iterations=300, clip_frames_start=4, clip_frames_max=16, decay_start=0.5)
     lengths = [tc.clip_frames(i, 4) for i in range(300)]
@@ -132,6 +145,38 @@ def test_training_refuses_mismatched_or_tiny_data(tmp_path, trained):
     tiny = synthesize(tmp_path / "tiny", seed=0, num_frames=6, size=SIZE, clip_frames=2, progress=False)
     with pytest.raises(ValueError, match="longest clip has 2 frames"):
         Trainer(trained["cfg"], TrainConfig(iterations=1), tiny, tmp_path / "x", progress=False)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * np.log10(4.0 / ((a - b) ** 2).mean().item()))
+
+
+def test_background_plate_removes_the_person(trained):
+    from trainer.synth import DancerRenderer
+
+    source = ClipSource(Dataset(trained["train"]), SIZE)
+    plate = source.background_plate()
+    assert plate.shape == (3, SIZE, SIZE) and plate.min() >= -1 and plate.max() <= 1
+    room = torch.from_numpy(DancerRenderer(SIZE, 0).background).permute(2, 0, 1).float() / 127.5 - 1
+    frames = source.load(*source.clips[0])["frames"]
+    # The per-pixel median of the frames keeps the dancer where it stands most of the time; the plate does not.
+    assert _psnr(plate, room) > _psnr(frames.median(0).values, room) + 2.0
+
+
+def test_lite_starts_from_the_plate_and_distils_from_a_teacher(trained, tmp_path):
+    lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
+    tc = TrainConfig(iterations=3, clip_frames_start=4, clip_frames_max=4, w_temporal=0.0, teacher=str(trained["run"]),
+                     checkpoint_every=10**6)
+    trainer = Trainer(lite, tc, trained["train"], tmp_path / "lite", progress=False)
+    plate = ClipSource(Dataset(trained["train"]), SIZE).background_plate()
+    assert torch.allclose(torch.tanh(trainer.G.background[0]), plate.clamp(-0.99, 0.99), atol=1e-5)
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    result = trainer.run()
+    assert [("distill" in h) and h["distill"] > 0 for h in result["history"]] == [True] * 3
+    G, meta = load_generator(tmp_path / "lite")
+    assert meta["train"]["teacher"] == str(trained["run"])
+    with pytest.raises(ValueError, match="needs a 'dance' teacher at 32px"):
+        Trainer(get_preset("lite", size=32, ngf=8, ndf=8), tc, trained["train"], tmp_path / "x", progress=False)
 
 
 def test_dataset_writer_is_atomic_and_checks_shapes(tmp_path):
@@ -162,4 +207,17 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "posecast train: error:" in out.stderr and "no manifest.json" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_training_overrides_and_teacher_errors(trained, tmp_path):
+    def train(*extra):
+        return subprocess.run([sys.executable, "-m", "posecast_cli", "train", "--data", str(trained["train"]),
+                               "--preset", "lite", "--size", str(SIZE), "--out", str(tmp_path / "run"), *extra],
+                              capture_output=True, text=True, timeout=120)
+
+    out = train("--train-set", "w_gann=0")
+    assert out.returncode == 2 and "posecast train: error: bad override 'w_gann=0'" in out.stderr
+    out = train("--teacher", str(tmp_path / "no-such-run"))
+    assert out.returncode == 2 and "posecast train: error:" in out.stderr and "no-such-run" in out.stderr
     assert "Traceback" not in out.stderr

@@ -14,13 +14,14 @@ def bench_train(preset: str, size: int, *, clip_frames: int = 4, iterations: int
     from models.presets import get_preset
 
     from .synth import synthesize
-    from .train import TrainConfig, Trainer
+    from .train import Trainer, train_config_for
 
     cfg = get_preset(preset, size=size)
     with tempfile.TemporaryDirectory() as tmp:
         data = synthesize(Path(tmp) / "data", num_frames=max(16, clip_frames + 2), size=size, progress=False)
-        tc = TrainConfig(iterations=iterations + 1, clip_frames_start=clip_frames, clip_frames_max=clip_frames,
-                         checkpoint_every=10**9, sample_every=10**9, log_every=10**9, device=device)
+        tc = train_config_for(preset, iterations=iterations + 1, clip_frames_start=clip_frames,
+                              clip_frames_max=clip_frames, checkpoint_every=10**9, sample_every=10**9,
+                              log_every=10**9, device=device)
         times = []
         t = Trainer(cfg, tc, data, Path(tmp) / "run", progress=False,
                     on_iteration=lambda it, logs: times.append(time.perf_counter()))

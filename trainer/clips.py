@@ -6,6 +6,7 @@ Label maps come from ``models.render.render_labels``: the very renderer the live
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import cv2
 import numpy as np
@@ -100,6 +101,36 @@ class ClipSource:
             "flow": torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous(),
             "conf": torch.from_numpy(np.stack(confs)).unsqueeze(1).float() / 255.0,
         }
+
+    def background_plate(self, max_frames: int = 200, margin: float = 0.09) -> torch.Tensor:
+        """The static background of a fixed camera, (3, S, S) in [-1, 1]: per pixel, the median over frames in
+        which the person does not cover it.
+
+        The person's region in a frame is the filled hull of its label map grown by ``margin`` x the frame side,
+        so the median never sees the body even where the skeleton is thin. Pixels the person covers in nearly every
+        sampled frame are inpainted from their surroundings."""
+        idx = [i for a, b in self.clips for i in range(a, b)]
+        idx = [idx[k] for k in np.linspace(0, len(idx) - 1, min(max_frames, len(idx))).round().astype(int)]
+        S = self.size
+        grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * round(margin * S) + 1,) * 2)
+        stack = np.empty((len(idx), S, S, 3), np.float32)
+        for k, i in enumerate(idx):
+            frame = self._resize(np.asarray(self.ds.frames[i])).astype(np.float32)
+            person = np.zeros((S, S), np.uint8)
+            pts = cv2.findNonZero((self.labels(i).max(0) > 0).astype(np.uint8))
+            if pts is not None:
+                cv2.fillConvexPoly(person, cv2.convexHull(pts), 1)
+            frame[cv2.dilate(person, grow) > 0] = np.nan
+            stack[k] = frame
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: inpainted below
+            plate = np.nanmedian(stack, axis=0)
+        seen = np.isfinite(stack[..., 0]).sum(0)
+        hole = (seen < max(3, len(idx) // 10)).astype(np.uint8)  # too rarely seen for a trustworthy median
+        plate = np.nan_to_num(plate).clip(0, 255).astype(np.uint8)
+        if hole.any():
+            plate = cv2.inpaint(plate, hole, 3, cv2.INPAINT_TELEA)
+        return torch.from_numpy(plate).permute(2, 0, 1).float() / 127.5 - 1.0
 
     def sample_batch(self, length: int, batch: int, rng: np.random.Generator,
                      augment: Augment | None = None) -> dict[str, torch.Tensor]:

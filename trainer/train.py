@@ -4,9 +4,12 @@ Per iteration: sample B clips of T frames, generate them sequentially from an al
 needs no real frames), then update the discriminators and the generator. T grows during training
 (progressive temporal training).
 
-Generator loss  = adv_image + w_fm * FM_image + w_l1 * L1(frame, real)
+Generator loss  = w_gan * adv_image + w_fm * FM_image + w_l1 * L1(frame, real)
                 + w_flow * |flow - flow_gt|_conf + w_warp * |warp(real_{t-1}, flow) - real_t|_conf
                 + w_temporal * (adv_temporal + w_fm * FM_temporal)
+                + w_distill * L1(frame, teacher's frame)        (only with a teacher)
+With ``teacher`` set to a trained run, the generator also learns to reproduce that (larger) model's output
+for the same labels: knowledge distillation, how the `lite` preset inherits what a full `dance` model learned.
 vid2vid's VGG perceptual loss needs pretrained weights that cannot be downloaded here; the L1 term stands in.
 """
 
@@ -23,7 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.checkpoint import (CheckpointError, load_state, read_checkpoint, save_checkpoint, subdict)
+from models.checkpoint import (CheckpointError, load_generator, load_state, read_checkpoint, save_checkpoint,
+                               subdict)
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import build_generator
 from models.posenorm import subject_stats
@@ -48,11 +52,14 @@ class TrainConfig:
     clip_frames_max: int = 8          # T doubles up to this
     clip_double_every: int = 0        # iterations between doublings of T (0: spread evenly over the run)
     gan_mode: str = "lsgan"           # "lsgan" | "hinge"
+    w_gan: float = 1.0                # image adversarial loss (vid2vid: 1)
     w_fm: float = 10.0                # feature matching (vid2vid: 10)
     w_l1: float = 10.0                # L1 to the real frame (stands in for VGG, vid2vid: 10)
     w_flow: float = 10.0              # flow L1 vs ground truth, masked by confidence (vid2vid: 10)
     w_warp: float = 10.0              # warp loss (vid2vid: 10)
     w_temporal: float = 1.0           # temporal GAN (vid2vid: 1)
+    teacher: str = ""                 # trained run (folder or generator .json) to distil from ("": none)
+    w_distill: float = 10.0           # L1 to the teacher's frames (used only with a teacher)
     augment: bool = True              # limb dropout / landmark jitter on label maps
     seed: int = 0
     device: str = "auto"              # "auto" (CUDA when present) | "cpu" | "cuda" | "cuda:N"
@@ -75,6 +82,20 @@ class TrainConfig:
         if it < start:
             return self.lr
         return self.lr * max(0.0, 1.0 - (it - start) / max(1, self.iterations - start))
+
+
+# Training recipes that differ from vid2vid's, per preset (TrainConfig field -> value); `--train-set` overrides.
+# `lite` trains as a regression (L1 + flow + warp, no discriminators): its few channels cannot absorb the
+# adversarial and feature-matching gradients, which held it at the training data's mean dancer (~19.3 dB
+# held-out PSNR after 1000 iterations with them, 23.0 dB without; docs/performance.md).
+PRESET_TRAINING: dict[str, dict] = {
+    "lite": {"w_gan": 0.0, "w_fm": 0.0, "w_temporal": 0.0},
+}
+
+
+def train_config_for(preset: str, **fields) -> TrainConfig:
+    """TrainConfig with ``preset``'s recipe (PRESET_TRAINING) applied, then ``fields`` on top."""
+    return TrainConfig(**{**PRESET_TRAINING.get(preset, {}), **fields})
 
 
 def pick_device(name: str) -> torch.device:
@@ -130,16 +151,30 @@ class Trainer:
         self.rng = np.random.default_rng(train.seed)
         dev = self.device
         self.G = build_generator(model).to(dev)
-        self.D = ImageDiscriminator(model).to(dev)
+        if self.G.uses_background_plate and not resume:
+            self.G.set_background(self.source.background_plate().to(dev))
+        # Discriminators exist only when a loss uses them (w_gan = w_fm = w_temporal = 0: plain regression).
+        self.D = ImageDiscriminator(model).to(dev) if train.w_gan > 0 or train.w_fm > 0 else None
         self.DT = TemporalDiscriminator(model).to(dev) if model.is_temporal and train.w_temporal > 0 else None
         betas = (train.beta1, train.beta2)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=betas)
-        d_params = list(self.D.parameters()) + (list(self.DT.parameters()) if self.DT else [])
-        self.opt_D = torch.optim.Adam(d_params, lr=train.lr, betas=betas)
+        d_params = [p for d in (self.D, self.DT) if d is not None for p in d.parameters()]
+        self.opt_D = torch.optim.Adam(d_params, lr=train.lr, betas=betas) if d_params else None
+        self.teacher = self._load_teacher(train.teacher) if train.teacher else None
         self.iteration = 0
         self.subject_stats = subject_stats(self.dataset.landmarks) if model.kind == "dance" else None
         if resume:
             self._resume()
+
+    def _load_teacher(self, path: str):
+        """The frozen generator of a trained run, checked to speak the same labels at the same size."""
+        teacher, _ = load_generator(path, self.device)
+        t, m = teacher.cfg, self.cfg
+        if (t.kind, t.label_nc, t.size) != (m.kind, m.label_nc, m.size):
+            raise ValueError(f"teacher {path} is a {t.kind!r} model at {t.size}px; distilling into "
+                             f"{m.name!r} at {m.size}px needs a {m.kind!r} teacher at {m.size}px")
+        teacher.eval().requires_grad_(False)
+        return teacher
 
     # -- Checkpoints -----------------------------------------------------------------------------------
     def _meta(self) -> dict:
@@ -152,14 +187,14 @@ class Trainer:
         meta = self._meta()
         tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
         save_checkpoint(self.out / "generator", tensors, self.cfg, meta)
-        tensors.update({f"D.{k}": v for k, v in self.D.state_dict().items()})
-        if self.DT:
-            tensors.update({f"DT.{k}": v for k, v in self.DT.state_dict().items()})
-        og, og_meta = _optim_tensors(self.opt_G, "optG")
-        od, od_meta = _optim_tensors(self.opt_D, "optD")
-        tensors.update(og)
-        tensors.update(od)
-        meta["optim"] = {"optG": og_meta, "optD": od_meta}
+        for name, d in (("D", self.D), ("DT", self.DT)):
+            if d is not None:
+                tensors.update({f"{name}.{k}": v for k, v in d.state_dict().items()})
+        meta["optim"] = {}
+        for name, opt in (("optG", self.opt_G), ("optD", self.opt_D)):
+            if opt is not None:
+                state, meta["optim"][name] = _optim_tensors(opt, name)
+                tensors.update(state)
         meta["rng"] = self.rng.bit_generator.state
         return save_checkpoint(self.out / "latest", tensors, self.cfg, meta)
 
@@ -172,11 +207,13 @@ class Trainer:
             raise CheckpointError(f"--resume: {path} was trained with a different model config "
                                   f"({cfg.name}, size {cfg.size}) than asked ({self.cfg.name}, size {self.cfg.size})")
         load_state(self.G, subdict(tensors, "G"), "generator")
-        load_state(self.D, subdict(tensors, "D"), "image discriminator")
+        if self.D:
+            load_state(self.D, subdict(tensors, "D"), "image discriminator")
         if self.DT:
             load_state(self.DT, subdict(tensors, "DT"), "temporal discriminator")
         _load_optim(self.opt_G, tensors, "optG", meta["optim"]["optG"])
-        _load_optim(self.opt_D, tensors, "optD", meta["optim"]["optD"])
+        if self.opt_D:
+            _load_optim(self.opt_D, tensors, "optD", meta["optim"]["optD"])
         self.iteration = int(meta["iteration"])
         self.rng.bit_generator.state = meta["rng"]
 
@@ -207,7 +244,7 @@ class Trainer:
         try:
             while self.iteration < tc.iterations:
                 it = self.iteration
-                for group in self.opt_G.param_groups + self.opt_D.param_groups:
+                for group in self.opt_G.param_groups + (self.opt_D.param_groups if self.opt_D else []):
                     group["lr"] = tc.lr_at(it)
 
                 # Fetch training data.
@@ -222,11 +259,13 @@ class Trainer:
                 flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  (B, T, ...) -> (B*T, ...)
 
                 # Update the discriminators.
-                self.opt_D.zero_grad(set_to_none=True)
-                d_img = self.D(flat(labels).repeat(2, 1, 1, 1), torch.cat((flat(real), flat(fake).detach())))
-                d_real = [[f[: B * T] for f in s] for s in d_img]
-                d_fake = [[f[B * T:] for f in s] for s in d_img]
-                loss_d = losses.d_loss(d_real, d_fake, tc.gan_mode)
+                logs = {}
+                loss_d = torch.zeros((), device=dev)
+                if self.D:
+                    d_img = self.D(flat(labels).repeat(2, 1, 1, 1), torch.cat((flat(real), flat(fake).detach())))
+                    d_real = [[f[: B * T] for f in s] for s in d_img]
+                    d_fake = [[f[B * T:] for f in s] for s in d_img]
+                    loss_d = loss_d + losses.d_loss(d_real, d_fake, tc.gan_mode)
                 temporal = []  # (spacing index, real stack, flows) usable at this T
                 if self.DT:
                     for si, s in enumerate(self.DT.spacings):
@@ -237,18 +276,23 @@ class Trainer:
                         out = self.DT(torch.cat((real_stack, fake_stack)), tflow.repeat(2, 1, 1, 1), si)
                         loss_d = loss_d + losses.d_loss([[f[:B] for f in s] for s in out],
                                                         [[f[B:] for f in s] for s in out], tc.gan_mode) / len(temporal)
-                loss_d.backward()
-                self.opt_D.step()
+                if loss_d.requires_grad:
+                    self.opt_D.zero_grad(set_to_none=True)
+                    loss_d.backward()
+                    self.opt_D.step()
+                    logs["D"] = loss_d.item()
 
                 # Update the generator.
                 self.opt_G.zero_grad(set_to_none=True)
-                d_fake = self.D(flat(labels), flat(fake))
-                logs = {"D": loss_d.item()}
-                g_adv = losses.g_adv_loss(d_fake, tc.gan_mode)
-                g_fm = losses.feature_matching_loss(d_fake, d_real)
                 g_l1 = (fake - real).abs().mean()
-                loss_g = g_adv + tc.w_fm * g_fm + tc.w_l1 * g_l1
-                logs.update(G_adv=g_adv.item(), G_fm=g_fm.item(), L1=g_l1.item())
+                loss_g = tc.w_l1 * g_l1
+                logs["L1"] = g_l1.item()
+                if self.D:
+                    d_fake = self.D(flat(labels), flat(fake))
+                    g_adv = losses.g_adv_loss(d_fake, tc.gan_mode)
+                    g_fm = losses.feature_matching_loss(d_fake, d_real)
+                    loss_g = loss_g + tc.w_gan * g_adv + tc.w_fm * g_fm
+                    logs.update(G_adv=g_adv.item(), G_fm=g_fm.item())
                 if cfg.is_temporal and T > 1:
                     # Frame 0 of a window was made from zero history: no flow/warp targets for it.
                     w = conf[:, 1:]
@@ -268,6 +312,12 @@ class Trainer:
                                      + tc.w_fm * losses.feature_matching_loss(out_fake, out_real)) / len(temporal)
                     loss_g = loss_g + tc.w_temporal * g_t
                     logs["G_temporal"] = float(g_t.detach())
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        target = self.teacher.rollout(labels)[0]
+                    g_distill = (fake - target).abs().mean()
+                    loss_g = loss_g + tc.w_distill * g_distill
+                    logs["distill"] = g_distill.item()
                 loss_g.backward()
                 self.opt_G.step()
                 logs["G"] = loss_g.item()
@@ -278,7 +328,7 @@ class Trainer:
                 if self.on_iteration:
                     self.on_iteration(self.iteration, logs)
                 bar.update(1)
-                bar.set_postfix(T=T, G=f"{logs['G']:.3f}", D=f"{logs['D']:.3f}", L1=f"{logs['L1']:.3f}")
+                bar.set_postfix(T=T, G=f"{logs['G']:.3f}", D=f"{logs.get('D', 0.0):.3f}", L1=f"{logs['L1']:.3f}")
                 if self.iteration % tc.log_every == 0:
                     for k, v in logs.items():
                         tb.add_scalar(f"loss/{k}", v, self.iteration)
