@@ -24,7 +24,7 @@ demo: venv
 demo-train: venv
 	$(BIN)/posecast synth --out $(DEMO_DIR)/data --frames 240 --size 128 --seed 1 --overwrite
 	$(BIN)/posecast synth --out $(DEMO_DIR)/heldout --frames 60 --size 128 --seed 7 --overwrite
-	$(BIN)/posecast train --data $(DEMO_DIR)/data --preset dance --size 128 --set ngf=16 --set ndf=16 \
+	$(BIN)/posecast train --data $(DEMO_DIR)/data --preset lite --size 128 \
 		--out $(DEMO_DIR)/run --iterations 100000 --time-limit $${DEMO_TRAIN_SECONDS:-180} --checkpoint-every 100
 	$(BIN)/posecast eval $(DEMO_DIR)/run --data $(DEMO_DIR)/heldout --video $(DEMO_DIR)/eval.mp4
 

@@ -16,7 +16,7 @@ DEFAULT_MODEL = Path(models.__file__).resolve().parent / "default"
 
 
 def bundled_model() -> Path:
-    """The bundled default `dance` model (see models/default/README.md for the command that made it)."""
+    """The bundled default model, a `lite` dance model (see models/default/README.md for the command that made it)."""
     if not (DEFAULT_MODEL / "generator.json").is_file():
         raise FileNotFoundError(f"the bundled model is missing: {DEFAULT_MODEL}/generator.json")
     return DEFAULT_MODEL
