@@ -48,7 +48,7 @@ def _cmd_train(args) -> int:
     if args.teacher:
         fields["teacher"] = args.teacher
     fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_range",)))
-    tc = train_config_for(cfg.name, **fields)
+    tc = train_config_for(cfg, **fields)
     trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet)
     result = trainer.run()
     print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_capture)
 
     s = sub.add_parser("demo", help="the live pipeline on loopback with the bundled model")
-    s.add_argument("--model", default=None, help="model to serve (default: the bundled dance model)")
+    s.add_argument("--model", default=None, help="model to serve (default: the bundled lite model)")
     s.add_argument("--source", default="synthetic", help="synthetic[:SEED] (default), a camera index or a video")
     s.add_argument("--frames", type=int, default=300, help="frames to stream (default 300)")
     s.add_argument("--out", default="demo/out.mp4", help="input | output video (default demo/out.mp4)")

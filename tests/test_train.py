@@ -128,6 +128,16 @@ def test_regression_only_training_builds_no_discriminator_and_resumes(trained, t
     assert t.iteration == 2 and len(t.run()["history"]) == 1
 
 
+def test_training_recipe_follows_the_architecture():
+    from trainer.train import train_config_for
+
+    assert train_config_for(get_preset("dance")) == TrainConfig()
+    lite = train_config_for(get_preset("lite"), w_fm=2.0, iterations=7)
+    assert (lite.w_gan, lite.w_fm, lite.w_temporal, lite.iterations) == (0.0, 2.0, 0.0, 7)
+    # The recipe belongs to the generator, whatever the preset is called.
+    assert train_config_for(get_preset("dance", arch="lite")).w_gan == 0.0
+
+
 def test_clip_length_grows_and_lr_decays():
     tc = TrainConfig(iterations=300, clip_frames_start=4, clip_frames_max=16, decay_start=0.5)
     lengths = [tc.clip_frames(i, 4) for i in range(300)]

@@ -19,7 +19,7 @@ def bench_train(preset: str, size: int, *, clip_frames: int = 4, iterations: int
     cfg = get_preset(preset, size=size)
     with tempfile.TemporaryDirectory() as tmp:
         data = synthesize(Path(tmp) / "data", num_frames=max(16, clip_frames + 2), size=size, progress=False)
-        tc = train_config_for(preset, iterations=iterations + 1, clip_frames_start=clip_frames,
+        tc = train_config_for(cfg, iterations=iterations + 1, clip_frames_start=clip_frames,
                               clip_frames_max=clip_frames, checkpoint_every=10**9, sample_every=10**9,
                               log_every=10**9, device=device)
         times = []

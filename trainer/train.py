@@ -84,18 +84,18 @@ class TrainConfig:
         return self.lr * max(0.0, 1.0 - (it - start) / max(1, self.iterations - start))
 
 
-# Training recipes that differ from vid2vid's, per preset (TrainConfig field -> value); `--train-set` overrides.
-# `lite` trains as a regression (L1 + flow + warp, no discriminators): its few channels cannot absorb the
-# adversarial and feature-matching gradients, which held it at the training data's mean dancer (~19.3 dB
-# held-out PSNR after 1000 iterations with them, 23.0 dB without; docs/performance.md).
-PRESET_TRAINING: dict[str, dict] = {
+# Training recipes that differ from vid2vid's, per generator architecture (TrainConfig field -> value);
+# `--train-set` overrides. The `lite` architecture trains as a regression (L1 + flow + warp, no discriminators):
+# every adversarial or feature-matching weight tried cost its few channels PSNR (a 300-iteration probe: 17.3 dB
+# held out with vid2vid's weights, 21.4 dB without; docs/performance.md).
+ARCH_TRAINING: dict[str, dict] = {
     "lite": {"w_gan": 0.0, "w_fm": 0.0, "w_temporal": 0.0},
 }
 
 
-def train_config_for(preset: str, **fields) -> TrainConfig:
-    """TrainConfig with ``preset``'s recipe (PRESET_TRAINING) applied, then ``fields`` on top."""
-    return TrainConfig(**{**PRESET_TRAINING.get(preset, {}), **fields})
+def train_config_for(model: ModelConfig, **fields) -> TrainConfig:
+    """TrainConfig with the recipe of ``model``'s architecture (ARCH_TRAINING) applied, then ``fields`` on top."""
+    return TrainConfig(**{**ARCH_TRAINING.get(model.arch, {}), **fields})
 
 
 def pick_device(name: str) -> torch.device:
