@@ -1,12 +1,17 @@
-"""One backend-agnostic interface over the compiled generator: ``Engine.step(labels, previous) -> frame``.
+"""One backend-agnostic interface over the compiled generator: ``Engine.step(feeds) -> frame``.
 
 Backends (by name): ``torch`` (plain PyTorch, the reference path), ``onnxruntime`` (CPU, or CUDA when present),
 ``tensorrt`` and ``torch-tensorrt`` (NVIDIA GPUs, optional extras). All take and return numpy float32 arrays in
-the generator's conventions (see models/generator.py):
+the generator's conventions (see models/generator.py, models/lite.py), named as ``realtime.export.io_shapes``
+gives them, in the window (h, w) = ``cfg.crop_hw`` the generator draws in (the whole frame, or lite's person crop):
 
-    labels   (1, (L+1)*C, S, S)  label maps of frames t-L..t in [0, 1]
-    previous (1, L*3, S, S)      the L previously generated frames in [-1, 1] (None when L = 0)
-    -> frame (1, 3, S, S)        in [-1, 1]
+    labels   (1, (L+1)*C, h, w)  label maps of frames t-L..t in [0, 1]
+    previous (1, L*3, h, w)      the L previously generated frames in [-1, 1] (absent when L = 0)
+    plate    (1, 3, h, w)        the background plate's window in [-1, 1] (only when cfg.has_plate_input)
+    -> frame (1, 3, h, w)        in [-1, 1]
+
+``Engine.plate`` is the model's whole background plate (3, S, S) (None for models without one): a session
+composites the window onto it.
 
 Loading never imports trainer/: the model is rebuilt from its checkpoint (models.checkpoint).
 """
@@ -55,6 +60,26 @@ def checkpoint_meta(model: str | os.PathLike) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def checkpoint_plate(model: str | os.PathLike) -> np.ndarray | None:
+    """The background plate (3, S, S) in [-1, 1] stored in a checkpoint (``G.background``, before its tanh), or
+    None when the model has none. A bare ``.onnx`` is looked up by its run folder's generator.json."""
+    from safetensors import safe_open
+
+    from models.checkpoint import CheckpointError, resolve
+
+    p = Path(model)
+    if p.suffix == ".onnx":
+        p = p.with_name("generator.json")
+    try:
+        weights = resolve(p).with_suffix(".safetensors")
+        with safe_open(str(weights), framework="np") as f:
+            if "G.background" not in f.keys():
+                return None
+            return np.tanh(f.get_tensor("G.background")[0]).astype(np.float32)
+    except (CheckpointError, OSError) as e:
+        raise EngineError(f"{model}: the background plate of this model could not be read ({e})") from None
+
+
 class Engine(abc.ABC):
     """Base class: subclasses set ``cfg``, ``backend`` and implement ``_run``. ``meta`` carries the checkpoint's
     metadata (e.g. ``subject_stats``, which the server announces to clients for pose normalisation)."""
@@ -63,19 +88,36 @@ class Engine(abc.ABC):
     meta: dict = {}
     backend: str = "?"
     device: str = "cpu"
+    plate: np.ndarray | None = None
 
-    def step(self, labels: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
-        cfg = self.cfg
-        L, C, S = cfg.history_frames, cfg.label_nc, cfg.size
-        if labels.shape != (1, (L + 1) * C, S, S):
-            raise ValueError(f"labels must be {(1, (L + 1) * C, S, S)}, got {labels.shape}")
-        if L and (previous is None or previous.shape != (1, L * 3, S, S)):
-            raise ValueError(f"previous must be {(1, L * 3, S, S)}, got {None if previous is None else previous.shape}")
-        return self._run(np.ascontiguousarray(labels, np.float32),
-                         np.ascontiguousarray(previous, np.float32) if L else None)
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        from .export import io_shapes
+
+        return io_shapes(self.cfg)[0]
+
+    def zero_inputs(self) -> dict[str, np.ndarray]:
+        """Feeds of the first step from zero history, with the plate's window of a centred crop."""
+        feeds = {name: np.zeros(shape, np.float32) for name, shape in self.input_shapes.items()}
+        if "plate" in feeds and self.plate is not None:
+            S = self.cfg.size
+            h, w = self.cfg.crop_hw
+            y0, x0 = (S - h) // 2, (S - w) // 2
+            feeds["plate"][0] = self.plate[:, y0:y0 + h, x0:x0 + w]
+        return feeds
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One generator step on the named inputs (``input_shapes``); returns the frame (1, 3, h, w)."""
+        want = self.input_shapes
+        if set(feeds) != set(want):
+            raise ValueError(f"engine inputs must be {sorted(want)}, got {sorted(feeds)}")
+        for name, shape in want.items():
+            if feeds[name].shape != shape:
+                raise ValueError(f"{name} must be {shape}, got {feeds[name].shape}")
+        return self._run({name: np.ascontiguousarray(feeds[name], np.float32) for name in want})
 
     @abc.abstractmethod
-    def _run(self, labels: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the compiled generator on validated, contiguous float32 inputs; return the frame."""
 
     def describe(self) -> str:
@@ -97,13 +139,15 @@ class TorchEngine(Engine):
         self.device = device
         self.G, self.meta = load_generator(model, device)
         self.cfg = self.G.cfg
+        if self.G.uses_background_plate:
+            with torch.inference_mode():
+                self.plate = self.G.plate()[0].float().cpu().numpy()
 
-    def _run(self, labels, previous):
+    def _run(self, feeds):
         torch = self._torch
         with torch.inference_mode():
-            lab = torch.from_numpy(labels).to(self.device)
-            prev = torch.from_numpy(previous).to(self.device) if previous is not None else None
-            return self.G(lab, prev)[0].float().cpu().numpy()
+            args = [torch.from_numpy(feeds[name]).to(self.device) for name in self.input_shapes]
+            return self.G(*args)[0].float().cpu().numpy()
 
 
 def _onnx_for(model: str | os.PathLike, onnx_path: str | os.PathLike | None):
@@ -148,6 +192,7 @@ class OnnxRuntimeEngine(Engine):
             providers = ["CPUExecutionProvider"]
         self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
         self.meta = checkpoint_meta(model)
+        self.plate = checkpoint_plate(model)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -166,10 +211,7 @@ class OnnxRuntimeEngine(Engine):
         self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = so.intra_op_num_threads
 
-    def _run(self, labels, previous):
-        feeds = {"labels": labels}
-        if previous is not None:
-            feeds["previous"] = previous
+    def _run(self, feeds):
         return self._session.run(["frame"], feeds)[0]
 
 
@@ -192,6 +234,7 @@ class TensorRTEngine(Engine):
         self._torch = torch
         self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
         self.meta = checkpoint_meta(model)
+        self.plate = checkpoint_plate(model)
         self.cfg = X.config_from_metadata(X.read_onnx_metadata(self.onnx_path), str(self.onnx_path))
         self.engine_path, key, self.built = X.get_tensorrt_engine(self.onnx_path, fp16, cache_dir)
         self._runtime, self._engine = X.load_tensorrt_engine(self.engine_path, key, trt)
@@ -217,12 +260,11 @@ class TensorRTEngine(Engine):
         if "frame" not in self._buffers or "labels" not in self._buffers:
             raise EngineError(f"{self.engine_path}: engine lacks the labels input or the frame output")
 
-    def _run(self, labels, previous):
+    def _run(self, feeds):
         torch = self._torch
         with torch.cuda.stream(self._stream):
-            self._buffers["labels"].copy_(torch.from_numpy(labels))
-            if previous is not None:
-                self._buffers["previous"].copy_(torch.from_numpy(previous))
+            for name, value in feeds.items():
+                self._buffers[name].copy_(torch.from_numpy(value))
             if not self._ctx.execute_async_v3(self._stream.cuda_stream):
                 raise EngineError(f"{self.engine_path}: TensorRT execution failed")
             frame = self._buffers["frame"].float().cpu()  # D2H on this stream, then waits for it
@@ -242,6 +284,7 @@ class TorchTensorRTEngine(Engine):
 
         X.import_torch_tensorrt()  # one clear line without a GPU or the package
         self.meta = checkpoint_meta(model)
+        self.plate = checkpoint_plate(model)
         import torch
 
         if device != "cuda" and not str(device).startswith("cuda"):
@@ -251,12 +294,10 @@ class TorchTensorRTEngine(Engine):
             model, fp16=fp16, cache_dir=cache_dir)
         self.device, self.fp16 = "cuda", fp16
 
-    def _run(self, labels, previous):
+    def _run(self, feeds):
         torch = self._torch
         with torch.no_grad():
-            args = [torch.from_numpy(labels).cuda()]
-            if previous is not None:
-                args.append(torch.from_numpy(previous).cuda())
+            args = [torch.from_numpy(feeds[name]).cuda() for name in self.input_shapes]
             return self._module(*args)[0].float().cpu().numpy()
 
 

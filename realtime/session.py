@@ -1,14 +1,17 @@
 """Per-client streaming state: the label-map and frame histories one client's generator runs on.
 
 A ``Session`` turns one client's landmark stream into frames, exactly like ``Generator.rollout`` does at training
-time: history starts at zero (and returns to zero on ``reset()``), each step renders the current label map with
-the training renderer (``models.render``) and feeds the engine
+time: history starts at zero (and returns to zero on ``reset()``), each step renders the current full-frame label
+map with the training renderer (``models.render``), places the generator's window (the whole frame, or for
+person-crop models the ``models.crop.BoxTracker`` box that follows the person), and feeds the engine that window of
 
     labels   (1, (L+1)*C, S, S)  the label maps of frames t-L..t, oldest first
-    previous (1, L*3, S, S)      the L previously generated frames in [-1, 1], oldest first
+    previous (1, L*3, S, S)      the L previously generated full frames in [-1, 1], oldest first
+    plate                        the background plate (models drawn on one)
 
-then shifts both histories by one frame. All buffers are preallocated: the label map is rendered straight into
-the current slot of the label buffer, and the frame is converted to uint8 in place.
+The window it returns is pasted into the plate (the whole frame for other models), and both histories shift by
+one frame. All buffers are preallocated: the label map is rendered straight into the current slot of the label
+buffer, windows are copied into the engine's input buffers, and the frame is converted to uint8 in place.
 
 Sessions are not thread-safe; the server runs every session on its one worker thread.
 """
@@ -19,6 +22,7 @@ import time
 
 import numpy as np
 
+from models.crop import BoxTracker, CropBox, head_box
 from models.render import render_labels
 from models.visualize import to_uint8
 from realtime.protocol import ErrorCode, ProtocolError
@@ -66,10 +70,19 @@ class Session:
         self._labels = np.zeros((1, (L + 1) * C, S, S), np.float32)
         self._current = self._labels[0, L * C:]                     # (C, S, S) view: the current frame's slot
         self._previous = np.zeros((1, L * 3, S, S), np.float32) if L else None
+        self._frame = np.zeros((3, S, S), np.float32)               # the full frame being made
+        self._feeds = engine.zero_inputs()                          # the engine's input buffers (window-sized)
+        h, w = cfg.crop_hw
+        self._tracker = BoxTracker(S, h, w) if (h, w) != (S, S) else None
+        self._whole = CropBox(0, 0, S, S)
+        self._plate = engine.plate
+        if cfg.has_plate_input and self._plate is None:
+            raise ValueError(f"the {cfg.name} model draws on a background plate but its engine has none")
         self._planes_f = np.empty((3, S, S), np.float32)
         self._planes_u8 = np.empty((3, S, S), np.uint8)
         self._rgb = np.empty((S, S, 3), np.uint8)
         self.frames = 0                                              # frames generated since start / reset
+        self.box = None                                              # the window of the last frame (CropBox)
 
     # -- validation --------------------------------------------------------------------------------------
     def check(self, landmarks, seq: int | None = None) -> np.ndarray:
@@ -110,10 +123,24 @@ class Session:
         S, L, C = self.size, self.history_frames, self.label_nc
         t0 = time.perf_counter()
         render_labels(self.kind, lm, S, S, out=self._current)
+        box = self._tracker.update(lm) if self._tracker else None
+        ys, xs = box.slices() if box else (slice(None), slice(None))
+        feeds = self._feeds
+        feeds["labels"][0] = self._labels[0, :, ys, xs]
+        if L:
+            feeds["previous"][0] = self._previous[0, :, ys, xs]
+        if "plate" in feeds:
+            feeds["plate"][0] = self._plate[:, ys, xs]
+        if "head" in feeds:
+            feeds["head"][0] = head_box(lm, box or self._whole, S, self.engine.cfg.head_side)
         t1 = time.perf_counter()
-        out = self.engine.step(self._labels, self._previous)
+        out = self.engine.step(feeds)
         t2 = time.perf_counter()
-        frame = np.asarray(out, np.float32).reshape(3, S, S)
+        frame = self._frame
+        if box is not None:
+            frame[:] = self._plate
+        frame[:, ys, xs] = np.asarray(out, np.float32)[0]
+        self.box = box
         to_uint8(frame, out=self._rgb, scratch=(self._planes_f, self._planes_u8))
         # Shift the histories one frame (block by block, oldest first: no overlapping copies, no temporaries).
         if L:
@@ -132,4 +159,7 @@ class Session:
         self._labels.fill(0.0)
         if self._previous is not None:
             self._previous.fill(0.0)
+        if self._tracker is not None:
+            self._tracker.reset()
         self.frames = 0
+        self.box = None

@@ -405,11 +405,12 @@ class FlakyEngine:
 
     def __init__(self, engine):
         self.inner, self.cfg, self.backend, self.fail = engine, engine.cfg, "flaky", False
+        self.plate, self.zero_inputs = engine.plate, engine.zero_inputs
 
-    def step(self, labels, previous):
+    def step(self, feeds):
         if self.fail:
             raise RuntimeError("simulated engine failure")
-        return self.inner.step(labels, previous)
+        return self.inner.step(feeds)
 
 
 @pytest.mark.timeout(30)
