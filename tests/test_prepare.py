@@ -80,13 +80,25 @@ def test_flow_rejects_mismatched_frames():
 def test_crop_resize_and_landmark_mapping_agree():
     img = np.zeros((200, 300, 3), np.uint8)
     cv2.circle(img, (210, 70), 6, (255, 255, 255), -1)       # a dot at (210, 70) pixels (continuous 210.5, 70.5)
-    for box, size in [((200.0, 80.0, 120.0), 64), ((150.0, 100.0, 400.0), 64), ((205.0, 75.0, 30.0), 96)]:
-        out = crop_resize(img, box, size)
+    for (cx, cy, side), size in [((200.0, 80.0, 120.0), 64), ((150.0, 100.0, 400.0), 64), ((205.0, 75.0, 30.0), 96)]:
+        box = (cx - side / 2, cy - side / 2, side)                  # boxes are (x0, y0, side)
+        out = crop_resize(img, box, size, border=cv2.BORDER_CONSTANT)  # no mirrored copies of the dot
         assert out.shape == (size, size, 3)
         lm = np.array([[210.5 / 300, 70.5 / 200, 1.0]], np.float32)
         u, v = map_landmarks(lm, box, 300, 200, "dance")[0, :2] * size
         ys, xs = np.nonzero(out[..., 0] > 127)
         assert abs(xs.mean() + 0.5 - u) < 1.0 and abs(ys.mean() + 0.5 - v) < 1.0
+
+
+def test_crop_pads_by_reflection_not_repeated_borders():
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :, 1] = np.arange(60, dtype=np.uint8)[None, :] * 4   # a horizontal gradient
+    out = crop_resize(img, (-20.0, 0.0, 40.0), 40)             # 20 px beyond the left edge, 1:1 scale
+    np.testing.assert_array_equal(out[:, 20:], img[:, :20])
+    # the 20 columns outside mirror the image (reflect-101: column -k shows column k) ...
+    np.testing.assert_array_equal(out[:, :20], img[:, 20:0:-1])
+    # ... instead of 20 copies of the border column
+    assert len(np.unique(out[5, :20, 1])) == 20
 
 
 # -------------------------------------------------------------------------------------------------- bad inputs
@@ -185,7 +197,7 @@ def test_prepare_dance_from_moving_photo(tmp_path):
     _write_video(video, frames)
 
     out = tmp_path / "ds"
-    rep = prepare_video(video, out, kind="dance", size=192, progress=False)
+    rep = prepare_video(video, out, kind="dance", size=192, progress=False, min_clip_frames=1)
     assert rep.frames_read == n
     assert rep.frames_written == n - len(black)
     assert rep.missing == list(black)
@@ -226,7 +238,8 @@ def test_prepare_dance_from_moving_photo(tmp_path):
 
     with pytest.raises(FileExistsError):
         prepare_video(video, out, kind="dance", size=128, progress=False)
-    rep2 = prepare_video(video, out, kind="dance", size=64, start=5, max_frames=4, overwrite=True, progress=False)
+    rep2 = prepare_video(video, out, kind="dance", size=64, start=5, max_frames=4, overwrite=True, progress=False,
+                         min_clip_frames=1)
     assert rep2.frames_read == 4 and rep2.missing == [8] and rep2.clips == [(0, 3)]
     assert Dataset(out).manifest.extra["source_frame_indices"] == [5, 6, 7]
 
