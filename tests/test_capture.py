@@ -443,18 +443,65 @@ def test_video_of_a_real_person_through_mediapipe(tmp_path):
 
 
 @needs_megamind
-@pytest.mark.timeout(60)
-def test_face_video_through_mediapipe_passes_through(tmp_path):
-    n = 8
-    with FakeServer(kind="face", num_landmarks=478, subject_stats=None) as srv:
+@pytest.mark.timeout(120)
+def test_live_face_labels_equal_training_labels(tmp_path):
+    """One crop for face landmarks: the capture client applies prepare's stabilised face crop to the live mesh,
+    so the label map the server renders for a frame is the very label map the model was trained on."""
+    from models.posenorm import FaceNormalizer, face_stats
+    from models.render import render_face
+    from trainer.dataset import Dataset
+    from trainer.prepare import prepare_video
+    from trainer.train import model_subject_stats
+
+    n = 30
+    prepare_video(MEGAMIND, tmp_path / "face", kind="face", size=128, max_frames=n, min_clip_frames=1,
+                  progress=False)
+    ds = Dataset(tmp_path / "face")
+    stats = model_subject_stats(ds)                      # what `posecast train` saves with the model
+    assert stats["crop"]["mode"] == "face" and stats["crop"]["fps"] == pytest.approx(23.976, abs=0.01)
+    with FakeServer(kind="face", num_landmarks=478, subject_stats=stats) as srv:
         st = capture(srv.address, str(MEGAMIND), headless=True, realtime=False, max_frames=n, timeout_s=10,
-                     save_landmarks=tmp_path / "face.npz", log=_quiet)
-        sent = [a for _, a in srv.received]
-    assert st.frames_sent == n and st.landmarks_found >= n - 1
+                     normalize="same-camera", save_landmarks=tmp_path / "face.npz", log=_quiet)
+        sent = dict(srv.received)
+    assert st.frames_sent == n and sorted(sent) == list(range(n))
+    src = ds.manifest.extra["source_frame_indices"]
+    assert len(src) >= n - 2
+    for i, j in enumerate(src):
+        live, train = render_face(sent[j], 128, 128), render_face(np.asarray(ds.landmarks[i]), 128, 128)
+        assert np.array_equal(live, train), f"frame {j}: live label differs from the training label"
+    missing = sorted(set(range(n)) - set(src))
+    assert all(np.isnan(sent[j]).all() for j in missing)  # no face: sent as missing
+    # what MediaPipe found is still what was recorded (un-normalised, full-frame coordinates)
     rec = load_recording(tmp_path / "face.npz")
     assert rec["kind"] == "face" and rec["landmarks"].shape == (n, 478, 3)
-    # face landmarks are not normalised: what was sent is what MediaPipe found
-    np.testing.assert_array_equal(np.stack(sent), rec["landmarks"])
+    raw = rec["landmarks"]
+    assert 0.3 < np.nanmedian(raw[:, :, 0]) < 0.7 and np.nanmax(raw[:, :, 0]) - np.nanmin(raw[:, :, 0]) < 0.6
+
+    # retarget: a wider, shorter face (another person, say) is mapped onto the training face's proportions
+    found = [f for f in raw if not np.isnan(f).all()]
+    wide = []
+    for f in found:
+        c = f[:, :2].mean(axis=0)
+        g = f.copy()
+        g[:, :2] = c + (f[:, :2] - c) * (1.3, 0.85)
+        wide.append(g)
+
+    def mapped(mode, faces):  # the live face's statistics are learnt on a first pass, then frozen
+        norm = FaceNormalizer(stats, mode, aspect=float(rec["aspect"]), warmup=len(faces))
+        [norm(f) for f in faces]
+        assert norm(None) is None  # no face: the crop starts over, the learnt statistics stay
+        return face_stats(np.stack([norm(f) for f in faces]))
+
+    same, stretched = mapped("same-camera", found), mapped("same-camera", wide)
+    assert stretched["eye_distance"] / stretched["face_height"] > 1.4 * same["eye_distance"] / same["face_height"]
+    # retarget undoes the stretch: the wide face comes out with the training face's proportions and place
+    got = mapped("retarget", wide)
+    # (within 3 %: the measures are lengths of tilted segments, the mapping scales x and y separately)
+    for key in ("eye_distance", "face_height"):
+        assert got[key] == pytest.approx(stats[key], rel=0.03), key
+    assert abs(got["face_height"] / stats["face_height"] - 1) < 0.25 * abs(stretched["face_height"] /
+                                                                         stats["face_height"] - 1)
+    assert got["face_center"] == pytest.approx(stats["face_center"], abs=0.01)
     with pytest.raises(SourceError, match="'face'"):
         with FakeServer(kind="face", num_landmarks=478) as srv:
             capture(srv.address, "synthetic", headless=True, max_frames=1, timeout_s=2, log=_quiet)
