@@ -165,7 +165,7 @@ class ClipRow:
     end: int                         # source frame after the last one (exclusive)
     reason: str                      # why the clip ends: "cut", "cut, identity change", "face jump", "no face",
                                      # "no person", "person lost", "people crossing", "end of video"
-    identity: str = ""               # face: "A", "B", ... (same letter = same proportions); dance: "person N"
+    identity: str = ""               # face: "A", "B", ... (same letter = same proportions); dance: the person id
     dataset: tuple[int, int] | None = None   # [start, stop) dataset frame indices, None when dropped
 
     @property
@@ -584,7 +584,7 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
         breaks = {i: "cut" for i in np.flatnonzero(cuts)}
         rows = clip_rows(present, breaks, lambda i: missing_why.get(i, "no person"), start)
         for r in rows:
-            r.identity = f"person {subject}"
+            r.identity = str(subject)
     for r in rows:
         r.dataset = (0, 0)  # kept (filled in pass 2) unless dropped below
     _drop_short(rows, min_clip_frames)
