@@ -201,6 +201,92 @@ def test_recorded_mp4_has_all_frames_and_output_panel(tmp_path):
 
 
 @pytest.mark.timeout(30)
+def test_record_keeps_wall_clock_time_when_frames_are_dropped(tmp_path):
+    n = 30
+    drop = set(range(1, n - 1, 2))                  # every other frame never comes back (latest-wins drops)
+    with FakeServer(drop=drop) as srv:
+        st = capture(srv.address, "synthetic:1", record=tmp_path / "v.mp4", headless=True, max_frames=n,
+                     timeout_s=2, log=_quiet)       # paced at the source's 30 fps
+    assert st.frames_sent == n and st.frames_received == n - len(drop)
+    frames, _ = _count_frames(tmp_path / "v.mp4")
+    # one video frame per 1/30 s of the stream, the last view repeated where replies were dropped
+    assert frames >= n - 2 and st.record_repeats == frames - st.frames_received >= len(drop) - 2
+
+
+class _ProbeSource(SyntheticSource):
+    """A landmark source that notes, whenever an item is taken, how many landmarks the server has received."""
+
+    def __init__(self, server: "FakeServer", n: int):
+        super().__init__(seed=1, num_frames=n, realtime=False, preview_size=0)
+        self.server, self.seen = server, []
+
+    def _items(self):
+        for item in super()._items():
+            self.seen.append(len(self.server.received))
+            yield item
+
+
+@pytest.mark.timeout(30)
+def test_fast_mode_reads_a_frame_only_when_it_can_be_sent():
+    n = 10
+    with FakeServer() as srv:
+        src = _ProbeSource(srv, n)
+        with CaptureClient(srv.address, timeout_s=2, max_in_flight=1, log=_quiet) as client:
+            st = client.run(src, headless=True)
+    assert st.frames_sent == st.frames_received == n
+    # item k is taken only once frame k - 1 was answered: no frame waits in a client-side queue
+    assert src.seen == list(range(n))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["same-camera", "off", "retarget"])
+def test_normalisation_modes_apply_the_training_crop(mode):
+    from models.posenorm import crop_landmarks
+
+    crop = {"mode": "fixed", "box": [0.25, 0.1, 0.5], "aspect": 1.0}
+    stats = {**_dance_stats(), "crop": crop}
+    n = 6
+    motion = DanceMotion(1, 30.0)
+    raw = [motion.landmarks(i) for i in range(n)]
+    with FakeServer(subject_stats=stats) as srv:
+        capture(srv.address, "synthetic:1", headless=True, realtime=False, max_frames=n, timeout_s=2,
+                normalize=mode, log=_quiet)
+        sent = [a for _, a in srv.received]
+    cropped = [crop_landmarks(r, crop["box"], 1.0) for r in raw]
+    if mode == "retarget":   # body scale and torso position mapped onto the subject's: not the bare crop
+        assert max(np.abs(a[:, :2] - c[:, :2]).max() for a, c in zip(sent, cropped)) > 0.05
+    else:                    # the live camera is the training camera: only the crop transform, no re-centring
+        for a, c in zip(sent, cropped):
+            np.testing.assert_array_equal(a, c)
+        np.testing.assert_allclose(sent[0][:, 0], (raw[0][:, 0] - 0.25) / 0.5, atol=1e-6)
+    # a model trained on full frames (no crop in its statistics): same-camera / off send what was detected
+    if mode != "retarget":
+        with FakeServer(subject_stats=_dance_stats()) as srv:
+            capture(srv.address, "synthetic:1", headless=True, realtime=False, max_frames=n, timeout_s=2,
+                    normalize=mode, log=_quiet)
+            for (_, a), r in zip(srv.received, raw):
+                np.testing.assert_array_equal(a, r)
+    with pytest.raises(ValueError, match="unknown normalisation mode 'sideways'"):
+        CaptureClient("tcp://127.0.0.1:1", normalize="sideways")
+
+
+def test_draw_landmarks_on_the_input_panel():
+    from clients.capture import draw_landmarks
+
+    lm = DanceMotion(2, 30.0).landmarks(5)
+    img = draw_landmarks(np.zeros((128, 128, 3), np.uint8), lm, "dance")
+    drawn = img.any(axis=2)
+    x, y = (lm[11, :2] * 128).astype(int)              # the left shoulder is on the skeleton
+    assert drawn[y - 1:y + 2, x - 1:x + 2].any() and 100 < drawn.sum() < 0.5 * 128 * 128
+    hidden = lm.copy()
+    hidden[13:23, 2] = 0.0                              # arms and hands not visible: their lines are not drawn
+    assert draw_landmarks(np.zeros((128, 128, 3), np.uint8), hidden, "dance").any(axis=2).sum() < drawn.sum()
+    assert not draw_landmarks(np.zeros((64, 64, 3), np.uint8), np.full((33, 3), np.nan), "dance").any()
+    face = np.random.default_rng(0).uniform(0.3, 0.7, (478, 3)).astype(np.float32)
+    assert draw_landmarks(np.zeros((64, 64, 3), np.uint8), face, "face").any()
+
+
+@pytest.mark.timeout(30)
 def test_save_landmarks_then_replay_is_identical(tmp_path):
     n = 15
     rec = tmp_path / "rec.npz"
