@@ -591,3 +591,34 @@ def test_live_face_labels_equal_training_labels(tmp_path):
     with pytest.raises(SourceError, match="'face'"):
         with FakeServer(kind="face", num_landmarks=478) as srv:
             capture(srv.address, "synthetic", headless=True, max_frames=1, timeout_s=2, log=_quiet)
+
+
+def test_face_crop_is_causal_stable_and_restarts_on_jumps():
+    from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks, face_box
+    from trainer.prepare import map_landmarks
+
+    rng = np.random.default_rng(0)
+    base = np.zeros((478, 3), np.float32)
+    base[:, :2] = rng.uniform(0.4, 0.6, (478, 2))
+    cfg = FaceCropConfig(fps=25.0)
+    crop = FaceCrop(cfg)
+    box0, restarted = crop.update(base, 1.5)
+    assert restarted
+    cx, cy, side = face_box(base, 1.5, cfg)
+    assert box0 == pytest.approx((cx - side / 2, cy - side / 2, side))
+    assert crop.update(base, 1.5) == (pytest.approx(box0), False)        # a still face: a still crop
+    moved = base.copy()
+    moved[:, 0] += 0.01                                                  # a small move: followed with a lag
+    box1, restarted = crop.update(moved, 1.5)
+    alpha = 1 - np.exp(-1 / (25.0 * cfg.tau_center_s))
+    assert not restarted and box1[0] == pytest.approx(box0[0] + alpha * 0.01 * 1.5)
+    far = base.copy()
+    far[:, 0] -= 0.3                                                     # another shot: start over at once
+    box2, restarted = crop.update(far, 1.5)
+    assert restarted and box2[0] == pytest.approx(box0[0] - 0.3 * 1.5)
+    assert crop(None) is None and crop.update(base, 1.5)[1]              # no face resets
+    # the crop transform is prepare's landmark mapping (boxes in source pixels there, frame heights here)
+    w, h = 720, 480
+    box_px = (100.0, 40.0, 300.0)
+    np.testing.assert_array_equal(map_landmarks(base, box_px, w, h, "face"),
+                                  crop_landmarks(base, (100 / h, 40 / h, 300 / h), w / h, scale_z=True))

@@ -270,3 +270,31 @@ def test_prepare_face_megamind(tmp_path):
             assert np.ptp(boxes[a:b, 2]) < 0.15 * boxes[a:b, 2].mean()
     stats = m.extra["subject_stats"]
     assert 0.15 < stats["eye_distance"] < 0.6
+
+
+@needs_megamind
+@pytest.mark.timeout(180)
+def test_face_shots_and_identities_reported_as_in_the_manifest(tmp_path, capsys):
+    """Megamind.avi cuts between two characters three times (frames 98, 154 and 200)."""
+    from posecast_cli import main
+    from trainer.prepare import parse_clip_table
+
+    out = tmp_path / "face"
+    assert main(["prepare", str(MEGAMIND), "--kind", "face", "--out", str(out), "--size", "64", "--quiet",
+                 "--min-clip-frames", "50"]) == 0
+    printed = capsys.readouterr().out
+    rows = parse_clip_table(printed)
+    m = Dataset(out).manifest
+    assert rows == m.extra["clip_table"]
+    assert [(r["start"], r["end"]) for r in rows] == [(1, 98), (99, 154), (155, 200), (200, 270)]
+    assert [r["identity"] for r in rows] == ["A", "B", "A", "B"]
+    assert [r["reason"] for r in rows] == ["no face, identity change", "no face, identity change",
+                                           "cut, identity change; dropped: shorter than 50 frames",
+                                           "end of video"]
+    # the dropped clip is said on the console and is not in the dataset
+    assert "dropped 1 clip(s) shorter than 50 frames (45 frames): 155-199" in printed
+    assert rows[2]["dataset"] is None
+    assert [tuple(r["dataset"]) for r in rows if r["dataset"]] == Dataset(out).clips == [(0, 97), (97, 152),
+                                                                                          (152, 222)]
+    assert m.extra["source_frame_indices"] == [*range(1, 98), *range(99, 154), *range(200, 270)]
+    assert m.extra["cuts"] == [200] and m.missing_frames == [0, 98, 154]
