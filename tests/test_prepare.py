@@ -298,3 +298,20 @@ def test_face_shots_and_identities_reported_as_in_the_manifest(tmp_path, capsys)
                                                                                           (152, 222)]
     assert m.extra["source_frame_indices"] == [*range(1, 98), *range(99, 154), *range(200, 270)]
     assert m.extra["cuts"] == [200] and m.missing_frames == [0, 98, 154]
+
+
+@needs_messi
+def test_mediapipe_log_lines_stay_off_the_console():
+    code = ("import cv2; from clients.landmarks import LandmarkExtractor; "
+            f"im = cv2.cvtColor(cv2.imread({str(MESSI)!r}), cv2.COLOR_BGR2RGB); "
+            "ex = LandmarkExtractor('dance', static_image_mode=True); a = ex(im); "
+            "f = LandmarkExtractor('face'); f(im); f(im); ex.close(); f.close(); "
+            "import sys; print('pose', a.shape, file=sys.stderr)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "POSECAST_MEDIAPIPE_LOGS"}
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == "pose (33, 3)"        # Python's own stderr still works
+    loud = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**env, "POSECAST_MEDIAPIPE_LOGS": "1"})
+    assert loud.returncode == 0 and "TensorFlow Lite" in loud.stderr and len(loud.stderr.splitlines()) > 2

@@ -85,6 +85,20 @@ def test_tracked_identity_never_switches(duet, tmp_path, capsys):
     # the crop is tight around this dancer's motion range; where it leaves the frame it is mirrored, and said so
     assert m.extra["crop"]["padding"] == "reflect"
     assert "padded by reflection" in printed
+    # the model trained on it carries that crop, so same-camera serving maps live landmarks the same way
+    from models.posenorm import live_normalizer
+    from trainer.train import model_subject_stats
+    w, h = m.extra["source_size"]
+    stats = model_subject_stats(ds)
+    assert np.allclose(np.array(stats["crop"]["box"]) * h, m.extra["crop"]["box"], atol=0.01)
+    fn, how = live_normalizer("dance", stats, "same-camera", aspect=w / h)
+    assert how.startswith("same-camera: the training crop")
+    k = 0
+    x0, y0, side = m.extra["crop"]["box"]
+    src_lm = np.asarray(ds.landmarks[k]).copy()
+    src_lm[:, 0] = (src_lm[:, 0] * side + x0) / w
+    src_lm[:, 1] = (src_lm[:, 1] * side + y0) / h
+    np.testing.assert_allclose(fn(src_lm), ds.landmarks[k], atol=1e-4)
 
     # the other dancer, by id
     other = next(p["id"] for p in m.extra["people"] if p["id"] != m.extra["person"])
