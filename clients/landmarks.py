@@ -13,17 +13,20 @@ so importing this module stays cheap.
 
 MediaPipe and TFLite log to the console from C++ (glog / absl: "Created TensorFlow Lite XNNPACK delegate",
 "Feedback manager requires a model with a single signature ...", "All log messages before absl::InitializeLog()
-...", "Using NORM_RECT without IMAGE_DIMENSIONS ..."). :func:`quiet_native_logs` keeps them off the console: the
-log-level variables are set before MediaPipe is imported, and file descriptor 2 is pointed at /dev/null while a
-graph is built and started (on a blank frame, in the constructor) and until its first detection, which is when
-those lines are written. ``POSECAST_MEDIAPIPE_LOGS=1`` shows them again.
+...", "Using NORM_RECT without IMAGE_DIMENSIONS ..."), from their own threads and at moments of their choosing.
+While an extractor exists, :class:`NativeLogFilter` keeps those lines off the console: the log-level variables are
+set before MediaPipe is imported, and file descriptor 2 is a pipe whose reader thread passes every line on to the
+real stderr except the native log lines (``NATIVE_LOG_LINE``). Python's own ``sys.stderr`` output goes through
+unchanged. ``POSECAST_MEDIAPIPE_LOGS=1`` shows everything.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import os
+import re
 import sys
+import threading
 
 import numpy as np
 
@@ -50,30 +53,101 @@ def _set_log_levels() -> None:
         pass
 
 
-@contextlib.contextmanager
-def quiet_native_logs():
-    """Send what native code writes to stderr (fd 2) to /dev/null inside the block (Python's own
-    ``sys.stderr`` is flushed first and keeps working afterwards). No-op with ``POSECAST_MEDIAPIPE_LOGS=1``."""
-    if _logs_wanted():
-        yield
-        return
-    try:
-        sys.stderr.flush()
-    except (AttributeError, ValueError):
-        pass
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 at all
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+# absl/glog lines ("W0000 00:00:1796112419.927693    7088 file.cc:114] ...") and TFLite's ("INFO: ...").
+NATIVE_LOG_LINE = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] |INFO: |WARNING: All log "
+                             rb"messages before absl::InitializeLog)")
+
+
+class NativeLogFilter:
+    """fd 2 -> a pipe -> a thread that forwards every line except ``NATIVE_LOG_LINE`` ones to the saved stderr.
+
+    Reference-counted and process-wide: :meth:`acquire` when an extractor is built (the first one installs the
+    pipe), :meth:`release` when it is closed (the last one puts the real stderr back and forwards what is left).
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved: int | None = None
+    _write: int | None = None
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        if _logs_wanted():
+            return
+        with cls._lock:
+            cls._users += 1
+            if cls._users > 1:
+                return
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+                read, write = os.pipe()
+                os.dup2(write, 2)
+            except (OSError, AttributeError, ValueError):
+                cls._users -= 1
+                return
+            cls._saved, cls._write = saved, write
+            cls._thread = threading.Thread(target=cls._forward, args=(read, saved), daemon=True,
+                                           name="posecast-native-log-filter")
+            cls._thread.start()
+            atexit.register(cls._uninstall)
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            if cls._users == 0:
+                return
+            cls._users -= 1
+            if cls._users == 0:
+                cls._uninstall_locked()
+
+    @classmethod
+    def _uninstall(cls) -> None:
+        with cls._lock:
+            cls._users = 0
+            cls._uninstall_locked()
+
+    @classmethod
+    def _uninstall_locked(cls) -> None:
+        if cls._saved is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError):
+            pass
+        os.dup2(cls._saved, 2)          # the pipe's last writer is now cls._write: close it -> EOF for the reader
+        os.close(cls._write)
+        cls._thread.join(timeout=2.0)
+        os.close(cls._saved)
+        cls._saved = cls._write = cls._thread = None
+
+    @staticmethod
+    def _forward(read: int, out: int) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(read, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            keep = b"".join(line + b"\n" for line in lines if not NATIVE_LOG_LINE.match(line))
+            if keep:
+                _write_all(out, keep)
+        if buf and not NATIVE_LOG_LINE.match(buf):
+            _write_all(out, buf)
+        os.close(read)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+        except OSError:
+            return
 
 
 class LandmarkExtractor:
@@ -91,35 +165,32 @@ class LandmarkExtractor:
         if not 0.0 <= min_detection_confidence <= 1.0:
             raise ValueError(f"min_detection_confidence must be in [0, 1], got {min_detection_confidence}")
         _set_log_levels()
-        with quiet_native_logs():
-            import mediapipe as mp  # lazy: heavy import, only needed once an extractor is built
+        NativeLogFilter.acquire()  # released in close()
+        self._filtering = True
+        import mediapipe as mp  # lazy: heavy import, only needed once an extractor is built
 
         self.kind = kind
         self.static_image_mode = bool(static_image_mode)
         if kind == "dance":
             self.num_landmarks = POSE_LANDMARKS
-            with quiet_native_logs():
-                self._solution = mp.solutions.pose.Pose(
-                    static_image_mode=self.static_image_mode, model_complexity=model_complexity,
-                    smooth_landmarks=True, enable_segmentation=False,
-                    min_detection_confidence=min_detection_confidence,
-                    min_tracking_confidence=min_tracking_confidence)
+            self._solution = mp.solutions.pose.Pose(
+                static_image_mode=self.static_image_mode, model_complexity=model_complexity,
+                smooth_landmarks=True, enable_segmentation=False,
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=min_tracking_confidence)
         else:
             self.num_landmarks = FACE_LANDMARKS_REFINED if refine_face else FACE_LANDMARKS
-            with quiet_native_logs():
-                self._solution = mp.solutions.face_mesh.FaceMesh(
-                    static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=bool(refine_face),
-                    min_detection_confidence=min_detection_confidence,
-                    min_tracking_confidence=min_tracking_confidence)
-        # Start the graph now, on a blank frame (nothing is found, so no tracking state is left behind): its
-        # native start-up lines go to /dev/null here, in the thread that builds the extractor, instead of racing
-        # with other threads' output on the first real frame.
-        with quiet_native_logs():
-            self._solution.process(np.zeros((64, 64, 3), np.uint8))
+            self._solution = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=bool(refine_face),
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=min_tracking_confidence)
+        # Start the graph now, on a blank frame (nothing is found, so no tracking state is left behind), so that
+        # the first real frame does not pay for it.
+        self._solution.process(np.zeros((64, 64, 3), np.uint8))
 
     num_landmarks: int
     _solution = None
-    _found = False      # a first detection was made (the native start-up warnings are behind us)
+    _filtering = False  # holds a NativeLogFilter reference
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         """(K, 3) float32 in the input image's normalised coordinates (x, y in [0, 1] of that image;
@@ -129,11 +200,7 @@ class LandmarkExtractor:
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {rgb.dtype}{rgb.shape}")
-        if self._found:
-            results = self._solution.process(np.ascontiguousarray(rgb))
-        else:  # more native warnings come the first time landmarks are projected onto a frame
-            with quiet_native_logs():
-                results = self._solution.process(np.ascontiguousarray(rgb))
+        results = self._solution.process(np.ascontiguousarray(rgb))
         if self.kind == "dance":
             lms = results.pose_landmarks
             if lms is None:
@@ -144,7 +211,6 @@ class LandmarkExtractor:
             if not faces:
                 return None
             out = np.array([(p.x, p.y, p.z) for p in faces[0].landmark], np.float32)
-        self._found = True
         if out.shape != (self.num_landmarks, 3):
             raise RuntimeError(f"MediaPipe returned {out.shape[0]} {self.kind} landmarks, "
                                f"expected {self.num_landmarks}")
@@ -154,6 +220,9 @@ class LandmarkExtractor:
         if self._solution is not None:
             self._solution.close()
             self._solution = None
+        if self._filtering:
+            self._filtering = False
+            NativeLogFilter.release()
 
     def __enter__(self) -> "LandmarkExtractor":
         return self
