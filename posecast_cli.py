@@ -22,12 +22,17 @@ def _cmd_synth(args) -> int:
 def _cmd_prepare(args) -> int:
     from trainer.prepare import prepare_video
 
+    import warnings
+
     from trainer.prepare import format_clip_table
 
-    report = prepare_video(args.video, args.out, kind=args.kind, size=args.size, start=args.start,
-                           max_frames=args.max_frames, overwrite=args.overwrite, progress=not args.quiet,
-                           person=args.person, max_people=args.max_people, min_clip_frames=args.min_clip_frames,
-                           min_subject_fraction=args.min_subject, log=print)
+    with warnings.catch_warnings():  # prepare's warnings are for this user: one plain line each, no source line
+        warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+        report = prepare_video(args.video, args.out, kind=args.kind, size=args.size, start=args.start,
+                               max_frames=args.max_frames, overwrite=args.overwrite, progress=not args.quiet,
+                               person=args.person, max_people=args.max_people,
+                               min_clip_frames=args.min_clip_frames, min_subject_fraction=args.min_subject,
+                               log=print)
     if report.people:
         print("people seen (id, frames, first-last frame, median height px, median centre x px):")
         for p in report.people:

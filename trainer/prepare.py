@@ -319,7 +319,7 @@ def _label_identities(rows: list[ClipRow], sigs: dict[int, np.ndarray], offset: 
         prev = r
 
 
-def _face_pass(lms: list[np.ndarray | None], cuts: np.ndarray, aspect: float, height: int, fps: float):
+def _face_pass(lms: list[np.ndarray | None], cuts: np.ndarray, aspect: float, fps: float):
     """Face crops (pixels, per frame) and the clip breaks: cuts and jumps of the face crop."""
     cfg = dataclasses.replace(FACE_CROP, fps=fps)
     crop = FaceCrop(cfg)
@@ -575,7 +575,7 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
     # ---- crops and clips ----
     face_cfg = None
     if kind == "face":
-        boxes_u, breaks, face_cfg = _face_pass(src_lms, cuts, aspect, height, info.fps)
+        boxes_u, breaks, face_cfg = _face_pass(src_lms, cuts, aspect, info.fps)
         boxes = [None if b is None else (b[0] * height, b[1] * height, b[2] * height) for b in boxes_u]
         rows = clip_rows(present, breaks, lambda i: "no face", start)
         sigs = {i: face_signature(lm, aspect) for i, lm in enumerate(src_lms) if lm is not None}
@@ -612,7 +612,9 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
         if frac < SUBJECT_WARN_FRACTION:
             warnings.warn(f"{video}: {size_msg}: small for a model (below {SUBJECT_WARN_FRACTION:.0%})",
                           stacklevel=2)
-        notes.append(_say(size_msg, log))
+            notes.append(f"warning: {size_msg}: small for a model (below {SUBJECT_WARN_FRACTION:.0%})")
+        else:
+            notes.append(_say(size_msg, log))
         pad = _outside(box, width, height)
         if pad:
             notes.append(_say(f"the crop extends up to {pad} px beyond the frame: padded by reflection "
@@ -674,7 +676,7 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
             crop = {"mode": "fixed", "box": written_boxes[0], "margin": DANCE_MARGIN,
                     "box_height_units": [v / height for v in boxes[kept[0].start - start]]}
         else:
-            crop = {"mode": "tracked", **face_cfg.to_dict(), "mode_detail": "face (posenorm.FaceCrop)"}
+            crop = {**face_cfg.to_dict(), "mode": "tracked"}   # models.posenorm.FaceCrop with these settings
         m.extra = {
             "producer": "posecast prepare",
             "source_fps": info.fps,
