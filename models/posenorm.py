@@ -439,9 +439,13 @@ def live_normalizer(kind: str, stats: dict | None, mode: str = "retarget", *, as
         raise ValueError(f"unknown normalisation mode {mode!r}: expected one of {', '.join(NORMALIZE_MODES)}")
     if kind == "face":
         fn = FaceNormalizer(stats, mode, aspect=aspect, warmup=warmup, fps=fps)
-        how = (f"face mapped onto the training subject's proportions (learnt from your first {warmup} frames)"
-               if fn.retargeting else "no face proportions" + (" in the model" if mode == "retarget" else ""))
-        return fn, f"{mode}: the training face crop (stabilised as posecast prepare does), {how}"
+        crop = "the training face crop (stabilised as posecast prepare did)"
+        if fn.retargeting:
+            return fn, (f"retarget: {crop}, then your face mapped onto the training face's proportions (learnt "
+                        f"from your first {warmup} frames)")
+        if mode == "retarget":
+            return fn, f"retarget impossible (the model has no face proportions): {crop} only"
+        return fn, f"{mode}: {crop} only"
     crop = model_crop(kind, stats)
     if mode == "retarget":
         norm = PoseNormalizer(stats, warmup=warmup, aspect=aspect)
