@@ -760,6 +760,14 @@ class _Run:
     # -- the loop -----------------------------------------------------------------------------------------
     def go(self) -> CaptureStats:
         t0 = time.monotonic()
+        extractor = None
+        if self.source.kind is None:  # an image source: MediaPipe is loaded (and started) before the first frame
+            from clients.landmarks import LandmarkExtractor
+            try:
+                extractor = LandmarkExtractor(self.c.welcome.kind)
+            except BaseException:
+                self.source.close()
+                raise
         q: queue.Queue = queue.Queue(maxsize=2)
         addr = f"inproc://posecast-capture-wake-{id(self):x}"
         self.wake_rx = self.c._ctx.socket(zmq.PAIR)
@@ -768,10 +776,6 @@ class _Run:
         wake_tx = self.c._ctx.socket(zmq.PAIR)
         wake_tx.setsockopt(zmq.LINGER, 0)
         wake_tx.connect(addr)
-        extractor = None
-        if self.source.kind is None:  # an image source: MediaPipe is loaded (and started) before the first frame
-            from clients.landmarks import LandmarkExtractor
-            extractor = LandmarkExtractor(self.c.welcome.kind)
         # Lock-step (--fast on a file or recording): the reader takes the next item only when it can be sent at
         # once, so no frame ever waits in a client-side queue (glass-to-glass is the pipeline, not a backlog).
         demand = None if self.paced else threading.Semaphore(0)
