@@ -22,8 +22,25 @@ def _cmd_synth(args) -> int:
 def _cmd_prepare(args) -> int:
     from trainer.prepare import prepare_video
 
-    report = prepare_video(args.video, args.out, kind=args.kind, size=args.size, start=args.start,
-                           max_frames=args.max_frames, overwrite=args.overwrite, progress=not args.quiet)
+    import warnings
+
+    from trainer.prepare import format_clip_table
+
+    with warnings.catch_warnings():  # prepare's warnings are for this user: one plain line each, no source line
+        warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+        report = prepare_video(args.video, args.out, kind=args.kind, size=args.size, start=args.start,
+                               max_frames=args.max_frames, overwrite=args.overwrite, progress=not args.quiet,
+                               person=args.person, max_people=args.max_people,
+                               min_clip_frames=args.min_clip_frames, min_subject_fraction=args.min_subject,
+                               log=print)
+    if report.people:
+        print("people seen (id, frames, first-last frame, median height px, median centre x px):")
+        for p in report.people:
+            mark = "  <- tracked" if p["id"] == report.person else ""
+            print(f"  person {p['id']}: {p['frames']} frames, {p['first']}-{p['last']}, {p['height_px']:.0f} px, "
+                  f"x {p['center_x_px']:.0f}{mark}")
+    print("clips (source frames [start, end); reason = why the clip ends):")
+    print(format_clip_table(report.clip_table))
     print(f"wrote {report.out}: {report.frames_written} of {report.frames_read} frames in "
           f"{len(report.clips)} clip(s), {report.seconds:.1f}s")
     if report.missing:
@@ -99,7 +116,8 @@ def _cmd_capture(args) -> int:
     from clients.capture import capture
 
     stats = capture(args.server, args.source, record=args.record, headless=args.headless,
-                    save_landmarks=args.save_landmarks, normalize=not args.no_normalize, max_frames=args.max_frames,
+                    save_landmarks=args.save_landmarks, normalize="off" if args.no_normalize else args.normalize,
+                    max_frames=args.max_frames,
                     timeout_s=args.timeout, retries=args.retries, realtime=not args.fast, loop=args.loop)
     print(stats.summary())
     return 0
@@ -181,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=256, help="output frame side in pixels (default 256)")
     s.add_argument("--start", type=int, default=0, help="first source frame to use (default 0)")
     s.add_argument("--max-frames", type=int, default=None, help="use at most this many source frames")
+    s.add_argument("--person", type=int, default=None,
+                   help="dance: the id of the person to track, from the printed list of people "
+                        "(default: the largest, most central, most often seen)")
+    s.add_argument("--max-people", type=int, default=4, help="dance: people looked for per frame (default 4)")
+    s.add_argument("--min-clip-frames", type=int, default=8, help="drop clips shorter than this (default 8)")
+    s.add_argument("--min-subject", type=float, default=0.2,
+                   help="dance: refuse when the person is shorter than this fraction of the crop (default 0.2; "
+                        "a warning below 0.4; 0 accepts any size)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_prepare)
@@ -258,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--record", default=None, metavar="OUT.mp4", help="record input | output to an mp4")
     s.add_argument("--headless", action="store_true", help="no window (recording still works)")
     s.add_argument("--save-landmarks", default=None, metavar="REC.npz", help="save the landmarks sent (replayable)")
-    s.add_argument("--no-normalize", action="store_true", help="send landmarks as detected (no body-scale mapping)")
+    s.add_argument("--normalize", default="retarget", choices=["retarget", "same-camera", "off"],
+                   help="retarget (default): map your body size / face proportions onto the training subject's; "
+                        "same-camera: this is the training camera, apply only the training crop; off: no person "
+                        "mapping (the crop a crop-trained model needs is still applied)")
+    s.add_argument("--no-normalize", action="store_true", help="the same as --normalize off")
     s.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server (default 5)")
     s.add_argument("--retries", type=int, default=3, help="connection attempts (default 3)")

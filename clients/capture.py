@@ -3,7 +3,9 @@
 Pipeline (one client, one server session)::
 
     source thread:  read frame -> MediaPipe (LandmarkExtractor, kind from the server's Welcome) -> queue
-    main thread:    pose normalisation -> send Landmarks(seq, capture_ts) without waiting
+    main thread:    normalisation (models.posenorm.live_normalizer: the training crop, then with `retarget` the
+                    training subject's body scale / face proportions) -> send Landmarks(seq, capture_ts) without
+                    waiting
                     poll replies and the source queue: Frame -> decode JPEG -> compose input | output + status bar
                     -> window (when a display exists and not headless) and/or --record mp4
 
@@ -19,7 +21,12 @@ total), ``wire`` (glass-to-glass minus capture->send minus the server total: net
 queue), ``decode`` (client JPEG decode) and ``glass_to_glass`` (reply received - capture time).
 
 With ``capture(..., realtime=False)`` files are streamed in lock-step (one frame in flight), so every frame is
-rendered; their ``capture_ts`` is when the frame was read, so glass-to-glass then includes waiting for room.
+rendered; the source thread reads the next frame only when it can be sent at once, so nothing waits in a
+client-side queue and glass-to-glass is the pipeline's own latency.
+
+The input panel shows the source frame with the detected skeleton / face mesh drawn on it. ``--record`` writes
+paced streams at wall-clock time (the previous view is repeated where replies were dropped, so the mp4 plays at
+real speed) and lock-step streams one frame per reply.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class CaptureStats:
     dropped: int = 0                  # server-reported (latest-wins) drops, summed over sessions
     errors: int = 0                   # error replies (and undecodable replies / JPEGs)
     lost: int = 0                     # outstanding frames abandoned (server went away, or no reply at the end)
+    record_repeats: int = 0           # --record: views repeated to keep the mp4 at wall-clock time
     reconnects: int = 0
     landmarks_found: int = 0          # frames with a detection (or given landmarks)
     fps: float = 0.0                  # received frames per second
@@ -140,12 +148,22 @@ _END = object()
 class _Reader(threading.Thread):
     """Reads the source and runs MediaPipe on images, feeding a small queue."""
 
-    def __init__(self, source: Source, kind: str, max_frames: int | None, out: queue.Queue, wake: zmq.Socket):
+    def __init__(self, source: Source, kind: str, max_frames: int | None, out: queue.Queue, wake: zmq.Socket,
+                 extractor=None, demand: threading.Semaphore | None = None):
         super().__init__(name="posecast-capture-source", daemon=True)
         self.source, self.kind, self.max_frames, self.out = source, kind, max_frames, out
         self.wake = wake            # inproc PAIR (used by this thread only): wakes the main loop's poll at once
         self.stop = threading.Event()
-        self.extractor = None
+        self.extractor = extractor  # built by the main thread (its start-up silences fd 2 for a moment)
+        self.demand = demand        # lock-step (--fast): read the next item only when the main loop asks for it
+
+    def _wait_demand(self) -> bool:
+        if self.demand is None:
+            return True
+        while not self.stop.is_set():
+            if self.demand.acquire(timeout=0.05):
+                return True
+        return False
 
     def _put(self, x) -> bool:
         while not self.stop.is_set():
@@ -163,11 +181,10 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             n = 0
-            if self.source.kind is None:  # an image source: load MediaPipe before the first frame is taken
-                from clients.landmarks import LandmarkExtractor
-                self.extractor = LandmarkExtractor(self.kind)
             items = iter(self.source)
             while not self.stop.is_set() and (self.max_frames is None or n < self.max_frames):
+                if not self._wait_demand():
+                    break
                 item = next(items, None)
                 if item is None:
                     break
@@ -247,18 +264,61 @@ def _median(xs) -> float | None:
     return float(np.median(xs)) if len(xs) else None
 
 
+def normalize_mode(mode: bool | str) -> str:
+    """A normalisation mode name from ``--normalize MODE`` (True / False: retarget / off, as ``--no-normalize``)."""
+    from models.posenorm import NORMALIZE_MODES
+
+    if mode is True:
+        return "retarget"
+    if mode is False:
+        return "off"
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"unknown normalisation mode {mode!r}: expected one of {', '.join(NORMALIZE_MODES)}")
+    return mode
+
+
+_DRAW_POSE = (80, 255, 120)
+_DRAW_FACE = (255, 235, 90)
+
+
+def draw_landmarks(rgb: np.ndarray, landmarks: np.ndarray, kind: str) -> np.ndarray:
+    """Draw the detected skeleton (pose: MediaPipe's connections between landmarks at least 0.5 visible) or face
+    mesh contours onto ``rgb`` (in place; landmarks normalised to that image) and return it."""
+    from models.landmarks import FACE_CONTOURS, POSE_CONNECTIONS
+
+    h, w = rgb.shape[:2]
+    lm = np.asarray(landmarks, np.float32)
+    with np.errstate(invalid="ignore"):
+        pts = np.nan_to_num(lm[:, :2] * (w, h), nan=-1e4).clip(-1e4, 1e4)
+    ipts = np.round(pts * 16).astype(np.int32)
+    thick = max(1, int(round(min(h, w) / 256)))
+    if kind == "dance":
+        ok = np.nan_to_num(lm[:, 2], nan=0.0) >= 0.5
+        for a, b in sorted(POSE_CONNECTIONS):
+            if ok[a] and ok[b]:
+                cv2.line(rgb, tuple(ipts[a]), tuple(ipts[b]), _DRAW_POSE, thick, cv2.LINE_AA, 4)
+        for i in np.flatnonzero(ok):
+            cv2.circle(rgb, tuple(ipts[i]), 2 * 16 * thick, _DRAW_POSE, -1, cv2.LINE_AA, 4)
+    else:
+        ok = np.isfinite(lm[:, :2]).all(axis=1)
+        lines = [ipts[list(line)] for group in FACE_CONTOURS.values() for line in group if ok[list(line)].all()]
+        cv2.polylines(rgb, lines, False, _DRAW_FACE, thick, cv2.LINE_AA, 4)
+    return rgb
+
+
 # ------------------------------------------------------------------------------------------------------------
 class CaptureClient:
     """A posecast client session over ZeroMQ (DEALER -> the server's ROUTER); see the module docstring.
 
     ``server``: ``tcp://HOST:PORT`` (or ``HOST:PORT``). ``timeout_s``: how long to wait for the Welcome, and for
     any reply while frames are outstanding. ``retries``: connection attempts (and mid-stream reconnections in a
-    row) before giving up. ``normalize``: map a live person's body scale/position onto the training subject's
-    (dance models with subject statistics only). ``max_in_flight``: at most this many frames outstanding (the
+    row) before giving up. ``normalize``: the normalisation mode (:data:`models.posenorm.NORMALIZE_MODES`:
+    ``"retarget"``, ``"same-camera"``, ``"off"``; True / False mean retarget / off). ``max_in_flight``: at most this many frames outstanding (the
     client waits for replies before sending more). ``log``: where progress messages go (default stderr).
     """
 
-    def __init__(self, server: str | int, *, timeout_s: float = 5.0, retries: int = 3, normalize: bool = True,
+    def __init__(self, server: str | int, *, timeout_s: float = 5.0, retries: int = 3,
+                 normalize: bool | str = "retarget",
                  client_name: str = "posecast-capture", max_in_flight: int | None = 32, warmup_frames: int = 30,
                  log: Callable[[str], None] | None = None, context: zmq.Context | None = None):
         if timeout_s <= 0:
@@ -269,7 +329,7 @@ class CaptureClient:
             raise ValueError(f"max_in_flight must be >= 1 or None, got {max_in_flight}")
         self.address = server_address(server)
         self.timeout_s, self.retries = float(timeout_s), int(retries)
-        self.normalize = bool(normalize)
+        self.normalize = normalize_mode(normalize)
         self.client_name = client_name
         self.max_in_flight = max_in_flight
         self.warmup_frames = int(warmup_frames)
@@ -406,6 +466,12 @@ class _Run:
             self.display = None
         self.writer = None
         self.record_size: tuple[int, int] | None = None
+        self.record_last: np.ndarray | None = None   # the last view written (repeated to keep wall-clock time)
+        self.record_written = 0
+        self.record_t0 = 0.0
+        self.record_fps = 0.0
+        # paced (real-time) stream, or lock-step (--fast on a file/recording: every frame rendered, one at a time)
+        self.paced = bool(source.live or source.realtime)
         self.normalizer = None
         # session state
         self.pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
@@ -430,21 +496,14 @@ class _Run:
         return self.display is not None or self.record_path is not None
 
     def _make_normalizer(self, aspect: float):
-        from models.posenorm import PoseNormalizer
+        """The landmark transform of the normalisation mode for this model (see models/posenorm.py)."""
+        from models.posenorm import live_normalizer
 
         w = self.c.welcome
-        if w.kind != "dance":
-            return None
-        if not self.c.normalize:
-            self.log("pose normalisation off (--no-normalize)")
-            return None
-        norm = PoseNormalizer(w.subject_stats, warmup=self.c.warmup_frames, aspect=aspect)
-        if not norm.active:
-            self.log("pose normalisation off: the server's model has no subject statistics")
-            return None
-        self.log(f"pose normalisation on: learning your body size from the first {self.c.warmup_frames} "
-                 f"frames that show shoulders and hips")
-        return norm
+        fn, how = live_normalizer(w.kind, w.subject_stats, self.c.normalize, aspect=aspect,
+                                  warmup=self.c.warmup_frames, fps=w.fps)
+        self.log(f"normalisation {how}")
+        return fn
 
     def _input_panel(self, p: _Pending, size: int) -> np.ndarray:
         if p.view is not None:
@@ -488,6 +547,8 @@ class _Run:
                 nw = max(2, int(round(wd * size / h / 2)) * 2)
                 view = item.rgb if (h, wd) == (size, nw) else cv2.resize(item.rgb, (nw, size),
                                                                          interpolation=cv2.INTER_AREA)
+                if raw is not None:  # what MediaPipe found, drawn on the input panel
+                    view = draw_landmarks(view.copy(), raw, self.c.welcome.kind)
             else:
                 vlm = lm
         if not self.pending:
@@ -636,15 +697,29 @@ class _Run:
         return lines
 
     def _record(self, view: np.ndarray) -> None:
+        """Write the view to the --record mp4. Paced runs are written at wall-clock time: frame k of the video is
+        what was on screen ``k / fps`` seconds after the first one, so where replies were dropped or late the
+        previous view is repeated and the mp4 plays at real speed. Lock-step runs (``--fast``: every frame
+        rendered) write one frame per reply."""
         from models.visualize import VideoWriter
 
         if self.writer is None:
             h, w = view.shape[:2]
             self.record_size = (w + (w & 1), h + (h & 1))  # even sizes for the codec
-            self.writer = VideoWriter(self.record_path, fps=self.source.fps or self.c.welcome.fps)
+            self.record_fps = float(self.source.fps or self.c.welcome.fps)
+            self.writer = VideoWriter(self.record_path, fps=self.record_fps)
+            self.record_t0 = time.monotonic()
         if (view.shape[1], view.shape[0]) != self.record_size:
             view = cv2.resize(view, self.record_size, interpolation=cv2.INTER_AREA)
+        if self.paced and self.record_last is not None:
+            due = int((time.monotonic() - self.record_t0) * self.record_fps + 0.5)  # index this view belongs at
+            while self.record_written < due:
+                self.writer.write(self.record_last)
+                self.record_written += 1
+                self.stats.record_repeats += 1
         self.writer.write(view)
+        self.record_written += 1
+        self.record_last = view
 
     # -- server loss --------------------------------------------------------------------------------------
     def _end_session(self) -> None:
@@ -685,6 +760,14 @@ class _Run:
     # -- the loop -----------------------------------------------------------------------------------------
     def go(self) -> CaptureStats:
         t0 = time.monotonic()
+        extractor = None
+        if self.source.kind is None:  # an image source: MediaPipe is loaded (and started) before the first frame
+            from clients.landmarks import LandmarkExtractor
+            try:
+                extractor = LandmarkExtractor(self.c.welcome.kind)
+            except BaseException:
+                self.source.close()
+                raise
         q: queue.Queue = queue.Queue(maxsize=2)
         addr = f"inproc://posecast-capture-wake-{id(self):x}"
         self.wake_rx = self.c._ctx.socket(zmq.PAIR)
@@ -693,15 +776,23 @@ class _Run:
         wake_tx = self.c._ctx.socket(zmq.PAIR)
         wake_tx.setsockopt(zmq.LINGER, 0)
         wake_tx.connect(addr)
-        reader = _Reader(self.source, self.c.welcome.kind, self.max_frames, q, wake_tx)
-        reader.start()
+        # Lock-step (--fast on a file or recording): the reader takes the next item only when it can be sent at
+        # once, so no frame ever waits in a client-side queue (glass-to-glass is the pipeline, not a backlog).
+        demand = None if self.paced else threading.Semaphore(0)
+        asked = False
         self.log(f"streaming {self.source.describe()} to {self.c.address} "
-                 f"({self.c.welcome.kind} model {self.c.welcome.model or '?'}, {self.c.welcome.size}px)")
+                 f"({self.c.welcome.kind} model {self.c.welcome.model or '?'}, {self.c.welcome.size}px"
+                 f"{'' if self.paced else ', lock-step'})")
+        reader = _Reader(self.source, self.c.welcome.kind, self.max_frames, q, wake_tx, extractor, demand)
+        reader.start()
         lost_error = None
         try:
             work = None
             while True:
                 full = self.c.max_in_flight is not None and len(self.pending) >= self.c.max_in_flight
+                if demand is not None and work is None and not asked and not full:
+                    demand.release()
+                    asked = True
                 ready = (not full) if work is not None else not q.empty()
                 self._poll(0 if ready else POLL_MS)
                 self._check_server()
@@ -711,6 +802,7 @@ class _Run:
                 if work is None:
                     try:
                         work = q.get_nowait()
+                        asked = False
                     except queue.Empty:
                         continue
                 if work is _END:
@@ -789,7 +881,7 @@ class _Run:
 # ------------------------------------------------------------------------------------------------------------
 def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *,
             record: str | os.PathLike | None = None, headless: bool = False,
-            save_landmarks: str | os.PathLike | None = None, normalize: bool = True,
+            save_landmarks: str | os.PathLike | None = None, normalize: bool | str = "retarget",
             max_frames: int | None = None, timeout_s: float = 5.0, retries: int = 3, realtime: bool = True,
             loop: bool = False, show: bool | None = None, max_in_flight: int | None | str = "auto",
             log: Callable[[str], None] | None = None) -> CaptureStats:
@@ -804,12 +896,15 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --record out.mp4              write the composed view (input | output + stats)      -> record
         --headless                    no window (recording still works)                     -> headless
         --save-landmarks rec.npz      save the raw landmarks sent, replayable as --source    -> save_landmarks
-        --no-normalize                send landmarks as detected (no body-scale mapping)     -> normalize=False
+        --normalize MODE              retarget (default) | same-camera | off, see
+                                      models.posenorm.NORMALIZE_MODES                       -> normalize
+        --no-normalize                = --normalize off                                      -> normalize="off"
         --max-frames N                stop after N frames                                    -> max_frames
         --timeout S                   seconds to wait for the server (default 5)             -> timeout_s
         --retries N                   connection attempts (default 3)                        -> retries
         --fast                        read files as fast as the server renders them, not at
-                                      their fps (lock-step: every frame rendered)            -> realtime=False
+                                      their fps (lock-step: every frame rendered, the next
+                                      one read only when it can be sent)                    -> realtime=False
         --loop                        loop a video / recording                               -> loop
 
     ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and 1

@@ -10,9 +10,23 @@ same landmark layout:
 ``x, y`` are normalised to [0, 1] of the input image (MediaPipe may return values slightly outside that range
 for points it places beyond the image border). MediaPipe itself is imported lazily, when an extractor is built,
 so importing this module stays cheap.
+
+MediaPipe and TFLite log to the console from C++ (glog / absl: "Created TensorFlow Lite XNNPACK delegate",
+"Feedback manager requires a model with a single signature ...", "All log messages before absl::InitializeLog()
+...", "Using NORM_RECT without IMAGE_DIMENSIONS ..."), from their own threads and at moments of their choosing.
+While an extractor exists, :class:`NativeLogFilter` keeps those lines off the console: the log-level variables are
+set before MediaPipe is imported, and file descriptor 2 is a pipe whose reader thread passes every line on to the
+real stderr except the native log lines (``NATIVE_LOG_LINE``). Python's own ``sys.stderr`` output goes through
+unchanged. ``POSECAST_MEDIAPIPE_LOGS=1`` shows everything.
 """
 
 from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
 
 import numpy as np
 
@@ -20,6 +34,120 @@ POSE_LANDMARKS = 33
 FACE_LANDMARKS = 468
 FACE_LANDMARKS_REFINED = 478
 KINDS = ("dance", "face")
+
+
+def _logs_wanted() -> bool:
+    return os.environ.get("POSECAST_MEDIAPIPE_LOGS", "") not in ("", "0")
+
+
+def _set_log_levels() -> None:
+    """Before mediapipe is imported: glog / TensorFlow / absl log only errors (user settings win)."""
+    if _logs_wanted():
+        return
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        from absl import logging as absl_logging  # ships with mediapipe
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass
+
+
+# absl/glog lines ("W0000 00:00:1796112419.927693    7088 file.cc:114] ...") and TFLite's ("INFO: ...").
+NATIVE_LOG_LINE = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] |INFO: |WARNING: All log "
+                             rb"messages before absl::InitializeLog)")
+
+
+class NativeLogFilter:
+    """fd 2 -> a pipe -> a thread that forwards every line except ``NATIVE_LOG_LINE`` ones to the saved stderr.
+
+    Reference-counted and process-wide: :meth:`acquire` when an extractor is built (the first one installs the
+    pipe), :meth:`release` when it is closed (the last one puts the real stderr back and forwards what is left).
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved: int | None = None
+    _write: int | None = None
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        if _logs_wanted():
+            return
+        with cls._lock:
+            cls._users += 1
+            if cls._users > 1:
+                return
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+                read, write = os.pipe()
+                os.dup2(write, 2)
+            except (OSError, AttributeError, ValueError):
+                cls._users -= 1
+                return
+            cls._saved, cls._write = saved, write
+            cls._thread = threading.Thread(target=cls._forward, args=(read, saved), daemon=True,
+                                           name="posecast-native-log-filter")
+            cls._thread.start()
+            atexit.register(cls._uninstall)
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            if cls._users == 0:
+                return
+            cls._users -= 1
+            if cls._users == 0:
+                cls._uninstall_locked()
+
+    @classmethod
+    def _uninstall(cls) -> None:
+        with cls._lock:
+            cls._users = 0
+            cls._uninstall_locked()
+
+    @classmethod
+    def _uninstall_locked(cls) -> None:
+        if cls._saved is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError):
+            pass
+        os.dup2(cls._saved, 2)          # the pipe's last writer is now cls._write: close it -> EOF for the reader
+        os.close(cls._write)
+        cls._thread.join(timeout=2.0)
+        os.close(cls._saved)
+        cls._saved = cls._write = cls._thread = None
+
+    @staticmethod
+    def _forward(read: int, out: int) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(read, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            keep = b"".join(line + b"\n" for line in lines if not NATIVE_LOG_LINE.match(line))
+            if keep:
+                _write_all(out, keep)
+        if buf and not NATIVE_LOG_LINE.match(buf):
+            _write_all(out, buf)
+        os.close(read)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+        except OSError:
+            return
 
 
 class LandmarkExtractor:
@@ -36,6 +164,9 @@ class LandmarkExtractor:
             raise ValueError(f"unknown landmark kind {kind!r}: expected one of {', '.join(map(repr, KINDS))}")
         if not 0.0 <= min_detection_confidence <= 1.0:
             raise ValueError(f"min_detection_confidence must be in [0, 1], got {min_detection_confidence}")
+        _set_log_levels()
+        NativeLogFilter.acquire()  # released in close()
+        self._filtering = True
         import mediapipe as mp  # lazy: heavy import, only needed once an extractor is built
 
         self.kind = kind
@@ -53,9 +184,13 @@ class LandmarkExtractor:
                 static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=bool(refine_face),
                 min_detection_confidence=min_detection_confidence,
                 min_tracking_confidence=min_tracking_confidence)
+        # Start the graph now, on a blank frame (nothing is found, so no tracking state is left behind), so that
+        # the first real frame does not pay for it.
+        self._solution.process(np.zeros((64, 64, 3), np.uint8))
 
     num_landmarks: int
     _solution = None
+    _filtering = False  # holds a NativeLogFilter reference
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         """(K, 3) float32 in the input image's normalised coordinates (x, y in [0, 1] of that image;
@@ -85,6 +220,9 @@ class LandmarkExtractor:
         if self._solution is not None:
             self._solution.close()
             self._solution = None
+        if self._filtering:
+            self._filtering = False
+            NativeLogFilter.release()
 
     def __enter__(self) -> "LandmarkExtractor":
         return self

@@ -201,6 +201,92 @@ def test_recorded_mp4_has_all_frames_and_output_panel(tmp_path):
 
 
 @pytest.mark.timeout(30)
+def test_record_keeps_wall_clock_time_when_frames_are_dropped(tmp_path):
+    n = 30
+    drop = set(range(1, n - 1, 2))                  # every other frame never comes back (latest-wins drops)
+    with FakeServer(drop=drop) as srv:
+        st = capture(srv.address, "synthetic:1", record=tmp_path / "v.mp4", headless=True, max_frames=n,
+                     timeout_s=2, log=_quiet)       # paced at the source's 30 fps
+    assert st.frames_sent == n and st.frames_received == n - len(drop)
+    frames, _ = _count_frames(tmp_path / "v.mp4")
+    # one video frame per 1/30 s of the stream, the last view repeated where replies were dropped
+    assert frames >= n - 2 and st.record_repeats == frames - st.frames_received >= len(drop) - 2
+
+
+class _ProbeSource(SyntheticSource):
+    """A landmark source that notes, whenever an item is taken, how many landmarks the server has received."""
+
+    def __init__(self, server: "FakeServer", n: int):
+        super().__init__(seed=1, num_frames=n, realtime=False, preview_size=0)
+        self.server, self.seen = server, []
+
+    def _items(self):
+        for item in super()._items():
+            self.seen.append(len(self.server.received))
+            yield item
+
+
+@pytest.mark.timeout(30)
+def test_fast_mode_reads_a_frame_only_when_it_can_be_sent():
+    n = 10
+    with FakeServer() as srv:
+        src = _ProbeSource(srv, n)
+        with CaptureClient(srv.address, timeout_s=2, max_in_flight=1, log=_quiet) as client:
+            st = client.run(src, headless=True)
+    assert st.frames_sent == st.frames_received == n
+    # item k is taken only once frame k - 1 was answered: no frame waits in a client-side queue
+    assert src.seen == list(range(n))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["same-camera", "off", "retarget"])
+def test_normalisation_modes_apply_the_training_crop(mode):
+    from models.posenorm import crop_landmarks
+
+    crop = {"mode": "fixed", "box": [0.25, 0.1, 0.5], "aspect": 1.0}
+    stats = {**_dance_stats(), "crop": crop}
+    n = 6
+    motion = DanceMotion(1, 30.0)
+    raw = [motion.landmarks(i) for i in range(n)]
+    with FakeServer(subject_stats=stats) as srv:
+        capture(srv.address, "synthetic:1", headless=True, realtime=False, max_frames=n, timeout_s=2,
+                normalize=mode, log=_quiet)
+        sent = [a for _, a in srv.received]
+    cropped = [crop_landmarks(r, crop["box"], 1.0) for r in raw]
+    if mode == "retarget":   # body scale and torso position mapped onto the subject's: not the bare crop
+        assert max(np.abs(a[:, :2] - c[:, :2]).max() for a, c in zip(sent, cropped)) > 0.05
+    else:                    # the live camera is the training camera: only the crop transform, no re-centring
+        for a, c in zip(sent, cropped):
+            np.testing.assert_array_equal(a, c)
+        np.testing.assert_allclose(sent[0][:, 0], (raw[0][:, 0] - 0.25) / 0.5, atol=1e-6)
+    # a model trained on full frames (no crop in its statistics): same-camera / off send what was detected
+    if mode != "retarget":
+        with FakeServer(subject_stats=_dance_stats()) as srv:
+            capture(srv.address, "synthetic:1", headless=True, realtime=False, max_frames=n, timeout_s=2,
+                    normalize=mode, log=_quiet)
+            for (_, a), r in zip(srv.received, raw):
+                np.testing.assert_array_equal(a, r)
+    with pytest.raises(ValueError, match="unknown normalisation mode 'sideways'"):
+        CaptureClient("tcp://127.0.0.1:1", normalize="sideways")
+
+
+def test_draw_landmarks_on_the_input_panel():
+    from clients.capture import draw_landmarks
+
+    lm = DanceMotion(2, 30.0).landmarks(5)
+    img = draw_landmarks(np.zeros((128, 128, 3), np.uint8), lm, "dance")
+    drawn = img.any(axis=2)
+    x, y = (lm[11, :2] * 128).astype(int)              # the left shoulder is on the skeleton
+    assert drawn[y - 1:y + 2, x - 1:x + 2].any() and 100 < drawn.sum() < 0.5 * 128 * 128
+    hidden = lm.copy()
+    hidden[13:23, 2] = 0.0                              # arms and hands not visible: their lines are not drawn
+    assert draw_landmarks(np.zeros((128, 128, 3), np.uint8), hidden, "dance").any(axis=2).sum() < drawn.sum()
+    assert not draw_landmarks(np.zeros((64, 64, 3), np.uint8), np.full((33, 3), np.nan), "dance").any()
+    face = np.random.default_rng(0).uniform(0.3, 0.7, (478, 3)).astype(np.float32)
+    assert draw_landmarks(np.zeros((64, 64, 3), np.uint8), face, "face").any()
+
+
+@pytest.mark.timeout(30)
 def test_save_landmarks_then_replay_is_identical(tmp_path):
     n = 15
     rec = tmp_path / "rec.npz"
@@ -443,18 +529,96 @@ def test_video_of_a_real_person_through_mediapipe(tmp_path):
 
 
 @needs_megamind
-@pytest.mark.timeout(60)
-def test_face_video_through_mediapipe_passes_through(tmp_path):
-    n = 8
-    with FakeServer(kind="face", num_landmarks=478, subject_stats=None) as srv:
+@pytest.mark.timeout(120)
+def test_live_face_labels_equal_training_labels(tmp_path):
+    """One crop for face landmarks: the capture client applies prepare's stabilised face crop to the live mesh,
+    so the label map the server renders for a frame is the very label map the model was trained on."""
+    from models.posenorm import FaceNormalizer, face_stats
+    from models.render import render_face
+    from trainer.dataset import Dataset
+    from trainer.prepare import prepare_video
+    from trainer.train import model_subject_stats
+
+    n = 30
+    prepare_video(MEGAMIND, tmp_path / "face", kind="face", size=128, max_frames=n, min_clip_frames=1,
+                  progress=False)
+    ds = Dataset(tmp_path / "face")
+    stats = model_subject_stats(ds)                      # what `posecast train` saves with the model
+    assert stats["crop"]["mode"] == "face" and stats["crop"]["fps"] == pytest.approx(23.976, abs=0.01)
+    with FakeServer(kind="face", num_landmarks=478, subject_stats=stats) as srv:
         st = capture(srv.address, str(MEGAMIND), headless=True, realtime=False, max_frames=n, timeout_s=10,
-                     save_landmarks=tmp_path / "face.npz", log=_quiet)
-        sent = [a for _, a in srv.received]
-    assert st.frames_sent == n and st.landmarks_found >= n - 1
+                     normalize="same-camera", save_landmarks=tmp_path / "face.npz", log=_quiet)
+        sent = dict(srv.received)
+    assert st.frames_sent == n and sorted(sent) == list(range(n))
+    src = ds.manifest.extra["source_frame_indices"]
+    assert len(src) >= n - 2
+    for i, j in enumerate(src):
+        live, train = render_face(sent[j], 128, 128), render_face(np.asarray(ds.landmarks[i]), 128, 128)
+        assert np.array_equal(live, train), f"frame {j}: live label differs from the training label"
+    missing = sorted(set(range(n)) - set(src))
+    assert all(np.isnan(sent[j]).all() for j in missing)  # no face: sent as missing
+    # what MediaPipe found is still what was recorded (un-normalised, full-frame coordinates)
     rec = load_recording(tmp_path / "face.npz")
     assert rec["kind"] == "face" and rec["landmarks"].shape == (n, 478, 3)
-    # face landmarks are not normalised: what was sent is what MediaPipe found
-    np.testing.assert_array_equal(np.stack(sent), rec["landmarks"])
+    raw = rec["landmarks"]
+    assert 0.3 < np.nanmedian(raw[:, :, 0]) < 0.7 and np.nanmax(raw[:, :, 0]) - np.nanmin(raw[:, :, 0]) < 0.6
+
+    # retarget: a wider, shorter face (another person, say) is mapped onto the training face's proportions
+    found = [f for f in raw if not np.isnan(f).all()]
+    wide = []
+    for f in found:
+        c = f[:, :2].mean(axis=0)
+        g = f.copy()
+        g[:, :2] = c + (f[:, :2] - c) * (1.3, 0.85)
+        wide.append(g)
+
+    def mapped(mode, faces):  # the live face's statistics are learnt on a first pass, then frozen
+        norm = FaceNormalizer(stats, mode, aspect=float(rec["aspect"]), warmup=len(faces))
+        [norm(f) for f in faces]
+        assert norm(None) is None  # no face: the crop starts over, the learnt statistics stay
+        return face_stats(np.stack([norm(f) for f in faces]))
+
+    same, stretched = mapped("same-camera", found), mapped("same-camera", wide)
+    assert stretched["eye_distance"] / stretched["face_height"] > 1.4 * same["eye_distance"] / same["face_height"]
+    # retarget undoes the stretch: the wide face comes out with the training face's proportions and place
+    got = mapped("retarget", wide)
+    # (within 3 %: the measures are lengths of tilted segments, the mapping scales x and y separately)
+    for key in ("eye_distance", "face_height"):
+        assert got[key] == pytest.approx(stats[key], rel=0.03), key
+    assert abs(got["face_height"] / stats["face_height"] - 1) < 0.25 * abs(stretched["face_height"] /
+                                                                         stats["face_height"] - 1)
+    assert got["face_center"] == pytest.approx(stats["face_center"], abs=0.01)
     with pytest.raises(SourceError, match="'face'"):
         with FakeServer(kind="face", num_landmarks=478) as srv:
             capture(srv.address, "synthetic", headless=True, max_frames=1, timeout_s=2, log=_quiet)
+
+
+def test_face_crop_is_causal_stable_and_restarts_on_jumps():
+    from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks, face_box
+    from trainer.prepare import map_landmarks
+
+    rng = np.random.default_rng(0)
+    base = np.zeros((478, 3), np.float32)
+    base[:, :2] = rng.uniform(0.4, 0.6, (478, 2))
+    cfg = FaceCropConfig(fps=25.0)
+    crop = FaceCrop(cfg)
+    box0, restarted = crop.update(base, 1.5)
+    assert restarted
+    cx, cy, side = face_box(base, 1.5, cfg)
+    assert box0 == pytest.approx((cx - side / 2, cy - side / 2, side))
+    assert crop.update(base, 1.5) == (pytest.approx(box0), False)        # a still face: a still crop
+    moved = base.copy()
+    moved[:, 0] += 0.01                                                  # a small move: followed with a lag
+    box1, restarted = crop.update(moved, 1.5)
+    alpha = 1 - np.exp(-1 / (25.0 * cfg.tau_center_s))
+    assert not restarted and box1[0] == pytest.approx(box0[0] + alpha * 0.01 * 1.5)
+    far = base.copy()
+    far[:, 0] -= 0.3                                                     # another shot: start over at once
+    box2, restarted = crop.update(far, 1.5)
+    assert restarted and box2[0] == pytest.approx(box0[0] - 0.3 * 1.5)
+    assert crop(None) is None and crop.update(base, 1.5)[1]              # no face resets
+    # the crop transform is prepare's landmark mapping (boxes in source pixels there, frame heights here)
+    w, h = 720, 480
+    box_px = (100.0, 40.0, 300.0)
+    np.testing.assert_array_equal(map_landmarks(base, box_px, w, h, "face"),
+                                  crop_landmarks(base, (100 / h, 40 / h, 300 / h), w / h, scale_z=True))

@@ -80,13 +80,25 @@ def test_flow_rejects_mismatched_frames():
 def test_crop_resize_and_landmark_mapping_agree():
     img = np.zeros((200, 300, 3), np.uint8)
     cv2.circle(img, (210, 70), 6, (255, 255, 255), -1)       # a dot at (210, 70) pixels (continuous 210.5, 70.5)
-    for box, size in [((200.0, 80.0, 120.0), 64), ((150.0, 100.0, 400.0), 64), ((205.0, 75.0, 30.0), 96)]:
-        out = crop_resize(img, box, size)
+    for (cx, cy, side), size in [((200.0, 80.0, 120.0), 64), ((150.0, 100.0, 400.0), 64), ((205.0, 75.0, 30.0), 96)]:
+        box = (cx - side / 2, cy - side / 2, side)                  # boxes are (x0, y0, side)
+        out = crop_resize(img, box, size, border=cv2.BORDER_CONSTANT)  # no mirrored copies of the dot
         assert out.shape == (size, size, 3)
         lm = np.array([[210.5 / 300, 70.5 / 200, 1.0]], np.float32)
         u, v = map_landmarks(lm, box, 300, 200, "dance")[0, :2] * size
         ys, xs = np.nonzero(out[..., 0] > 127)
         assert abs(xs.mean() + 0.5 - u) < 1.0 and abs(ys.mean() + 0.5 - v) < 1.0
+
+
+def test_crop_pads_by_reflection_not_repeated_borders():
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :, 1] = np.arange(60, dtype=np.uint8)[None, :] * 4   # a horizontal gradient
+    out = crop_resize(img, (-20.0, 0.0, 40.0), 40)             # 20 px beyond the left edge, 1:1 scale
+    np.testing.assert_array_equal(out[:, 20:], img[:, :20])
+    # the 20 columns outside mirror the image (reflect-101: column -k shows column k) ...
+    np.testing.assert_array_equal(out[:, :20], img[:, 20:0:-1])
+    # ... instead of 20 copies of the border column
+    assert len(np.unique(out[5, :20, 1])) == 20
 
 
 # -------------------------------------------------------------------------------------------------- bad inputs
@@ -185,7 +197,7 @@ def test_prepare_dance_from_moving_photo(tmp_path):
     _write_video(video, frames)
 
     out = tmp_path / "ds"
-    rep = prepare_video(video, out, kind="dance", size=192, progress=False)
+    rep = prepare_video(video, out, kind="dance", size=192, progress=False, min_clip_frames=1)
     assert rep.frames_read == n
     assert rep.frames_written == n - len(black)
     assert rep.missing == list(black)
@@ -226,7 +238,8 @@ def test_prepare_dance_from_moving_photo(tmp_path):
 
     with pytest.raises(FileExistsError):
         prepare_video(video, out, kind="dance", size=128, progress=False)
-    rep2 = prepare_video(video, out, kind="dance", size=64, start=5, max_frames=4, overwrite=True, progress=False)
+    rep2 = prepare_video(video, out, kind="dance", size=64, start=5, max_frames=4, overwrite=True, progress=False,
+                         min_clip_frames=1)
     assert rep2.frames_read == 4 and rep2.missing == [8] and rep2.clips == [(0, 3)]
     assert Dataset(out).manifest.extra["source_frame_indices"] == [5, 6, 7]
 
@@ -257,3 +270,48 @@ def test_prepare_face_megamind(tmp_path):
             assert np.ptp(boxes[a:b, 2]) < 0.15 * boxes[a:b, 2].mean()
     stats = m.extra["subject_stats"]
     assert 0.15 < stats["eye_distance"] < 0.6
+
+
+@needs_megamind
+@pytest.mark.timeout(180)
+def test_face_shots_and_identities_reported_as_in_the_manifest(tmp_path, capsys):
+    """Megamind.avi cuts between two characters three times (frames 98, 154 and 200)."""
+    from posecast_cli import main
+    from trainer.prepare import parse_clip_table
+
+    out = tmp_path / "face"
+    assert main(["prepare", str(MEGAMIND), "--kind", "face", "--out", str(out), "--size", "64", "--quiet",
+                 "--min-clip-frames", "50"]) == 0
+    printed = capsys.readouterr().out
+    rows = parse_clip_table(printed)
+    m = Dataset(out).manifest
+    assert rows == m.extra["clip_table"]
+    assert [(r["start"], r["end"]) for r in rows] == [(1, 98), (99, 154), (155, 200), (200, 270)]
+    assert [r["identity"] for r in rows] == ["A", "B", "A", "B"]
+    assert [r["reason"] for r in rows] == ["no face, identity change", "no face, identity change",
+                                           "cut, identity change; dropped: shorter than 50 frames",
+                                           "end of video"]
+    # the dropped clip is said on the console and is not in the dataset
+    assert "dropped 1 clip(s) shorter than 50 frames (45 frames): 155-199" in printed
+    assert rows[2]["dataset"] is None
+    assert [tuple(r["dataset"]) for r in rows if r["dataset"]] == Dataset(out).clips == [(0, 97), (97, 152),
+                                                                                          (152, 222)]
+    assert m.extra["source_frame_indices"] == [*range(1, 98), *range(99, 154), *range(200, 270)]
+    assert m.extra["cuts"] == [200] and m.missing_frames == [0, 98, 154]
+
+
+@needs_messi
+def test_mediapipe_log_lines_stay_off_the_console():
+    code = ("import cv2; from clients.landmarks import LandmarkExtractor; "
+            f"im = cv2.cvtColor(cv2.imread({str(MESSI)!r}), cv2.COLOR_BGR2RGB); "
+            "ex = LandmarkExtractor('dance', static_image_mode=True); a = ex(im); "
+            "f = LandmarkExtractor('face'); f(im); f(im); ex.close(); f.close(); "
+            "import sys; print('pose', a.shape, file=sys.stderr)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "POSECAST_MEDIAPIPE_LOGS"}
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == "pose (33, 3)"        # Python's own stderr still works
+    loud = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**env, "POSECAST_MEDIAPIPE_LOGS": "1"})
+    assert loud.returncode == 0 and "TensorFlow Lite" in loud.stderr and len(loud.stderr.splitlines()) > 2

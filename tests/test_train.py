@@ -283,3 +283,31 @@ def test_lite_trains_in_its_person_crop_then_adversarially_and_saves_the_ema(tra
                                              checkpoint_every=10**6, ema_halflife=2.0),
                       trained["train"], tmp_path / "lite", resume=True, progress=False)
     assert resumed.iteration == 4 and torch.equal(resumed.G_ema.in_label.weight, tensors["E.in_label.weight"])
+
+
+def test_model_subject_stats_carry_face_proportions_and_the_training_crop(tmp_path):
+    from models.posenorm import FaceCropConfig, face_stats
+    from trainer.train import model_subject_stats
+
+    rng = np.random.default_rng(0)
+    lms = np.zeros((12, 478, 3), np.float32)
+    lms[:, :, :2] = rng.uniform(0.3, 0.7, (12, 478, 2))
+    with DatasetWriter(tmp_path / "face", kind="face", height=32, width=32, fps=25.0, num_landmarks=478) as w:
+        w.manifest.extra = {"source_fps": 25.0, "crop": {**FaceCropConfig(scale=2.0, fps=25.0).to_dict(),
+                                                         "mode": "tracked", "boxes": []}}
+        for lm in lms:
+            w.add(np.zeros((32, 32, 3), np.uint8), lm)
+    stats = model_subject_stats(Dataset(tmp_path / "face"))
+    assert stats["eye_distance"] == pytest.approx(face_stats(lms)["eye_distance"])
+    assert FaceCropConfig.from_dict(stats["crop"]) == FaceCropConfig(scale=2.0, fps=25.0)
+    # a dance video made by prepare: its fixed crop, in source-frame heights, for same-camera serving
+    with DatasetWriter(tmp_path / "dance", kind="dance", height=32, width=32, fps=25.0, num_landmarks=33) as w:
+        w.manifest.extra = {"crop": {"mode": "fixed", "box": [10.0, 20.0, 300.0], "aspect": 1.5,
+                                     "box_height_units": [0.05, 0.1, 1.5]}}
+        for i in range(4):
+            w.add(np.zeros((32, 32, 3), np.uint8), np.full((33, 3), 0.5, np.float32))
+    stats = model_subject_stats(Dataset(tmp_path / "dance"))
+    assert stats["crop"] == {"mode": "fixed", "box": [0.05, 0.1, 1.5], "aspect": 1.5}
+    # the synthetic dancer (no crop): body measures only
+    assert "crop" not in model_subject_stats(Dataset(synthesize(tmp_path / "s", seed=0, num_frames=4, size=32,
+                                                                 progress=False)))

@@ -2,20 +2,26 @@
 
 Two passes over the video, never holding all frames in memory:
 
-1. decode every frame, run MediaPipe (tracking mode) and keep only the landmarks; from them compute the crop:
+1. decode every frame, find the subject's landmarks, the shot boundaries and the crop:
 
-   * ``face``: a square around the face mesh (bounding box scaled by ``FACE_SCALE`` and nudged up so forehead,
-     chin and some hair fit), its centre and side low-pass filtered over time (centred Gaussian, per clip) so
-     it does not jitter;
-   * ``dance``: one fixed person-centred square for the whole video, from the robust extent of the visible pose
-     landmarks plus a margin; where it leaves the frame the border is replicated.
+   * ``face``: MediaPipe Face Mesh (tracking mode); a square around the face mesh, stabilised over time by
+     :class:`models.posenorm.FaceCrop` -- the causal filter the live capture client applies too, so that live
+     label maps are drawn exactly like the training ones;
+   * ``dance``: every person in the frame (:mod:`trainer.track`: MediaPipe pose on the frame with the people
+     already found masked out), associated over time by position and appearance; the subject is one of these
+     tracks (``person``, or the largest, most central, most often seen one). One fixed square for the whole
+     video, tight around that person's motion range (robust extent of the visible landmarks plus a margin);
+     where it leaves the frame the image is mirrored (reflect padding), never smeared by repeating the border.
 
 2. decode again, crop + resize to ``size x size``, compute backward DIS flow and its confidence against the
    previous written frame of the same clip, and write everything with :class:`~trainer.dataset.DatasetWriter`.
 
-Frames without a detection are not written: they end the current clip and are listed as missing. Shot cuts
-(a large jump of a small grey thumbnail from one frame to the next) also end a clip: the face crop is not
-smoothed and no flow is computed across them.
+Clips end where the subject is not found (no face / no person / that person lost / two people crossing), at
+shot cuts (a jump of a small grey thumbnail or of the colour histogram from one frame to the next, or a jump
+of the face crop), and the table of clips -- start, end, length, identity and why each one ends -- is kept in
+the manifest (``extra["clip_table"]``) and printed by ``posecast prepare``. For faces, every clip gets an
+identity label (A, B, ...) from scale-free face proportions, so a cut to another character is reported as an
+identity change. Clips shorter than ``min_clip_frames`` are dropped (and listed as dropped).
 
 Landmarks are stored in the output frame's normalised coordinates: ``x, y`` in [0, 1] of the cropped, resized
 frame (points MediaPipe places outside the crop fall outside [0, 1]; they are not clipped); the 3rd value is the
@@ -29,49 +35,46 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from clients.landmarks import KINDS, LandmarkExtractor
+from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks, face_stats
 from trainer.dataset import DatasetWriter
 from trainer.flow import FlowEstimator
+from trainer import track as T
 
-FACE_SCALE = 1.8            # crop side / max(face-mesh bbox width, height)
-FACE_SHIFT_UP = 0.06        # crop centre moved up by this fraction of the crop side (room for hair)
-FACE_SMOOTH_CENTER_S = 0.2  # Gaussian sigma (seconds) for the crop centre
-FACE_SMOOTH_SIDE_S = 0.5    # Gaussian sigma (seconds) for the crop side
+FACE_CROP = FaceCropConfig()  # scale, shift up, time constants of the stabilised face crop (fps: the video's)
 DANCE_MARGIN = 1.2          # crop side / max(person extent width, height)
 DANCE_HEAD_ROOM = 0.08      # extra room above the top landmark, fraction of the person's height
 DANCE_VISIBILITY = 0.5      # pose landmarks at least this visible define the person's extent
 DANCE_EXTENT_PCT = 2.0      # robust extent: this percentile of per-frame minima (100 - it of maxima)
+SUBJECT_WARN_FRACTION = 0.4  # warn when the subject's median height is below this fraction of the crop side
+SUBJECT_MIN_FRACTION = 0.2   # refuse below this (``min_subject_fraction``; 0 accepts any size)
+MAX_PEOPLE = 4              # people looked for per frame (dance)
+MIN_CLIP_FRAMES = 8         # shorter clips are dropped
 DEFAULT_FPS = 30.0
 CUT_THUMB = 32              # shot-cut detector: mean |difference| of CUT_THUMB^2 grey thumbnails (0..255) ...
 CUT_ABS = 15.0              # ... above this ...
 CUT_REL = 4.0               # ... and this many times the median difference of the surrounding frames
 CUT_WINDOW = 12             # frames either side for that median
+CUT_HIST = 0.5              # ... or a Bhattacharyya distance of the frames' hue/saturation histograms above this
+IDENTITY_THRESHOLD = 2.5    # face clips whose proportions differ by more than this (RMS of z-scores) differ in identity
 FB_THRESHOLD_PX = 1.0
 
-# MediaPipe face-mesh landmark indices used for the face statistics.
-_FACE_EYE_OUTER = (33, 263)
-_FACE_TOP, _FACE_CHIN = 10, 152
+# Scale-free face proportions for identity labels: (a, b) distances divided by the outer-eye distance, and the
+# typical spread of each one within a shot (measured on Megamind.avi) that turns differences into z-scores.
+_FACE_SIGNATURE = (((33, 133), 0.02),     # right eye width
+                   ((234, 454), 0.03),    # face width at the cheeks
+                   ((10, 152), 0.07),     # face height
+                   ((1, 152), 0.06))      # nose tip to chin
 
 
 class PrepareError(ValueError):
     """The input video cannot be turned into a dataset (missing, not a video, corrupt, nothing detected...)."""
-
-
-@dataclasses.dataclass
-class PrepareReport:
-    frames_read: int                 # source frames decoded (from ``start``, at most ``max_frames``)
-    frames_written: int              # frames in the dataset (= frames with a detection)
-    missing: list[int]               # source frame indices without detection
-    clips: list[tuple[int, int]]     # [start, stop) ranges of dataset frame indices
-    out: Path
-    seconds: float
-    cuts: list[int] = dataclasses.field(default_factory=list)  # source frame indices that start a new shot
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -153,7 +156,73 @@ def _iter_frames(video: Path, info: _VideoInfo, start: int, max_frames: int | No
 
 
 # ------------------------------------------------------------------------------------------------------------
-# crops
+# reports
+
+@dataclasses.dataclass
+class ClipRow:
+    """One clip of the clip table (source frame indices; ``dataset`` is None for a dropped clip)."""
+    start: int                       # first source frame
+    end: int                         # source frame after the last one (exclusive)
+    reason: str                      # why the clip ends: "cut", "cut, identity change", "face jump", "no face",
+                                     # "no person", "person lost", "people crossing", "end of video"
+    identity: str = ""               # face: "A", "B", ... (same letter = same proportions); dance: the person id
+    dataset: tuple[int, int] | None = None   # [start, stop) dataset frame indices, None when dropped
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "end": self.end, "length": self.length, "reason": self.reason,
+                "identity": self.identity, "dataset": list(self.dataset) if self.dataset else None}
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    frames_read: int                 # source frames decoded (from ``start``, at most ``max_frames``)
+    frames_written: int              # frames in the dataset
+    missing: list[int]               # source frame indices without the subject (no detection, lost, crossing)
+    clips: list[tuple[int, int]]     # [start, stop) ranges of dataset frame indices
+    out: Path
+    seconds: float
+    cuts: list[int] = dataclasses.field(default_factory=list)  # source frame indices that start a new shot
+    clip_table: list[ClipRow] = dataclasses.field(default_factory=list)   # every clip, kept or dropped
+    people: list[dict] = dataclasses.field(default_factory=list)   # dance: every person seen (id, frames, ...)
+    person: int | None = None        # dance: the tracked person's id
+    notes: list[str] = dataclasses.field(default_factory=list)   # what prepare decided (crop, padding, drops)
+
+
+def format_clip_table(rows: list[ClipRow], source_offset: int = 0) -> str:
+    """The clip table as printed by ``posecast prepare`` (one line per clip; source frame indices)."""
+    out = [f"{'clip':>4}  {'start':>6}  {'end':>6}  {'length':>6}  {'identity':<9} {'dataset':<13} reason"]
+    k = 0
+    for r in rows:
+        if r.dataset is None:
+            ds, name = "dropped", "-"
+        else:
+            ds, name = f"{r.dataset[0]}:{r.dataset[1]}", str(k)
+            k += 1
+        out.append(f"{name:>4}  {r.start:>6}  {r.end:>6}  {r.length:>6}  {r.identity or '-':<9} {ds:<13} {r.reason}")
+    return "\n".join(out)
+
+
+def parse_clip_table(text: str) -> list[dict]:
+    """Rows of a printed clip table (for tests and scripts): start, end, length, identity, dataset, reason."""
+    rows = []
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:4] == ["clip", "start", "end", "length"])
+    for line in lines[head + 1:]:
+        parts = line.split(None, 6)
+        if len(parts) < 7 or not parts[1].isdigit():
+            break
+        ds = None if parts[5] == "dropped" else [int(v) for v in parts[5].split(":")]
+        rows.append({"start": int(parts[1]), "end": int(parts[2]), "length": int(parts[3]),
+                     "identity": "" if parts[4] == "-" else parts[4], "dataset": ds, "reason": parts[6]})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# shots and clips
 
 def _runs(present: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) runs of True in a boolean vector."""
@@ -174,11 +243,25 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (CUT_THUMB, CUT_THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def _detect_cuts(diffs: np.ndarray) -> np.ndarray:
-    """``diffs[i]`` = thumbnail change from frame i-1 to i (``diffs[0]`` = 0) -> boolean "frame i starts a shot"."""
+def _colour_hist(rgb: np.ndarray) -> np.ndarray:
+    small = cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_AREA)
+    hist = cv2.calcHist([cv2.cvtColor(small, cv2.COLOR_RGB2HSV)], [0, 1], None, [16, 8], [0, 180, 0, 256])
+    return cv2.normalize(hist, None, 1.0, 0.0, cv2.NORM_L1).ravel()
+
+
+def _detect_cuts(diffs: np.ndarray, hist_diffs: np.ndarray | None = None) -> np.ndarray:
+    """``diffs[i]`` = thumbnail change from frame i-1 to i (``diffs[0]`` = 0) -> boolean "frame i starts a shot".
+
+    A cut is a thumbnail change above ``CUT_ABS`` and ``CUT_REL`` times the median of the surrounding frames, or
+    (with ``hist_diffs``, the Bhattacharyya distance of consecutive colour histograms) a colour change above
+    ``CUT_HIST``.
+    """
     n = len(diffs)
     cut = np.zeros(n, bool)
     for i in range(1, n):
+        if hist_diffs is not None and hist_diffs[i] > CUT_HIST:
+            cut[i] = True
+            continue
         if diffs[i] <= CUT_ABS:
             continue
         lo, hi = max(1, i - CUT_WINDOW), min(n, i + CUT_WINDOW + 1)
@@ -187,79 +270,130 @@ def _detect_cuts(diffs: np.ndarray) -> np.ndarray:
     return cut
 
 
-def _segments(present: np.ndarray, cuts: np.ndarray) -> list[tuple[int, int]]:
-    """Runs of detected frames, further split at shot cuts: the future clips, in source-frame offsets."""
-    out = []
+def clip_rows(present: np.ndarray, breaks: dict[int, str], missing_reason: Callable[[int], str],
+              offset: int = 0) -> list[ClipRow]:
+    """Clips as :class:`ClipRow` (source indices ``offset + i``): runs of ``present`` frames, split where
+    ``breaks`` (frame -> reason) start a new clip; each row says why it ends."""
+    rows = []
+    n = len(present)
     for a, b in _runs(present):
-        edges = [a, *[i for i in range(a + 1, b) if cuts[i]], b]
-        out.extend(zip(edges[:-1], edges[1:]))
-    return out
+        edges = [a, *[i for i in range(a + 1, b) if i in breaks], b]
+        for s, e in zip(edges[:-1], edges[1:]):
+            reason = breaks[e] if e < b else ("end of video" if e >= n else missing_reason(e))
+            rows.append(ClipRow(offset + s, offset + e, reason))
+    return rows
 
 
-def _gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Centred Gaussian low-pass of a 1-D signal, renormalised at the ends (no padding bias)."""
-    if sigma <= 0 or len(x) < 2:
-        return x.copy()
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    num = np.convolve(x, k, mode="full")[r:r + len(x)]
-    den = np.convolve(np.ones_like(x), k, mode="full")[r:r + len(x)]
-    return num / den
+def _drop_short(rows: list[ClipRow], min_frames: int) -> list[ClipRow]:
+    for r in rows:
+        if r.length < min_frames:
+            r.dataset = None
+            r.reason = r.reason + f"; dropped: shorter than {min_frames} frames"
+    return rows
 
 
-def _face_boxes(lms: list[np.ndarray | None], cuts: np.ndarray, w: int, h: int, fps: float) -> np.ndarray:
-    """(n, 3) crop boxes ``(cx, cy, side)`` in source pixels, NaN where nothing was detected."""
-    n = len(lms)
-    raw = np.full((n, 3), np.nan)
+# ------------------------------------------------------------------------------------------------------------
+# faces
+
+def face_signature(lm: np.ndarray, aspect: float) -> np.ndarray:
+    """Scale-free face proportions (see ``_FACE_SIGNATURE``), divided by their typical in-shot spread."""
+    p = lm[:, :2].astype(np.float64) * (aspect, 1.0)
+    io = max(float(np.linalg.norm(p[33] - p[263])), 1e-6)
+    return np.array([np.linalg.norm(p[a] - p[b]) / io / spread for (a, b), spread in _FACE_SIGNATURE])
+
+
+def _label_identities(rows: list[ClipRow], sigs: dict[int, np.ndarray], offset: int) -> None:
+    """Give every clip an identity letter: the first earlier identity whose median signature is within
+    ``IDENTITY_THRESHOLD``, else a new one; a boundary between different identities is an identity change."""
+    known: list[np.ndarray] = []
+    prev = None
+    for r in rows:
+        s = np.median([sigs[i - offset] for i in range(r.start, r.end)], axis=0)
+        d = [float(np.sqrt(np.mean((s - k) ** 2))) for k in known]
+        j = int(np.argmin(d)) if d and min(d) <= IDENTITY_THRESHOLD else len(known)
+        if j == len(known):
+            known.append(s)
+        r.identity = chr(ord("A") + j) if j < 26 else f"#{j}"
+        if prev is not None and prev.identity != r.identity:
+            prev.reason += ", identity change"
+        prev = r
+
+
+def _face_pass(lms: list[np.ndarray | None], cuts: np.ndarray, aspect: float, fps: float):
+    """Face crops (pixels, per frame) and the clip breaks: cuts and jumps of the face crop."""
+    cfg = dataclasses.replace(FACE_CROP, fps=fps)
+    crop = FaceCrop(cfg)
+    boxes: list[tuple[float, float, float] | None] = []
+    breaks: dict[int, str] = {}
     for i, lm in enumerate(lms):
         if lm is None:
+            crop.reset()
+            boxes.append(None)
             continue
-        xs, ys = lm[:, 0] * w, lm[:, 1] * h
-        x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-        side = max(x1 - x0, y1 - y0) * FACE_SCALE
-        raw[i] = (0.5 * (x0 + x1), 0.5 * (y0 + y1) - FACE_SHIFT_UP * side, side)
-    out = raw.copy()
-    for a, b in _segments(~np.isnan(raw[:, 0]), cuts):
-        out[a:b, 0] = _gaussian_smooth(raw[a:b, 0], FACE_SMOOTH_CENTER_S * fps)
-        out[a:b, 1] = _gaussian_smooth(raw[a:b, 1], FACE_SMOOTH_CENTER_S * fps)
-        out[a:b, 2] = _gaussian_smooth(raw[a:b, 2], FACE_SMOOTH_SIDE_S * fps)
-    return out
+        if cuts[i]:
+            crop.reset()
+        box, restarted = crop.update(lm, aspect)
+        if cuts[i]:
+            breaks[i] = "cut"
+        elif restarted and i > 0 and lms[i - 1] is not None:
+            breaks[i] = "face jump"
+        boxes.append(box)
+    return boxes, breaks, cfg
 
 
-def _dance_box(lms: list[np.ndarray | None], w: int, h: int) -> tuple[float, float, float]:
-    """One fixed ``(cx, cy, side)`` box in source pixels around the person over the whole video."""
-    mins, maxs = [], []
+# ------------------------------------------------------------------------------------------------------------
+# dance
+
+def _dance_box(lms: list[np.ndarray], w: int, h: int) -> tuple[tuple[float, float, float], float]:
+    """One fixed ``(x0, y0, side)`` box in source pixels around the person's motion range over the whole video,
+    and the person's median height in pixels."""
+    mins, maxs, heights = [], [], []
     for lm in lms:
-        if lm is None:
-            continue
         vis = lm[:, 2] >= DANCE_VISIBILITY
         pts = lm[vis] if vis.sum() >= 4 else lm
         xy = pts[:, :2] * (w, h)
         mins.append(xy.min(0))
         maxs.append(xy.max(0))
+        heights.append(float(xy[:, 1].max() - xy[:, 1].min()))
     lo = np.percentile(np.array(mins), DANCE_EXTENT_PCT, axis=0)
     hi = np.percentile(np.array(maxs), 100.0 - DANCE_EXTENT_PCT, axis=0)
     x0, y0 = lo
     x1, y1 = hi
-    y0 -= DANCE_HEAD_ROOM * (y1 - y0)
+    person_h = float(np.median(heights)) * (1.0 + DANCE_HEAD_ROOM)
+    y0 -= DANCE_HEAD_ROOM * float(np.median(heights))
     side = max(x1 - x0, y1 - y0, 16.0) * DANCE_MARGIN
     cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
-    # Shift (never shrink) the box back inside the frame where it fits, so less border has to be invented.
+    # Shift (never shrink) the box back inside the frame where it fits, so less has to be padded.
     if side <= w:
         cx = min(max(cx, side / 2), w - side / 2)
     if side <= h:
         cy = min(max(cy, side / 2), h - side / 2)
-    return float(cx), float(cy), float(side)
+    return (float(cx - side / 2), float(cy - side / 2), float(side)), person_h
 
 
-def crop_resize(img: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
-    """Crop the square ``box = (cx, cy, side)`` (source pixels, sub-pixel) and resize it to ``size x size``.
+# ------------------------------------------------------------------------------------------------------------
+# crops
 
-    Pixels outside the image replicate its border. Large downscales go through INTER_AREA first (no aliasing).
+def crop_resize(img: np.ndarray, box: tuple[float, float, float], size: int,
+                border: int = cv2.BORDER_REFLECT_101) -> np.ndarray:
+    """Crop the square ``box = (x0, y0, side)`` (source pixels, sub-pixel) and resize it to ``size x size``.
+
+    Pixels outside the image are mirrored (``border``, reflect by default). Large downscales go through
+    INTER_AREA first (no aliasing).
     """
-    cx, cy, side = box
-    x0, y0 = cx - side / 2, cy - side / 2
+    x0, y0, side = box
     h, w = img.shape[:2]
+    # Pad by reflection first where the box leaves the image (cheap: only what is needed, at most one image).
+    pl = max(0, int(math.ceil(-x0)) + 3)
+    pt = max(0, int(math.ceil(-y0)) + 3)
+    pr = max(0, int(math.ceil(x0 + side - w)) + 3)
+    pb = max(0, int(math.ceil(y0 + side - h)) + 3)
+    if pl or pt or pr or pb:
+        lim_x, lim_y = w - 1, h - 1  # BORDER_REFLECT_101 cannot pad more than the image size minus one
+        pl, pr, pt, pb = min(pl, lim_x), min(pr, lim_x), min(pt, lim_y), min(pb, lim_y)
+        img = cv2.copyMakeBorder(img, pt, pb, pl, pr, border)
+        x0, y0 = x0 + pl, y0 + pt
+        h, w = img.shape[:2]
     # Region of interest with a small margin for interpolation, clamped to the image (keep >= 1 pixel).
     rx0 = min(max(int(math.floor(x0)) - 2, 0), w - 1)
     ry0 = min(max(int(math.floor(y0)) - 2, 0), h - 1)
@@ -279,56 +413,60 @@ def crop_resize(img: np.ndarray, box: tuple[float, float, float], size: int) -> 
     m = np.array([[sx, 0.0, lx0 + 0.5 * sx - 0.5], [0.0, sy, ly0 + 0.5 * sy - 0.5]], np.float64)
     interp = cv2.INTER_CUBIC if s < 1.0 else cv2.INTER_LINEAR
     return cv2.warpAffine(np.ascontiguousarray(roi), m, (size, size), flags=interp | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+                          borderMode=border)
 
 
 def map_landmarks(lm: np.ndarray, box: tuple[float, float, float], w: int, h: int, kind: str) -> np.ndarray:
-    """Source-normalised landmarks -> normalised coordinates of the crop ``box`` (see module docstring)."""
-    cx, cy, side = box
-    out = lm.astype(np.float32).copy()
-    out[:, 0] = (lm[:, 0] * w - (cx - side / 2)) / side
-    out[:, 1] = (lm[:, 1] * h - (cy - side / 2)) / side
-    if kind == "face":  # MediaPipe z is in units of the source width, like x
-        out[:, 2] = lm[:, 2] * w / side
-    return out
+    """Source-normalised landmarks -> normalised coordinates of the crop ``box = (x0, y0, side)`` in source
+    pixels (:func:`models.posenorm.crop_landmarks`, the function the live client uses)."""
+    x0, y0, side = box
+    return crop_landmarks(lm, (x0 / h, y0 / h, side / h), w / h, scale_z=(kind == "face"))
+
+
+def _outside(box: tuple[float, float, float], w: int, h: int) -> int:
+    """How many pixels (largest side) the box extends beyond the frame."""
+    x0, y0, side = box
+    return int(math.ceil(max(0.0, -x0, -y0, x0 + side - w, y0 + side - h)))
 
 
 # ------------------------------------------------------------------------------------------------------------
 # statistics
 
-def _median(values: list[float]) -> float | None:
-    return float(np.median(values)) if values else None
-
-
 def subject_stats(kind: str, landmarks: list[np.ndarray]) -> dict | None:
-    """Median body/face measures in normalised output coordinates (for later pose normalisation).
+    """Median body/face measures in normalised output coordinates (for later live normalisation).
 
     dance: :func:`models.posenorm.subject_stats` (shoulder width, torso length, shoulder/hip centres over the
-    frames where shoulders and hips are visible; None when there is no such frame). face: eye distance, face
-    height and face centre.
+    frames where shoulders and hips are visible; None when there is no such frame). face:
+    :func:`models.posenorm.face_stats` (eye distance, face height and face centre).
     """
+    if not landmarks:
+        return None
     if kind == "dance":
         from models.posenorm import subject_stats as pose_stats
-        return pose_stats(np.stack(landmarks)) if landmarks else None
-    ed, fh, fc = [], [], []
-    for lm in landmarks:
-        a, b = _FACE_EYE_OUTER
-        ed.append(float(np.linalg.norm(lm[a, :2] - lm[b, :2])))
-        fh.append(float(np.linalg.norm(lm[_FACE_TOP, :2] - lm[_FACE_CHIN, :2])))
-        fc.append(lm[:, :2].mean(0))
-    return {
-        "frames": len(landmarks),
-        "eye_distance": _median(ed),            # outer eye corners 33-263
-        "face_height": _median(fh),             # forehead 10 - chin 152
-        "face_center": [float(v) for v in np.median(fc, axis=0)] if fc else None,
-    }
+        return pose_stats(np.stack(landmarks))
+    return face_stats(np.stack(landmarks))
+
+
+def _say(msg: str, log: Callable[[str], None] | None) -> str:
+    if log is not None:
+        log(msg)
+    return msg
 
 
 # ------------------------------------------------------------------------------------------------------------
 
 def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0, max_frames: int | None = None,
-                  overwrite: bool = False, progress: bool = True) -> PrepareReport:
+                  overwrite: bool = False, progress: bool = True, person: int | None = None,
+                  max_people: int = MAX_PEOPLE, min_clip_frames: int = MIN_CLIP_FRAMES,
+                  min_subject_fraction: float = SUBJECT_MIN_FRACTION,
+                  log: Callable[[str], None] | None = None) -> PrepareReport:
     """Build a dataset folder ``out_dir`` from ``video`` (see module docstring). Returns a :class:`PrepareReport`.
+
+    ``person`` (dance): the id of the person to track, as listed in ``report.people`` (default: the largest,
+    most central, most often seen); ``max_people``: people looked for per frame. ``min_clip_frames``: shorter
+    clips are dropped. ``min_subject_fraction`` (dance): refuse when the person's median height is below this
+    fraction of the crop side (a warning below ``SUBJECT_WARN_FRACTION``). ``log``: where decisions are said
+    (default: nowhere; ``posecast prepare`` prints them; they are also in ``report.notes``).
 
     Raises :class:`PrepareError` for bad arguments or an unusable video, ``FileExistsError`` when ``out_dir``
     exists and ``overwrite`` is false.
@@ -343,10 +481,13 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
         raise PrepareError(f"start must be an integer >= 0, got {start!r}")
     if max_frames is not None and (int(max_frames) != max_frames or max_frames < 1):
         raise PrepareError(f"max_frames must be None or an integer >= 1, got {max_frames!r}")
+    if int(min_clip_frames) != min_clip_frames or min_clip_frames < 1:
+        raise PrepareError(f"min_clip_frames must be an integer >= 1, got {min_clip_frames!r}")
     size, start = int(size), int(start)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     info = _probe(video)
+    notes: list[str] = []
 
     def bar(desc: str) -> tqdm:
         total = info.frame_count - start if info.frame_count > start else None
@@ -355,34 +496,138 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
         return tqdm(total=total, desc=f"prepare {kind}: {desc}", unit="frame", disable=not progress,
                     dynamic_ncols=True)
 
-    # ---- pass 1: landmarks in source-normalised coordinates ----
+    # ---- pass 1: landmarks in source-normalised coordinates, shot changes ----
     src_lms: list[np.ndarray | None] = []
     diffs: list[float] = []
+    hdiffs: list[float] = []
     width = height = None
-    prev_thumb = None
-    with LandmarkExtractor(kind, static_image_mode=False) as extractor, bar("1/2 landmarks") as pbar:
-        for _, rgb in _iter_frames(video, info, start, max_frames, pbar):
-            height, width = rgb.shape[:2]
-            src_lms.append(extractor(rgb))
-            thumb = _thumb(rgb)
-            diffs.append(0.0 if prev_thumb is None else float(np.abs(thumb - prev_thumb).mean()))
-            prev_thumb = thumb
-        num_landmarks = extractor.num_landmarks
-    n = len(src_lms)
-    present = np.array([lm is not None for lm in src_lms])
-    cuts = _detect_cuts(np.array(diffs))
-    cuts[1:] &= present[1:] & present[:-1]  # only cuts that split a run of detections matter (and are reported)
+    prev_thumb = prev_hist = None
+    dets: list[list[T.Detection]] = []
+    tracker = None
+    with bar("1/2 landmarks") as pbar:
+        frames = _iter_frames(video, info, start, max_frames, pbar)
+        if kind == "face":
+            extractor = LandmarkExtractor("face", static_image_mode=False)
+            num_landmarks = extractor.num_landmarks
+        else:
+            extractor = LandmarkExtractor("dance", static_image_mode=True)
+            detector, tracker = T.MultiPoseDetector(extractor, max_people), T.PeopleTracker()
+            num_landmarks = extractor.num_landmarks
+        try:
+            for j, (_, rgb) in enumerate(frames):
+                height, width = rgb.shape[:2]
+                if kind == "face":
+                    src_lms.append(extractor(rgb))
+                else:
+                    dets.append(tracker.update(j, detector(rgb)))
+                thumb, hist = _thumb(rgb), _colour_hist(rgb)
+                diffs.append(0.0 if prev_thumb is None else float(np.abs(thumb - prev_thumb).mean()))
+                hdiffs.append(0.0 if prev_hist is None else
+                              float(cv2.compareHist(hist, prev_hist, cv2.HISTCMP_BHATTACHARYYA)))
+                prev_thumb, prev_hist = thumb, hist
+        finally:
+            extractor.close()
+    n = len(diffs)
+    aspect = width / height
+    cuts = _detect_cuts(np.array(diffs), np.array(hdiffs))
     cuts[0] = False
+
+    people: list[dict] = []
+    subject: int | None = None
+    missing_why: dict[int, str] = {}
+    if kind == "dance":
+        tracks = tracker.people(min(T.MIN_TRACK_FRAMES, max(1, n // 4)))  # short videos: any track counts
+        for t in tracks:
+            people.append({"id": t.id, "frames": len(t.frames), "first": start + t.frames[0],
+                           "last": start + t.frames[-1], "height_px": round(float(np.median(t.heights)), 1),
+                           "center_x_px": round(float(np.median([c[0] for c in t.centers])), 1)})
+        if not tracks:
+            raise PrepareError(f"{video}: no person detected in any of the {n} frames read (from frame {start}); "
+                               f"is this the right --kind?")
+        if person is None:
+            subject = T.pick_subject(tracks, width, height, n).id
+        elif person not in {t.id for t in tracks}:
+            raise PrepareError(f"{video}: there is no person {person}; people seen: "
+                               + ", ".join(f"{p['id']} ({p['frames']} frames)" for p in people))
+        else:
+            subject = int(person)
+        notes.append(_say(f"{len(tracks)} {'person' if len(tracks) == 1 else 'people'} seen; tracking person "
+                          f"{subject}" + ("" if person is not None else " (the largest, most central, most often "
+                                                                          "seen; choose another with --person N)"),
+                          log))
+        for j, ds in enumerate(dets):
+            mine = [d for d in ds if d.track == subject]
+            if not mine:
+                src_lms.append(None)
+                missing_why[j] = "no person" if not ds else "person lost"
+            elif mine[0].crossing:
+                src_lms.append(None)
+                missing_why[j] = "people crossing"
+            else:
+                src_lms.append(mine[0].landmarks)
+    present = np.array([lm is not None for lm in src_lms])
+    cuts[1:] &= present[1:] & present[:-1]  # only cuts that split a run of detections matter (and are reported)
     if not present.any():
         what = "pose" if kind == "dance" else "face"
         raise PrepareError(f"{video}: no {what} detected in any of the {n} frames read "
                            f"(from frame {start}); is this the right --kind?")
 
+    # ---- crops and clips ----
+    face_cfg = None
     if kind == "face":
-        boxes = _face_boxes(src_lms, cuts, width, height, info.fps)
+        boxes_u, breaks, face_cfg = _face_pass(src_lms, cuts, aspect, info.fps)
+        boxes = [None if b is None else (b[0] * height, b[1] * height, b[2] * height) for b in boxes_u]
+        rows = clip_rows(present, breaks, lambda i: "no face", start)
+        sigs = {i: face_signature(lm, aspect) for i, lm in enumerate(src_lms) if lm is not None}
+        _label_identities(rows, sigs, start)
     else:
-        boxes = np.full((n, 3), np.nan)
-        boxes[present] = _dance_box(src_lms, width, height)
+        breaks = {i: "cut" for i in np.flatnonzero(cuts)}
+        rows = clip_rows(present, breaks, lambda i: missing_why.get(i, "no person"), start)
+        for r in rows:
+            r.identity = str(subject)
+    for r in rows:
+        r.dataset = (0, 0)  # kept (filled in pass 2) unless dropped below
+    _drop_short(rows, min_clip_frames)
+    kept = [r for r in rows if r.dataset is not None]
+    dropped = [r for r in rows if r.dataset is None]
+    if dropped:
+        notes.append(_say(f"dropped {len(dropped)} clip(s) shorter than {min_clip_frames} frames "
+                          f"({sum(r.length for r in dropped)} frames): "
+                          + ", ".join(f"{r.start}-{r.end - 1}" for r in dropped[:10])
+                          + (" ..." if len(dropped) > 10 else ""), log))
+    if not kept:
+        raise PrepareError(f"{video}: no clip of at least {min_clip_frames} frames with the subject "
+                           f"({len(rows)} shorter clip(s)); lower --min-clip-frames to keep them")
+    if kind == "dance":
+        kept_lms = [src_lms[i - start] for r in kept for i in range(r.start, r.end)]
+        box, person_h = _dance_box(kept_lms, width, height)
+        boxes = [box] * n
+        frac = person_h / box[2]
+        size_msg = (f"the subject is {person_h:.0f} px tall, {frac:.0%} of the {box[2]:.0f} px crop "
+                    f"({frac * size:.0f} px at {size}px)")
+        if frac < min_subject_fraction:
+            raise PrepareError(f"{video}: {size_msg}, below the {min_subject_fraction:.0%} this needs (the person "
+                               f"moves over too wide a range, or is far away); use --start/--max-frames for a "
+                               f"part where they stay in one place, or --min-subject 0 to accept it")
+        if frac < SUBJECT_WARN_FRACTION:
+            warnings.warn(f"{video}: {size_msg}: small for a model (below {SUBJECT_WARN_FRACTION:.0%})",
+                          stacklevel=2)
+            notes.append(f"warning: {size_msg}: small for a model (below {SUBJECT_WARN_FRACTION:.0%})")
+        else:
+            notes.append(_say(size_msg, log))
+        pad = _outside(box, width, height)
+        if pad:
+            notes.append(_say(f"the crop extends up to {pad} px beyond the frame: padded by reflection "
+                              f"(mirrored image, not repeated border pixels)", log))
+    else:
+        pads = [_outside(boxes[i - start], width, height) for r in kept for i in range(r.start, r.end)]
+        if max(pads) > 0:
+            notes.append(_say(f"the face crop extends beyond the frame in {sum(p > 0 for p in pads)} of "
+                              f"{len(pads)} frames (up to {max(pads)} px): padded by reflection", log))
+    clip_of = {}
+    for r in kept:
+        for i in range(r.start, r.end):
+            clip_of[i - start] = r
 
     # ---- pass 2: crop, resize, flow, write ----
     flow_est = FlowEstimator(fb_threshold_px=FB_THRESHOLD_PX)
@@ -405,25 +650,33 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
                 missing.append(src_i)
                 prev = None
                 continue
-            if cuts[j]:
-                prev = None  # new shot: new clip, no flow across the cut
+            row = clip_of.get(j)
+            if row is None:  # a dropped clip
+                prev = None
+                continue
             box = tuple(float(v) for v in boxes[j])
             frame = crop_resize(rgb, box, size)
             olm = map_landmarks(lm, box, width, height, kind)
-            if prev is None:
+            if src_i == row.start:
                 writer.begin_clip()
+                row.dataset = (writer.manifest.num_frames, writer.manifest.num_frames)
                 writer.add(frame, olm)
             else:
                 flow, conf = flow_est(prev, frame)
                 writer.add(frame, olm, flow.astype(np.float16), conf)
+            row.dataset = (row.dataset[0], writer.manifest.num_frames)
             prev = frame
             out_lms.append(olm)
             written_src.append(src_i)
-            cx, cy, side = box
-            written_boxes.append([round(cx - side / 2, 2), round(cy - side / 2, 2), round(side, 2)])
+            written_boxes.append([round(v, 2) for v in box])
         if seen != n:
             raise PrepareError(f"{video}: decoding differs between the two passes ({n} then {seen} frames)")
         m = writer.manifest
+        if kind == "dance":
+            crop = {"mode": "fixed", "box": written_boxes[0], "margin": DANCE_MARGIN,
+                    "box_height_units": [v / height for v in boxes[kept[0].start - start]]}
+        else:
+            crop = {**face_cfg.to_dict(), "mode": "tracked"}   # models.posenorm.FaceCrop with these settings
         m.extra = {
             "producer": "posecast prepare",
             "source_fps": info.fps,
@@ -433,13 +686,14 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
             "cuts": [start + int(i) for i in np.flatnonzero(cuts)],
             "source_frame_indices": written_src,   # dataset frame i <- source frame source_frame_indices[i]
             "crop": {
-                "mode": "fixed" if kind == "dance" else "tracked",
-                "format": "x0, y0, side in source pixels (square, may extend beyond the frame: border replicated)",
+                **crop,
+                "aspect": aspect,
+                "format": "boxes: x0, y0, side in source pixels (square; outside the frame: reflect padding)",
+                "padding": "reflect",
                 "boxes": written_boxes,           # one per dataset frame
-                **({"box": written_boxes[0]} if kind == "dance" else {}),
-                **({"scale": FACE_SCALE, "smooth_center_s": FACE_SMOOTH_CENTER_S,
-                    "smooth_side_s": FACE_SMOOTH_SIDE_S} if kind == "face" else {"margin": DANCE_MARGIN}),
             },
+            "clip_table": [r.to_dict() for r in rows],
+            **({"people": people, "person": subject} if kind == "dance" else {}),
             "landmark_coords": "x, y normalised to the output frame (not clipped); 3rd = "
                                + ("visibility" if kind == "dance" else "z scaled like x"),
             "flow": {"method": "opencv DIS preset MEDIUM, backward", "fb_threshold_px": FB_THRESHOLD_PX},
@@ -447,4 +701,5 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
         }
     clips = [(int(a), int(b)) for a, b in writer.manifest.clips]  # final once the writer is closed
     return PrepareReport(frames_read=n, frames_written=len(written_src), missing=missing, clips=clips, out=out,
-                         seconds=time.perf_counter() - t0, cuts=[start + int(i) for i in np.flatnonzero(cuts)])
+                         seconds=time.perf_counter() - t0, cuts=[start + int(i) for i in np.flatnonzero(cuts)],
+                         clip_table=rows, people=people, person=subject, notes=notes)

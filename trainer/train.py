@@ -32,7 +32,7 @@ from models.checkpoint import (CheckpointError, load_generator, load_state, read
 from models.crop import crop_size_for
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import build_generator
-from models.posenorm import subject_stats
+from models.posenorm import FaceCropConfig, face_stats, subject_stats
 from models.presets import ModelConfig
 from models.visualize import label_preview, side_by_side, to_uint8
 from models.warp import compose_flows, warp
@@ -148,6 +148,28 @@ def _load_optim(opt: torch.optim.Optimizer, tensors: dict, prefix: str, meta: di
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def model_subject_stats(dataset) -> dict | None:
+    """What a model saves about its training subject (``subject_stats`` in its metadata; the server announces it
+    and the capture client maps live landmarks with it, see :func:`models.posenorm.live_normalizer`).
+
+    dance: the body measures of :func:`models.posenorm.subject_stats`, plus ``crop`` (the fixed crop box in
+    source-frame height units and the source aspect) for videos made by ``posecast prepare``; face: the face
+    proportions of :func:`models.posenorm.face_stats`, plus ``crop`` (the :class:`FaceCropConfig` the frames
+    were cropped with). None when there is nothing to say (a synthetic dataset without visible torso).
+    """
+    extra = dataset.manifest.extra if isinstance(dataset.manifest.extra, dict) else {}
+    crop = extra.get("crop") if isinstance(extra.get("crop"), dict) else {}
+    if dataset.kind == "face":
+        stats = face_stats(np.asarray(dataset.landmarks)) or {}
+        cfg = FaceCropConfig.from_dict(crop, fps=extra.get("source_fps", dataset.manifest.fps))
+        return {**stats, "crop": cfg.to_dict()}
+    stats = subject_stats(dataset.landmarks) or {}
+    if crop.get("mode") == "fixed" and "box_height_units" in crop:
+        stats["crop"] = {"mode": "fixed", "box": [float(v) for v in crop["box_height_units"]],
+                         "aspect": float(crop["aspect"])}
+    return stats or None
+
+
 class Trainer:
     """Holds the networks and optimizers; ``run()`` is the loop."""
 
@@ -194,7 +216,7 @@ class Trainer:
         self.opt_D = torch.optim.Adam(d_params, lr=train.lr, betas=betas) if d_params else None
         self.teacher = self._load_teacher(train.teacher) if train.teacher else None
         self.iteration = 0
-        self.subject_stats = subject_stats(self.dataset.landmarks) if model.kind == "dance" else None
+        self.subject_stats = model_subject_stats(self.dataset)
         if resume:
             self._resume()
 

@@ -1,0 +1,249 @@
+"""Several people in a video, one tracked identity: MediaPipe pose detections associated over time.
+
+MediaPipe's legacy pose solution finds one person per call. :class:`MultiPoseDetector` finds up to
+``max_people`` per frame by asking again with every person found so far masked out (their box filled with the
+frame's median colour). :class:`PeopleTracker` associates the detections of consecutive frames into tracks by
+position (centre distance relative to the person's height, size ratio, box overlap) and appearance (hue /
+saturation histograms of the torso and the legs, Bhattacharyya distance); a track that was lost can be taken up
+again by a detection whose appearance clearly matches it and nobody else (re-identification).
+
+For ``posecast prepare --kind dance`` the tracker keeps, per frame, every detection with its track id; the
+subject is then one track (``--person N``, or the default: the largest, most central, most often seen), and
+the frames where that track is not matched -- or where it overlaps another person so much that MediaPipe's
+skeleton may belong to either -- become clip boundaries instead of identity switches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+VISIBILITY = 0.5          # landmarks at least this visible define a person's box
+BOX_PAD = 0.12            # box grown by this fraction of its height on every side (limbs, hair, clothes)
+HEAD_PAD = 0.12           # extra room above the top landmark, fraction of the height
+MAX_CENTER_STEP = 0.6     # association gate: centre distance / person height (per frame, grows with the gap)
+MAX_SIZE_RATIO = 1.6      # association gate: height ratio
+MAX_APPEARANCE = 0.45     # association gate: Bhattacharyya distance of the appearance histograms
+REID_APPEARANCE = 0.3     # a lost track is taken up again by a detection at most this far in appearance ...
+REID_MARGIN = 0.1         # ... and this much closer to it than to any other track
+MAX_GAP = 45              # frames a lost track stays a candidate for association
+CROSSING_OVERLAP = 0.3    # intersection / smaller box area above which two people are "crossing"
+CROSSING_MEMORY = 15      # frames an unseen person's predicted box still counts for crossing
+HIST_BINS = (12, 6)       # hue x saturation bins
+HIST_MOMENTUM = 0.9       # appearance model: exponential moving average of the matched histograms
+MIN_TRACK_FRAMES = 5      # tracks seen in fewer frames are not counted as people (spurious detections)
+
+_SHOULDERS, _HIPS, _KNEES = (11, 12), (23, 24), (25, 26)
+
+
+@dataclasses.dataclass
+class Detection:
+    landmarks: np.ndarray      # (33, 3) normalised to the source frame (x, y, visibility)
+    box: np.ndarray            # (4,) x0, y0, x1, y1 in source pixels
+    hist: np.ndarray           # float32 appearance histogram (torso and legs, each L1-normalised)
+    track: int = -1            # track id once associated
+    crossing: bool = False     # overlaps another person's box (CROSSING_OVERLAP)
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def center(self) -> np.ndarray:
+        return np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2])
+
+
+def person_box(landmarks: np.ndarray, width: int, height: int) -> np.ndarray | None:
+    """The padded box (x0, y0, x1, y1) in pixels of the visible pose landmarks; None when fewer than 4 are."""
+    vis = landmarks[:, 2] >= VISIBILITY
+    if vis.sum() < 4:
+        return None
+    xy = landmarks[vis, :2] * (width, height)
+    (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+    h = max(y1 - y0, 1.0)
+    pad = BOX_PAD * h
+    return np.array([x0 - pad, y0 - pad - HEAD_PAD * h, x1 + pad, y1 + pad])
+
+
+def _region_hist(hsv: np.ndarray, pts: np.ndarray, half_width: float) -> np.ndarray:
+    """Hue/saturation histogram of the band around the segment chain ``pts`` (pixels), L1-normalised."""
+    mask = np.zeros(hsv.shape[:2], np.uint8)
+    cv2.polylines(mask, [np.round(pts).astype(np.int32)], False, 255, max(1, int(round(2 * half_width))))
+    hist = cv2.calcHist([hsv], [0, 1], mask, list(HIST_BINS), [0, 180, 0, 256]).ravel()
+    s = hist.sum()
+    return (hist / s if s > 0 else hist).astype(np.float32)
+
+
+def appearance(rgb: np.ndarray, landmarks: np.ndarray, hsv: np.ndarray | None = None) -> np.ndarray:
+    """Appearance histogram of a person: the torso (shoulders to hips) and the upper legs (hips to knees)."""
+    h, w = rgb.shape[:2]
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV) if hsv is None else hsv
+    p = landmarks[:, :2].astype(np.float64) * (w, h)
+    sh, hp, kn = p[list(_SHOULDERS)].mean(0), p[list(_HIPS)].mean(0), p[list(_KNEES)].mean(0)
+    half = 0.35 * max(np.linalg.norm(p[_SHOULDERS[0]] - p[_SHOULDERS[1]]), 0.25 * np.linalg.norm(sh - hp), 2.0)
+    torso = _region_hist(hsv, np.stack([sh, hp]), half)
+    legs = _region_hist(hsv, np.stack([hp, kn]), 0.7 * half)
+    return np.concatenate([torso, legs])
+
+
+def appearance_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Bhattacharyya distance of the torso and leg histograms (0 = same colours, 1 = disjoint)."""
+    n = a.size // 2
+    d = [cv2.compareHist(a[i:i + n], b[i:i + n], cv2.HISTCMP_BHATTACHARYYA) for i in (0, n)]
+    return float(np.mean(d))
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection area / the smaller box's area."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return float(iw * ih / small) if small > 0 else 0.0
+
+
+class MultiPoseDetector:
+    """Up to ``max_people`` pose detections per frame (MediaPipe, static mode, each person masked after it is
+    found). ``extractor``: a :class:`clients.landmarks.LandmarkExtractor` of kind "dance" in static-image mode."""
+
+    def __init__(self, extractor, max_people: int = 4):
+        if max_people < 1:
+            raise ValueError(f"max_people must be >= 1, got {max_people}")
+        self.extractor, self.max_people = extractor, int(max_people)
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        work = rgb
+        fill = np.median(rgb.reshape(-1, 3), axis=0).astype(np.uint8)
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+        out: list[Detection] = []
+        for _ in range(self.max_people):
+            lm = self.extractor(work)
+            if lm is None:
+                break
+            box = person_box(lm, w, h)
+            if box is None:
+                break
+            if any(overlap(box, d.box) > 0.8 for d in out):  # found the masked person again: stop
+                break
+            out.append(Detection(lm, box, appearance(rgb, lm, hsv)))
+            if len(out) < self.max_people:
+                work = work.copy() if work is rgb else work
+                x0, y0, x1, y1 = (int(round(v)) for v in (max(box[0], 0), max(box[1], 0), min(box[2], w),
+                                                           min(box[3], h)))
+                work[y0:y1, x0:x1] = fill
+        for i, a in enumerate(out):
+            a.crossing = any(overlap(a.box, b.box) > CROSSING_OVERLAP for j, b in enumerate(out) if j != i)
+        return out
+
+
+@dataclasses.dataclass
+class Track:
+    id: int
+    box: np.ndarray
+    hist: np.ndarray
+    last_frame: int
+    velocity: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(2))
+    frames: list = dataclasses.field(default_factory=list)     # frame indices where it was matched
+    heights: list = dataclasses.field(default_factory=list)
+    centers: list = dataclasses.field(default_factory=list)
+
+    def predicted_center(self, frame: int) -> np.ndarray:
+        c = np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2])
+        return c + self.velocity * min(frame - self.last_frame, 5)
+
+
+class PeopleTracker:
+    """Associates per-frame :class:`Detection` lists into tracks (ids 1, 2, ... in order of appearance)."""
+
+    def __init__(self):
+        self.tracks: list[Track] = []
+
+    def _cost(self, t: Track, d: Detection, frame: int) -> float | None:
+        gap = frame - t.last_frame
+        th = max(float(t.box[3] - t.box[1]), 1.0)
+        step = float(np.linalg.norm(d.center - t.predicted_center(frame))) / th
+        ratio = d.height / th
+        app = appearance_distance(t.hist, d.hist)
+        if step > MAX_CENTER_STEP * min(gap, 3) or not 1 / MAX_SIZE_RATIO < ratio < MAX_SIZE_RATIO \
+                or app > MAX_APPEARANCE:
+            return None
+        return step + app
+
+    def update(self, frame: int, detections: list[Detection]) -> list[Detection]:
+        """Assign ``track`` ids to ``detections`` (greedy by cost; new tracks, or re-identified lost ones, for
+        the rest). Returns the detections."""
+        live = [t for t in self.tracks if frame - t.last_frame <= MAX_GAP]
+        pairs = []
+        for ti, t in enumerate(live):
+            for di, d in enumerate(detections):
+                c = self._cost(t, d, frame)
+                if c is not None:
+                    pairs.append((c, ti, di))
+        used_t, used_d = set(), set()
+        for c, ti, di in sorted(pairs):
+            if ti in used_t or di in used_d:
+                continue
+            used_t.add(ti)
+            used_d.add(di)
+            self._match(live[ti], detections[di], frame)
+        for di, d in enumerate(detections):
+            if di in used_d:
+                continue
+            t = self._reidentify(d, frame, {live[i].id for i in used_t})
+            if t is None:
+                t = Track(len(self.tracks) + 1, d.box.copy(), d.hist.copy(), frame)
+                self.tracks.append(t)
+                t.last_frame = frame
+            self._match(t, d, frame)
+        # A person may hide another one that was just seen nearby (the masked detector cannot find both): a
+        # detection overlapping another recent track's predicted box is "crossing" too.
+        matched = {d.track for d in detections}
+        for t in self.tracks:
+            if t.id in matched or frame - t.last_frame > CROSSING_MEMORY:
+                continue
+            shift = t.velocity * min(frame - t.last_frame, 5)
+            pbox = t.box + np.array([shift[0], shift[1], shift[0], shift[1]])
+            for d in detections:
+                if overlap(d.box, pbox) > CROSSING_OVERLAP:
+                    d.crossing = True
+        return detections
+
+    def _reidentify(self, d: Detection, frame: int, taken: set[int]) -> Track | None:
+        known = [(appearance_distance(t.hist, d.hist), t) for t in self.tracks if len(t.frames) >= MIN_TRACK_FRAMES]
+        if not known:
+            return None
+        known.sort(key=lambda x: x[0])
+        best_d, best = known[0]
+        other = known[1][0] if len(known) > 1 else 1.0
+        if best.id in taken or best.last_frame == frame or best_d > REID_APPEARANCE or other - best_d < REID_MARGIN:
+            return None
+        return best
+
+    @staticmethod
+    def _match(t: Track, d: Detection, frame: int) -> None:
+        c_old = np.array([(t.box[0] + t.box[2]) / 2, (t.box[1] + t.box[3]) / 2])
+        if t.frames:
+            gap = max(frame - t.last_frame, 1)
+            t.velocity = 0.5 * t.velocity + 0.5 * (d.center - c_old) / gap
+        t.box = d.box.copy()
+        if not d.crossing:  # do not learn colours from a box that contains two people
+            t.hist = HIST_MOMENTUM * t.hist + (1 - HIST_MOMENTUM) * d.hist if t.frames else d.hist.copy()
+        t.last_frame = frame
+        t.frames.append(frame)
+        t.heights.append(d.height)
+        t.centers.append(d.center)
+        d.track = t.id
+
+    def people(self, min_frames: int = MIN_TRACK_FRAMES) -> list[Track]:
+        """Tracks seen in at least ``min_frames`` frames (the people that count)."""
+        return [t for t in self.tracks if len(t.frames) >= min_frames]
+
+
+def pick_subject(people: list[Track], width: int, height: int, num_frames: int) -> Track:
+    """The default subject: the largest (median height), most central, most often seen person."""
+    def score(t: Track) -> float:
+        cx = float(np.median([c[0] for c in t.centers])) / width
+        return len(t.frames) / max(num_frames, 1) * float(np.median(t.heights)) / height * (1.0 - abs(cx - 0.5))
+    return max(people, key=score)
