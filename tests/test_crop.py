@@ -15,7 +15,7 @@ from models.render import render_labels
 from models.visualize import to_uint8
 from trainer.clips import ClipSource
 from trainer.dataset import Dataset
-from trainer.evaluate import Scorer, masked_psnr, masked_ssim
+from trainer.evaluate import Scorer, _Pooled, masked_psnr, masked_sse, masked_ssim
 from trainer.synth import synthesize
 
 SIZE = 96
@@ -113,6 +113,11 @@ def test_masked_metrics_known_answers():
     expected = 10 * np.log10(255 ** 2 / np.mean((c[mask > 0].astype(float) - a[mask > 0]) ** 2))
     assert masked_psnr(a, c, mask) == pytest.approx(expected)
     assert masked_psnr(a, c, np.zeros((32, 32))) is None
+    # Region figures pool the error over frames: one exact frame does not make them infinite.
+    pooled = _Pooled()
+    pooled.add(masked_sse(a, a, mask))
+    pooled.add(masked_sse(a, c, mask))
+    assert pooled.value() == pytest.approx(expected + 10 * np.log10(2))
 
 
 @pytest.mark.timeout(300)

@@ -5,7 +5,9 @@ full-frame figures alone flatter a model that draws nothing. Every figure is the
 person's region too, next to the score of drawing nothing at all, and the output is checked by re-detecting
 the pose on it.
 
-Figures (means over every generated frame of every selected clip; regions from models/crop.py):
+Figures (over every generated frame of every selected clip; regions from models/crop.py). Full-frame PSNR is the
+mean of per-frame PSNRs (as before); region PSNRs pool the squared error of all frames (so one frame that happens
+to be exact cannot make a region's figure infinite):
     psnr, ssim             full frame: PSNR in dB (8-bit RGB) and SSIM (OpenCV quality module, mean over RGB)
     psnr_person            PSNR inside the person's region (the filled hull of the frame's label map grown by
     ssim_person              PERSON_MARGIN of the frame side: the region the background plate is estimated
@@ -56,14 +58,37 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(score[:3]))
 
 
+def masked_sse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
+    """(sum of squared 8-bit errors, value count) over the pixels of ``mask`` (all channels)."""
+    sel = mask.astype(bool)
+    d = a[sel].astype(np.float64) - b[sel].astype(np.float64)
+    return float(np.sum(d * d)), int(d.size)
+
+
+class _Pooled:
+    """PSNR of the squared error pooled over every frame added: one perfect frame cannot make it infinite,
+    and frames weigh by how much of the region they hold."""
+
+    def __init__(self):
+        self.sse, self.count = 0.0, 0
+
+    def add(self, sse_count: tuple[float, int]) -> None:
+        self.sse += sse_count[0]
+        self.count += sse_count[1]
+
+    def value(self) -> float | None:
+        if not self.count:
+            return None
+        mse = self.sse / self.count
+        return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
+
+
 def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
     """PSNR in dB over the pixels where ``mask`` (H, W) is non-zero (all channels); None for an empty mask,
     inf for identical pixels."""
-    sel = mask.astype(bool)
-    if not sel.any():
-        return None
-    mse = float(np.mean((a[sel].astype(np.float64) - b[sel].astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+    pooled = _Pooled()
+    pooled.add(masked_sse(a, b, mask))
+    return pooled.value()
 
 
 def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
@@ -161,8 +186,8 @@ class Scorer:
 
     def __init__(self, kind: str, plate: np.ndarray, *, pose: bool = True):
         self.kind, self.plate = kind, plate
-        self.m = {k: _Mean() for k in ("psnr", "ssim", "psnr_person", "ssim_person", "psnr_head", "psnr_background",
-                                       "psnr_baseline", "psnr_person_baseline")}
+        self.m = {k: _Mean() for k in ("psnr", "ssim", "ssim_person", "psnr_baseline")}
+        self.m.update({k: _Pooled() for k in ("psnr_person", "psnr_head", "psnr_background", "psnr_person_baseline")})
         self.fl, self.fl_real = [0.0, 0.0], [0.0, 0.0]
         self.probes = {"gen": _PoseProbe(kind), "real": _PoseProbe(kind)} if pose else {}
         self.frames = 0
@@ -180,13 +205,13 @@ class Scorer:
                 person = clip["person"][t, 0].numpy().astype(np.uint8)
                 m["psnr"].add(psnr(gen, real))
                 m["ssim"].add(ssim(gen, real))
-                m["psnr_person"].add(masked_psnr(gen, real, person))
+                m["psnr_person"].add(masked_sse(gen, real, person))
                 m["ssim_person"].add(masked_ssim(gen, real, person))
-                m["psnr_background"].add(masked_psnr(gen, real, 1 - person))
+                m["psnr_background"].add(masked_sse(gen, real, 1 - person))
                 m["psnr_baseline"].add(psnr(plate, real))
-                m["psnr_person_baseline"].add(masked_psnr(plate, real, person))
+                m["psnr_person_baseline"].add(masked_sse(plate, real, person))
                 if self.kind == "dance":
-                    m["psnr_head"].add(masked_psnr(gen, real, clip["head"][t, 0].numpy()))
+                    m["psnr_head"].add(masked_sse(gen, real, clip["head"][t, 0].numpy()))
                 if self.probes:
                     self.probes["gen"].add(gen, lm)
                     self.probes["real"].add(real, lm)
