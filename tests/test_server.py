@@ -214,7 +214,7 @@ def test_handshake_and_ping(make_server, ctx):
 
 @pytest.mark.timeout(60)
 def test_stream_latest_wins_every_frame_accounted_for(make_server, ctx):
-    srv = make_server()
+    srv = make_server(rate_hz=10_000, rate_burst=1000)   # this client sends ~1000 msg/s: no rate limit here
     c = Client(ctx, srv.endpoint)
     c.hello()
     n = 150
@@ -294,19 +294,33 @@ def test_reset_returns_to_zero_history(make_server, ctx):
 
 
 @pytest.mark.timeout(30)
-def test_vanished_client_expires(make_server, ctx, caplog):
+def test_closed_connection_frees_its_session_at_once(make_server, ctx, caplog):
     caplog.set_level(logging.INFO, logger="posecast.server")
-    srv = make_server(idle_timeout_s=0.5)
+    srv = make_server(idle_timeout_s=30)
     c = Client(ctx, srv.endpoint, "ghost")
     c.hello()
     c.frame(0, motion(6, 1)[0])
     assert srv.session_count == 1
-    c.close()                             # no bye
-    t0 = time.monotonic()
+    c.close()                             # no bye: a killed client's kernel closes the TCP connection
+    assert wait_until(lambda: srv.session_count == 0, 2)   # long before the 30 s idle timeout
+    assert any("ghost" in r.getMessage() and "its connection closed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(30)
+def test_silent_client_expires_after_the_idle_timeout(make_server, ctx, caplog):
+    caplog.set_level(logging.INFO, logger="posecast.server")
+    srv = make_server(idle_timeout_s=0.5, heartbeat_s=0.2)
+    c = Client(ctx, srv.endpoint, "silent")
+    c.hello()
+    c.frame(0, motion(6, 1)[0])
+    t0 = time.monotonic()                 # the socket stays open (ZMTP heartbeats answered) but sends nothing
     assert wait_until(lambda: srv.session_count == 0, 5)
-    assert time.monotonic() - t0 > 0.3
-    assert wait_until(lambda: any("expired" in r.getMessage() and "ghost" in r.getMessage()
+    assert 0.4 < time.monotonic() - t0 < 0.5 + 1.0
+    assert wait_until(lambda: any("expired" in r.getMessage() and "silent" in r.getMessage()
                                   for r in caplog.records), 2)
+    c.landmarks(1, motion(6, 1)[0])
+    err = c.recv()
+    assert isinstance(err, P.Error) and (err.code, err.seq) == (ErrorCode.NO_SESSION, 1)
 
 
 @pytest.mark.timeout(60)
