@@ -23,6 +23,7 @@ import zmq
 import zmq.auth
 
 SERVER_KEY_NAME = "server"
+ZAP_DOMAIN = "posecast"         # the ZAP domain of the server socket; the allow-list is configured for it
 
 
 class KeyFileError(ValueError):
@@ -105,13 +106,13 @@ class CurveServer:
         self.allow = Path(cfg.allow)
         self._auth = ThreadAuthenticator(ctx, log=None)
         self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(self.allow))
+        self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.allow))
 
     def apply(self, sock: zmq.Socket) -> None:
         sock.curve_secretkey = self._secret
         sock.curve_publickey = self.public
         sock.curve_server = True
-        sock.zap_domain = b"posecast"
+        sock.zap_domain = ZAP_DOMAIN.encode()
 
     def close(self) -> None:
         self._auth.stop()

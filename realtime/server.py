@@ -77,6 +77,7 @@ class Limits:
     recv_hwm: int = 100               # per-connection receive queue, messages (ZMQ_RCVHWM)
     send_hwm: int = 32                # per-connection reply queue, messages (ZMQ_SNDHWM); full: frames not made
     max_drain: int = 256              # messages read per loop iteration before the engine round
+    sndbuf_bytes: int = 0             # kernel send buffer per connection (SO_SNDBUF; 0: the OS default)
 
     def __post_init__(self):
         for name in ("max_clients", "sessions_per_key", "max_connections", "rate_burst", "recv_hwm", "send_hwm",
@@ -86,6 +87,9 @@ class Limits:
         for name in ("rate_hz", "heartbeat_s", "idle_timeout_s", "handshake_timeout_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.idle_timeout_s <= self.heartbeat_s:
+            raise ValueError(f"idle_timeout_s ({self.idle_timeout_s}) must exceed heartbeat_s ({self.heartbeat_s}): "
+                             f"a client that pings on time must never expire")
 
 
 @dataclasses.dataclass
@@ -218,7 +222,7 @@ class Server:
         self.counters = {"messages": 0, "frames": 0, "dropped": 0, "errors": 0, "send_failures": 0,
                          "internal_errors": 0, "connects": 0, "disconnects": 0, "expired": 0, "rate_limited": 0,
                          "not_rendered": 0, "takeovers": 0, "connections": 0, "connections_closed": 0,
-                         "connections_refused": 0, "auth_failures": 0, "rounds": 0}
+                         "connections_refused": 0, "auth_failures": 0, "orphans": 0, "rounds": 0}
         self._interval_frames = 0
         self._interval_dropped = 0
         self._interval_engine_ms: list[float] = []
@@ -236,6 +240,8 @@ class Server:
             sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
             sock.setsockopt(zmq.SNDHWM, lim.send_hwm)
             sock.setsockopt(zmq.RCVHWM, lim.recv_hwm)
+            if lim.sndbuf_bytes > 0:
+                sock.setsockopt(zmq.SNDBUF, lim.sndbuf_bytes)
             sock.setsockopt(zmq.HANDSHAKE_IVL, int(lim.handshake_timeout_s * 1000))
             sock.setsockopt(zmq.HEARTBEAT_IVL, int(lim.heartbeat_s * 1000))      # ZMTP pings: a dead link closes
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(lim.idle_timeout_s * 1000))
@@ -376,12 +382,14 @@ class Server:
         return any(c.pending is not None for c in self._clients.values())
 
     # connections ------------------------------------------------------------------------------------------
-    def _conn(self, fd: int | None, now: float) -> _Conn | None:
-        if fd is None:
+    def _conn(self, fd: int | None) -> _Conn | None:
+        """The connection a message came from, or None when its fd is not (or no longer) an open connection."""
+        if fd is None or fd < 0:
             return None
         conn = self._conns.get(fd)
-        if conn is None:  # a message raced ahead of its connection's monitor event
-            conn = self._conns[fd] = _Conn(fd, _peer_of(fd), now, float(self.limits.rate_burst), now, now)
+        if conn is None:                 # its monitor event may not have been read yet
+            self._monitor()
+            conn = self._conns.get(fd)
         return conn
 
     def _monitor(self) -> None:
@@ -391,7 +399,7 @@ class Server:
                 ev = parse_monitor_message(self._mon.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            event, fd = ev["event"], ev["value"]
+            event, fd = ev["event"], int(ev["value"])
             if event == zmq.EVENT_ACCEPTED:
                 self._conns.pop(fd, None)
                 conn = self._conns[fd] = _Conn(fd, _peer_of(fd), now, float(self.limits.rate_burst), now, now)
@@ -469,7 +477,10 @@ class Server:
                 fd = last.get(zmq.SRCFD)
             except zmq.ZMQError:
                 fd = None
-            conn = self._conn(fd, now)
+            conn = self._conn(fd)
+            if conn is None and fd is not None and fd >= 0:
+                self.counters["orphans"] += 1      # from a connection already closed (refused, timed out)
+                continue
             client = self._clients.get(rid)
             if not self._admit(conn, now):
                 self.counters["rate_limited"] += 1
