@@ -733,12 +733,13 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
 
 @contextlib.contextmanager
 def server_process(model, backend: str = "onnxruntime", *, threads: int | None = None, host: str = "127.0.0.1",
-                   extra_args: tuple[str, ...] = ()):
+                   extra_args: tuple[str, ...] = (), info: dict | None = None):
     """Run ``posecast serve MODEL`` in a child process on a free loopback port; yields its address.
 
     The server gets its own interpreter (no GIL shared with the caller's capture client), as in a real
     deployment. It is stopped with SIGTERM (clean shutdown) when the block ends; if it died early, its stderr is
-    raised as a RuntimeError.
+    raised as a RuntimeError. ``info``, when given, receives the child's ``pid`` at start and its ``stderr``
+    (the server log) at the end.
     """
     import subprocess
     import sys
@@ -751,6 +752,8 @@ def server_process(model, backend: str = "onnxruntime", *, threads: int | None =
     cmd = [sys.executable, "-m", "posecast_cli", "serve", str(model), "--bind", address, "--backend", backend,
            "--stats-interval", "3600", *(["--threads", str(threads)] if threads else []), *extra_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if info is not None:
+        info["pid"] = proc.pid
     try:
         yield address
     finally:
@@ -761,5 +764,7 @@ def server_process(model, backend: str = "onnxruntime", *, threads: int | None =
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
+        if info is not None:
+            info["stderr"] = err
         if proc.returncode not in (0, -signal.SIGTERM):
             raise RuntimeError(f"posecast serve exited with {proc.returncode}: {err.strip()[-2000:]}")
