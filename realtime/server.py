@@ -48,7 +48,7 @@ from zmq.utils.monitor import parse_monitor_message
 from realtime import protocol as P
 from realtime.protocol import ErrorCode, ProtocolError
 from realtime.security import CurveConfig, CurveServer, check_bind
-from realtime.session import Session, layout_of
+from realtime.session import Session, layout_of, step_sessions
 
 LOGGER_NAME = "posecast.server"
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -78,10 +78,11 @@ class Limits:
     send_hwm: int = 32                # per-connection reply queue, messages (ZMQ_SNDHWM); full: frames not made
     max_drain: int = 256              # messages read per loop iteration before the engine round
     sndbuf_bytes: int = 0             # kernel send buffer per connection (SO_SNDBUF; 0: the OS default)
+    max_batch: int = 16               # sessions per engine call (1: one call per session, as without batching)
 
     def __post_init__(self):
         for name in ("max_clients", "sessions_per_key", "max_connections", "rate_burst", "recv_hwm", "send_hwm",
-                     "max_drain"):
+                     "max_drain", "max_batch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("rate_hz", "heartbeat_s", "idle_timeout_s", "handshake_timeout_s"):
@@ -124,6 +125,7 @@ class _Client:
     last_seen: float       # monotonic time of the client's last message
     created: float
     pending: _Pending | None = None
+    blocked: bool = False  # the last reply found the client's queue full: offer before rendering
     dropped: int = 0       # landmark messages that got no frame (superseded, reset away, rate, reply queue full)
     frames: int = 0        # frames sent
 
@@ -221,7 +223,7 @@ class Server:
         # Counters (cumulative) and the current stats interval.
         self.counters = {"messages": 0, "frames": 0, "dropped": 0, "errors": 0, "send_failures": 0,
                          "internal_errors": 0, "connects": 0, "disconnects": 0, "expired": 0, "rate_limited": 0,
-                         "not_rendered": 0, "takeovers": 0, "connections": 0, "connections_closed": 0,
+                         "not_rendered": 0, "undeliverable": 0, "takeovers": 0, "connections": 0, "connections_closed": 0,
                          "connections_refused": 0, "auth_failures": 0, "orphans": 0, "rounds": 0}
         self._interval_frames = 0
         self._interval_dropped = 0
@@ -591,14 +593,27 @@ class Server:
         self._send(rid, welcome)
 
     def _generate(self) -> None:
+        """One engine round: a frame for every client with pending landmarks and room for the reply.
+
+        Clients whose last reply went out are rendered together, ``max_batch`` per engine call (one batched call
+        for every pending session); the reply is offered afterwards, and a client whose queue turns out to be
+        full is marked ``blocked`` (that one frame is counted ``undeliverable``). A blocked client — every client
+        when ``max_batch`` is 1 — is offered its reply's routing frame *first* and rendered only if there is
+        room, alone; otherwise its landmarks are dropped unrendered (``not_rendered``).
+        """
         ready = [c for c in self._clients.values() if c.pending is not None]
         if not ready:
             return
         self.counters["rounds"] += 1
         k = self._rr % len(ready)
         self._rr += 1
+        batch: list[tuple[_Client, _Pending]] = []
+        strict = self.limits.max_batch == 1
         for client in ready[k:] + ready[:k]:
             p, client.pending = client.pending, None
+            if not (client.blocked or strict):
+                batch.append((client, p))
+                continue
             status = self._offer(client.rid)      # room for the reply? Only then is the frame made.
             if status != _OK:
                 self.counters["not_rendered"] += 1
@@ -606,29 +621,70 @@ class Server:
                 if status == _GONE:
                     self._free(client.rid, "is gone")
                 continue
-            self._sock.send(self._frame_or_error(client, p), zmq.NOBLOCK)
+            client.blocked = False
+            (reply, is_frame), = self._render([(client, p)])
+            self._sock.send(reply, zmq.NOBLOCK)   # the routing frame went out above: this part cannot fail
+            self._sent(client, is_frame)
+        for i in range(0, len(batch), self.limits.max_batch):
+            chunk = batch[i:i + self.limits.max_batch]
+            for (client, _), (reply, is_frame) in zip(chunk, self._render(chunk)):
+                status = self._offer(client.rid)
+                if status == _OK:
+                    self._sock.send(reply, zmq.NOBLOCK)
+                    self._sent(client, is_frame)
+                    continue
+                self.counters["undeliverable"] += 1
+                client.blocked = True
+                if is_frame:
+                    self._drop(client)
+                if status == _GONE:
+                    self._free(client.rid, "is gone")
 
-    def _frame_or_error(self, client: _Client, p: _Pending) -> bytes:
-        """The reply to one pending landmarks message: its frame, or an error (counted and logged)."""
+    def _sent(self, client: _Client, is_frame: bool) -> None:
+        if is_frame:
+            client.frames += 1
+            self.counters["frames"] += 1
+            self._interval_frames += 1
+
+    def _render(self, work: list[tuple[_Client, _Pending]]) -> list[tuple[bytes, bool]]:
+        """The replies to pending landmarks, one batched engine call for all: (payload, is it a frame?).
+
+        When the batched call fails, every item is retried alone, so one bad input fails only its own client."""
         try:
-            reply = self._frame(client, p)
+            results = step_sessions(self.engine, [(c.session, p.landmarks) for c, p in work])
+        except Exception:  # noqa: BLE001 - find out whose it was, one by one
+            if len(work) == 1:
+                return [self._frame_or_error(*work[0])]
+            return [self._frame_or_error(c, p) for c, p in work]
+        if len(self._interval_engine_ms) < 100_000:
+            self._interval_engine_ms.append(results[0][1]["engine"] / len(results))
+        out = []
+        for (client, p), (rgb, t) in zip(work, results):
+            try:
+                out.append((self._encode_frame(client, p, rgb, t), True))
+            except Exception as e:  # noqa: BLE001
+                out.append((self._internal_error(client, p, e), False))
+        return out
+
+    def _frame_or_error(self, client: _Client, p: _Pending) -> tuple[bytes, bool]:
+        """The reply to one pending landmarks message, on its own: its frame, or an error (counted, logged)."""
+        try:
+            rgb, t = client.session.step(p.landmarks, p.seq)
+            if len(self._interval_engine_ms) < 100_000:
+                self._interval_engine_ms.append(t["engine"])
+            return self._encode_frame(client, p, rgb, t), True
         except ProtocolError as e:
             self.counters["errors"] += 1
-            return P.encode(P.Error(code=e.code, reason=e.reason, seq=e.seq))
+            return P.encode(P.Error(code=e.code, reason=e.reason, seq=e.seq)), False
         except Exception as e:  # noqa: BLE001
-            self.counters["internal_errors"] += 1
-            self.counters["errors"] += 1
-            self.log.exception("internal error generating frame %d for %s", p.seq, client.label)
-            return P.encode(P.Error(code=ErrorCode.INTERNAL, reason=f"server error generating the frame: "
-                                                                    f"{type(e).__name__}", seq=p.seq))
-        client.frames += 1
-        self.counters["frames"] += 1
-        self._interval_frames += 1
-        return reply
+            return self._internal_error(client, p, e), False
 
-    def _frame(self, client: _Client, p: _Pending) -> bytes:
-        rgb, t = client.session.step(p.landmarks, p.seq)
-        return self._encode_frame(client, p, rgb, t)
+    def _internal_error(self, client: _Client, p: _Pending, e: Exception) -> bytes:
+        self.counters["internal_errors"] += 1
+        self.counters["errors"] += 1
+        self.log.error("internal error generating frame %d for %s", p.seq, client.label, exc_info=e)
+        return P.encode(P.Error(code=ErrorCode.INTERNAL, reason=f"server error generating the frame: "
+                                                                f"{type(e).__name__}", seq=p.seq))
 
     def _encode_frame(self, client: _Client, p: _Pending, rgb: np.ndarray, t: dict) -> bytes:
         t0 = time.perf_counter()
@@ -639,8 +695,6 @@ class Server:
         t1 = time.perf_counter()
         timings = {"decode": p.decode_ms, "render": t["render"], "engine": t["engine"],
                    "encode": t["post"] + _ms(t0, t1), "total": _ms(p.t_recv, t1)}
-        if len(self._interval_engine_ms) < 100_000:
-            self._interval_engine_ms.append(t["engine"])
         return P.encode(P.Frame(seq=p.seq, capture_ts=p.capture_ts, jpeg=jpeg.tobytes(), timings=timings,
                                 dropped=client.dropped))
 

@@ -10,6 +10,10 @@ the training renderer (``models.render``) and feeds the engine
 then shifts both histories by one frame. All buffers are preallocated: the label map is rendered straight into
 the current slot of the label buffer, and the frame is converted to uint8 in place.
 
+A step is ``prepare`` (render; returns the engine inputs by name) -> the engine -> ``finish`` (uint8 + history
+shift), so that ``step_sessions`` can run many sessions through one batched engine call: each input stacked
+along axis 0, the frames split back. ``Session.step`` is the same with a batch of one.
+
 Sessions are not thread-safe; the server runs every session on its one worker thread.
 """
 
@@ -104,16 +108,23 @@ class Session:
         return arr
 
     # -- the hot path ------------------------------------------------------------------------------------
-    def step(self, landmarks, seq: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
-        """Generate the next frame from ``landmarks`` (K, 3); see the class docstring."""
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The engine inputs of the next step by name, batch 1 (views of this session's buffers)."""
+        d = {"labels": self._labels}
+        if self._previous is not None:
+            d["previous"] = self._previous
+        return d
+
+    def prepare(self, landmarks, seq: int | None = None) -> dict[str, np.ndarray]:
+        """Validate and render ``landmarks`` into the current label slot; return ``inputs()``."""
         lm = self.check(landmarks, seq)
+        render_labels(self.kind, lm, self.size, self.size, out=self._current)
+        return self.inputs()
+
+    def finish(self, frame: np.ndarray) -> np.ndarray:
+        """Take the engine's frame ``(3, S, S)`` in [-1, 1]: convert it to uint8 RGB and shift the histories."""
         S, L, C = self.size, self.history_frames, self.label_nc
-        t0 = time.perf_counter()
-        render_labels(self.kind, lm, S, S, out=self._current)
-        t1 = time.perf_counter()
-        out = self.engine.step(self._labels, self._previous)
-        t2 = time.perf_counter()
-        frame = np.asarray(out, np.float32).reshape(3, S, S)
+        frame = np.asarray(frame, np.float32).reshape(3, S, S)
         to_uint8(frame, out=self._rgb, scratch=(self._planes_f, self._planes_u8))
         # Shift the histories one frame (block by block, oldest first: no overlapping copies, no temporaries).
         if L:
@@ -124,8 +135,18 @@ class Session:
                 prev[i * 3:(i + 1) * 3] = prev[(i + 1) * 3:(i + 2) * 3]
             prev[(L - 1) * 3:] = frame
         self.frames += 1
+        return self._rgb
+
+    def step(self, landmarks, seq: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Generate the next frame from ``landmarks`` (K, 3); see the class docstring."""
+        t0 = time.perf_counter()
+        inputs = self.prepare(landmarks, seq)
+        t1 = time.perf_counter()
+        out = self.engine.step(**inputs)
+        t2 = time.perf_counter()
+        rgb = self.finish(out[0])
         t3 = time.perf_counter()
-        return self._rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
+        return rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
 
     def reset(self) -> None:
         """Back to zero history: the next frame is generated exactly as the first one of a new session."""
@@ -133,3 +154,27 @@ class Session:
         if self._previous is not None:
             self._previous.fill(0.0)
         self.frames = 0
+
+
+def step_sessions(engine, work: list[tuple[Session, np.ndarray]]) -> list[tuple[np.ndarray, dict[str, float]]]:
+    """One step of every ``(session, landmarks)`` in ``work`` with ONE batched engine call.
+
+    Every session's inputs are stacked along axis 0, name by name (whatever inputs the engine has), and row i of
+    the engine's output goes back to session i. Landmarks must have been validated (``Session.check``).
+    Returns, per session, its frame (a buffer the session owns) and timings; ``engine`` is the batch's engine
+    time, shared by all. With one session this is ``Session.step``.
+    """
+    if len(work) == 1 or not hasattr(engine, "step_batch"):
+        return [s.step(lm) for s, lm in work]
+    t0 = time.perf_counter()
+    inputs = [s.prepare(lm) for s, lm in work]
+    t1 = time.perf_counter()
+    out = engine.step_batch({k: np.concatenate([x[k] for x in inputs]) for k in inputs[0]})
+    t2 = time.perf_counter()
+    results = []
+    for i, (s, _) in enumerate(work):
+        t = time.perf_counter()
+        rgb = s.finish(out[i])
+        results.append((rgb, {"render": _ms(t0, t1) / len(work), "engine": _ms(t1, t2),
+                              "post": _ms(t, time.perf_counter())}))
+    return results

@@ -245,9 +245,17 @@ def test_stream_latest_wins_every_frame_accounted_for(make_server, ctx):
     assert rgb(f).shape == (SIZE, SIZE, 3)
 
 
+@pytest.fixture(scope="module")
+def ort_engine(model_dir):
+    return open_engine(model_dir, "onnxruntime")
+
+
 @pytest.mark.timeout(60)
-def test_two_clients_have_independent_sessions(make_server, ctx):
-    srv = make_server()
+@pytest.mark.parametrize("backend, max_batch", [("torch", 1), ("onnxruntime", 16)])
+def test_two_clients_have_independent_sessions(make_server, ctx, engine, ort_engine, backend, max_batch):
+    """A's frames are bit-identical whatever B does: one engine call per session, or (onnxruntime on CPU) one
+    batched call for both, which is bit-identical per sample (tests/test_batch.py)."""
+    srv = make_server(engine if backend == "torch" else ort_engine, max_batch=max_batch)
     n = 12
     lm_a, lm_b = motion(3, n), motion(4, n)
     alone = Client(ctx, srv.endpoint, "A alone")
