@@ -110,7 +110,7 @@ def _cmd_serve(args) -> int:
     serve(args.model, args.bind, args.backend, engine_kwargs=engine_kwargs, curve=curve, insecure=args.insecure,
           max_clients=args.max_clients, sessions_per_key=args.sessions_per_key, rate_hz=args.rate,
           rate_burst=max(1, int(round(args.rate))), idle_timeout_s=args.idle_timeout or args.heartbeat + 1.0, heartbeat_s=args.heartbeat,
-          jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
+          max_batch=args.max_batch, jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
     return 0
 
 
@@ -147,7 +147,8 @@ def _cmd_bench(args) -> int:
                      sizes=tuple(int(s) for s in args.sizes.split(",")), runs=args.runs,
                      stream_preset=args.stream_preset, stream_size=args.stream_size, stream_frames=args.stream_frames,
                      stream_clients=tuple(int(c) for c in args.stream_clients.split(",") if c),
-                     stream_model=args.stream_model, stream_threads=args.stream_threads)
+                     stream_model=args.stream_model, stream_threads=args.stream_threads,
+                     batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",") if b), device=args.device)
 
     def emit(row):
         if args.json:
@@ -157,6 +158,10 @@ def _cmd_bench(args) -> int:
         elif row["what"] == "generator":
             print(f"generator {row['preset']:>14} {row['backend']:>12} {row['size']:>4}px: p50 {row['p50_ms']:7.2f} ms "
                   f"p99 {row['p99_ms']:7.2f} ms  {row['gmac']:.3f} GMAC  floor {row.get('floor_ms', '-')} ms", flush=True)
+        elif row["what"] == "batch":
+            print(f"batch {row['preset']:>14} {row['backend']:>12} {row['size']:>4}px on {row['device']} x{row['batch']:<3}: "
+                  f"{row['frames_per_s']:8.1f} frames/s ({row['streams_at_30fps']} streams at 30 fps), "
+                  f"p50 {row['p50_ms']:.2f} ms per call", flush=True)
         elif row["what"] == "train":
             print(f"train {row['preset']:>14} {row['size']:>4}px T={row['clip_frames']}: {row['it_per_s']} it/s "
                   f"({row['s_per_it']} s/it on {row['device']})", flush=True)
@@ -281,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clients send something at least every S seconds (default 1)")
     s.add_argument("--idle-timeout", type=float, default=None,
                    help="free a silent client's session after S seconds (default: heartbeat + 1)")
+    s.add_argument("--max-batch", type=int, default=16,
+                   help="sessions per batched engine call (default 16; 1: one call per session)")
     s.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames sent (default 90)")
     s.add_argument("--stats-interval", type=float, default=10.0, help="seconds between stats log lines")
     s.set_defaults(fn=_cmd_serve)
@@ -324,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream-clients", default="1", help="comma-separated client counts, '' for none (default 1)")
     s.add_argument("--stream-model", default=None, help="trained model for the stream (default: random weights)")
     s.add_argument("--stream-threads", type=int, default=None, help="server onnxruntime threads (default: all cores)")
+    s.add_argument("--batch-sizes", default="1,2,4,8",
+                   help="batched-engine throughput at these batch sizes, '' for none (default 1,2,4,8)")
+    s.add_argument("--device", default="cpu", help="engine device of the batch figures: cpu (default) or cuda")
     s.add_argument("--train", action="store_true", help="also time training (it/s per preset and size)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(fn=_cmd_bench)
