@@ -286,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clients send something at least every S seconds (default 1)")
     s.add_argument("--idle-timeout", type=float, default=None,
                    help="free a silent client's session after S seconds (default: heartbeat + 1)")
-    s.add_argument("--max-batch", type=int, default=16,
-                   help="sessions per batched engine call (default 16; 1: one call per session)")
+    s.add_argument("--max-batch", type=int, default=0,
+                   help="sessions per batched engine call (default 0: the fastest size up to 16, measured at start; "
+                        "1: one call per session)")
     s.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames sent (default 90)")
     s.add_argument("--stats-interval", type=float, default=10.0, help="seconds between stats log lines")
     s.set_defaults(fn=_cmd_serve)

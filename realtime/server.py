@@ -14,10 +14,12 @@ is never answered on another connection). Each loop iteration
    older ones are dropped and counted (**latest wins**: when the engine is slower than the camera, frames are
    skipped instead of queued, so latency never piles up);
 3. frees sessions that sent nothing for ``idle_timeout_s`` (clients ping every ``heartbeat_s`` when idle);
-4. generates one frame per client with pending landmarks, round-robin (the first client of the round rotates),
-   but only for clients whose reply queue has room: ``ROUTER_MANDATORY`` lets the routing-id frame of the reply
-   be offered *before* the frame is rendered, and a full queue (``EAGAIN``) means the landmarks are dropped
-   unrendered. The reply is ``Frame`` (``seq`` and ``capture_ts`` echoed, per-stage timings, the client's
+4. generates one frame per client with pending landmarks in one batched engine call (``max_batch`` sessions per
+   call; ``Session.prepare`` / ``step_sessions`` / ``Session.finish``), replies round-robin (the first client
+   of the round rotates), and never renders for a client whose reply queue is full: ``ROUTER_MANDATORY`` tells
+   when a reply's routing-id frame cannot go out (``EAGAIN``); such a client is marked blocked, and from then on
+   its routing frame is offered *before* its frame is rendered (alone), so its landmarks are dropped unrendered
+   while the queue stays full. The reply is ``Frame`` (``seq`` and ``capture_ts`` echoed, per-stage timings, the client's
    cumulative drop count).
 
 Bad input of any kind is answered with an ``Error`` (code + reason, + seq when known) and never touches another
@@ -742,11 +744,12 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
 
     ``backend`` defaults to onnxruntime when that backend is available, else torch. ``server_kwargs`` go to
     ``Server`` (curve, insecure, limits, max_clients, idle_timeout_s, jpeg_quality, stats_interval_s, ...).
-    The bind address is checked (loopback, or CURVE keys, or ``insecure``) before the model is loaded. Installs
+    The bind address is checked (loopback, or CURVE keys, or ``insecure``) before the model is loaded.
+    ``max_batch=0`` measures the best batch size on this machine (``engine.calibrate_batch``). Installs
     SIGINT/SIGTERM handlers (when called on the main thread) that stop the server cleanly, and restores the
     previous ones on return. Returns the server's final counters.
     """
-    from realtime.engine import list_backends, open_engine
+    from realtime.engine import calibrate_batch, list_backends, open_engine
 
     log = server_kwargs.get("log") or logging.getLogger(LOGGER_NAME)
     if configure_logging and not logging.getLogger().handlers:
@@ -764,6 +767,10 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
         t0 = time.perf_counter()
         engine.step(np.zeros((1, (L + 1) * C, S, S), np.float32), np.zeros((1, L * 3, S, S), np.float32) if L else None)
         log.info("engine warm-up: %.0f ms", _ms(t0, time.perf_counter()))
+    if server_kwargs.get("max_batch") == 0:  # auto: the batch size that makes the most frames/s on this machine
+        limit = server_kwargs.get("max_clients", Limits.max_clients)
+        server_kwargs["max_batch"], fps = calibrate_batch(engine, min(limit, Limits.max_batch))
+        log.info("batch calibration (frames/s per batch size): %s; max batch %d", fps, server_kwargs["max_batch"])
 
     server = Server(engine, bind, **server_kwargs)
     installed = {}

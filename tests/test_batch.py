@@ -111,3 +111,21 @@ def test_cuda_batched_step_matches_cpu(run, backend):
     feeds = _inputs(cpu, 4)
     assert gpu.device.startswith("cuda")
     assert np.abs(gpu.step_batch(feeds) - cpu.step_batch(feeds)).max() < 1e-2   # cuDNN (TF32 allowed) vs CPU
+
+
+def test_calibrate_batch_picks_the_fastest_size():
+    import time
+
+    from realtime.engine import calibrate_batch
+
+    class Timed:       # call time by batch size: 2 is the fastest per frame, 4 and 8 lose (cache misses, say)
+        input_shapes = {"labels": (1, 2, 2)}
+        cost = {1: 0.004, 2: 0.005, 4: 0.04, 8: 0.08}
+
+        def step_batch(self, feeds):
+            time.sleep(self.cost[len(feeds["labels"])])
+
+    best, fps = calibrate_batch(Timed(), 8, runs=2)
+    assert best == 2 and sorted(fps) == [1, 2, 4, 8]
+    Timed.cost = {1: 0.004, 2: 0.0081, 4: 0.0162}   # no gain from batching: one call per session
+    assert calibrate_batch(Timed(), 4, runs=2)[0] == 1
