@@ -78,13 +78,14 @@ class Limits:
     handshake_timeout_s: float = 5.0  # a connection without a session for this long is closed
     recv_hwm: int = 100               # per-connection receive queue, messages (ZMQ_RCVHWM)
     send_hwm: int = 32                # per-connection reply queue, messages (ZMQ_SNDHWM); full: frames not made
-    max_drain: int = 256              # messages read per loop iteration before the engine round
+    max_drain: int = 64               # messages read per loop iteration before the engine round
+    flood_close: int = 10             # a connection sending this many times its rate over it, within a second, is closed
     sndbuf_bytes: int = 0             # kernel send buffer per connection (SO_SNDBUF; 0: the OS default)
     max_batch: int = 16               # sessions per engine call (1: one call per session, as without batching)
 
     def __post_init__(self):
         for name in ("max_clients", "sessions_per_key", "max_connections", "rate_burst", "recv_hwm", "send_hwm",
-                     "max_drain", "max_batch"):
+                     "max_drain", "max_batch", "flood_close"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("rate_hz", "heartbeat_s", "idle_timeout_s", "handshake_timeout_s"):
@@ -114,6 +115,8 @@ class _Conn:
     refill_t: float
     sessionless_since: float | None   # monotonic time since which it holds no session (None: it holds one)
     limited: int = 0       # messages dropped over the rate
+    over: int = 0          # ... of them in the current one-second window (a flood closes the connection)
+    over_since: float = 0.0
 
 
 @dataclasses.dataclass
@@ -140,7 +143,7 @@ class _Client:
         return f"{who}[{short_id(self.rid)}]".strip()
 
 
-_OK, _FULL, _GONE = "ok", "full", "gone"
+_OK, _FULL = "ok", "full"
 _MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -154,13 +157,15 @@ def _peer_of(fd: int):
 
 
 def _shutdown_fd(fd: int, peer) -> bool:
-    """Shut a connection down under libzmq's feet (it sees EOF and closes it cleanly): only when the fd still
-    belongs to the same peer as when it was accepted, so a reused fd number is never touched."""
+    """Close a connection under libzmq's feet: shut its *read* side, so libzmq reads end-of-file exactly as if
+    the peer had closed it, and tears it down the normal way. (Shutting the write side too can fail a write
+    inside libzmq, which aborts on that: never do it.) Only when the fd still belongs to the same peer as when
+    it was accepted, so a reused fd number is never touched."""
     try:
         with socket.socket(fileno=os.dup(fd)) as s:
             if peer is None or s.getpeername() != peer:
                 return False
-            s.shutdown(socket.SHUT_RDWR)
+            s.shutdown(socket.SHUT_RD)
             return True
     except OSError:
         return False
@@ -226,7 +231,7 @@ class Server:
         self.counters = {"messages": 0, "frames": 0, "dropped": 0, "errors": 0, "send_failures": 0,
                          "internal_errors": 0, "connects": 0, "disconnects": 0, "expired": 0, "rate_limited": 0,
                          "not_rendered": 0, "undeliverable": 0, "takeovers": 0, "connections": 0, "connections_closed": 0,
-                         "connections_refused": 0, "auth_failures": 0, "orphans": 0, "rounds": 0}
+                         "connections_refused": 0, "floods_closed": 0, "auth_failures": 0, "orphans": 0, "rounds": 0}
         self._interval_frames = 0
         self._interval_dropped = 0
         self._interval_engine_ms: list[float] = []
@@ -436,6 +441,9 @@ class Server:
             conn.tokens -= 1.0
             return True
         conn.limited += 1
+        if now - conn.over_since > 1.0:
+            conn.over, conn.over_since = 0, now
+        conn.over += 1
         return False
 
     # messages ---------------------------------------------------------------------------------------------
@@ -448,18 +456,22 @@ class Server:
 
     def _offer(self, rid: bytes) -> str:
         """Start a reply to ``rid``: the routing-id frame (SNDMORE) is accepted only when that peer's queue has
-        room. After ``_OK`` exactly one message part must follow before anything else is sent."""
+        room. After ``_OK`` exactly one message part must follow before anything else is sent.
+
+        ``EHOSTUNREACH`` is not proof that the peer is gone: libzmq also reports it for a live peer whose pipe
+        is between its high- and low-water marks. Both it and ``EAGAIN`` mean "not now" (``_FULL``); a peer that
+        is really gone is found by the connection monitor and the idle timeout.
+        """
         try:
             self._sock.send(rid, zmq.SNDMORE | zmq.NOBLOCK)
             return _OK
         except zmq.Again:
-            status = _FULL
+            pass
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
-            status = _GONE
         self.counters["send_failures"] += 1
-        return status
+        return _FULL
 
     def _error(self, rid: bytes, code: str, reason: str, seq: int | None = None, versions=None) -> None:
         self.counters["errors"] += 1
@@ -490,6 +502,13 @@ class Server:
                 self.counters["rate_limited"] += 1
                 if client is not None and client.fd == fd:
                     self._drop(client)
+                if conn.over > self.limits.flood_close * self.limits.rate_hz:   # 10x the rate, for a second
+                    self.counters["connections_closed"] += 1
+                    self.counters["floods_closed"] += 1
+                    for rid_, c in list(self._clients.items()):
+                        if c.fd == conn.fd:
+                            self._free(rid_, "its connection flooded the server")
+                    self._close_conn(conn, "flooding")
                 continue
             key = ""
             if curve:
@@ -616,12 +635,9 @@ class Server:
             if not (client.blocked or strict):
                 batch.append((client, p))
                 continue
-            status = self._offer(client.rid)      # room for the reply? Only then is the frame made.
-            if status != _OK:
+            if self._offer(client.rid) != _OK:   # room for the reply? Only then is the frame made.
                 self.counters["not_rendered"] += 1
                 self._drop(client)
-                if status == _GONE:
-                    self._free(client.rid, "is gone")
                 continue
             client.blocked = False
             (reply, is_frame), = self._render([(client, p)])
@@ -630,8 +646,7 @@ class Server:
         for i in range(0, len(batch), self.limits.max_batch):
             chunk = batch[i:i + self.limits.max_batch]
             for (client, _), (reply, is_frame) in zip(chunk, self._render(chunk)):
-                status = self._offer(client.rid)
-                if status == _OK:
+                if self._offer(client.rid) == _OK:
                     self._sock.send(reply, zmq.NOBLOCK)
                     self._sent(client, is_frame)
                     continue
@@ -639,8 +654,6 @@ class Server:
                 client.blocked = True
                 if is_frame:
                     self._drop(client)
-                if status == _GONE:
-                    self._free(client.rid, "is gone")
 
     def _sent(self, client: _Client, is_frame: bool) -> None:
         if is_frame:

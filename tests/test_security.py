@@ -258,7 +258,7 @@ def test_logs_never_show_a_routing_id(servers, ctx, caplog):
 # -- limits -----------------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_rate_limit_drops_and_counts_a_flood_the_streaming_client_is_served(servers, ctx):
-    srv = servers(rate_hz=50, rate_burst=50)
+    srv = servers(rate_hz=50, rate_burst=50, flood_close=1000)   # flood_close: see the next test
     good = Client(ctx, srv.endpoint, "good")
     good.hello()
     flood = Client(ctx, srv.endpoint, "flood")
@@ -280,6 +280,26 @@ def test_rate_limit_drops_and_counts_a_flood_the_streaming_client_is_served(serv
         flood.landmarks(i, lms[i % 10])
     (c,) = [c for c in srv._clients.values() if c.name == "flood"]
     assert wait_until(lambda: c.frames + c.dropped == 200, 10) and c.dropped >= 100
+
+
+@pytest.mark.timeout(60)
+def test_a_flooding_connection_is_closed_others_stream_on(servers, ctx, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="posecast.server")
+    srv = servers(rate_hz=20, rate_burst=20, flood_close=10)   # > 200 messages over the rate within a second
+    good = Client(ctx, srv.endpoint, "good")
+    good.hello()
+    flood = Client(ctx, srv.endpoint, "flood")
+    flood.hello()
+    for _ in range(3000):
+        flood.send_raw(b"x")
+    lms = motion(8, 10)
+    assert [good.frame(i, lm).seq for i, lm in enumerate(lms)] == list(range(10))
+    assert wait_until(lambda: srv.stats()["floods_closed"] >= 1, 10)
+    assert wait_until(lambda: srv.session_count == 1, 5)
+    assert any("flood" in r.getMessage() and "flooded" in r.getMessage() for r in caplog.records)
+    assert good.frame(10, lms[0]).seq == 10 and srv.running
 
 
 @pytest.mark.timeout(60)
