@@ -44,6 +44,7 @@ def _cmd_train(args) -> int:
     fields = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, device=args.device,
                   seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
                   checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, gan_mode=args.gan_mode,
+                  threads=args.threads,
                   frame_range=parse_frame_range(args.frames))
     if args.teacher:
         fields["teacher"] = args.teacher
@@ -58,16 +59,16 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from trainer.clips import parse_frame_range
-    from trainer.evaluate import evaluate
+    from trainer.evaluate import evaluate, format_report
 
     video = None if args.no_video else (args.video or str(Path(args.run) / "eval.mp4"))
     res = evaluate(args.run, args.data, frame_range=parse_frame_range(args.frames), video=video,
-                   max_frames=args.max_frames, device=args.device, progress=not (args.quiet or args.json))
+                   max_frames=args.max_frames, device=args.device, pose=not args.no_pose,
+                   progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{res['preset']} {res['size']}px on {res['frames']} frames: PSNR {res['psnr']:.2f} dB, "
-              f"SSIM {res['ssim']:.3f}, flicker {res['flicker']:.2f} (real clip: {res['flicker_real']:.2f})")
+        print(format_report(res))
         if video:
             print(f"side-by-side video (label | generated | real): {video}")
     return 0
@@ -226,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-clip-frames", type=int, default=8, help="clip length T grows up to this (default 8)")
     s.add_argument("--gan-mode", choices=["lsgan", "hinge"], default="lsgan", help="GAN loss (default lsgan)")
     s.add_argument("--frames", default=None, metavar="START:STOP", help="train on these dataset frames only")
-    s.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (default: none)")
+    s.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop after this many seconds (default: none); lr decay, clip growth and the GAN phase then "
+                        "follow the time used, so the whole schedule fits in the time given")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
     s.add_argument("--sample-every", type=int, default=200, help="iterations between TensorBoard sample grids")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -235,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_train)
 
-    s = sub.add_parser("eval", help="evaluate a trained model on held-out clips (PSNR, SSIM, flicker)")
+    s = sub.add_parser("eval", help="evaluate a trained model on held-out clips: PSNR/SSIM in the person's region "
+                                    "and the full frame, pose re-detected on the output, flicker, baselines")
     s.add_argument("run", help="run folder or checkpoint .json")
     s.add_argument("--data", required=True, help="dataset folder with held-out clips")
     s.add_argument("--frames", default=None, metavar="START:STOP", help="evaluate on these dataset frames only")
@@ -243,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--video", default=None, help="side-by-side mp4 path (default RUN/eval.mp4)")
     s.add_argument("--no-video", action="store_true", help="do not write the side-by-side video")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
-    s.add_argument("--json", action="store_true", help="print one JSON object (psnr, ssim, flicker, flicker_real, frames)")
+    s.add_argument("--no-pose", action="store_true", help="skip re-detecting the pose on the output (MediaPipe)")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON object (psnr, psnr_person, pose_error, ...: see trainer/evaluate.py)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_eval)
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .crop import CropBox
 from .layers import ResBlock, assert_shape, conv_block, decoder, encoder
 from .presets import ModelConfig
 from .warp import warp
@@ -121,10 +122,17 @@ class SequentialGenerator(nn.Module):
         return (torch.zeros(batch, L * cfg.label_nc, S, S, device=device),
                 torch.zeros(batch, L * 3, S, S, device=device))
 
-    def rollout(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def track_boxes(self, landmarks: torch.Tensor | None, batch: int, frames: int) -> list[list]:
+        """The (B, T) windows the generator draws in (models/crop.py CropBox): here the whole frame."""
+        S = self.cfg.size
+        return [[CropBox(0, 0, S, S)] * frames for _ in range(batch)]
+
+    def rollout(self, labels: torch.Tensor, landmarks: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generate a clip step by step from zero history, as inference does.
 
         labels (B, T, C, S, S) -> frames (B, T, 3, S, S), flows (B, T, 2, S, S), masks (B, T, 1, S, S).
+        ``landmarks`` (B, T, K, 3) place the window of crop-aware generators; unused here.
         Frames enter the history detached: no gradient flows into earlier steps.
         """
         B, T = labels.shape[:2]

@@ -1,21 +1,30 @@
-"""``lite``: a vid2vid generator designed for CPU inference (issue: real time on an ordinary CPU).
+"""``lite``: a vid2vid generator for CPU real time that spends its compute on the person.
 
-Same contract and structure as the vid2vid generator (labels of frames t-L..t and the L previous generated
-frames -> hallucinated frame + backward flow + occlusion mask, blended with the one warp op at output
-resolution), but the compute goes where it pays:
+Same temporal contract as the vid2vid generator (label maps of frames t-L..t and the L previously generated
+frames -> hallucinated frame + backward flow + occlusion mask, blended with the one warp op), with three changes
+of where the pixels come from:
 
-* space-to-depth on the inputs instead of full-resolution 7x7 convolutions: a 4x4 stride-4 convolution (the
-  same function as pixel-unshuffle x4 + 1x1 conv, without the transposes that cost ONNX Runtime ~3.5 ms per
-  input at 256²), so the network starts at S/4;
-* depthwise-separable residual blocks at S/16 resolution, few channels at S/4;
-* one shared decoder; 4x4 stride-4 transposed convolutions (= 1x1 conv + depth-to-space) emit the image and, from
-  a one-block branch of its own, the flow and mask at full resolution;
-* no normalisation layers (nothing to fold at inference; LayerScale-style residual gains keep training stable);
-* a background plate for the fixed camera, added to the image head before its tanh: the plate is estimated from
-  the training frames with the person masked out (trainer/clips.py ``ClipSource.background_plate``) and refined
-  in training, so a tiny network spends its capacity on the person instead of memorising the room.
+* **A person crop.** The network runs inside a fixed-size window that follows the person (models/crop.py:
+  ``BoxTracker``; ``ModelConfig.crop_height`` x ``crop_width`` pixels of the model frame, sized from the
+  training data). Its inputs are that window of the full-frame label maps and of the previous full frames; its
+  output is composited into the window of a **background plate** (the static room, estimated from the training
+  frames with the person masked out, then learned) with a predicted soft alpha that fades to zero at the window's
+  border, so no seam can show. Outside the window the frame *is* the plate.
+* **No 4x4 cells.** The decoder climbs from S/4 to full resolution with bilinear upsampling and 3x3
+  convolutions, and sees the current label map again at S/2 and at full resolution (skip connections), so limb
+  edges land where the skeleton is instead of on a 4-pixel grid. (The previous head, a 4x4 stride-4 transposed
+  convolution, painted each 4x4 cell from one feature vector: visible blocks.)
+* **Cheap where it can be.** A 4x4 stride-4 convolution as space-to-depth at the input, depthwise-separable
+  blocks at S/16, no normalisation layers, the flow + mask predicted at S/4 on a branch of their own and
+  upsampled bilinearly (flow is smooth).
 
-At 256² with the default widths it costs ~0.11 GMAC per frame versus ~21 GMAC for the `dance` preset (models/flops.py).
+    hallucinated = alpha * tanh(image) + (1 - alpha) * plate        (inside the window)
+    frame        = mask * warp(previous[-1], flow) + (1 - mask) * hallucinated
+
+Inputs of ``forward`` (window coordinates; h x w = ``cfg.crop_hw``):
+    labels   (B, (L+1)*C, h, w)   previous (B, L*3, h, w)   plate (B, 3, h, w) in [-1, 1]
+``plate=None`` uses the model's own plate (only when the window is the whole frame). ``rollout`` places the
+window frame by frame from the landmarks and returns full frames, exactly as a live session does.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .crop import BoxTracker, head_box
 from .generator import SequentialGenerator, register_arch
 from .presets import ModelConfig
 from .warp import warp
@@ -32,7 +42,8 @@ from .warp import warp
 # vid2vid) swamp what those few channels learn about the image (held-out PSNR fell from 21.7 to 19.2 dB in a
 # 300-iteration probe; 21.4 dB with this scale), so their gradient into the shared features is scaled by this factor.
 FLOW_GRAD_SCALE = 0.1
-SHUFFLE = 4  # space-to-depth factor at the input (stride-4 conv) and depth-to-space at the output
+SHUFFLE = 4        # space-to-depth factor at the input (stride-4 conv)
+BORDER_PX = 6      # alpha fades to zero over this many pixels at the window's border
 
 
 def _act() -> nn.Module:
@@ -61,6 +72,51 @@ class SepResBlock(nn.Module):
         return x + self.gain * self.body(x)
 
 
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def one_hot_rows(start: torch.Tensor, length: int, size: int) -> torch.Tensor:
+    """(B, 1, size, length) selection matrices: entry [i, j] = 1 where i == start + j. ``start`` (B,) holds
+    integer values (as floats). ``P^T @ x`` cuts rows start..start+length-1 out of x, ``P @ y`` puts them back:
+    exact (a product with 1 and sums of zeros), batched, and exportable (Equal, Cast, MatMul)."""
+    i = torch.arange(size, dtype=start.dtype, device=start.device)[None, :, None]
+    j = torch.arange(length, dtype=start.dtype, device=start.device)[None, None, :]
+    return (i == start[:, None, None] + j).to(start.dtype).unsqueeze(1)
+
+
+class HeadBranch(nn.Module):
+    """Detail where people look: a small full-resolution residual network on the head window (Everybody Dance
+    Now's face refinement, without its GAN): it sees the frame's head window and that window of the label map,
+    and adds a residual that fades to zero at the window's border."""
+
+    def __init__(self, label_nc: int, side: int, ch: int = 24):
+        super().__init__()
+        self.side = side
+        self.body = nn.Sequential(nn.Conv2d(3 + label_nc, ch, 3, padding=1), _act(),
+                                  nn.Conv2d(ch, ch, 3, padding=1), _act(),
+                                  nn.Conv2d(ch, ch, 3, padding=1), _act(),
+                                  nn.Conv2d(ch, 3, 3, padding=1))
+        self.register_buffer("fade", border_window(side, side, max(2, side // 8)), persistent=False)
+
+    def forward(self, frame: torch.Tensor, current: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """frame (B, 3, h, w), current labels (B, C, h, w), head (B, 2) window (x0, y0) -> refined frame."""
+        _, _, h, w = frame.shape
+        rows = one_hot_rows(head[:, 1], self.side, h)            # (B, 1, h, side)
+        cols = one_hot_rows(head[:, 0], self.side, w)            # (B, 1, w, side)
+        cut = lambda x: rows.transpose(2, 3) @ x @ cols  # noqa: E731   (B, ., side, side)
+        residual = self.body(torch.cat((cut(frame), cut(current)), 1)) * self.fade
+        return (frame + rows @ residual @ cols.transpose(2, 3)).clamp(-1.0, 1.0)
+
+
+def border_window(height: int, width: int, border_px: int = BORDER_PX) -> torch.Tensor:
+    """(1, 1, h, w) weights: 0 on the outermost pixel ring, rising linearly to 1 at ``border_px`` inside."""
+    def ramp(n):
+        i = torch.arange(n, dtype=torch.float32)
+        return (torch.minimum(i, n - 1 - i) / border_px).clamp(0.0, 1.0)
+    return (ramp(height)[:, None] * ramp(width)[None, :])[None, None]
+
+
 @register_arch("lite")
 class LiteGenerator(SequentialGenerator):
     uses_background_plate = True
@@ -70,11 +126,12 @@ class LiteGenerator(SequentialGenerator):
         cfg.validate()
         if cfg.n_local:
             raise ValueError("the lite generator has no local enhancer (n_local must be 0)")
-        if cfg.size % (SHUFFLE * 4):
-            raise ValueError(f"lite needs a size divisible by {SHUFFLE * 4}, got {cfg.size}")
+        h, w = cfg.crop_hw
+        if h % (SHUFFLE * 4) or w % (SHUFFLE * 4):
+            raise ValueError(f"lite needs a crop (and size) divisible by {SHUFFLE * 4}, got {h}x{w}")
         self.cfg = cfg
         L, C = cfg.history_frames, cfg.label_nc
-        c1, c2, c3 = cfg.ngf, cfg.ngf * 2, cfg.ngf * 4       # widths at S/4, S/8, S/16
+        c0, c1, c2, c3 = max(4, cfg.ngf // 4), cfg.ngf, cfg.ngf * 2, cfg.ngf * 4   # S, S/4, S/8, S/16 widths
         # Encoders: space-to-depth, 1x1 projection, summed (vid2vid's two encoders), then two stride-2 steps.
         self.in_label = nn.Conv2d((L + 1) * C, c1, SHUFFLE, stride=SHUFFLE)
         self.in_image = nn.Conv2d(L * 3, c1, SHUFFLE, stride=SHUFFLE) if L else None
@@ -85,31 +142,34 @@ class LiteGenerator(SequentialGenerator):
         self.up1 = SepConv(c3, c2)
         self.up2 = SepConv(c2 + c2, c1)      # + skip from S/8
         self.fuse = SepConv(c1 + c1, c1)     # + skip from S/4
-        # Heads, from S/4 features to full resolution: the image (3), and on a branch of its own (as in vid2vid)
-        # the flow (2) + occlusion mask (1).
-        self.head = nn.ConvTranspose2d(c1, 3, SHUFFLE, stride=SHUFFLE)
+        # Image decoder S/4 -> S/2 -> S: bilinear x2 + 3x3 convs, the current label map as a skip at each level.
+        self.dec2 = nn.Conv2d(c1 + C, 2 * c0, 3, padding=1)                   # S/2
+        self.dec1 = nn.Conv2d(2 * c0 + C, c0, 3, padding=1)                   # S
+        self.head = nn.Conv2d(c0, 4, 3, padding=1)                            # image (3) + alpha logit (1)
         if L:
             self.flow_body = nn.Sequential(SepConv(c1, c1), _act())
-            self.flow_head = nn.ConvTranspose2d(c1, 3, SHUFFLE, stride=SHUFFLE)
+            self.flow_head = nn.Conv2d(c1, 3, 3, padding=1)                   # flow (2) + mask logit (1), S/4
+        self.head_branch = HeadBranch(C, cfg.head_side) if cfg.head_side else None
         self._init_weights()
-        # The static background, stored before the output tanh (grey until set_background() gives it the
-        # data's estimate); the network adds the person to it.
+        # The static background of the whole frame, stored before a tanh (grey until set_background() gives it
+        # the data's estimate).
         self.background = nn.Parameter(torch.zeros(1, 3, cfg.size, cfg.size))
-        self.flow_scale = cfg.size / 64.0
+        self.register_buffer("window", border_window(h, w), persistent=False)
+        self.flow_scale = h / 64.0
 
     @torch.no_grad()
     def _init_weights(self) -> None:
         """He initialisation, so that the signal neither fades nor grows through a network without normalisation
-        layers (with PyTorch's default it reached the head at ~1/4 of the input's scale); zero biases; small
-        output heads (flow ~0, mask 0.5, the image adds ~nothing to the background plate at first)."""
+        layers; zero biases; small output heads (flow ~0, mask 0.5, image ~0 with alpha 0.5)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 depthwise = m.groups > 1
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear" if depthwise else "relu")
                 nn.init.zeros_(m.bias)
-        for head in (self.head, getattr(self, "flow_head", None)):
+        last = self.head_branch.body[-1] if self.head_branch is not None else None
+        for head in (self.head, getattr(self, "flow_head", None), last):
             if head is not None:
-                nn.init.normal_(head.weight, std=0.1 / head.in_channels ** 0.5)
+                nn.init.normal_(head.weight, std=0.1 / (head.in_channels * 9) ** 0.5)
                 nn.init.zeros_(head.bias)
 
     @torch.no_grad()
@@ -120,28 +180,117 @@ class LiteGenerator(SequentialGenerator):
             raise ValueError(f"background plate of shape {tuple(plate.shape)}, expected {want}")
         self.background.copy_(torch.atanh(plate.clamp(-0.99, 0.99)).unsqueeze(0))
 
-    def forward(self, labels: torch.Tensor, previous: torch.Tensor | None = None):
+    def plate(self) -> torch.Tensor:
+        """The background plate, (1, 3, S, S) in [-1, 1]."""
+        return torch.tanh(self.background)
+
+    def forward(self, labels: torch.Tensor, previous: torch.Tensor | None = None,
+                plate: torch.Tensor | None = None, head: torch.Tensor | None = None):
         cfg = self.cfg
-        L = cfg.history_frames
+        L, C = cfg.history_frames, cfg.label_nc
+        if self.head_branch is not None and head is None:
+            raise ValueError("this lite model refines the head: pass the head window's (x0, y0) as head (B, 2)")
+        if plate is None:
+            if cfg.crop_hw != (cfg.size, cfg.size):
+                raise ValueError("a lite model with a person crop needs the plate's window as input")
+            plate = self.plate()
         x = self.in_label(labels)
         if L:
             if previous is None:
                 raise ValueError(f"this generator needs previous frames (history_frames={L})")
             x = x + self.in_image(previous)
-        s4 = self.stem(x)                            # (B, c1, S/4, S/4)
-        s8 = self.down1(s4)                          # (B, c2, S/8, S/8)
-        s16 = self.blocks(self.down2(s8))            # (B, c3, S/16, S/16)
+        s4 = self.stem(x)                            # (B, c1, h/4, w/4)
+        s8 = self.down1(s4)                          # (B, c2, h/8, w/8)
+        s16 = self.blocks(self.down2(s8))            # (B, c3, h/16, w/16)
         y = F.relu(self.up1(F.interpolate(s16, scale_factor=2.0, mode="nearest")))
         y = F.relu(self.up2(torch.cat((y, s8), 1)))
         y = F.relu(self.fuse(torch.cat((F.interpolate(y, scale_factor=2.0, mode="nearest"), s4), 1)))
-        hallucinated = torch.tanh(self.head(y) + self.background)    # (B, 3, S, S)
+        current = labels[:, L * C:]                  # the current frame's label map, full resolution
+        z = F.relu(self.dec2(torch.cat((_up2(y), F.avg_pool2d(current, 2)), 1)))
+        z = F.relu(self.dec1(torch.cat((_up2(z), current), 1)))
+        out = self.head(z)
+        alpha = torch.sigmoid(out[:, 3:4]) * self.window
+        hallucinated = alpha * torch.tanh(out[:, :3]) + (1 - alpha) * plate
         if not L:
             zeros = torch.zeros_like(hallucinated[:, :1])
-            return hallucinated, torch.cat((zeros, zeros), 1), zeros
+            return self._refine(hallucinated, current, head), torch.cat((zeros, zeros), 1), zeros
         if self.training:  # the flow/warp losses reach the shared features 10x weaker (forward unchanged)
             y = y * FLOW_GRAD_SCALE + y.detach() * (1.0 - FLOW_GRAD_SCALE)
-        fm = self.flow_head(self.flow_body(y))                         # (B, 3, S, S)
+        fm = F.interpolate(self.flow_head(self.flow_body(y)), scale_factor=float(SHUFFLE), mode="bilinear",
+                           align_corners=False)
         flow = fm[:, :2] * self.flow_scale
         mask = torch.sigmoid(fm[:, 2:3])
         frame = mask * warp(previous[:, -3:], flow) + (1 - mask) * hallucinated
-        return frame, flow, mask
+        return self._refine(frame, current, head), flow, mask
+
+    def _refine(self, frame, current, head):
+        return frame if self.head_branch is None else self.head_branch(frame, current, head)
+
+    def head_input(self, landmarks: torch.Tensor | None, boxes: list) -> torch.Tensor | None:
+        """(B, 2) float (x0, y0) of each item's head window in its generator window, or None without a head
+        branch. landmarks (B, K, 3) of one frame; boxes: B CropBoxes."""
+        if self.head_branch is None:
+            return None
+        cfg = self.cfg
+        return torch.tensor([head_box(None if landmarks is None else landmarks[b].cpu().numpy(), bx, cfg.size,
+                                      cfg.head_side) for b, bx in enumerate(boxes)], dtype=torch.float32)
+
+    # -- whole clips, as a live session runs them ---------------------------------------------------------
+    def track_boxes(self, landmarks: torch.Tensor | None, batch: int, frames: int) -> list[list]:
+        """The window of every frame, (B, T) CropBoxes, placed by ``BoxTracker`` from landmarks (B, T, K, 3)
+        exactly as a live session places it (from the clip's first frame on)."""
+        cfg = self.cfg
+        h, w = cfg.crop_hw
+        if (h, w) != (cfg.size, cfg.size) and landmarks is None:
+            raise ValueError("a lite model with a person crop places its window by the landmarks: pass them")
+        out = []
+        for b in range(batch):
+            tracker = BoxTracker(cfg.size, h, w)
+            out.append([tracker.update(None if landmarks is None else landmarks[b, t].cpu().numpy())
+                        for t in range(frames)])
+        return out
+
+    def rollout(self, labels: torch.Tensor, landmarks: torch.Tensor | None = None):
+        """Generate a clip from zero history, placing the window by the landmarks as a live session does.
+
+        labels (B, T, C, S, S) full-frame label maps; landmarks (B, T, K, 3) (required with a person crop).
+        -> frames (B, T, 3, S, S) full frames; flows (B, T, 2, h, w) and masks (B, T, 1, h, w) in the
+        coordinates of each frame's window (``track_boxes``).
+        """
+        cfg = self.cfg
+        B, T = labels.shape[:2]
+        S, L, C = cfg.size, cfg.history_frames, cfg.label_nc
+        boxes = self.track_boxes(landmarks, B, T)
+        plate = self.plate()
+        label_hist = labels.new_zeros(B, L * C, S, S)
+        frame_hist = labels.new_zeros(B, L * 3, S, S)
+        frames, flows, masks = [], [], []
+        for t in range(T):
+            lab = labels[:, t]
+            step = [boxes[b][t] for b in range(B)]
+            window = lambda x: crop_batch(x, step)  # noqa: E731
+            head = self.head_input(None if landmarks is None else landmarks[:, t], step)
+            out, flow, mask = self(window(torch.cat((label_hist, lab), 1)), window(frame_hist) if L else None,
+                                   window(plate.expand(B, -1, -1, -1)), None if head is None else head.to(lab.device))
+            full = paste_batch(plate.expand(B, -1, -1, -1), out, step)
+            frames.append(full)
+            flows.append(flow)
+            masks.append(mask)
+            if L:
+                label_hist = torch.cat((label_hist[:, C:], lab), 1)
+                frame_hist = torch.cat((frame_hist[:, 3:], full.detach()), 1)
+        return torch.stack(frames, 1), torch.stack(flows, 1), torch.stack(masks, 1)
+
+
+def crop_batch(x: torch.Tensor, boxes: list) -> torch.Tensor:
+    """(B, C, S, S) -> (B, C, h, w): each item's own window (boxes: B CropBoxes of one size)."""
+    return torch.stack([x[i, :, b.slices()[0], b.slices()[1]] for i, b in enumerate(boxes)])
+
+
+def paste_batch(canvas: torch.Tensor, windows: torch.Tensor, boxes: list) -> torch.Tensor:
+    """A copy of ``canvas`` (B, C, S, S) with each item's window replaced by ``windows`` (B, C, h, w)."""
+    out = canvas.clone()
+    for i, b in enumerate(boxes):
+        ys, xs = b.slices()
+        out[i, :, ys, xs] = windows[i]
+    return out

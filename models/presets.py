@@ -41,6 +41,14 @@ class ModelConfig:
     norm: str = "instance"            # "instance" | "batch" | "none"
     flow_max_px: float = 0.0          # |flow| bound in pixels via tanh (0: unbounded, linear head)
     n_local: int = 0                  # coarse-to-fine local enhancers (0: global generator only)
+    # Person crop (arch "lite"): the generator draws inside a crop_height x crop_width window of the frame that
+    # follows the person (models/crop.py) and composites it onto the background plate. 0 = the whole frame;
+    # with person_crop the trainer sizes the window from the training data's landmarks before training.
+    person_crop: bool = False
+    crop_height: int = 0              # window height in pixels of the model frame (0: size)
+    crop_width: int = 0               # window width in pixels of the model frame (0: size)
+    head_crop: int = 0                # side in pixels of the head window refined by lite's head branch
+                                      #   (0: no head branch; -1: sized by the trainer from the data, size/8 if not)
     # Discriminators.
     ndf: int = 32                     # first-layer channels of every PatchGAN (vid2vid: 64)
     d_layers: int = 3                 # stride-2 layers per PatchGAN
@@ -52,6 +60,23 @@ class ModelConfig:
     def label_nc(self) -> int:
         """Channels of one frame's label map."""
         return label_channels(self.kind)
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        """(height, width) of the window the generator draws in: the person crop, or the whole frame."""
+        return (self.crop_height or self.size, self.crop_width or self.size)
+
+    @property
+    def head_side(self) -> int:
+        """Side of the head window in pixels (0: no head branch)."""
+        if self.head_crop == -1:
+            return max(8, self.size // 8 // 8 * 8)
+        return self.head_crop
+
+    @property
+    def has_plate_input(self) -> bool:
+        """True when one generator step also takes the background plate's window (arch "lite")."""
+        return self.arch == "lite"
 
     @property
     def is_temporal(self) -> bool:
@@ -102,6 +127,15 @@ class ModelConfig:
             raise ValueError(f"norm must be instance|batch|none, got {self.norm!r}")
         if self.temporal_frames < 2:
             raise ValueError("temporal_frames must be >= 2")
+        for name in ("crop_height", "crop_width"):
+            v = getattr(self, name)
+            if not 0 <= v <= self.size:
+                raise ValueError(f"{name} {v} must be between 0 (the whole frame) and size {self.size}")
+        if self.head_crop < -1 or self.head_side > min(self.crop_hw):
+            raise ValueError(f"head_crop {self.head_crop} must be -1 (auto), 0 (none) or a side that fits the "
+                             f"{self.crop_hw[0]}x{self.crop_hw[1]} window")
+        if (self.crop_height or self.crop_width or self.head_crop) and self.arch != "lite":
+            raise ValueError(f"a person crop (crop_height/crop_width) needs arch 'lite', not {self.arch!r}")
 
 
 def register_preset(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
@@ -183,6 +217,6 @@ def _face() -> ModelConfig:
 
 @register_preset
 def _lite() -> ModelConfig:
-    """CPU real-time dance model (models/lite.py): same temporal design, ~0.11 GMAC per frame at 256²."""
+    """CPU real-time dance model (models/lite.py): same temporal design, drawn in a person crop on a plate."""
     return ModelConfig(name="lite", kind="dance", arch="lite", size=256, history_frames=2, ngf=32, n_downsample=4,
-                       n_blocks=4, n_blocks_flow=0, norm="none")
+                       n_blocks=4, n_blocks_flow=0, norm="none", person_crop=True, head_crop=-1)

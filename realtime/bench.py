@@ -28,8 +28,13 @@ def random_checkpoint(preset: str, size: int, folder: str | os.PathLike, seed: i
     from models.generator import build_generator
     from models.presets import get_preset
 
+    from models.crop import typical_crop, typical_head
+
     torch.manual_seed(seed)
     cfg = get_preset(preset, size=size)
+    if cfg.person_crop:  # the window a trained model would have (its size comes from the training data)
+        cfg = cfg.replace(**dict(zip(("crop_height", "crop_width"), typical_crop(size))),
+                          head_crop=typical_head(size) if cfg.head_crop else 0)
     G = build_generator(cfg)
     save_checkpoint(Path(folder) / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg,
                     {"subject_stats": None})
@@ -76,23 +81,22 @@ def bench_generator(preset: str, backend: str, size: int, *, runs: int = 50, war
 
     from .engine import open_engine
 
-    cfg = get_preset(preset, size=size)
-    L, C, S = cfg.history_frames, cfg.label_nc, size
+    from .export import random_inputs
+
     with tempfile.TemporaryDirectory() as tmp:
         engine = open_engine(model or random_checkpoint(preset, size, tmp), backend, **(engine_kwargs or {}))
-        rng = np.random.default_rng(0)
-        labels = rng.random((1, (L + 1) * C, S, S), dtype=np.float32)
-        prev = (rng.random((1, L * 3, S, S), dtype=np.float32) * 2 - 1) if L else None
+        cfg = engine.cfg
+        feeds = random_inputs(cfg, 0)
         for _ in range(warmup):
-            engine.step(labels, prev)
+            engine.step(feeds)
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            engine.step(labels, prev)
+            engine.step(feeds)
             times.append((time.perf_counter() - t0) * 1000)
     p50, p99 = _percentiles(times)
     G = build_generator(cfg).eval()
-    gmac = count_macs(G, torch.from_numpy(labels), torch.from_numpy(prev) if L else None) / 1e9
+    gmac = count_macs(G, *(torch.from_numpy(v) for v in feeds.values())) / 1e9
     out = {"what": "generator", "preset": preset, "backend": backend, "size": size, "p50_ms": round(p50, 2),
            "p99_ms": round(p99, 2), "gmac": round(gmac, 4)}
     if throughput_gmacs:
@@ -114,9 +118,11 @@ def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), 
         if device != "cpu":
             kw["device"] = device
         engine = open_engine(model or random_checkpoint(preset, size, tmp), backend, **kw)
-        rng = np.random.default_rng(0)
+        from .export import random_inputs
+
         for b in batch_sizes:
-            feeds = {k: rng.random((b, *s), dtype=np.float32) for k, s in engine.input_shapes.items()}
+            samples = [random_inputs(engine.cfg, i) for i in range(b)]
+            feeds = {k: np.concatenate([x[k] for x in samples]) for k in samples[0]}
             for _ in range(warmup):
                 engine.step_batch(feeds)
             times = []

@@ -1,12 +1,17 @@
-"""One backend-agnostic interface over the compiled generator: ``Engine.step(labels, previous) -> frame``.
+"""One backend-agnostic interface over the compiled generator: ``Engine.step(feeds) -> frame``.
 
 Backends (by name): ``torch`` (plain PyTorch, the reference path), ``onnxruntime`` (CPU, or CUDA when present),
 ``tensorrt`` and ``torch-tensorrt`` (NVIDIA GPUs, optional extras). All take and return numpy float32 arrays in
-the generator's conventions (see models/generator.py):
+the generator's conventions (see models/generator.py, models/lite.py), named as ``realtime.export.io_shapes``
+gives them, in the window (h, w) = ``cfg.crop_hw`` the generator draws in (the whole frame, or lite's person crop):
 
-    labels   (1, (L+1)*C, S, S)  label maps of frames t-L..t in [0, 1]
-    previous (1, L*3, S, S)      the L previously generated frames in [-1, 1] (None when L = 0)
-    -> frame (1, 3, S, S)        in [-1, 1]
+    labels   (1, (L+1)*C, h, w)  label maps of frames t-L..t in [0, 1]
+    previous (1, L*3, h, w)      the L previously generated frames in [-1, 1] (absent when L = 0)
+    plate    (1, 3, h, w)        the background plate's window in [-1, 1] (only when cfg.has_plate_input)
+    -> frame (1, 3, h, w)        in [-1, 1]
+
+``Engine.plate`` is the model's whole background plate (3, S, S) (None for models without one): a session
+composites the window onto it.
 
 ``Engine.step_batch(inputs)`` runs B independent samples at once: ``inputs`` maps every input name
 (``Engine.input_shapes``) to an array stacked along axis 0, ``(B, *per-sample shape)``, and the frames come
@@ -61,6 +66,26 @@ def checkpoint_meta(model: str | os.PathLike) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def checkpoint_plate(model: str | os.PathLike) -> np.ndarray | None:
+    """The background plate (3, S, S) in [-1, 1] stored in a checkpoint (``G.background``, before its tanh), or
+    None when the model has none. A bare ``.onnx`` is looked up by its run folder's generator.json."""
+    from safetensors import safe_open
+
+    from models.checkpoint import CheckpointError, resolve
+
+    p = Path(model)
+    if p.suffix == ".onnx":
+        p = p.with_name("generator.json")
+    try:
+        weights = resolve(p).with_suffix(".safetensors")
+        with safe_open(str(weights), framework="np") as f:
+            if "G.background" not in f.keys():
+                return None
+            return np.tanh(f.get_tensor("G.background")[0]).astype(np.float32)
+    except (CheckpointError, OSError) as e:
+        raise EngineError(f"{model}: the background plate of this model could not be read ({e})") from None
+
+
 class Engine(abc.ABC):
     """Base class: subclasses set ``cfg``, ``backend`` and implement ``_run``. ``meta`` carries the checkpoint's
     metadata (e.g. ``subject_stats``, which the server announces to clients for pose normalisation)."""
@@ -69,35 +94,46 @@ class Engine(abc.ABC):
     meta: dict = {}
     backend: str = "?"
     device: str = "cpu"
+    plate: np.ndarray | None = None
     max_batch: int = 1                # samples per _run call (step_batch splits larger batches)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every input name -> its per-sample shape (no batch axis), in the generator's argument order."""
+        """Every input name -> its shape at batch 1, in the generator's argument order."""
         from .export import io_shapes
 
-        return {name: shape[1:] for name, shape in io_shapes(self.cfg)[0].items()}
+        return io_shapes(self.cfg)[0]
 
-    def step(self, labels: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
-        """One sample (batch 1): the frame ``(1, 3, S, S)``."""
-        feeds = {"labels": labels}
-        if previous is not None or self.cfg.history_frames:
-            feeds["previous"] = previous
-        for name, shape in self.input_shapes.items():
-            x = feeds.get(name)
-            if x is None or x.shape != (1, *shape):
-                raise ValueError(f"{name} must be {(1, *shape)}, got {None if x is None else x.shape}")
-        return self._run({n: np.ascontiguousarray(feeds[n], np.float32) for n in self.input_shapes})
+    def zero_inputs(self) -> dict[str, np.ndarray]:
+        """Feeds of the first step from zero history, with the plate's window of a centred crop."""
+        feeds = {name: np.zeros(shape, np.float32) for name, shape in self.input_shapes.items()}
+        if "plate" in feeds and self.plate is not None:
+            S = self.cfg.size
+            h, w = self.cfg.crop_hw
+            y0, x0 = (S - h) // 2, (S - w) // 2
+            feeds["plate"][0] = self.plate[:, y0:y0 + h, x0:x0 + w]
+        return feeds
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One generator step on the named inputs (``input_shapes``); returns the frame (1, 3, h, w)."""
+        want = self.input_shapes
+        if set(feeds) != set(want):
+            raise ValueError(f"engine inputs must be {sorted(want)}, got {sorted(feeds)}")
+        for name, shape in want.items():
+            if feeds[name].shape != shape:
+                raise ValueError(f"{name} must be {shape}, got {feeds[name].shape}")
+        return self._run({name: np.ascontiguousarray(feeds[name], np.float32) for name in want})
 
     def step_batch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """B samples at once: ``inputs[name]`` is ``(B, *input_shapes[name])``; returns ``(B, 3, S, S)``."""
+        """B samples at once: ``inputs[name]`` is ``input_shapes[name]`` with B rows instead of 1 (every input
+        stacked along axis 0); returns the frames ``(B, 3, h, w)``."""
         shapes = self.input_shapes
         if set(inputs) != set(shapes):
-            raise ValueError(f"inputs must be exactly {sorted(shapes)}, got {sorted(inputs)}")
+            raise ValueError(f"engine inputs must be exactly {sorted(shapes)}, got {sorted(inputs)}")
         batch = {len(x) for x in inputs.values()}
-        if len(batch) != 1 or not all(inputs[n].shape[1:] == s for n, s in shapes.items()):
-            raise ValueError(f"inputs must share one batch size and have per-sample shapes {shapes}, got "
-                             f"{ {n: x.shape for n, x in inputs.items()} }")
+        if len(batch) != 1 or not all(inputs[n].shape[1:] == s[1:] for n, s in shapes.items()):
+            raise ValueError(f"inputs must share one batch size and have per-sample shapes "
+                             f"{ {n: s[1:] for n, s in shapes.items()} }, got { {n: x.shape for n, x in inputs.items()} }")
         (n,) = batch
         feeds = {k: np.ascontiguousarray(inputs[k], np.float32) for k in shapes}
         step = max(1, int(self.max_batch))
@@ -108,7 +144,7 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the compiled generator on validated, contiguous float32 inputs of batch ``1..max_batch`` (every
-        name of ``input_shapes``); return the frames ``(B, 3, S, S)``."""
+        name of ``input_shapes``); return the frames ``(B, 3, h, w)``."""
 
     def describe(self) -> str:
         return f"{self.backend} on {self.device} ({self.cfg.name}, {self.cfg.size}px, L={self.cfg.history_frames})"
@@ -132,12 +168,15 @@ class TorchEngine(Engine):
         self.device = device
         self.G, self.meta = load_generator(model, device)
         self.cfg = self.G.cfg
+        if self.G.uses_background_plate:
+            with torch.inference_mode():
+                self.plate = self.G.plate()[0].float().cpu().numpy()
 
     def _run(self, feeds):
         torch = self._torch
         with torch.inference_mode():
-            args = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in feeds.items()}
-            return self.G(**args)[0].float().cpu().numpy()
+            args = [torch.from_numpy(feeds[name]).to(self.device) for name in self.input_shapes]
+            return self.G(*args)[0].float().cpu().numpy()
 
 
 def _onnx_for(model: str | os.PathLike, onnx_path: str | os.PathLike | None):
@@ -183,6 +222,7 @@ class OnnxRuntimeEngine(Engine):
             providers = ["CPUExecutionProvider"]
         self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
         self.meta = checkpoint_meta(model)
+        self.plate = checkpoint_plate(model)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -229,6 +269,7 @@ class TensorRTEngine(Engine):
         self._torch = torch
         self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
         self.meta = checkpoint_meta(model)
+        self.plate = checkpoint_plate(model)
         self.cfg = X.config_from_metadata(X.read_onnx_metadata(self.onnx_path), str(self.onnx_path))
         self.engine_path, key, self.built = X.get_tensorrt_engine(self.onnx_path, fp16, cache_dir)
         self._runtime, self._engine = X.load_tensorrt_engine(self.engine_path, key, trt)
@@ -296,6 +337,7 @@ class TorchTensorRTEngine(Engine):
 
         X.import_torch_tensorrt()  # one clear line without a GPU or the package
         self.meta = checkpoint_meta(model)
+        self.plate = checkpoint_plate(model)
         import torch
 
         if device != "cuda" and not str(device).startswith("cuda"):
@@ -308,7 +350,8 @@ class TorchTensorRTEngine(Engine):
     def _run(self, feeds):  # compiled at batch 1 (max_batch 1): step_batch feeds it one sample at a time
         torch = self._torch
         with torch.no_grad():
-            return self._module(*[torch.from_numpy(feeds[n]).cuda() for n in self.input_shapes])[0].float().cpu().numpy()
+            args = [torch.from_numpy(feeds[name]).cuda() for name in self.input_shapes]
+            return self._module(*args)[0].float().cpu().numpy()
 
 
 def open_engine(model: str | os.PathLike, backend: str = "onnxruntime", **kwargs) -> Engine:
@@ -330,7 +373,7 @@ def calibrate_batch(engine: Engine, limit: int = 16, *, runs: int = 5, gain: flo
     fps: dict[int, float] = {}
     best, b = 1, 1
     while b <= max(1, int(limit)):
-        feeds = {k: np.zeros((b, *s), np.float32) for k, s in engine.input_shapes.items()}
+        feeds = {k: np.zeros((b, *s[1:]), np.float32) for k, s in engine.input_shapes.items()}
         engine.step_batch(feeds)                      # warm-up: allocations, kernel selection
         times = []
         for _ in range(runs):

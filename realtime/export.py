@@ -2,10 +2,12 @@
 
     posecast export RUN --backend onnxruntime|tensorrt|torch-tensorrt [--fp16]   ->   export(RUN, backend, ...)
 
-ONNX: ``export_onnx`` traces ``Generator.forward`` with the TorchScript exporter (``dynamo=False``), static
-shapes but for a batch axis (``BATCH_AXIS``) on every input and output: inputs ``labels`` (B, (L+1)*C, S, S) and
-``previous`` (B, L*3, S, S) (no ``previous`` when L = 0), outputs ``frame``, ``flow``, ``mask``. Before the file
-is written, ONNX Runtime (CPU) runs it on random inputs of several seeds, one at a time and all as one batch, and
+ONNX: ``export_onnx`` traces ``Generator.forward`` with the TorchScript exporter (``dynamo=False``) at static
+shapes but for a batch axis (``BATCH_AXIS``) on every input and output: inputs ``labels`` (B, (L+1)*C, h, w),
+``previous`` (B, L*3, h, w) (none when L = 0) and, for models drawn on a background plate, ``plate``
+(B, 3, h, w), all in the window (h, w) = ``cfg.crop_hw``, and for models with a head branch ``head`` (B, 2): the
+head window's integer (x0, y0) in that window; outputs ``frame``, ``flow``, ``mask``. Before the file is
+written, ONNX Runtime (CPU) runs it on random inputs of several seeds, one at a time and all as one batch, and
 its outputs are compared with PyTorch's; an error over ``atol`` raises
 ``ExportError`` and writes nothing. The file's metadata_props record the model config (JSON) and a sha256 of
 the generator weights (``posecast.config``, ``posecast.weights_sha256``), so an engine can tell which
@@ -48,7 +50,7 @@ META_CONFIG = "posecast.config"
 META_WEIGHTS = "posecast.weights_sha256"
 META_VERSION = "posecast.export_version"
 META_ERROR = "posecast.max_abs_error"
-INPUT_NAMES = ("labels", "previous")
+INPUT_NAMES = ("labels", "previous", "plate", "head")
 OUTPUT_NAMES = ("frame", "flow", "mask")
 ONNX_BACKENDS = ("onnxruntime", "tensorrt", "torch-tensorrt")
 CHECK_SEEDS = 3
@@ -165,11 +167,17 @@ def onnx_is_current(onnx_path: str | os.PathLike, cfg: ModelConfig, sha: str) ->
 
 # -- ONNX -------------------------------------------------------------------------------------------------
 def io_shapes(cfg: ModelConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
-    L, C, S = cfg.history_frames, cfg.label_nc, cfg.size
-    inputs = {"labels": (1, (L + 1) * C, S, S)}
+    """(input name -> shape, output name -> shape) of one generator step, in the window it draws in."""
+    L, C = cfg.history_frames, cfg.label_nc
+    h, w = cfg.crop_hw
+    inputs = {"labels": (1, (L + 1) * C, h, w)}
     if L:
-        inputs["previous"] = (1, L * 3, S, S)
-    return inputs, {"frame": (1, 3, S, S), "flow": (1, 2, S, S), "mask": (1, 1, S, S)}
+        inputs["previous"] = (1, L * 3, h, w)
+    if cfg.has_plate_input:
+        inputs["plate"] = (1, 3, h, w)
+    if cfg.head_side:
+        inputs["head"] = (1, 2)
+    return inputs, {"frame": (1, 3, h, w), "flow": (1, 2, h, w), "mask": (1, 1, h, w)}
 
 
 def _one_step(G):
@@ -182,13 +190,18 @@ def _one_step(G):
     import torch
     from torch import nn
 
+    names = list(io_shapes(G.cfg)[0])
+
     class OneStep(nn.Module):
         def __init__(self):
             super().__init__()
             self.G = G
 
-        def forward(self, labels, previous=None):
-            frame, flow, mask = self.G(labels, previous)
+        def forward(self, *inputs):
+            feeds = dict(zip(names, inputs))
+            previous = feeds.get("previous")
+            extra = {k: feeds[k] for k in ("plate", "head") if k in feeds}
+            frame, flow, mask = self.G(feeds["labels"], previous, **extra)
             if previous is None:
                 zero = frame[:, :1] * 0.0
                 flow, mask = torch.cat((zero, zero), 1), zero
@@ -198,12 +211,17 @@ def _one_step(G):
 
 
 def random_inputs(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
-    """Labels in [0, 1], previous frames in [-1, 1], float32, batch 1."""
+    """Labels in [0, 1], previous frames and plate in [-1, 1], float32, batch 1."""
     rng = np.random.default_rng(seed)
     shapes, _ = io_shapes(cfg)
     out = {"labels": rng.random(shapes["labels"], dtype=np.float32)}
-    if "previous" in shapes:
-        out["previous"] = rng.random(shapes["previous"], dtype=np.float32) * 2 - 1
+    for name in ("previous", "plate"):
+        if name in shapes:
+            out[name] = rng.random(shapes[name], dtype=np.float32) * 2 - 1
+    if "head" in shapes:  # integer (x0, y0) of the head window inside the generator's window
+        h, w = cfg.crop_hw
+        side = cfg.head_side
+        out["head"] = np.array([[rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)]], np.float32)
     return out
 
 

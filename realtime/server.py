@@ -775,10 +775,8 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
         backend = "onnxruntime" if "onnxruntime" in list_backends() else "torch"
     engine = open_engine(model, backend, **(engine_kwargs or {}))
     if warmup:  # the first run of an engine is slow (allocation, autotuning): pay it before the first client
-        cfg = engine.cfg
-        L, C, S = cfg.history_frames, cfg.label_nc, cfg.size
         t0 = time.perf_counter()
-        engine.step(np.zeros((1, (L + 1) * C, S, S), np.float32), np.zeros((1, L * 3, S, S), np.float32) if L else None)
+        engine.step(engine.zero_inputs())
         log.info("engine warm-up: %.0f ms", _ms(t0, time.perf_counter()))
     if server_kwargs.get("max_batch") == 0:  # auto: the batch size that makes the most frames/s on this machine
         limit = server_kwargs.get("max_clients", Limits.max_clients)

@@ -1,18 +1,21 @@
 """Per-client streaming state: the label-map and frame histories one client's generator runs on.
 
 A ``Session`` turns one client's landmark stream into frames, exactly like ``Generator.rollout`` does at training
-time: history starts at zero (and returns to zero on ``reset()``), each step renders the current label map with
-the training renderer (``models.render``) and feeds the engine
+time: history starts at zero (and returns to zero on ``reset()``), each step renders the current full-frame label
+map with the training renderer (``models.render``), places the generator's window (the whole frame, or for
+person-crop models the ``models.crop.BoxTracker`` box that follows the person), and feeds the engine that window of
 
     labels   (1, (L+1)*C, S, S)  the label maps of frames t-L..t, oldest first
-    previous (1, L*3, S, S)      the L previously generated frames in [-1, 1], oldest first
+    previous (1, L*3, S, S)      the L previously generated full frames in [-1, 1], oldest first
+    plate                        the background plate (models drawn on one)
 
-then shifts both histories by one frame. All buffers are preallocated: the label map is rendered straight into
-the current slot of the label buffer, and the frame is converted to uint8 in place.
+The window it returns is pasted into the plate (the whole frame for other models), and both histories shift by
+one frame. All buffers are preallocated: the label map is rendered straight into the current slot of the label
+buffer, windows are copied into the engine's input buffers, and the frame is converted to uint8 in place.
 
-A step is ``prepare`` (render; returns the engine inputs by name) -> the engine -> ``finish`` (uint8 + history
-shift), so that ``step_sessions`` can run many sessions through one batched engine call: each input stacked
-along axis 0, the frames split back. ``Session.step`` is the same with a batch of one.
+A step is ``prepare`` (render, place the window; returns the engine's feeds by name) -> the engine -> ``finish``
+(paste, uint8, history shift), so that ``step_sessions`` can run many sessions through one batched engine call:
+each input stacked along axis 0, the windows split back. ``Session.step`` is the same with a batch of one.
 
 Sessions are not thread-safe; the server runs every session on its one worker thread.
 """
@@ -23,6 +26,7 @@ import time
 
 import numpy as np
 
+from models.crop import BoxTracker, CropBox, head_box
 from models.render import render_labels
 from models.visualize import to_uint8
 from realtime.protocol import ErrorCode, ProtocolError
@@ -70,10 +74,20 @@ class Session:
         self._labels = np.zeros((1, (L + 1) * C, S, S), np.float32)
         self._current = self._labels[0, L * C:]                     # (C, S, S) view: the current frame's slot
         self._previous = np.zeros((1, L * 3, S, S), np.float32) if L else None
+        self._frame = np.zeros((3, S, S), np.float32)               # the full frame being made
+        self._feeds = engine.zero_inputs()                          # the engine's input buffers (window-sized)
+        h, w = cfg.crop_hw
+        self._tracker = BoxTracker(S, h, w) if (h, w) != (S, S) else None
+        self._whole = CropBox(0, 0, S, S)
+        self._plate = engine.plate
+        if cfg.has_plate_input and self._plate is None:
+            raise ValueError(f"the {cfg.name} model draws on a background plate but its engine has none")
         self._planes_f = np.empty((3, S, S), np.float32)
         self._planes_u8 = np.empty((3, S, S), np.uint8)
         self._rgb = np.empty((S, S, 3), np.uint8)
         self.frames = 0                                              # frames generated since start / reset
+        self.box = None                                              # the window of the last frame (CropBox)
+        self._box_next: CropBox | None = None                        # the window of the frame being made
 
     # -- validation --------------------------------------------------------------------------------------
     def check(self, landmarks, seq: int | None = None) -> np.ndarray:
@@ -108,23 +122,36 @@ class Session:
         return arr
 
     # -- the hot path ------------------------------------------------------------------------------------
-    def inputs(self) -> dict[str, np.ndarray]:
-        """The engine inputs of the next step by name, batch 1 (views of this session's buffers)."""
-        d = {"labels": self._labels}
-        if self._previous is not None:
-            d["previous"] = self._previous
-        return d
-
     def prepare(self, landmarks, seq: int | None = None) -> dict[str, np.ndarray]:
-        """Validate and render ``landmarks`` into the current label slot; return ``inputs()``."""
+        """Validate and render ``landmarks``, place the window; return the engine's feeds by name, batch 1
+        (this session's own input buffers, valid until its next ``prepare``)."""
         lm = self.check(landmarks, seq)
-        render_labels(self.kind, lm, self.size, self.size, out=self._current)
-        return self.inputs()
+        S, L = self.size, self.history_frames
+        render_labels(self.kind, lm, S, S, out=self._current)
+        box = self._tracker.update(lm) if self._tracker else None
+        ys, xs = box.slices() if box else (slice(None), slice(None))
+        feeds = self._feeds
+        feeds["labels"][0] = self._labels[0, :, ys, xs]
+        if L:
+            feeds["previous"][0] = self._previous[0, :, ys, xs]
+        if "plate" in feeds:
+            feeds["plate"][0] = self._plate[:, ys, xs]
+        if "head" in feeds:
+            feeds["head"][0] = head_box(lm, box or self._whole, S, self.engine.cfg.head_side)
+        self._box_next = box
+        return feeds
 
-    def finish(self, frame: np.ndarray) -> np.ndarray:
-        """Take the engine's frame ``(3, S, S)`` in [-1, 1]: convert it to uint8 RGB and shift the histories."""
-        S, L, C = self.size, self.history_frames, self.label_nc
-        frame = np.asarray(frame, np.float32).reshape(3, S, S)
+    def finish(self, window: np.ndarray) -> np.ndarray:
+        """Take the engine's window ``(3, h, w)`` in [-1, 1]: paste it (onto the plate for crop models), convert
+        the frame to uint8 RGB and shift the histories. Returns the RGB frame (a buffer this session owns)."""
+        L, C = self.history_frames, self.label_nc
+        box = self._box_next
+        ys, xs = box.slices() if box else (slice(None), slice(None))
+        frame = self._frame
+        if box is not None:
+            frame[:] = self._plate
+        frame[:, ys, xs] = np.asarray(window, np.float32)
+        self.box = box
         to_uint8(frame, out=self._rgb, scratch=(self._planes_f, self._planes_u8))
         # Shift the histories one frame (block by block, oldest first: no overlapping copies, no temporaries).
         if L:
@@ -140,11 +167,11 @@ class Session:
     def step(self, landmarks, seq: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
         """Generate the next frame from ``landmarks`` (K, 3); see the class docstring."""
         t0 = time.perf_counter()
-        inputs = self.prepare(landmarks, seq)
+        feeds = self.prepare(landmarks, seq)
         t1 = time.perf_counter()
-        out = self.engine.step(**inputs)
+        out = self.engine.step(feeds)
         t2 = time.perf_counter()
-        rgb = self.finish(out[0])
+        rgb = self.finish(np.asarray(out)[0])
         t3 = time.perf_counter()
         return rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
 
@@ -153,23 +180,26 @@ class Session:
         self._labels.fill(0.0)
         if self._previous is not None:
             self._previous.fill(0.0)
+        if self._tracker is not None:
+            self._tracker.reset()
         self.frames = 0
+        self.box = None
 
 
 def step_sessions(engine, work: list[tuple[Session, np.ndarray]]) -> list[tuple[np.ndarray, dict[str, float]]]:
     """One step of every ``(session, landmarks)`` in ``work`` with ONE batched engine call.
 
-    Every session's inputs are stacked along axis 0, name by name (whatever inputs the engine has), and row i of
-    the engine's output goes back to session i. Landmarks must have been validated (``Session.check``).
-    Returns, per session, its frame (a buffer the session owns) and timings; ``engine`` is the batch's engine
-    time, shared by all. With one session this is ``Session.step``.
+    Every session's feeds are stacked along axis 0, name by name (whatever inputs the engine has: labels,
+    previous, plate, head, ...), and row i of the engine's output goes back to session i. Returns, per session,
+    its frame (a buffer the session owns) and timings; ``engine`` is the batch's engine time, shared by all.
+    With one session (or an engine without ``step_batch``) this is ``Session.step`` for each.
     """
     if len(work) == 1 or not hasattr(engine, "step_batch"):
         return [s.step(lm) for s, lm in work]
     t0 = time.perf_counter()
-    inputs = [s.prepare(lm) for s, lm in work]
+    feeds = [s.prepare(lm) for s, lm in work]
     t1 = time.perf_counter()
-    out = engine.step_batch({k: np.concatenate([x[k] for x in inputs]) for k in inputs[0]})
+    out = engine.step_batch({k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
     t2 = time.perf_counter()
     results = []
     for i, (s, _) in enumerate(work):

@@ -22,12 +22,15 @@ from realtime.engine import EngineError, TorchEngine, open_engine
 from realtime.export import ExportError, export, export_onnx
 
 SMALL = dict(size=32, ngf=8, ndf=8)
-CASES = [("dance", 0), ("dance-perframe", 0), ("face", 0), ("dance", 1), ("lite", 0)]
+CASES = [("dance", 0), ("dance-perframe", 0), ("face", 0), ("dance", 1), ("lite", 0), ("lite-crop", 0)]
+# lite in a person crop smaller than the frame, with its head branch.
+VARIANT = {"lite-crop": ("lite", dict(size=48, crop_height=32, crop_width=16, head_crop=8))}
 HAS_CUDA = torch.cuda.is_available()
 
 
 def make_run(root: Path, name: str, n_local: int = 0, seed: int = 0) -> Path:
-    cfg = get_preset(name, n_local=n_local, **SMALL)
+    preset, extra = VARIANT.get(name, (name, {}))
+    cfg = get_preset(preset, n_local=n_local, **{**SMALL, **extra})
     torch.manual_seed(seed)
     G = build_generator(cfg)
     root.mkdir(parents=True, exist_ok=True)
@@ -35,18 +38,9 @@ def make_run(root: Path, name: str, n_local: int = 0, seed: int = 0) -> Path:
     return root
 
 
-def sequential_inputs(cfg, steps: int, seed: int = 0):
-    """Per-step label maps of a short random sequence (1, C, S, S) and a random starting history
-    (test_first_frame_from_zero_history_matches covers the zero history)."""
-    L, C, S = cfg.history_frames, cfg.label_nc, cfg.size
-    rng = np.random.default_rng(seed)
-    labels = rng.random((1, L * C, S, S), dtype=np.float32)
-    prev = rng.random((1, L * 3, S, S), dtype=np.float32) * 2 - 1
-    return labels, prev, [rng.random((1, C, S, S), dtype=np.float32) for _ in range(steps)]
-
-
 def compare_steps(engine, reference, steps: int = 4, seed: int = 0) -> list[float]:
-    """Max |engine - reference| of each of ``steps`` sequential steps on the same inputs.
+    """Max |engine - reference| of each of ``steps`` sequential steps on the same inputs (random labels, a
+    random starting history; test_first_frame_from_zero_history_matches covers the zero history).
 
     Both engines see the same history: the reference's frames are fed back (teacher forcing). Free-running
     each engine on its own frames compounds 1e-6 differences through the untrained, random-init feedback loop
@@ -54,17 +48,18 @@ def compare_steps(engine, reference, steps: int = 4, seed: int = 0) -> list[floa
     """
     cfg = reference.cfg
     L, C = cfg.history_frames, cfg.label_nc
-    labels, prev, seq = sequential_inputs(cfg, steps, seed)
+    h, w = cfg.crop_hw
+    rng = np.random.default_rng(seed + 100)
+    feeds = X.random_inputs(cfg, seed)
     errors = []
-    for lab in seq:
-        lab_in = np.concatenate((labels, lab), 1)
-        ref = reference.step(lab_in, prev if L else None)
-        got = engine.step(lab_in, prev if L else None)
-        assert got.shape == ref.shape == (1, 3, cfg.size, cfg.size) and got.dtype == np.float32
+    for _ in range(steps):
+        feeds["labels"] = np.concatenate((feeds["labels"][:, C:], rng.random((1, C, h, w), dtype=np.float32)), 1)
+        ref = reference.step(feeds)
+        got = engine.step(feeds)
+        assert got.shape == ref.shape == (1, 3, h, w) and got.dtype == np.float32
         errors.append(float(np.abs(got - ref).max()))
         if L:
-            labels = lab_in[:, C:]
-            prev = np.concatenate((prev, ref), 1)[:, 3:]
+            feeds["previous"] = np.concatenate((feeds["previous"], ref), 1)[:, 3:]
     return errors
 
 
@@ -83,13 +78,18 @@ def tiny_run(tmp_path):
 def test_export_parity_with_torch(exported):
     run, res = exported
     cfg = load_generator(run)[0].cfg
-    L, C, S = cfg.history_frames, cfg.label_nc, cfg.size
+    L, C = cfg.history_frames, cfg.label_nc
+    h, w = cfg.crop_hw
     assert res.onnx_path == run / "generator.onnx" and res.onnx_path.is_file()
     assert 0.0 <= res.max_abs_error < 1e-3
     assert res.max_abs_error == max(res.errors.values()) and set(res.errors) == {"frame", "flow", "mask"}
-    want_in = {"labels": (1, (L + 1) * C, S, S), **({"previous": (1, L * 3, S, S)} if L else {})}
+    want_in = {"labels": (1, (L + 1) * C, h, w), **({"previous": (1, L * 3, h, w)} if L else {})}
+    if cfg.arch == "lite":  # the plate's window, and the head window's place when there is a head branch
+        want_in["plate"] = (1, 3, h, w)
+        if cfg.head_side:
+            want_in["head"] = (1, 2)
     assert res.input_shapes == want_in and res.opset == 17
-    assert res.output_shapes == {"frame": (1, 3, S, S), "flow": (1, 2, S, S), "mask": (1, 1, S, S)}
+    assert res.output_shapes == {"frame": (1, 3, h, w), "flow": (1, 2, h, w), "mask": (1, 1, h, w)}
     import onnx
 
     m = onnx.load(str(res.onnx_path))
@@ -132,13 +132,17 @@ def test_first_frame_from_zero_history_matches(exported):
     run, _ = exported
     ort_engine, torch_engine = open_engine(run, "onnxruntime"), TorchEngine(run)
     cfg = torch_engine.cfg
-    L, C, S = cfg.history_frames, cfg.label_nc, cfg.size
-    rng = np.random.default_rng(1)
-    labels = np.concatenate((np.zeros((1, L * C, S, S), np.float32), rng.random((1, C, S, S), dtype=np.float32)), 1)
-    prev = np.zeros((1, L * 3, S, S), np.float32) if L else None
-    assert np.abs(ort_engine.step(labels, prev) - torch_engine.step(labels, prev)).max() < 1e-3
-    blank = np.zeros_like(labels)  # nobody in view, no history
-    assert np.abs(ort_engine.step(blank, prev) - torch_engine.step(blank, prev)).max() < 1e-4
+    C = cfg.label_nc
+    h, w = cfg.crop_hw
+    feeds = torch_engine.zero_inputs()
+    assert set(feeds) == set(X.io_shapes(cfg)[0]) and not feeds["labels"].any()
+    if "plate" in feeds:
+        y0, x0 = (cfg.size - h) // 2, (cfg.size - w) // 2  # a centred window until a person is seen
+        np.testing.assert_array_equal(feeds["plate"][0], torch_engine.plate[:, y0:y0 + h, x0:x0 + w])
+    blank = {k: v.copy() for k, v in feeds.items()}  # nobody in view, no history
+    feeds["labels"][:, -C:] = np.random.default_rng(1).random((1, C, h, w), dtype=np.float32)
+    assert np.abs(ort_engine.step(feeds) - torch_engine.step(feeds)).max() < 1e-3
+    assert np.abs(ort_engine.step(blank) - torch_engine.step(blank)).max() < 1e-4
 
 
 def test_stale_onnx_is_reexported(tmp_path):

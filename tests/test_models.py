@@ -65,17 +65,23 @@ def test_generator_and_discriminators_forward_backward(name, n_local):
     assert torch.isfinite(frame).all()
 
 
-def test_lite_is_two_orders_of_magnitude_cheaper():
+def test_lite_in_its_person_crop_is_fifty_times_cheaper():
+    from models.crop import typical_crop
     from models.flops import count_macs
 
-    macs = {}
-    for name in ("dance", "lite"):
-        cfg = get_preset(name, size=64)
-        labels, prev = _inputs(cfg, 1)
-        macs[name] = count_macs(build_generator(cfg).eval(), labels, prev)
-    assert macs["lite"] * 100 < macs["dance"]
+    dance = get_preset("dance", size=256)
+    lite = get_preset("lite", size=256).replace(**dict(zip(("crop_height", "crop_width"), typical_crop(256))))
+    labels, prev = _inputs(dance, 1)
+    h, w = lite.crop_hw
+    macs_dance = count_macs(build_generator(dance).eval(), labels, prev)
+    macs_lite = count_macs(build_generator(lite).eval(), torch.rand(1, 9, h, w), torch.rand(1, 6, h, w),
+                           torch.rand(1, 3, h, w), torch.tensor([[40.0, 8.0]]))
+    assert (h, w) == (256, 192)
+    assert macs_lite * 50 < macs_dance
     with pytest.raises(ValueError, match="no local enhancer"):
         build_generator(get_preset("lite", n_local=1))
+    with pytest.raises(ValueError, match="needs arch 'lite'"):
+        get_preset("dance", crop_height=128)
 
 
 def test_lite_flow_branch_reaches_shared_features_scaled_down(monkeypatch):
@@ -107,20 +113,50 @@ def test_lite_flow_branch_reaches_shared_features_scaled_down(monkeypatch):
     assert torch.allclose(branch_scaled, branch_full)  # the branch itself learns at full strength
 
 
-def test_lite_draws_its_background_plate_where_the_head_adds_nothing():
+def test_lite_draws_its_background_plate_where_alpha_is_zero():
     cfg = get_preset("lite", size=32, ngf=8)
     G = build_generator(cfg).eval()
     plate = torch.rand(3, 32, 32) * 1.6 - 0.8
     G.set_background(plate)
     with torch.no_grad():
         G.head.weight.zero_()
+        G.head.bias.copy_(torch.tensor([0.9, 0.9, 0.9, -30.0]))  # a bright person, but alpha ~0: nothing drawn
         G.flow_head.weight.zero_()
         G.flow_head.bias.copy_(torch.tensor([0.0, 0.0, -30.0]))  # zero flow, occlusion mask ~0: all hallucinated
         frame, flow, mask = G(*_inputs(cfg, 1))
-    assert mask.max() < 1e-6 and flow.abs().max() == 0
-    assert torch.allclose(frame[0], plate, atol=1e-5)
+        assert mask.max() < 1e-6 and flow.abs().max() == 0
+        assert torch.allclose(frame[0], plate, atol=1e-5)
+        G.head.bias[3] = 30.0                                   # alpha ~1: the person inside, the plate at the rim
+        frame = G(*_inputs(cfg, 1))[0][0]
+    assert torch.allclose(frame[:, 8:-8, 8:-8], torch.full((3, 16, 16), float(torch.tanh(torch.tensor(0.9)))),
+                          atol=1e-4)
+    assert torch.allclose(frame[:, 0], plate[:, 0], atol=1e-5)   # alpha is zero on the window's border
     with pytest.raises(ValueError, match="background plate of shape"):
         G.set_background(torch.zeros(3, 16, 16))
+
+
+def test_lite_in_a_person_crop_draws_the_plate_outside_it_and_needs_the_landmarks():
+    """rollout places the window by the landmarks, composites it onto the plate and leaves the rest alone."""
+    cfg = get_preset("lite", size=64, ngf=8, crop_height=48, crop_width=32)
+    G = build_generator(cfg).eval()
+    plate = torch.rand(3, 64, 64) * 1.6 - 0.8
+    G.set_background(plate)
+    lm = torch.full((1, 3, 33, 3), float("nan"))
+    lm[..., 2] = 1.0
+    lm[..., 0], lm[..., 1] = 0.8, 0.7                      # the person near the bottom-right corner
+    with torch.no_grad():
+        frames, flows, masks = G.rollout(torch.zeros(1, 3, 3, 64, 64), landmarks=lm)
+    box = G.track_boxes(lm, 1, 3)[0][-1]
+    assert (box.x0, box.y0, box.height, box.width) == (32, 16, 48, 32)   # clamped inside the frame
+    assert frames.shape == (1, 3, 3, 64, 64) and flows.shape == (1, 3, 2, 48, 32) and masks.shape == (1, 3, 1, 48, 32)
+    outside = torch.ones(64, 64, dtype=torch.bool)
+    outside[16:64, 32:64] = False
+    ref = torch.tanh(torch.atanh(plate.clamp(-0.99, 0.99)))
+    assert torch.allclose(frames[0, -1][:, outside], ref[:, outside], atol=1e-6)
+    with pytest.raises(ValueError, match="places its window by the landmarks"):
+        G.rollout(torch.zeros(1, 2, 3, 64, 64))
+    with pytest.raises(ValueError, match="needs the plate's window"):
+        G(torch.zeros(1, 9, 48, 32), torch.zeros(1, 6, 48, 32))
 
 
 def test_mac_count_of_a_known_conv():

@@ -186,8 +186,12 @@ def test_session_validates_landmarks(engine):
     assert s.step(x)[0].shape == (SIZE, SIZE, 3)
     assert s.step(np.full((K, 3), np.nan, np.float32))[0].shape == (SIZE, SIZE, 3)
 
-    class FaceStub:                     # only cfg is needed to validate
+    class FaceStub:                     # only cfg (and empty input buffers) are needed to validate
         cfg = get_preset("face", size=32)
+        plate = None
+
+        def zero_inputs(self):
+            return {}
 
     face = Session(FaceStub())
     for k in (468, 478):
@@ -427,11 +431,12 @@ class FlakyEngine:
 
     def __init__(self, engine):
         self.inner, self.cfg, self.backend, self.fail = engine, engine.cfg, "flaky", False
+        self.plate, self.zero_inputs = engine.plate, engine.zero_inputs
 
-    def step(self, labels, previous):
+    def step(self, feeds):
         if self.fail:
             raise RuntimeError("simulated engine failure")
-        return self.inner.step(labels, previous)
+        return self.inner.step(feeds)
 
 
 @pytest.mark.timeout(30)

@@ -85,16 +85,27 @@ def test_eval_json_keys_and_ranges(trained):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {"psnr", "ssim", "flicker", "flicker_real", "frames"} <= set(res)
+    assert {"psnr", "ssim", "flicker", "flicker_real", "frames", "psnr_person", "ssim_person", "psnr_head",
+            "psnr_background", "psnr_baseline", "psnr_person_baseline", "flicker_ratio", "pose_error",
+            "pose_error_real", "pose_error_ratio", "detect_rate", "detect_rate_real"} <= set(res)
     assert res["frames"] == 20
     assert 5.0 < res["psnr"] < 60.0
-    assert -1.0 <= res["ssim"] <= 1.0
+    assert -1.0 <= res["ssim"] <= 1.0 and -1.0 <= res["ssim_person"] <= 1.0
     assert res["flicker"] >= 0.0 and 0.0 <= res["flicker_real"] < 5.0
+    # The room is easy, the person is not: the region figures tell them apart.
+    assert res["psnr_person"] < res["psnr_background"] and res["psnr_person_baseline"] < res["psnr_baseline"]
+    assert 0.0 <= res["detect_rate"] <= 1.0 and res["detect_rate_real"] > 0.5 and res["pose_error_real"] < 0.1
     import cv2
     cap = cv2.VideoCapture(str(trained["root"] / "side.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
     ok, frame = cap.read()
     assert ok and frame.shape[1] > 3 * SIZE  # label | generated | real
+    text = subprocess.run([sys.executable, "-m", "posecast_cli", "eval", str(trained["run"]), "--data",
+                           str(trained["heldout"]), "--no-video", "--no-pose", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert text.returncode == 0, text.stderr
+    assert "person region  PSNR" in text.stdout and "drawing nothing" in text.stdout
+    assert "pose check" not in text.stdout
 
 
 @pytest.mark.timeout(300)
@@ -132,18 +143,34 @@ def test_training_recipe_follows_the_architecture():
     from trainer.train import train_config_for
 
     assert train_config_for(get_preset("dance")) == TrainConfig()
-    lite = train_config_for(get_preset("lite"), w_fm=2.0, iterations=7)
-    assert (lite.w_gan, lite.w_fm, lite.w_temporal, lite.iterations) == (0.0, 2.0, 0.0, 7)
+    lite = train_config_for(get_preset("lite"), w_fm=3.0, iterations=7)
+    assert (lite.w_gan, lite.w_fm, lite.w_temporal, lite.iterations) == (0.2, 3.0, 0.0, 7)
+    assert (lite.gan_start, lite.w_person, lite.w_head, lite.ema_halflife) == (0.75, 3.0, 3.0, 100.0)
     # The recipe belongs to the generator, whatever the preset is called.
-    assert train_config_for(get_preset("dance", arch="lite")).w_gan == 0.0
+    assert train_config_for(get_preset("dance", arch="lite")).gan_start == 0.75
 
 
 def test_clip_length_grows_and_lr_decays():
     tc = TrainConfig(iterations=300, clip_frames_start=4, clip_frames_max=16, decay_start=0.5)
-    lengths = [tc.clip_frames(i, 4) for i in range(300)]
+    lengths = [tc.clip_frames(tc.progress(i), 4) for i in range(300)]
     assert lengths[0] == 4 and lengths[-1] == 16 and sorted(lengths) == lengths
-    assert set(lengths) == {4, 8, 16}
-    assert tc.lr_at(0) == tc.lr and tc.lr_at(150) == tc.lr and tc.lr_at(299) < 0.01 * tc.lr
+    assert set(lengths) == {4, 8, 16} and lengths.index(8) == 100 and lengths.index(16) == 200
+    lrs = [tc.lr_at(tc.progress(i)) for i in (0, 150, 299)]
+    assert lrs[0] == tc.lr and lrs[1] == tc.lr and lrs[2] < 0.01 * tc.lr
+
+
+def test_schedules_follow_the_time_limit_when_it_binds_first():
+    """A run that will stop on --time-limit gets its whole schedule in that time, not a tenth of it."""
+    tc = TrainConfig(iterations=100_000, time_limit_s=600.0, clip_frames_start=4, clip_frames_max=16,
+                     decay_start=0.5, gan_start=0.75)
+    assert tc.progress(10, 0.0) == pytest.approx(1e-4)
+    assert tc.progress(10, 300.0) == 0.5 and tc.progress(10, 900.0) == 1.0
+    assert tc.lr_at(tc.progress(10, 299.0)) == tc.lr
+    assert tc.lr_at(tc.progress(10, 450.0)) == pytest.approx(tc.lr / 2)
+    assert [tc.clip_frames(tc.progress(10, t), 4) for t in (0.0, 199.0, 201.0, 401.0)] == [4, 4, 8, 16]
+    assert not tc.gan_on(tc.progress(10, 449.0)) and tc.gan_on(tc.progress(10, 450.0))
+    # Iterations still count when they run out first.
+    assert TrainConfig(iterations=100, time_limit_s=1e6).progress(50, 1.0) == 0.5
 
 
 def test_training_refuses_mismatched_or_tiny_data(tmp_path, trained):
@@ -231,3 +258,28 @@ def test_cli_training_overrides_and_teacher_errors(trained, tmp_path):
     out = train("--teacher", str(tmp_path / "no-such-run"))
     assert out.returncode == 2 and "posecast train: error:" in out.stderr and "no-such-run" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_lite_trains_in_its_person_crop_then_adversarially_and_saves_the_ema(trained, tmp_path):
+    from trainer.train import train_config_for
+
+    lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
+    tc = train_config_for(lite, iterations=4, clip_frames_start=4, clip_frames_max=4, gan_start=0.5,
+                          checkpoint_every=10**6, ema_halflife=2.0)
+    trainer = Trainer(lite, tc, trained["train"], tmp_path / "lite", progress=False)
+    h, w = trainer.cfg.crop_hw
+    assert trainer.cfg.person_crop and h % 16 == 0 and w % 16 == 0 and w < SIZE   # sized from the data
+    result = trainer.run()
+    phases = [("G_adv" in row, "D" in row) for row in result["history"]]
+    assert phases == [(False, False)] * 2 + [(True, True)] * 2         # regression first, then the GAN phase
+    regression, _ = load_generator(tmp_path / "lite" / "generator-regression.json")
+    assert regression.cfg.crop_hw == (h, w)
+    # generator.* holds the EMA of G's weights, latest.* both (for --resume).
+    _, tensors, _ = read_checkpoint(tmp_path / "lite" / "latest.json")
+    _, saved, _ = read_checkpoint(tmp_path / "lite" / "generator.json")
+    key = "G.in_label.weight"
+    assert torch.equal(saved[key], tensors["E.in_label.weight"]) and not torch.equal(saved[key], tensors[key])
+    resumed = Trainer(lite, train_config_for(lite, iterations=5, clip_frames_start=4, clip_frames_max=4,
+                                             checkpoint_every=10**6, ema_halflife=2.0),
+                      trained["train"], tmp_path / "lite", resume=True, progress=False)
+    assert resumed.iteration == 4 and torch.equal(resumed.G_ema.in_label.weight, tensors["E.in_label.weight"])

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from models.crop import PERSON_MARGIN, head_region, person_region
 from models.render import render_labels
 
 from .dataset import Dataset, DatasetError
@@ -84,9 +85,12 @@ class ClipSource:
     def load(self, start: int, stop: int, rng: np.random.Generator | None = None,
              augment: Augment | None = None) -> dict[str, torch.Tensor]:
         """Frames start..stop-1 as tensors:
-        labels (T, C, S, S) [0,1]; frames (T, 3, S, S) [-1,1]; flow (T, 2, S, S) px; conf (T, 1, S, S) [0,1]."""
+        labels (T, C, S, S) [0,1]; frames (T, 3, S, S) [-1,1]; flow (T, 2, S, S) px; conf (T, 1, S, S) [0,1];
+        landmarks (T, K, 3) as stored (normalised to the frame; what crop-aware generators place their crop by);
+        person, head (T, 1, S, S) {0, 1}: the person's and head's regions (models/crop.py), from the unaugmented
+        labels (what the losses weight and eval scores)."""
         ds = self.ds
-        frames, flows, confs, labels = [], [], [], []
+        frames, flows, confs, labels, person, head = [], [], [], [], [], []
         sx, sy = self._scale
         for i in range(start, stop):
             frames.append(self._resize(np.asarray(ds.frames[i])))
@@ -94,15 +98,22 @@ class ClipSource:
             flows.append(flow)
             confs.append(self._resize(np.asarray(ds.flow_conf[i]), cv2.INTER_NEAREST))
             labels.append(self.labels(i, rng, augment))
+            clean = labels[-1] if augment is None else self.labels(i)
+            person.append(person_region(clean))
+            head.append(head_region(self.kind, np.asarray(ds.landmarks[i]), self.size, self.size)
+                        if self.kind == "dance" else np.zeros((self.size, self.size), np.uint8))
         frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return {
             "labels": torch.from_numpy(np.stack(labels)),
             "frames": frames,
             "flow": torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous(),
             "conf": torch.from_numpy(np.stack(confs)).unsqueeze(1).float() / 255.0,
+            "landmarks": torch.from_numpy(np.array(ds.landmarks[start:stop], np.float32)),
+            "person": torch.from_numpy(np.stack(person)).unsqueeze(1).float(),
+            "head": torch.from_numpy(np.stack(head)).unsqueeze(1).float(),
         }
 
-    def background_plate(self, max_frames: int = 200, margin: float = 0.09) -> torch.Tensor:
+    def background_plate(self, max_frames: int = 200, margin: float = PERSON_MARGIN) -> torch.Tensor:
         """The static background of a fixed camera, (3, S, S) in [-1, 1]: per pixel, the median over frames in
         which the person does not cover it.
 
@@ -112,15 +123,10 @@ class ClipSource:
         idx = [i for a, b in self.clips for i in range(a, b)]
         idx = [idx[k] for k in np.linspace(0, len(idx) - 1, min(max_frames, len(idx))).round().astype(int)]
         S = self.size
-        grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * round(margin * S) + 1,) * 2)
         stack = np.empty((len(idx), S, S, 3), np.float32)
         for k, i in enumerate(idx):
             frame = self._resize(np.asarray(self.ds.frames[i])).astype(np.float32)
-            person = np.zeros((S, S), np.uint8)
-            pts = cv2.findNonZero((self.labels(i).max(0) > 0).astype(np.uint8))
-            if pts is not None:
-                cv2.fillConvexPoly(person, cv2.convexHull(pts), 1)
-            frame[cv2.dilate(person, grow) > 0] = np.nan
+            frame[person_region(self.labels(i), margin) > 0] = np.nan
             stack[k] = frame
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: inpainted below

@@ -1,11 +1,30 @@
 """Evaluation on held-out clips: generate from labels alone (zero history), compare with the real frames.
 
-Figures (all over every generated frame of every selected clip):
-    psnr          mean per-frame PSNR in dB of the generated vs the real frame (8-bit RGB)
-    ssim          mean per-frame SSIM (OpenCV quality module, averaged over RGB)
-    flicker       mean |out_t - warp(out_{t-1}, gt_flow_t)| in 8-bit grey levels over confident pixels
-    flicker_real  the same figure for the real clip (the floor a perfect model would reach)
-    frames        frames generated
+A pose-to-video model exists to draw the person, and a fixed camera's room fills most of the frame, so the
+full-frame figures alone flatter a model that draws nothing. Every figure is therefore reported inside the
+person's region too, next to the score of drawing nothing at all, and the output is checked by re-detecting
+the pose on it.
+
+Figures (means over every generated frame of every selected clip; regions from models/crop.py):
+    psnr, ssim             full frame: PSNR in dB (8-bit RGB) and SSIM (OpenCV quality module, mean over RGB)
+    psnr_person            PSNR inside the person's region (the filled hull of the frame's label map grown by
+    ssim_person              PERSON_MARGIN of the frame side: the region the background plate is estimated
+                             outside of), and the mean SSIM map over it
+    psnr_head              PSNR inside the head region (hull of the head landmarks, grown); dance models
+    psnr_background        PSNR outside the person's region (the room)
+    psnr_baseline          full-frame / person-region PSNR of drawing nothing: the background plate estimated
+    psnr_person_baseline     from the evaluated clips with the person masked out, shown as every frame
+    flicker                mean |out_t - warp(out_{t-1}, gt_flow_t)| in 8-bit grey levels over confident pixels
+    flicker_real           the same figure for the real clip (the floor a perfect model would reach)
+    flicker_ratio          flicker / flicker_real
+    pose_error             MediaPipe (pose for dance models, face mesh for face models) run on every generated
+                             frame: mean distance between the detected and the driving landmarks, as a fraction
+                             of the frame side, over the landmarks present in both, over frames with a detection
+    pose_error_real        the same on the real frames (MediaPipe's own error on this footage: the reference)
+    pose_error_ratio       pose_error / pose_error_real
+    detect_rate            fraction of generated frames in which MediaPipe finds the person (face)
+    detect_rate_real       the same on the real frames
+    frames                 frames generated
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_generator
+from models.crop import VISIBLE
 from models.visualize import VideoWriter, label_preview, side_by_side, to_uint8
 from models.warp import warp
 
@@ -36,6 +56,25 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(score[:3]))
 
 
+def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
+    """PSNR in dB over the pixels where ``mask`` (H, W) is non-zero (all channels); None for an empty mask,
+    inf for identical pixels."""
+    sel = mask.astype(bool)
+    if not sel.any():
+        return None
+    mse = float(np.mean((a[sel].astype(np.float64) - b[sel].astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+
+
+def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
+    """Mean of the SSIM map (OpenCV quality module, mean over RGB) over the pixels of ``mask``; None if empty."""
+    sel = mask.astype(bool)
+    if not sel.any():
+        return None
+    qmap = cv2.quality.QualitySSIM_compute(a, b)[1]
+    return float(np.mean(qmap[sel][:, :3]))
+
+
 def flicker(frames: torch.Tensor, gt_flow: torch.Tensor, conf: torch.Tensor) -> tuple[float, float]:
     """(sum of |f_t - warp(f_{t-1}, flow_t)| over confident pixels in 8-bit levels, pixel count).
 
@@ -49,82 +88,191 @@ def flicker(frames: torch.Tensor, gt_flow: torch.Tensor, conf: torch.Tensor) -> 
     return float((diff * w).sum()), float(w.sum())
 
 
+def landmark_error(kind: str, detected: np.ndarray, driving: np.ndarray) -> float | None:
+    """Mean distance (fraction of the frame side) between detected and driving landmarks over those present in
+    both (pose: visibility >= VISIBLE and finite; face: the 468 mesh points, finite); None if none is."""
+    d, g = np.asarray(detected, np.float64), np.asarray(driving, np.float64)
+    if kind == "face":  # irises (478-point meshes) are not scored: compare the 468 mesh points
+        n = min(len(d), len(g), 468)
+        d, g = d[:n], g[:n]
+    ok = np.isfinite(d[:, :2]).all(1) & np.isfinite(g[:, :2]).all(1)
+    if kind == "dance":
+        with np.errstate(invalid="ignore"):
+            ok &= (d[:, 2] >= VISIBLE) & (g[:, 2] >= VISIBLE)
+    if not ok.any():
+        return None
+    return float(np.mean(np.linalg.norm(d[ok, :2] - g[ok, :2], axis=1)))
+
+
+class _Mean:
+    """Running mean of the values given (None skipped)."""
+
+    def __init__(self):
+        self.total, self.count = 0.0, 0
+
+    def add(self, v: float | None) -> None:
+        if v is not None:
+            self.total += v
+            self.count += 1
+
+    def value(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
+class _PoseProbe:
+    """MediaPipe run over one clip's frames in order (tracking, as prepare does), scoring them against the
+    driving landmarks; a fresh detector per clip so that tracking never crosses a cut."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.error, self.frames, self.found = _Mean(), 0, 0
+        self._extractor = None
+
+    def begin_clip(self) -> None:
+        from clients.landmarks import LandmarkExtractor
+
+        self.close()
+        self._extractor = LandmarkExtractor(self.kind)
+
+    def add(self, rgb: np.ndarray, driving: np.ndarray) -> None:
+        found = self._extractor(rgb)
+        self.frames += 1
+        if found is not None:
+            self.found += 1
+            self.error.add(landmark_error(self.kind, found, driving))
+
+    def rate(self) -> float:
+        return self.found / self.frames if self.frames else 0.0
+
+    def close(self) -> None:
+        if self._extractor is not None:
+            self._extractor.close()
+            self._extractor = None
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+class Scorer:
+    """Accumulates every figure of the module docstring over clips: ``add_clip(generated, clip)`` per clip (a
+    ``ClipSource.load`` dict and the frames made for it), then ``result()``. ``plate`` (S, S, 3) uint8 is the
+    drawing-nothing baseline; ``pose=False`` skips MediaPipe."""
+
+    def __init__(self, kind: str, plate: np.ndarray, *, pose: bool = True):
+        self.kind, self.plate = kind, plate
+        self.m = {k: _Mean() for k in ("psnr", "ssim", "psnr_person", "ssim_person", "psnr_head", "psnr_background",
+                                       "psnr_baseline", "psnr_person_baseline")}
+        self.fl, self.fl_real = [0.0, 0.0], [0.0, 0.0]
+        self.probes = {"gen": _PoseProbe(kind), "real": _PoseProbe(kind)} if pose else {}
+        self.frames = 0
+
+    def add_clip(self, generated: torch.Tensor, clip: dict, writer=None) -> None:
+        """generated (T, 3, S, S) in [-1, 1] for ``clip`` (frames, labels, landmarks, person, head, flow, conf)."""
+        m, plate = self.m, self.plate
+        for p in self.probes.values():
+            p.begin_clip()
+        try:
+            for t in range(generated.shape[0]):
+                gen = to_uint8(generated[t].numpy())
+                real = to_uint8(clip["frames"][t].numpy())
+                lm = clip["landmarks"][t].numpy()
+                person = clip["person"][t, 0].numpy().astype(np.uint8)
+                m["psnr"].add(psnr(gen, real))
+                m["ssim"].add(ssim(gen, real))
+                m["psnr_person"].add(masked_psnr(gen, real, person))
+                m["ssim_person"].add(masked_ssim(gen, real, person))
+                m["psnr_background"].add(masked_psnr(gen, real, 1 - person))
+                m["psnr_baseline"].add(psnr(plate, real))
+                m["psnr_person_baseline"].add(masked_psnr(plate, real, person))
+                if self.kind == "dance":
+                    m["psnr_head"].add(masked_psnr(gen, real, clip["head"][t, 0].numpy()))
+                if self.probes:
+                    self.probes["gen"].add(gen, lm)
+                    self.probes["real"].add(real, lm)
+                if writer:
+                    writer.write(side_by_side(label_preview(clip["labels"][t].numpy()), gen, real))
+                self.frames += 1
+        finally:
+            for p in self.probes.values():
+                p.close()
+        for acc, frames in ((self.fl, generated), (self.fl_real, clip["frames"])):
+            s, n = flicker(frames, clip["flow"], clip["conf"])
+            acc[0] += s
+            acc[1] += n
+
+    def result(self) -> dict:
+        fl, fl_real = self.fl, self.fl_real
+        result = {k: v.value() for k, v in self.m.items()}
+        result.update({"flicker": fl[0] / fl[1] if fl[1] else 0.0,
+                       "flicker_real": fl_real[0] / fl_real[1] if fl_real[1] else 0.0,
+                       "frames": self.frames})
+        result["flicker_ratio"] = _ratio(result["flicker"], result["flicker_real"])
+        if self.probes:
+            gen, real = self.probes["gen"], self.probes["real"]
+            result.update({"pose_error": gen.error.value(), "pose_error_real": real.error.value(),
+                           "detect_rate": gen.rate(), "detect_rate_real": real.rate()})
+            result["pose_error_ratio"] = _ratio(result["pose_error"], result["pose_error_real"])
+        return result
+
+
 @torch.no_grad()
 def evaluate(run: str | os.PathLike, data: str | os.PathLike, *, frame_range: tuple[int, int] | None = None,
              video: str | os.PathLike | None = None, max_frames: int | None = None, device: str = "cpu",
-             progress: bool = True) -> dict:
-    """Evaluate the generator of ``run`` on ``data``; optionally write a label | generated | real video."""
+             pose: bool = True, progress: bool = True) -> dict:
+    """Evaluate the generator of ``run`` on ``data`` (see the module docstring for the figures); optionally write
+    a label | generated | real video. ``pose=False`` skips the MediaPipe figures."""
     from tqdm import tqdm
 
-    G, meta = load_generator(run, device)
+    G, _ = load_generator(run, device)
     cfg = G.cfg
     ds = Dataset(data)
     if ds.kind != cfg.kind:
         raise ValueError(f"{data} is a {ds.kind!r} dataset but the model in {run} is a {cfg.kind!r} model")
     source = ClipSource(ds, cfg.size, frame_range)
-    clips = source.clips
     total = source.num_frames if max_frames is None else min(max_frames, source.num_frames)
+    scorer = Scorer(cfg.kind, to_uint8(source.background_plate().numpy()), pose=pose)
     writer = VideoWriter(video, fps=ds.manifest.fps or 30.0) if video else None
-    psnrs, ssims = [], []
-    fl = [0.0, 0.0]
-    fl_real = [0.0, 0.0]
     bar = tqdm(total=total, disable=not progress, unit="frame", desc="eval")
     try:
-        for a, b in clips:
-            b = min(b, a + total - len(psnrs))
+        for a, b in source.clips:
+            b = min(b, a + total - scorer.frames)
             if b <= a:
                 break
             clip = source.load(a, b)
-            fake = G.rollout(clip["labels"].unsqueeze(0).to(device))[0][0].cpu()
-            for t in range(b - a):
-                gen = to_uint8(fake[t].numpy())
-                real = to_uint8(clip["frames"][t].numpy())
-                psnrs.append(psnr(gen, real))
-                ssims.append(ssim(gen, real))
-                if writer:
-                    writer.write(side_by_side(label_preview(clip["labels"][t].numpy()), gen, real))
-                bar.update(1)
-            for acc, frames in ((fl, fake), (fl_real, clip["frames"])):
-                s, n = flicker(frames, clip["flow"], clip["conf"])
-                acc[0] += s
-                acc[1] += n
+            fake = G.rollout(clip["labels"].unsqueeze(0).to(device),
+                             landmarks=clip["landmarks"].unsqueeze(0))[0][0].cpu()
+            scorer.add_clip(fake, clip, writer)
+            bar.update(b - a)
     finally:
         bar.close()
         if writer:
             writer.close()
-    if not psnrs:
+    if not scorer.frames:
         raise ValueError(f"{data}: no frames to evaluate")
-    result = {
-        "psnr": float(np.mean(psnrs)),
-        "ssim": float(np.mean(ssims)),
-        "flicker": fl[0] / fl[1] if fl[1] else 0.0,
-        "flicker_real": fl_real[0] / fl_real[1] if fl_real[1] else 0.0,
-        "frames": len(psnrs),
-        "preset": cfg.name,
-        "size": cfg.size,
-    }
+    result = {**scorer.result(), "preset": cfg.name, "size": cfg.size}
     if video:
         result["video"] = str(Path(video))
     return result
 
 
-@torch.no_grad()
-def mean_frame_baseline(data: str | os.PathLike, size: int, frame_range=None, reference_range=None) -> dict:
-    """PSNR/SSIM of always predicting the mean frame (of ``reference_range``, default: the evaluated frames)."""
-    ds = Dataset(data)
-    ref = ClipSource(ds, size, reference_range or frame_range)
-    mean = np.zeros((size, size, 3), np.float64)
-    n = 0
-    for a, b in ref.clips:
-        for i in range(a, b):
-            mean += ref.load(i, i + 1)["frames"][0].permute(1, 2, 0).numpy()
-            n += 1
-    mean_u8 = np.clip((mean / n + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    src = ClipSource(ds, size, frame_range)
-    ps, ss = [], []
-    for a, b in src.clips:
-        for i in range(a, b):
-            real = to_uint8(src.load(i, i + 1)["frames"][0].numpy())
-            ps.append(psnr(mean_u8, real))
-            ss.append(ssim(mean_u8, real))
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "frames": len(ps)}
+def format_report(res: dict) -> str:
+    """The human-readable eval table (what ``posecast eval`` prints without --json)."""
+    def f(key, fmt="{:.2f}", unit=""):
+        v = res.get(key)
+        return "n/a" if v is None else fmt.format(v) + unit
+
+    lines = [f"{res['preset']} {res['size']}px on {res['frames']} frames",
+             f"  full frame     PSNR {f('psnr', unit=' dB')}   SSIM {f('ssim', '{:.3f}')}   "
+             f"(drawing nothing: {f('psnr_baseline', unit=' dB')})",
+             f"  person region  PSNR {f('psnr_person', unit=' dB')}   SSIM {f('ssim_person', '{:.3f}')}   "
+             f"(drawing nothing: {f('psnr_person_baseline', unit=' dB')})"]
+    if res.get("psnr_head") is not None:
+        lines.append(f"  head region    PSNR {f('psnr_head', unit=' dB')}")
+    lines.append(f"  room           PSNR {f('psnr_background', unit=' dB')}")
+    lines.append(f"  flicker        {f('flicker')} (real clip {f('flicker_real')}, ratio {f('flicker_ratio')})")
+    if "pose_error" in res:
+        lines.append(f"  pose check     error {f('pose_error', '{:.4f}')} of the frame side on generated frames, "
+                     f"{f('pose_error_real', '{:.4f}')} on real ones (ratio {f('pose_error_ratio')}); "
+                     f"detected in {f('detect_rate', '{:.0%}')} (real {f('detect_rate_real', '{:.0%}')})")
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ vid2vid's VGG perceptual loss needs pretrained weights that cannot be downloaded
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -28,6 +29,7 @@ import torch
 
 from models.checkpoint import (CheckpointError, load_generator, load_state, read_checkpoint, save_checkpoint,
                                subdict)
+from models.crop import crop_size_for
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import build_generator
 from models.posenorm import subject_stats
@@ -58,6 +60,12 @@ class TrainConfig:
     w_flow: float = 10.0              # flow L1 vs ground truth, masked by confidence (vid2vid: 10)
     w_warp: float = 10.0              # warp loss (vid2vid: 10)
     w_temporal: float = 1.0           # temporal GAN (vid2vid: 1)
+    w_person: float = 0.0             # extra L1 weight inside the person's region (1 + w_person there)
+    w_head: float = 0.0               # extra L1 weight inside the head region, on top (detail where people look)
+    gan_start: float = 0.0            # fraction of the run after which the adversarial/FM losses switch on
+                                      #   (0: from the start, vid2vid; a regression phase first otherwise)
+    ema_halflife: float = 0.0         # half-life in iterations of the EMA of G's weights saved as the model
+                                      #   (0: no EMA, the raw weights are saved); ramps up over the first 10%
     teacher: str = ""                 # trained run (folder or generator .json) to distil from ("": none)
     w_distill: float = 10.0           # L1 to the teacher's frames (used only with a teacher)
     augment: bool = True              # limb dropout / landmark jitter on label maps
@@ -66,22 +74,36 @@ class TrainConfig:
     log_every: int = 10               # iterations between TensorBoard scalar writes
     sample_every: int = 200           # iterations between sample grids in TensorBoard
     checkpoint_every: int = 500       # iterations between checkpoints
-    time_limit_s: float = 0.0         # stop (and checkpoint) after this many seconds (0: no limit)
+    time_limit_s: float = 0.0         # stop (and checkpoint) after this many seconds (0: no limit); the
+                                      #   schedules (lr decay, clip growth, GAN phase) then follow the time used
+    threads: int = 0                  # torch CPU threads (0: torch's default)
     frame_range: tuple | None = None  # only train on dataset frames [start, stop)
 
-    def clip_frames(self, it: int, min_frames: int) -> int:
-        """Clip length T at iteration ``it``: clip_frames_start doubled every clip_double_every iterations."""
+    def progress(self, it: int, elapsed_s: float = 0.0) -> float:
+        """How far through the run, in [0, 1]: the iterations done, or the time used of ``time_limit_s`` when
+        that is further along (a time-limited run then gets its whole schedule in the time it has)."""
+        p = it / max(1, self.iterations)
+        if self.time_limit_s > 0:
+            p = max(p, elapsed_s / self.time_limit_s)
+        return min(1.0, p)
+
+    def clip_frames(self, progress: float, min_frames: int) -> int:
+        """Clip length T at ``progress``: clip_frames_start doubled in equal steps of the run (or every
+        clip_double_every iterations, counted as a fraction of ``iterations``) up to clip_frames_max."""
         start = max(self.clip_frames_start, min_frames)
         top = max(self.clip_frames_max, start)
         doublings = max(0, math.ceil(math.log2(top / start)))
-        every = self.clip_double_every or max(1, self.iterations // (doublings + 1))
-        return min(top, start * 2 ** (it // every))
+        every = (self.clip_double_every / max(1, self.iterations)) if self.clip_double_every else 1.0 / (doublings + 1)
+        return min(top, start * 2 ** int(progress / every + 1e-9))
 
-    def lr_at(self, it: int) -> float:
-        start = int(self.decay_start * self.iterations)
-        if it < start:
+    def lr_at(self, progress: float) -> float:
+        """Constant, then linear decay to 0 from ``decay_start`` (a fraction of the run) to its end."""
+        if progress < self.decay_start:
             return self.lr
-        return self.lr * max(0.0, 1.0 - (it - start) / max(1, self.iterations - start))
+        return self.lr * max(0.0, 1.0 - (progress - self.decay_start) / max(1e-9, 1.0 - self.decay_start))
+
+    def gan_on(self, progress: float) -> bool:
+        return progress >= self.gan_start
 
 
 # Training recipes that differ from vid2vid's, per generator architecture (TrainConfig field -> value);
@@ -89,7 +111,8 @@ class TrainConfig:
 # every adversarial or feature-matching weight tried cost its few channels PSNR (a 300-iteration probe: 17.3 dB
 # held out with vid2vid's weights, 21.4 dB without; docs/performance.md).
 ARCH_TRAINING: dict[str, dict] = {
-    "lite": {"w_gan": 0.0, "w_fm": 0.0, "w_temporal": 0.0},
+    "lite": {"w_gan": 0.2, "w_fm": 2.0, "w_temporal": 0.0, "gan_start": 0.75, "w_person": 3.0, "w_head": 3.0,
+             "ema_halflife": 100.0},
 }
 
 
@@ -131,15 +154,22 @@ class Trainer:
     def __init__(self, model: ModelConfig, train: TrainConfig, data: str | os.PathLike, out: str | os.PathLike,
                  *, resume: bool = False, progress: bool = True,
                  on_iteration: Callable[[int, dict], None] | None = None):
-        self.cfg, self.tc = model, train
         self.out = Path(out)
         self.progress = progress
         self.on_iteration = on_iteration  # called as (iteration, scalar losses) after each update
         self.device = pick_device(train.device)
+        if train.threads:
+            torch.set_num_threads(train.threads)
         self.dataset = Dataset(data)
         if self.dataset.kind != model.kind:
             raise ValueError(f"dataset {data} is a {self.dataset.kind!r} dataset but preset {model.name!r} "
                              f"expects {model.kind!r}")
+        if model.person_crop and not (model.crop_height or model.crop_width):
+            # Size the person window from this data's landmarks; it is saved with the model config.
+            rows = slice(*train.frame_range) if train.frame_range else slice(None)
+            h, w = crop_size_for(np.asarray(self.dataset.landmarks[rows]), model.size)
+            model = model.replace(crop_height=h, crop_width=w)
+        self.cfg, self.tc = model, train
         self.source = ClipSource(self.dataset, model.size, train.frame_range)
         L = model.history_frames
         self.min_frames = max(L + 2, 2)
@@ -153,6 +183,8 @@ class Trainer:
         self.G = build_generator(model).to(dev)
         if self.G.uses_background_plate and not resume:
             self.G.set_background(self.source.background_plate().to(dev))
+        # The saved model: an exponential moving average of G's weights (stylegan's G_ema), when asked for.
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if train.ema_halflife > 0 else None
         # Discriminators exist only when a loss uses them (w_gan = w_fm = w_temporal = 0: plain regression).
         self.D = ImageDiscriminator(model).to(dev) if train.w_gan > 0 or train.w_fm > 0 else None
         self.DT = TemporalDiscriminator(model).to(dev) if model.is_temporal and train.w_temporal > 0 else None
@@ -182,11 +214,18 @@ class Trainer:
         return {"iteration": self.iteration, "train": tc, "dataset": str(self.dataset.path),
                 "dataset_fps": self.dataset.manifest.fps, "subject_stats": self.subject_stats}
 
+    def _generator_checkpoint(self) -> tuple[dict, ModelConfig, dict]:
+        """(tensors, config, meta) of the model to serve: the EMA weights when kept, else G's."""
+        saved = self.G_ema if self.G_ema is not None else self.G
+        return {f"G.{k}": v for k, v in saved.state_dict().items()}, self.cfg, self._meta()
+
     def save(self) -> Path:
         """latest.* (everything, for --resume) and generator.* (G only, for eval/export/serve)."""
         meta = self._meta()
+        save_checkpoint(self.out / "generator", *self._generator_checkpoint())
         tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
-        save_checkpoint(self.out / "generator", tensors, self.cfg, meta)
+        if self.G_ema is not None:
+            tensors.update({f"E.{k}": v for k, v in self.G_ema.state_dict().items()})
         for name, d in (("D", self.D), ("DT", self.DT)):
             if d is not None:
                 tensors.update({f"{name}.{k}": v for k, v in d.state_dict().items()})
@@ -207,6 +246,9 @@ class Trainer:
             raise CheckpointError(f"--resume: {path} was trained with a different model config "
                                   f"({cfg.name}, size {cfg.size}) than asked ({self.cfg.name}, size {self.cfg.size})")
         load_state(self.G, subdict(tensors, "G"), "generator")
+        if self.G_ema is not None:
+            ema = subdict(tensors, "E")
+            load_state(self.G_ema, ema if ema else subdict(tensors, "G"), "generator EMA")
         if self.D:
             load_state(self.D, subdict(tensors, "D"), "image discriminator")
         if self.DT:
@@ -226,6 +268,96 @@ class Trainer:
         flows = [compose_flows([gt_flow[:, i - d] for d in range(spacing)]) for i in idx[1:]]
         return stack, torch.cat(flows, 1)
 
+    # -- Losses of one iteration, each a small function returning (loss, logs) ----------------------------
+    def _windows(self, x: torch.Tensor, boxes: list) -> torch.Tensor:
+        """(B, T, C, S, S) -> (B, T, C, h, w): every frame's generator window (the whole frame for most models)."""
+        return torch.stack([torch.stack([x[b, t, :, bx.slices()[0], bx.slices()[1]] for t, bx in enumerate(row)])
+                            for b, row in enumerate(boxes)])
+
+    def _loss_l1(self, fake, real, batch) -> tuple[torch.Tensor, dict]:
+        tc = self.tc
+        weight = 1.0 + tc.w_person * batch["person"] + tc.w_head * batch["head"]
+        l1 = ((fake - real).abs() * weight).mean() / weight.mean()
+        return tc.w_l1 * l1, {"L1": l1.item()}
+
+    def _loss_flow_warp(self, real_w, flow, gt_flow_w, conf_w) -> tuple[torch.Tensor, dict]:
+        """Flow L1 vs the ground truth and warp loss, in window coordinates, from the second frame on (frame 0
+        of a clip is made from zero history: no flow target)."""
+        tc = self.tc
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  (B, T, ...) -> (B*T, ...)
+        w = conf_w[:, 1:]
+        g_flow = losses.masked_l1(flow[:, 1:], gt_flow_w[:, 1:], w)
+        warped_real = warp(flat(real_w[:, :-1]), flat(flow[:, 1:])).reshape(real_w[:, 1:].shape)
+        g_warp = losses.masked_l1(warped_real, real_w[:, 1:], w)
+        return tc.w_flow * g_flow + tc.w_warp * g_warp, {"flow": g_flow.item(), "warp": g_warp.item()}
+
+    def _d_step(self, labels_w, real_w, fake_w, real, fake, gt_flow, temporal_on: bool) -> tuple[list, list, dict]:
+        """Update the discriminators (image D on the generator's windows; temporal D on full clips). Returns
+        (image-D features of the real windows, temporal inputs usable at this T, logs)."""
+        tc = self.tc
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        n = labels_w.shape[0] * labels_w.shape[1]
+        loss_d = torch.zeros((), device=self.device)
+        d_real = []
+        if self.D:
+            d_img = self.D(flat(labels_w).repeat(2, 1, 1, 1), torch.cat((flat(real_w), flat(fake_w).detach())))
+            d_real = [[f[:n] for f in sc] for sc in d_img]
+            loss_d = loss_d + losses.d_loss(d_real, [[f[n:] for f in sc] for sc in d_img], tc.gan_mode)
+        temporal = []  # (spacing index, real stack, flows) usable at this T
+        if self.DT and temporal_on:
+            T, B = real.shape[1], real.shape[0]
+            for si, sp in enumerate(self.DT.spacings):
+                if self.DT.clip_span(si) <= T:
+                    temporal.append((si, *self._temporal_inputs(real, gt_flow, sp)))
+            for si, real_stack, tflow in temporal:
+                fake_stack = self._temporal_inputs(fake.detach(), gt_flow, self.DT.spacings[si])[0]
+                out = self.DT(torch.cat((real_stack, fake_stack)), tflow.repeat(2, 1, 1, 1), si)
+                loss_d = loss_d + losses.d_loss([[f[:B] for f in sc] for sc in out],
+                                                [[f[B:] for f in sc] for sc in out], tc.gan_mode) / len(temporal)
+        logs = {}
+        if loss_d.requires_grad:
+            self.opt_D.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_D.step()
+            logs["D"] = loss_d.item()
+        return d_real, temporal, logs
+
+    def _loss_adversarial(self, labels_w, fake_w, d_real) -> tuple[torch.Tensor, dict]:
+        tc = self.tc
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        d_fake = self.D(flat(labels_w), flat(fake_w))
+        g_adv = losses.g_adv_loss(d_fake, tc.gan_mode)
+        g_fm = losses.feature_matching_loss(d_fake, d_real)
+        return tc.w_gan * g_adv + tc.w_fm * g_fm, {"G_adv": g_adv.item(), "G_fm": g_fm.item()}
+
+    def _loss_temporal(self, fake, gt_flow, temporal) -> tuple[torch.Tensor, dict]:
+        tc = self.tc
+        g_t = 0.0
+        for si, real_stack, tflow in temporal:
+            fake_stack = self._temporal_inputs(fake, gt_flow, self.DT.spacings[si])[0]
+            out_fake = self.DT(fake_stack, tflow, si)
+            with torch.no_grad():
+                out_real = self.DT(real_stack, tflow, si)
+            g_t = g_t + (losses.g_adv_loss(out_fake, tc.gan_mode)
+                         + tc.w_fm * losses.feature_matching_loss(out_fake, out_real)) / len(temporal)
+        return tc.w_temporal * g_t, {"G_temporal": float(g_t.detach())}
+
+    def _loss_distill(self, fake, labels, landmarks) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            target = self.teacher.rollout(labels, landmarks=landmarks)[0]
+        g_distill = (fake - target).abs().mean()
+        return self.tc.w_distill * g_distill, {"distill": g_distill.item()}
+
+    @torch.no_grad()
+    def _update_ema(self, it: int) -> None:
+        """G_ema <- beta * G_ema + (1 - beta) * G, with the half-life ramped up over the first 10% of the run."""
+        halflife = min(self.tc.ema_halflife, max(1.0, 0.1 * it))
+        beta = 0.5 ** (1.0 / halflife)
+        for e, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            e.lerp_(p, 1.0 - beta)
+        for e, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            e.copy_(b)
+
     # -- The loop ----------------------------------------------------------------------------------------
     def run(self) -> dict:
         from tqdm import tqdm
@@ -244,82 +376,50 @@ class Trainer:
         try:
             while self.iteration < tc.iterations:
                 it = self.iteration
+                progress = tc.progress(it, time.monotonic() - t0)
                 for group in self.opt_G.param_groups + (self.opt_D.param_groups if self.opt_D else []):
-                    group["lr"] = tc.lr_at(it)
+                    group["lr"] = tc.lr_at(progress)
+                adversarial = tc.gan_on(progress)
 
                 # Fetch training data.
-                T = min(tc.clip_frames(it, self.min_frames), self.source.longest_clip())
+                T = min(tc.clip_frames(progress, self.min_frames), self.source.longest_clip())
                 batch = self.source.sample_batch(T, tc.batch_size, self.rng, augment)
+                landmarks = batch.pop("landmarks")
                 batch = {k: v.to(dev) for k, v in batch.items()}
-                labels, real, gt_flow, conf = batch["labels"], batch["frames"], batch["flow"], batch["conf"]
+                labels, real, gt_flow = batch["labels"], batch["frames"], batch["flow"]
                 B = labels.shape[0]
 
-                # Generate the clip from zero history.
-                fake, flow, mask = self.G.rollout(labels)
-                flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  (B, T, ...) -> (B*T, ...)
+                # Generate the clip from zero history; crop everything to the generator's windows.
+                fake, flow, mask = self.G.rollout(labels, landmarks=landmarks)
+                boxes = self.G.track_boxes(landmarks, B, T)
+                labels_w, real_w, fake_w = (self._windows(x, boxes) for x in (labels, real, fake))
 
                 # Update the discriminators.
                 logs = {}
-                loss_d = torch.zeros((), device=dev)
-                if self.D:
-                    d_img = self.D(flat(labels).repeat(2, 1, 1, 1), torch.cat((flat(real), flat(fake).detach())))
-                    d_real = [[f[: B * T] for f in s] for s in d_img]
-                    d_fake = [[f[B * T:] for f in s] for s in d_img]
-                    loss_d = loss_d + losses.d_loss(d_real, d_fake, tc.gan_mode)
-                temporal = []  # (spacing index, real stack, flows) usable at this T
-                if self.DT:
-                    for si, s in enumerate(self.DT.spacings):
-                        if self.DT.clip_span(si) <= T:
-                            temporal.append((si, *self._temporal_inputs(real, gt_flow, s)))
-                    for si, real_stack, tflow in temporal:
-                        fake_stack = self._temporal_inputs(fake.detach(), gt_flow, self.DT.spacings[si])[0]
-                        out = self.DT(torch.cat((real_stack, fake_stack)), tflow.repeat(2, 1, 1, 1), si)
-                        loss_d = loss_d + losses.d_loss([[f[:B] for f in s] for s in out],
-                                                        [[f[B:] for f in s] for s in out], tc.gan_mode) / len(temporal)
-                if loss_d.requires_grad:
-                    self.opt_D.zero_grad(set_to_none=True)
-                    loss_d.backward()
-                    self.opt_D.step()
-                    logs["D"] = loss_d.item()
+                d_real, temporal = [], []
+                if adversarial and self.opt_D:
+                    d_real, temporal, logs = self._d_step(labels_w, real_w, fake_w, real, fake, gt_flow, True)
 
                 # Update the generator.
                 self.opt_G.zero_grad(set_to_none=True)
-                g_l1 = (fake - real).abs().mean()
-                loss_g = tc.w_l1 * g_l1
-                logs["L1"] = g_l1.item()
-                if self.D:
-                    d_fake = self.D(flat(labels), flat(fake))
-                    g_adv = losses.g_adv_loss(d_fake, tc.gan_mode)
-                    g_fm = losses.feature_matching_loss(d_fake, d_real)
-                    loss_g = loss_g + tc.w_gan * g_adv + tc.w_fm * g_fm
-                    logs.update(G_adv=g_adv.item(), G_fm=g_fm.item())
+                terms = [self._loss_l1(fake, real, batch)]
                 if cfg.is_temporal and T > 1:
-                    # Frame 0 of a window was made from zero history: no flow/warp targets for it.
-                    w = conf[:, 1:]
-                    g_flow = losses.masked_l1(flow[:, 1:], gt_flow[:, 1:], w)
-                    warped_real = warp(flat(real[:, :-1]), flat(flow[:, 1:])).reshape(real[:, 1:].shape)
-                    g_warp = losses.masked_l1(warped_real, real[:, 1:], w)
-                    loss_g = loss_g + tc.w_flow * g_flow + tc.w_warp * g_warp
-                    logs.update(flow=g_flow.item(), warp=g_warp.item(), mask=mask[:, 1:].mean().item())
+                    terms.append(self._loss_flow_warp(real_w, flow, self._windows(gt_flow, boxes),
+                                                      self._windows(batch["conf"], boxes)))
+                    logs["mask"] = mask[:, 1:].mean().item()
+                if d_real:
+                    terms.append(self._loss_adversarial(labels_w, fake_w, d_real))
                 if temporal:
-                    g_t = 0.0
-                    for si, real_stack, tflow in temporal:
-                        fake_stack = self._temporal_inputs(fake, gt_flow, self.DT.spacings[si])[0]
-                        out_fake = self.DT(fake_stack, tflow, si)
-                        with torch.no_grad():
-                            out_real = self.DT(real_stack, tflow, si)
-                        g_t = g_t + (losses.g_adv_loss(out_fake, tc.gan_mode)
-                                     + tc.w_fm * losses.feature_matching_loss(out_fake, out_real)) / len(temporal)
-                    loss_g = loss_g + tc.w_temporal * g_t
-                    logs["G_temporal"] = float(g_t.detach())
+                    terms.append(self._loss_temporal(fake, gt_flow, temporal))
                 if self.teacher is not None:
-                    with torch.no_grad():
-                        target = self.teacher.rollout(labels)[0]
-                    g_distill = (fake - target).abs().mean()
-                    loss_g = loss_g + tc.w_distill * g_distill
-                    logs["distill"] = g_distill.item()
+                    terms.append(self._loss_distill(fake, labels, landmarks))
+                loss_g = sum(t[0] for t in terms)
+                for _, part in terms:
+                    logs.update(part)
                 loss_g.backward()
                 self.opt_G.step()
+                if self.G_ema is not None:
+                    self._update_ema(it + 1)
                 logs["G"] = loss_g.item()
                 self.iteration += 1
 
@@ -333,12 +433,17 @@ class Trainer:
                     for k, v in logs.items():
                         tb.add_scalar(f"loss/{k}", v, self.iteration)
                     tb.add_scalar("train/clip_frames", T, self.iteration)
-                    tb.add_scalar("train/lr", tc.lr_at(it), self.iteration)
+                    tb.add_scalar("train/lr", tc.lr_at(progress), self.iteration)
+                    tb.add_scalar("train/progress", progress, self.iteration)
                 if self.iteration % tc.sample_every == 0:
                     tb.add_image("samples", self._sample_grid(labels[0], fake[0], real[0]), self.iteration,
                                  dataformats="HWC")
                 if self.iteration % tc.checkpoint_every == 0:
                     self.save()
+                if not adversarial and tc.gan_on(tc.progress(self.iteration, time.monotonic() - t0)) and self.opt_D:
+                    # The end of the regression phase: keep its model beside the final one.
+                    self.save()
+                    save_checkpoint(self.out / "generator-regression", *self._generator_checkpoint())
                 if tc.time_limit_s and time.monotonic() - t0 > tc.time_limit_s:
                     bar.write(f"time limit of {tc.time_limit_s:.0f}s reached at iteration {self.iteration}")
                     break
