@@ -108,7 +108,7 @@ class ModelConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):  # types first: a config file may hold anything
             v = getattr(self, f.name)
-            ok = {"int": lambda: type(v) is int, "str": lambda: type(v) is str,
+            ok = {"int": lambda: type(v) is int, "str": lambda: type(v) is str, "bool": lambda: type(v) is bool,
                   "float": lambda: type(v) in (int, float) and math.isfinite(v)}.get(f.type, lambda: True)()
             if not ok:
                 raise ValueError(f"field {f.name!r} must be {f.type}, got {v!r}")
