@@ -163,49 +163,8 @@ def head_box(landmarks: np.ndarray | None, window: CropBox, frame_size: int, sid
     return x0, y0
 
 
-def head_size_for(landmarks: np.ndarray, frame_size: int, coverage: float = 98.0, scale: float = 2.2,
-                  multiple: int = 8) -> int:
-    """Side in pixels of a head window that holds the head (``scale`` x the extent of the head landmarks, which
-    span the face, not the hair) in ``coverage`` % of the frames of ``landmarks`` (N, 33, 3)."""
-    lm = np.asarray(landmarks, np.float32)[:, list(POSE_HEAD_LANDMARKS)]
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(lm[..., :2]).all(-1) & (lm[..., 2] >= VISIBLE)
-    seen = ok.sum(1) >= 2
-    if not seen.any():
-        raise ValueError("no frame shows the head: cannot size the head window")
-    ext = [np.ptp(lm[i, ok[i], :2], axis=0).max() for i in np.flatnonzero(seen)]
-    return int(min(frame_size, np.ceil(np.percentile(ext, coverage) * scale * frame_size / multiple) * multiple))
-
-
 def typical_crop(frame_size: int) -> tuple[int, int]:
     """(height, width) of the person crop of a full-body dancer filling most of a frame (the built-in synthetic
-    dancer's: the frame's height x 3/4 of its width): what benchmarks of an untrained crop model use."""
-    return frame_size, (frame_size * 3 // 4) // 16 * 16
+    dancer's: the frame's height x 13/16 of its width): what benchmarks of an untrained crop model use."""
+    return frame_size, (frame_size * 13 // 16) // 16 * 16
 
-
-def typical_head(frame_size: int) -> int:
-    """Side of the head window of that dancer (~0.22 of the frame, a multiple of 8)."""
-    return max(8, round(frame_size * 0.22 / 8) * 8)
-
-
-def crop_size_for(landmarks: np.ndarray, frame_size: int, aspect: float = 0.75, coverage: float = 98.0,
-                  margin: float = 0.12, multiple: int = 16) -> tuple[int, int]:
-    """(height, width) in pixels of a person crop that holds the person in ``coverage`` % of the frames of
-    ``landmarks`` (N, K, 3), with ``margin`` to spare on each side, width = ``aspect`` x height (wider where the
-    height is capped at the frame), rounded up to ``multiple`` and capped at the frame."""
-    lm = np.asarray(landmarks, np.float32)
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(lm[..., :2]).all(-1) & (lm[..., 2] >= VISIBLE)
-    x = np.where(ok, lm[..., 0], np.nan)
-    y = np.where(ok, lm[..., 1], np.nan)
-    seen = ok.any(1)
-    if not seen.any():
-        raise ValueError("no frame has a visible landmark: cannot size the person crop")
-    with np.errstate(invalid="ignore"):
-        h = np.nanmax(y[seen], 1) - np.nanmin(y[seen], 1)
-        w = np.nanmax(x[seen], 1) - np.nanmin(x[seen], 1)
-    need_h = float(np.percentile(h, coverage)) * (1 + 2 * margin) * frame_size
-    need_w = float(np.percentile(w, coverage)) * (1 + 2 * margin) * frame_size
-    up = lambda v: min(frame_size, int(np.ceil(v / multiple) * multiple))  # noqa: E731
-    height = up(max(need_h, need_w / aspect))
-    return height, up(max(need_w, height * aspect))  # a frame-capped height does not narrow the window

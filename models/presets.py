@@ -48,7 +48,7 @@ class ModelConfig:
     crop_height: int = 0              # window height in pixels of the model frame (0: size)
     crop_width: int = 0               # window width in pixels of the model frame (0: size)
     head_crop: int = 0                # side in pixels of the head window refined by lite's head branch
-                                      #   (0: no head branch; -1: sized by the trainer from the data, size/8 if not)
+                                      #   (0: no head branch; -1: size / 8, rounded down to a multiple of 8)
     # Discriminators.
     ndf: int = 32                     # first-layer channels of every PatchGAN (vid2vid: 64)
     d_layers: int = 3                 # stride-2 layers per PatchGAN

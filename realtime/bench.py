@@ -28,13 +28,12 @@ def random_checkpoint(preset: str, size: int, folder: str | os.PathLike, seed: i
     from models.generator import build_generator
     from models.presets import get_preset
 
-    from models.crop import typical_crop, typical_head
+    from models.crop import typical_crop
 
     torch.manual_seed(seed)
     cfg = get_preset(preset, size=size)
     if cfg.person_crop:  # the window a trained model would have (its size comes from the training data)
-        cfg = cfg.replace(**dict(zip(("crop_height", "crop_width"), typical_crop(size))),
-                          head_crop=typical_head(size) if cfg.head_crop else 0)
+        cfg = cfg.replace(**dict(zip(("crop_height", "crop_width"), typical_crop(size))))
     G = build_generator(cfg)
     save_checkpoint(Path(folder) / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg,
                     {"subject_stats": None})
