@@ -168,3 +168,25 @@ def typical_crop(frame_size: int) -> tuple[int, int]:
     dancer's: the frame's height x 13/16 of its width): what benchmarks of an untrained crop model use."""
     return frame_size, (frame_size * 13 // 16) // 16 * 16
 
+
+def crop_size_for(landmarks: np.ndarray, frame_size: int, aspect: float = 0.75, coverage: float = 98.0,
+                  margin: float = 0.12, multiple: int = 16) -> tuple[int, int]:
+    """(height, width) in pixels of a person crop that holds the person in ``coverage`` % of the frames of
+    ``landmarks`` (N, K, 3), with ``margin`` to spare on each side, width = ``aspect`` x height (wider where the
+    height is capped at the frame), rounded up to ``multiple`` and capped at the frame."""
+    lm = np.asarray(landmarks, np.float32)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(lm[..., :2]).all(-1) & (lm[..., 2] >= VISIBLE)
+    x = np.where(ok, lm[..., 0], np.nan)
+    y = np.where(ok, lm[..., 1], np.nan)
+    seen = ok.any(1)
+    if not seen.any():
+        raise ValueError("no frame has a visible landmark: cannot size the person crop")
+    with np.errstate(invalid="ignore"):
+        h = np.nanmax(y[seen], 1) - np.nanmin(y[seen], 1)
+        w = np.nanmax(x[seen], 1) - np.nanmin(x[seen], 1)
+    need_h = float(np.percentile(h, coverage)) * (1 + 2 * margin) * frame_size
+    need_w = float(np.percentile(w, coverage)) * (1 + 2 * margin) * frame_size
+    up = lambda v: min(frame_size, int(np.ceil(v / multiple) * multiple))  # noqa: E731
+    height = up(max(need_h, need_w / aspect))
+    return height, up(max(need_w, height * aspect))  # a frame-capped height does not narrow the window

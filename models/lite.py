@@ -23,7 +23,8 @@ of where the pixels come from:
 
 Inputs of ``forward`` (window coordinates; h x w = ``cfg.crop_hw``):
     labels   (B, (L+1)*C, h, w)   previous (B, L*3, h, w)   plate (B, 3, h, w) in [-1, 1]
-``plate=None`` uses the model's own plate (only when the window is the whole frame). ``rollout`` places the
+``plate=None`` uses the model's own plate (only when the window is the whole frame); ``head`` (B, 2) is the head
+window's (x0, y0) in the window (``models.crop.head_box``; None: its top centre). ``rollout`` places the
 window frame by frame from the landmarks and returns full frames, exactly as a live session does.
 """
 
@@ -188,8 +189,6 @@ class LiteGenerator(SequentialGenerator):
                 plate: torch.Tensor | None = None, head: torch.Tensor | None = None):
         cfg = self.cfg
         L, C = cfg.history_frames, cfg.label_nc
-        if self.head_branch is not None and head is None:
-            raise ValueError("this lite model refines the head: pass the head window's (x0, y0) as head (B, 2)")
         if plate is None:
             if cfg.crop_hw != (cfg.size, cfg.size):
                 raise ValueError("a lite model with a person crop needs the plate's window as input")
@@ -224,7 +223,12 @@ class LiteGenerator(SequentialGenerator):
         return self._refine(frame, current, head), flow, mask
 
     def _refine(self, frame, current, head):
-        return frame if self.head_branch is None else self.head_branch(frame, current, head)
+        if self.head_branch is None:
+            return frame
+        if head is None:  # no head landmarks given: the window's top centre, as models.crop.head_box places it
+            side, w = self.head_branch.side, frame.shape[-1]
+            head = frame.new_tensor([[min(max(round(w / 2 - side / 2), 0), w - side), 0.0]]).expand(len(frame), 2)
+        return self.head_branch(frame, current, head)
 
     def head_input(self, landmarks: torch.Tensor | None, boxes: list) -> torch.Tensor | None:
         """(B, 2) float (x0, y0) of each item's head window in its generator window, or None without a head

@@ -123,6 +123,7 @@ def test_lite_draws_its_background_plate_where_alpha_is_zero():
         G.head.bias.copy_(torch.tensor([0.9, 0.9, 0.9, -30.0]))  # a bright person, but alpha ~0: nothing drawn
         G.flow_head.weight.zero_()
         G.flow_head.bias.copy_(torch.tensor([0.0, 0.0, -30.0]))  # zero flow, occlusion mask ~0: all hallucinated
+        G.head_branch.body[-1].weight.zero_()                   # and the head branch adds nothing
         frame, flow, mask = G(*_inputs(cfg, 1))
         assert mask.max() < 1e-6 and flow.abs().max() == 0
         assert torch.allclose(frame[0], plate, atol=1e-5)
@@ -273,3 +274,21 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
         load_generator(tmp_path / "e.json")
     # No temp files left behind by the atomic writes.
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_head_branch_cuts_and_pastes_exactly_its_window():
+    """The one-hot cut/paste of the head window is exact, and the residual lands only inside that window."""
+    from models.lite import HeadBranch, one_hot_rows
+
+    x = torch.rand(2, 3, 20, 16)
+    rows, cols = one_hot_rows(torch.tensor([3.0, 12.0]), 8, 20), one_hot_rows(torch.tensor([0.0, 8.0]), 8, 16)
+    cut = rows.transpose(2, 3) @ x @ cols
+    assert torch.equal(cut[0], x[0, :, 3:11, 0:8]) and torch.equal(cut[1], x[1, :, 12:20, 8:16])
+    branch = HeadBranch(3, 8)
+    with torch.no_grad():
+        branch.body[-1].bias.fill_(0.5)
+    out = branch(x * 0, torch.zeros(2, 3, 20, 16), torch.tensor([[0.0, 3.0], [8.0, 12.0]]))
+    changed = out.abs() > 0
+    assert changed[0, :, 3:11, 0:8].any() and not changed[0, :, :3].any() and not changed[0, :, 11:].any()
+    assert not changed[1, :, :, :8].any() and changed[1, :, 12:20, 8:16].any()
+    assert out[0, :, 0, 0].abs().max() == 0 and out[0, :, 7, 4].min() > 0.4     # fades to zero at its border
