@@ -88,7 +88,7 @@ def test_negotiate():
 
 @pytest.fixture(scope="module")
 def vector_server(engine):
-    srv = Server(engine, "tcp://127.0.0.1:0", stats_interval_s=0)
+    srv = Server(engine, "tcp://127.0.0.1:0", stats_interval_s=0, idle_timeout_s=30.0)   # clients do not heartbeat
     srv.start()
     yield srv
     srv.close()

@@ -68,6 +68,7 @@ def make_server(engine):
 
     def make(eng=None, **kw):
         kw.setdefault("stats_interval_s", 0.5)
+        kw.setdefault("idle_timeout_s", 30.0)   # test clients do not heartbeat; a loaded machine stalls them
         srv = Server(eng or engine, "tcp://127.0.0.1:0", **kw)
         servers.append(srv)
         srv.start()
