@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SRC ?= $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 DEMO_DIR ?= demo
 
-.PHONY: venv demo demo-train test bench clean
+.PHONY: venv demo demo-train test bench soak fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,17 @@ test: venv
 # Speed figures (never asserted in tests): generator latency per preset x backend x size, live stream.
 bench: venv
 	$(BIN)/posecast bench
+
+# Long runs against a real server (never part of `make test`, which runs short versions of both).
+# soak: N clients at 30 fps for 120 s, per-client accounting and server RSS growth.
+SOAK_ARGS ?= --clients 4 --fps 30 --seconds 120
+soak: venv
+	$(BIN)/python -m realtime.stress soak $(SOAK_ARGS)
+
+# fuzz: >= 100,000 malformed messages while a legitimate client streams.
+FUZZ_ARGS ?= --messages 100000
+fuzz: venv
+	$(BIN)/python -m realtime.stress fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

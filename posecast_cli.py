@@ -100,15 +100,35 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_keys(args) -> int:
+    from realtime.security import new_keypair
+
+    public, secret = new_keypair(args.name, args.dir)
+    print(f"wrote {public} (public: copy it to the other side) and {secret} (secret: keep it here)")
+    if args.name == "server":
+        print(f"serve with: posecast serve RUN --keys {secret} --allow DIR_OF_CLIENT_KEYS")
+    else:
+        print(f"allow it with: cp {public} SERVER_ALLOW_DIR/; capture with: --key {secret} --server-key server.key")
+    return 0
+
+
 def _cmd_serve(args) -> int:
+    from realtime.security import CurveConfig
     from realtime.server import serve
 
     engine_kwargs = {"threads": args.threads} if args.threads else {}
+    if args.device != "cpu":
+        engine_kwargs["device"] = args.device
     if args.onnx_cache:
         Path(args.onnx_cache).mkdir(parents=True, exist_ok=True)
         engine_kwargs["onnx_path"] = Path(args.onnx_cache) / f"{Path(args.model).resolve().name}.onnx"
-    serve(args.model, args.bind, args.backend, engine_kwargs=engine_kwargs, max_clients=args.max_clients,
-          idle_timeout_s=args.idle_timeout, jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
+    if bool(args.keys) != bool(args.allow):
+        raise ValueError("--keys and --allow go together: the server's key pair and the folder of client keys")
+    curve = CurveConfig(Path(args.keys), Path(args.allow)) if args.keys else None
+    serve(args.model, args.bind, args.backend, engine_kwargs=engine_kwargs, curve=curve, insecure=args.insecure,
+          max_clients=args.max_clients, sessions_per_key=args.sessions_per_key, rate_hz=args.rate,
+          rate_burst=max(1, int(round(args.rate))), idle_timeout_s=args.idle_timeout or args.heartbeat + 1.0, heartbeat_s=args.heartbeat,
+          max_batch=args.max_batch, jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
     return 0
 
 
@@ -117,8 +137,8 @@ def _cmd_capture(args) -> int:
 
     stats = capture(args.server, args.source, record=args.record, headless=args.headless,
                     save_landmarks=args.save_landmarks, normalize="off" if args.no_normalize else args.normalize,
-                    max_frames=args.max_frames,
-                    timeout_s=args.timeout, retries=args.retries, realtime=not args.fast, loop=args.loop)
+                    max_frames=args.max_frames, timeout_s=args.timeout, retries=args.retries, realtime=not args.fast,
+                    loop=args.loop, server_key=args.server_key, key=args.key)
     print(stats.summary())
     return 0
 
@@ -145,7 +165,8 @@ def _cmd_bench(args) -> int:
                      sizes=tuple(int(s) for s in args.sizes.split(",")), runs=args.runs,
                      stream_preset=args.stream_preset, stream_size=args.stream_size, stream_frames=args.stream_frames,
                      stream_clients=tuple(int(c) for c in args.stream_clients.split(",") if c),
-                     stream_model=args.stream_model, stream_threads=args.stream_threads)
+                     stream_model=args.stream_model, stream_threads=args.stream_threads,
+                     batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",") if b), device=args.device)
 
     def emit(row):
         if args.json:
@@ -155,6 +176,10 @@ def _cmd_bench(args) -> int:
         elif row["what"] == "generator":
             print(f"generator {row['preset']:>14} {row['backend']:>12} {row['size']:>4}px: p50 {row['p50_ms']:7.2f} ms "
                   f"p99 {row['p99_ms']:7.2f} ms  {row['gmac']:.3f} GMAC  floor {row.get('floor_ms', '-')} ms", flush=True)
+        elif row["what"] == "batch":
+            print(f"batch {row['preset']:>14} {row['backend']:>12} {row['size']:>4}px on {row['device']} x{row['batch']:<3}: "
+                  f"{row['frames_per_s']:8.1f} frames/s ({row['streams_at_30fps']} streams at 30 fps), "
+                  f"p50 {row['p50_ms']:.2f} ms per call", flush=True)
         elif row["what"] == "train":
             print(f"train {row['preset']:>14} {row['size']:>4}px T={row['clip_frames']}: {row['it_per_s']} it/s "
                   f"({row['s_per_it']} s/it on {row['device']})", flush=True)
@@ -262,23 +287,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="ONNX output path (default RUN/generator.onnx)")
     s.set_defaults(fn=_cmd_export)
 
+    s = sub.add_parser("keys", help="CURVE key pairs for serve and capture")
+    ks = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = ks.add_parser("new", help="write NAME.key (public) and NAME.key_secret (secret)")
+    k.add_argument("name", help="key name: 'server' for the server, anything else for a client")
+    k.add_argument("--dir", default="keys", help="folder to write the pair into (default ./keys)")
+    k.set_defaults(fn=_cmd_keys)
+
     s = sub.add_parser("serve", help="serve a model to capture clients over ZeroMQ")
     s.add_argument("model", help="run folder or checkpoint .json")
     s.add_argument("--bind", default="tcp://127.0.0.1:5555",
-                   help="ZeroMQ address (default tcp://127.0.0.1:5555; tcp://0.0.0.0:5555 for the network)")
+                   help="ZeroMQ address (default tcp://127.0.0.1:5555); anything but loopback needs --keys/--allow "
+                        "(or --insecure)")
+    s.add_argument("--keys", default=None, metavar="FILE|DIR",
+                   help="the server's secret key (server.key_secret, or a folder holding it): CURVE encryption")
+    s.add_argument("--allow", default=None, metavar="DIR", help="folder of allowed client public keys (*.key)")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --bind without keys (no authentication, no encryption)")
     s.add_argument("--backend", default=None, help="onnxruntime (default), torch, tensorrt, torch-tensorrt")
+    s.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] for the torch and onnxruntime backends")
     s.add_argument("--threads", type=int, default=None,
                    help="onnxruntime intra-op threads (default: all cores; 1 leaves a core for a local client)")
     s.add_argument("--onnx-cache", default=None, metavar="DIR",
                    help="keep the exported ONNX here instead of next to the model (for read-only model folders)")
     s.add_argument("--max-clients", type=int, default=16, help="concurrent sessions (default 16)")
-    s.add_argument("--idle-timeout", type=float, default=10.0, help="free a silent client's session after S seconds")
+    s.add_argument("--sessions-per-key", type=int, default=4,
+                   help="concurrent sessions per client key (default 4); a new one takes over the oldest")
+    s.add_argument("--rate", type=float, default=120.0, help="messages per second per connection (default 120)")
+    s.add_argument("--heartbeat", type=float, default=1.0,
+                   help="clients send something at least every S seconds (default 1)")
+    s.add_argument("--idle-timeout", type=float, default=None,
+                   help="free a silent client's session after S seconds (default: heartbeat + 1)")
+    s.add_argument("--max-batch", type=int, default=0,
+                   help="sessions per batched engine call (default 0: the fastest size up to 16, measured at start; "
+                        "1: one call per session)")
     s.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames sent (default 90)")
     s.add_argument("--stats-interval", type=float, default=10.0, help="seconds between stats log lines")
     s.set_defaults(fn=_cmd_serve)
 
     s = sub.add_parser("capture", help="stream landmarks from a webcam/video/recording to a server, show the result")
     s.add_argument("--server", default="tcp://127.0.0.1:5555", help="server address (default tcp://127.0.0.1:5555)")
+    s.add_argument("--server-key", default=None, metavar="FILE", help="the server's public key (server.key): CURVE")
+    s.add_argument("--key", default=None, metavar="FILE", help="this client's secret key (NAME.key_secret)")
     s.add_argument("--source", default="0",
                    help="camera index, video file, landmark recording (.npz) or synthetic[:SEED] (default 0)")
     s.add_argument("--record", default=None, metavar="OUT.mp4", help="record input | output to an mp4")
@@ -318,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream-clients", default="1", help="comma-separated client counts, '' for none (default 1)")
     s.add_argument("--stream-model", default=None, help="trained model for the stream (default: random weights)")
     s.add_argument("--stream-threads", type=int, default=None, help="server onnxruntime threads (default: all cores)")
+    s.add_argument("--batch-sizes", default="1,2,4,8",
+                   help="batched-engine throughput at these batch sizes, '' for none (default 1,2,4,8)")
+    s.add_argument("--device", default="cpu", help="engine device of the batch figures: cpu (default) or cuda")
     s.add_argument("--train", action="store_true", help="also time training (it/s per preset and size)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(fn=_cmd_bench)

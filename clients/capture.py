@@ -320,7 +320,11 @@ class CaptureClient:
     def __init__(self, server: str | int, *, timeout_s: float = 5.0, retries: int = 3,
                  normalize: bool | str = "retarget",
                  client_name: str = "posecast-capture", max_in_flight: int | None = 32, warmup_frames: int = 30,
-                 log: Callable[[str], None] | None = None, context: zmq.Context | None = None):
+                 log: Callable[[str], None] | None = None, context: zmq.Context | None = None,
+                 server_key: str | os.PathLike | None = None, key: str | os.PathLike | None = None):
+        if (server_key is None) != (key is None):
+            raise ValueError("CURVE needs both the server's public key (--server-key) and this client's secret key "
+                             "(--key)")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if retries < 1:
@@ -334,7 +338,13 @@ class CaptureClient:
         self.max_in_flight = max_in_flight
         self.warmup_frames = int(warmup_frames)
         self.log = log or _stderr_log
+        self.server_key, self.key = server_key, key
+        if key is not None:  # fail now, in one line, on an unreadable key file
+            from realtime.security import load_public, load_secret
+            load_secret(key)
+            load_public(server_key)
         self._ctx = context or zmq.Context.instance()
+        self.last_send = time.monotonic()   # when anything was last sent (heartbeat: ping when idle)
         self._sock: zmq.Socket | None = None
         self.welcome: P.Welcome | None = None
         self._seq = 0
@@ -345,6 +355,9 @@ class CaptureClient:
         self._close_socket()
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if self.key is not None:
+            from realtime.security import apply_client_curve
+            apply_client_curve(s, self.server_key, self.key)
         s.setsockopt(zmq.SNDHWM, 1000)
         s.setsockopt(zmq.RCVHWM, 1000)
         s.connect(self.address)
@@ -358,9 +371,10 @@ class CaptureClient:
     def _send(self, msg) -> bool:
         try:
             self._sock.send(P.encode(msg), zmq.NOBLOCK)
-            return True
         except zmq.Again:
             return False
+        self.last_send = time.monotonic()
+        return True
 
     def connect(self) -> P.Welcome:
         """Say hello and wait for the Welcome: ``retries`` tries of ``timeout_s`` each, reopening the socket
@@ -368,7 +382,7 @@ class CaptureClient:
         busy = None
         for attempt in range(1, self.retries + 1):
             self._open()
-            self._send(P.Hello(client=self.client_name))
+            self._send(P.Hello(client=self.client_name, versions=list(P.SUPPORTED_VERSIONS)))
             deadline = time.monotonic() + self.timeout_s
             while (left := deadline - time.monotonic()) > 0:
                 if not self._sock.poll(max(1, int(left * 1000))):
@@ -379,10 +393,10 @@ class CaptureClient:
                     self.log(f"ignoring a malformed reply from {self.address}: {e}")
                     continue
                 if isinstance(msg, P.Welcome):
-                    if msg.version != P.PROTOCOL_VERSION:
+                    if msg.version not in P.SUPPORTED_VERSIONS:
                         self._close_socket()
                         raise ConnectionError(f"the posecast server at {self.address} speaks protocol version "
-                                              f"{msg.version}, this client {P.PROTOCOL_VERSION}")
+                                              f"{msg.version}, this client {list(P.SUPPORTED_VERSIONS)}")
                     self.welcome = msg
                     self._session_frames = 0
                     return msg
@@ -404,9 +418,11 @@ class CaptureClient:
         if busy is not None:
             raise ConnectionError(f"the posecast server at {self.address} stayed busy after {self.retries} tries: "
                                   f"{busy}")
+        hint = (" (with CURVE a server stays silent to keys it does not allow: is this client's public key in its "
+                "--allow folder, and --server-key the server's?)" if self.key is not None else "")
         raise ConnectionError(f"no posecast server answered at {self.address} after {self.retries} "
                               f"{'try' if self.retries == 1 else 'tries'} ({self.timeout_s:.1f} s each) "
-                              f"— is `posecast serve` running?")
+                              f"— is `posecast serve` running?{hint}")
 
     def close(self) -> None:
         """Say bye (frees the server session at once) and close the socket."""
@@ -489,6 +505,7 @@ class _Run:
         self.aspect: float | None = None
         self.last_timings: dict = {}
         self.wake_rx: zmq.Socket | None = None
+        self.ping_since: float | None = None   # when the oldest unanswered ping went out
 
     # -- helpers ----------------------------------------------------------------------------------------
     @property
@@ -610,6 +627,7 @@ class _Run:
         except P.ProtocolError as e:
             self._error(f"malformed reply: {e.reason}")
             return
+        self.ping_since = None   # the server is alive
         if isinstance(msg, P.Frame):
             self.last_progress = time.monotonic()
             self.reconnects_in_row = 0
@@ -753,9 +771,19 @@ class _Run:
         self.log(f"reconnected to {self.c.address}")
 
     def _check_server(self) -> None:
-        if self.pending and time.monotonic() - self.last_progress > self.c.timeout_s:
+        """Server loss (no reply to outstanding frames, or to a ping, within ``timeout_s``) and the heartbeat:
+        a ping whenever nothing was sent for half the server's ``heartbeat_s``, so the session never expires
+        while the source is slow or every frame is still in flight."""
+        now = time.monotonic()
+        if self.pending and now - self.last_progress > self.c.timeout_s:
             self._reconnect(f"no reply from {self.c.address} for {self.c.timeout_s:g} s with "
                             f"{len(self.pending)} frame(s) outstanding — did the server go away?")
+        elif self.ping_since is not None and now - self.ping_since > self.c.timeout_s:
+            self.ping_since = None
+            self._reconnect(f"no pong from {self.c.address} for {self.c.timeout_s:g} s — did the server go away?")
+        elif now - self.c.last_send >= 0.5 * self.c.welcome.heartbeat_s:
+            if self.c._send(P.Ping(ts=time.time())) and self.ping_since is None:
+                self.ping_since = now
 
     # -- the loop -----------------------------------------------------------------------------------------
     def go(self) -> CaptureStats:
@@ -884,7 +912,8 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
             save_landmarks: str | os.PathLike | None = None, normalize: bool | str = "retarget",
             max_frames: int | None = None, timeout_s: float = 5.0, retries: int = 3, realtime: bool = True,
             loop: bool = False, show: bool | None = None, max_in_flight: int | None | str = "auto",
-            log: Callable[[str], None] | None = None) -> CaptureStats:
+            log: Callable[[str], None] | None = None, server_key: str | os.PathLike | None = None,
+            key: str | os.PathLike | None = None) -> CaptureStats:
     """The function behind ``posecast capture``: connect, open the source, stream, return :class:`CaptureStats`.
 
     CLI options (for argparse)::
@@ -906,6 +935,8 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
                                       their fps (lock-step: every frame rendered, the next
                                       one read only when it can be sent)                    -> realtime=False
         --loop                        loop a video / recording                               -> loop
+        --server-key server.key       the server's CURVE public key (with --key)             -> server_key
+        --key NAME.key_secret         this client's CURVE key pair (its .key allowed there)  -> key
 
     ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and 1
     with ``realtime=False`` (lock-step, so no frame is dropped); an int or None (unbounded) to override.
@@ -916,7 +947,7 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
     if max_in_flight == "auto":
         max_in_flight = 32 if realtime else 1
     client = CaptureClient(server, timeout_s=timeout_s, retries=retries, normalize=normalize,
-                           max_in_flight=max_in_flight, log=log)
+                           max_in_flight=max_in_flight, log=log, server_key=server_key, key=key)
     try:
         welcome = client.connect()
         src = open_source(source, welcome.kind, realtime=realtime, loop=loop, default_fps=welcome.fps)

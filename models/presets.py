@@ -11,11 +11,18 @@ as JSON next to the weights, so a checkpoint rebuilds its networks without any o
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 from .render import label_channels
 
 _PRESETS: dict[str, Callable[[], "ModelConfig"]] = {}
+
+
+# Ranges of the size-like config fields: a damaged or hostile config file must not allocate gigabytes.
+_BOUNDS = {"size": (16, 4096), "history_frames": (0, 16), "ngf": (1, 1024), "max_ngf": (1, 4096),
+           "n_downsample": (0, 8), "n_blocks": (0, 64), "n_blocks_flow": (0, 64), "n_local": (0, 4),
+           "ndf": (1, 1024), "d_layers": (1, 8), "d_scales": (1, 8), "temporal_frames": (2, 16)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +106,15 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):  # types first: a config file may hold anything
+            v = getattr(self, f.name)
+            ok = {"int": lambda: type(v) is int, "str": lambda: type(v) is str, "bool": lambda: type(v) is bool,
+                  "float": lambda: type(v) in (int, float) and math.isfinite(v)}.get(f.type, lambda: True)()
+            if not ok:
+                raise ValueError(f"field {f.name!r} must be {f.type}, got {v!r}")
+        for name, (lo, hi) in _BOUNDS.items():  # checked before anything is built (and allocated) from them
+            if not lo <= getattr(self, name) <= hi:
+                raise ValueError(f"field {name!r} must be in [{lo}, {hi}], got {getattr(self, name)}")
         if self.kind not in ("dance", "face"):
             raise ValueError(f"kind must be 'dance' or 'face', got {self.kind!r}")
         step = 2 ** (self.n_downsample + self.n_local)

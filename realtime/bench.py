@@ -104,6 +104,39 @@ def bench_generator(preset: str, backend: str, size: int, *, runs: int = 50, war
     return out
 
 
+def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), *, runs: int = 20, warmup: int = 3,
+                model: str | os.PathLike | None = None, device: str = "cpu",
+                engine_kwargs: dict | None = None) -> list[dict]:
+    """Throughput of ``Engine.step_batch`` per batch size: frames/s (batch / p50 call time) and how many 30-fps
+    streams that holds. One row per batch size."""
+    from .engine import open_engine
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        kw = dict(engine_kwargs or {})
+        if device != "cpu":
+            kw["device"] = device
+        engine = open_engine(model or random_checkpoint(preset, size, tmp), backend, **kw)
+        from .export import random_inputs
+
+        for b in batch_sizes:
+            samples = [random_inputs(engine.cfg, i) for i in range(b)]
+            feeds = {k: np.concatenate([x[k] for x in samples]) for k in samples[0]}
+            for _ in range(warmup):
+                engine.step_batch(feeds)
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                engine.step_batch(feeds)
+                times.append((time.perf_counter() - t0) * 1000)
+            p50, p99 = _percentiles(times)
+            fps = b / (p50 / 1000)
+            rows.append({"what": "batch", "preset": preset, "backend": backend, "size": size, "device": device,
+                         "batch": b, "max_batch": engine.max_batch, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
+                         "frames_per_s": round(fps, 1), "streams_at_30fps": int(round(fps, 1) // 30)})
+    return rows
+
+
 def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3) -> Path:
     """A landmark recording of the synthetic dancer (what `capture --save-landmarks` writes)."""
     from clients.sources import save_recording
@@ -174,6 +207,8 @@ class BenchPlan:
     stream_clients: tuple = (1,)                # concurrent clients per stream figure
     stream_model: str | None = None             # a trained model for the stream (default: random weights)
     stream_threads: int | None = None           # server onnxruntime threads (None: all cores)
+    batch_sizes: tuple = (1, 2, 4, 8)           # batched-engine throughput per batch size (() for none)
+    device: str = "cpu"                         # engine device of the batch figures (cuda for a GPU)
 
 
 def run_bench(plan: BenchPlan, emit) -> list[dict]:
@@ -189,6 +224,13 @@ def run_bench(plan: BenchPlan, emit) -> list[dict]:
                 row = bench_generator(preset, backend, size, runs=plan.runs, throughput_gmacs=gmacs)
                 rows.append(row)
                 emit(row)
+    for preset in plan.presets if plan.batch_sizes else ():
+        for size in plan.sizes:
+            for backend in plan.backends:
+                for row in bench_batch(preset, backend, size, plan.batch_sizes, runs=max(3, plan.runs // 2),
+                                       device=plan.device):
+                    rows.append(row)
+                    emit(row)
     for n in plan.stream_clients:
         row = bench_stream(plan.stream_preset, "onnxruntime", plan.stream_size, frames=plan.stream_frames,
                            clients=n, model=plan.stream_model, threads=plan.stream_threads)

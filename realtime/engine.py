@@ -13,6 +13,12 @@ gives them, in the window (h, w) = ``cfg.crop_hw`` the generator draws in (the w
 ``Engine.plate`` is the model's whole background plate (3, S, S) (None for models without one): a session
 composites the window onto it.
 
+``Engine.step_batch(inputs)`` runs B independent samples at once: ``inputs`` maps every input name
+(``Engine.input_shapes``) to an array stacked along axis 0, ``(B, *per-sample shape)``, and the frames come
+back as ``(B, 3, S, S)``. Backends run at most ``max_batch`` samples per call (torch: any; onnxruntime: any, with
+the batch axis of the exported ONNX; TensorRT: the engine's static batch sizes, ``TRT_BATCH_SIZES``); larger
+batches are split. The reference path (``_run`` one sample at a time) is what batching is checked against.
+
 Loading never imports trainer/: the model is rebuilt from its checkpoint (models.checkpoint).
 """
 
@@ -89,9 +95,11 @@ class Engine(abc.ABC):
     backend: str = "?"
     device: str = "cpu"
     plate: np.ndarray | None = None
+    max_batch: int = 1                # samples per _run call (step_batch splits larger batches)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every input name -> its shape at batch 1, in the generator's argument order."""
         from .export import io_shapes
 
         return io_shapes(self.cfg)[0]
@@ -116,9 +124,27 @@ class Engine(abc.ABC):
                 raise ValueError(f"{name} must be {shape}, got {feeds[name].shape}")
         return self._run({name: np.ascontiguousarray(feeds[name], np.float32) for name in want})
 
+    def step_batch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """B samples at once: ``inputs[name]`` is ``input_shapes[name]`` with B rows instead of 1 (every input
+        stacked along axis 0); returns the frames ``(B, 3, h, w)``."""
+        shapes = self.input_shapes
+        if set(inputs) != set(shapes):
+            raise ValueError(f"engine inputs must be exactly {sorted(shapes)}, got {sorted(inputs)}")
+        batch = {len(x) for x in inputs.values()}
+        if len(batch) != 1 or not all(inputs[n].shape[1:] == s[1:] for n, s in shapes.items()):
+            raise ValueError(f"inputs must share one batch size and have per-sample shapes "
+                             f"{ {n: s[1:] for n, s in shapes.items()} }, got { {n: x.shape for n, x in inputs.items()} }")
+        (n,) = batch
+        feeds = {k: np.ascontiguousarray(inputs[k], np.float32) for k in shapes}
+        step = max(1, int(self.max_batch))
+        if n <= step:
+            return self._run(feeds)
+        return np.concatenate([self._run({k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)])
+
     @abc.abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Run the compiled generator on validated, contiguous float32 inputs; return the frame."""
+        """Run the compiled generator on validated, contiguous float32 inputs of batch ``1..max_batch`` (every
+        name of ``input_shapes``); return the frames ``(B, 3, h, w)``."""
 
     def describe(self) -> str:
         return f"{self.backend} on {self.device} ({self.cfg.name}, {self.cfg.size}px, L={self.cfg.history_frames})"
@@ -129,6 +155,7 @@ class TorchEngine(Engine):
     """Plain PyTorch: the reference path the other backends are checked against."""
 
     backend = "torch"
+    max_batch = 64
 
     def __init__(self, model: str | os.PathLike, device: str = "cpu", **_):
         import torch
@@ -136,6 +163,8 @@ class TorchEngine(Engine):
         from models.checkpoint import load_generator
 
         self._torch = torch
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(f"torch backend on {device}: no CUDA device here (torch.cuda.is_available() is False)")
         self.device = device
         self.G, self.meta = load_generator(model, device)
         self.cfg = self.G.cfg
@@ -181,13 +210,14 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError(f"onnxruntime backend needs the onnxruntime package ({e}): pip install onnxruntime") from None
         from . import export as X
 
-        if device not in ("cpu", "cuda"):
-            raise EngineError(f"onnxruntime backend: device must be 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda":
+        if device != "cpu" and not (device == "cuda" or str(device).startswith("cuda:")):
+            raise EngineError(f"onnxruntime backend: device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if device != "cpu":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise EngineError("onnxruntime backend on cuda needs the CUDAExecutionProvider; this onnxruntime has "
                                   f"{', '.join(ort.get_available_providers())} (pip install onnxruntime-gpu)")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            gpu = int(device.split(":", 1)[1]) if ":" in device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         self.onnx_path, self.export_result = _onnx_for(model, onnx_path)
@@ -206,9 +236,12 @@ class OnnxRuntimeEngine(Engine):
         self.cfg = X.config_from_metadata(self._session.get_modelmeta().custom_metadata_map, str(self.onnx_path))
         want_in, _ = X.io_shapes(self.cfg)
         got_in = {i.name: tuple(i.shape) for i in self._session.get_inputs()}
-        if got_in != want_in:
+        if {k: v[1:] for k, v in got_in.items()} != {k: v[1:] for k, v in want_in.items()} \
+                or not all(v[0] in (1, X.BATCH_AXIS) for v in got_in.values()):
             raise EngineError(f"{self.onnx_path}: inputs {got_in} do not match its config (expected {want_in})")
-        self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        # An ONNX exported with a batch axis runs any batch in one call; an older static one, one sample at a time.
+        self.max_batch = 256 if all(v[0] == X.BATCH_AXIS for v in got_in.values()) else 1
+        self.device = device if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = so.intra_op_num_threads
 
     def _run(self, feeds):
@@ -218,7 +251,9 @@ class OnnxRuntimeEngine(Engine):
 @register_backend("tensorrt")
 class TensorRTEngine(Engine):
     """TensorRT: the cached serialized engine of the checkpoint's ONNX (built on first use), run on a CUDA
-    stream with preallocated torch CUDA tensors as its I/O buffers."""
+    stream with preallocated torch CUDA tensors as its I/O buffers. The engine has one optimization profile
+    per static batch size (``export.TRT_BATCH_SIZES``); each gets its own execution context and buffers, and a
+    batch of n runs on the smallest size >= n (the rows past n are ignored)."""
 
     backend = "tensorrt"
 
@@ -238,36 +273,54 @@ class TensorRTEngine(Engine):
         self.cfg = X.config_from_metadata(X.read_onnx_metadata(self.onnx_path), str(self.onnx_path))
         self.engine_path, key, self.built = X.get_tensorrt_engine(self.onnx_path, fp16, cache_dir)
         self._runtime, self._engine = X.load_tensorrt_engine(self.engine_path, key, trt)
-        self._ctx = self._engine.create_execution_context()
-        if self._ctx is None:
-            raise EngineError(f"{self.engine_path}: TensorRT could not create an execution context")
+        if self._engine.num_optimization_profiles != len(X.TRT_BATCH_SIZES):
+            raise EngineError(f"{self.engine_path}: {self._engine.num_optimization_profiles} optimization profiles, "
+                              f"expected {len(X.TRT_BATCH_SIZES)} (batch sizes {X.TRT_BATCH_SIZES}); rebuild it")
         self.device, self.fp16 = "cuda", fp16
+        self.batch_sizes = X.TRT_BATCH_SIZES
+        self.max_batch = max(self.batch_sizes)
         self._stream = torch.cuda.Stream()
         dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
-        want = {**X.io_shapes(self.cfg)[0], **X.io_shapes(self.cfg)[1]}
-        self._buffers = {}
-        for i in range(self._engine.num_io_tensors):
-            name = self._engine.get_tensor_name(i)
-            shape = tuple(self._engine.get_tensor_shape(name))
-            if want.get(name) != shape:
-                raise EngineError(f"{self.engine_path}: tensor {name} is {shape}, the config expects {want.get(name)}")
-            dtype = dtypes.get(self._engine.get_tensor_dtype(name))
-            if dtype is None:
-                raise EngineError(f"{self.engine_path}: unsupported tensor type {self._engine.get_tensor_dtype(name)} for {name}")
-            buf = torch.empty(shape, dtype=dtype, device="cuda")
-            self._buffers[name] = buf
-            self._ctx.set_tensor_address(name, buf.data_ptr())
-        if "frame" not in self._buffers or "labels" not in self._buffers:
-            raise EngineError(f"{self.engine_path}: engine lacks the labels input or the frame output")
+        in_shapes, out_shapes = X.io_shapes(self.cfg)
+        per_sample = {k: v[1:] for k, v in {**in_shapes, **out_shapes}.items()}
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        if "frame" not in names or set(in_shapes) - set(names):
+            raise EngineError(f"{self.engine_path}: engine tensors {names} lack an input of {sorted(in_shapes)} "
+                              f"or the frame output")
+        self._slots = {}   # batch size -> (execution context, {tensor name: buffer})
+        for profile, b in enumerate(self.batch_sizes):
+            ctx = self._engine.create_execution_context()
+            if ctx is None:
+                raise EngineError(f"{self.engine_path}: TensorRT could not create an execution context")
+            ctx.set_optimization_profile_async(profile, self._stream.cuda_stream)
+            for name in in_shapes:
+                ctx.set_input_shape(name, (b, *per_sample[name]))
+            buffers = {}
+            for name in names:
+                shape = tuple(ctx.get_tensor_shape(name))
+                if name in per_sample and shape != (b, *per_sample[name]):
+                    raise EngineError(f"{self.engine_path}: tensor {name} is {shape} at batch {b}, the config "
+                                      f"expects {(b, *per_sample[name])}")
+                dtype = dtypes.get(self._engine.get_tensor_dtype(name))
+                if dtype is None:
+                    raise EngineError(f"{self.engine_path}: unsupported tensor type "
+                                      f"{self._engine.get_tensor_dtype(name)} for {name}")
+                buffers[name] = buf = torch.empty(shape, dtype=dtype, device="cuda")
+                ctx.set_tensor_address(name, buf.data_ptr())
+            self._slots[b] = (ctx, buffers)
+        self._stream.synchronize()
 
     def _run(self, feeds):
         torch = self._torch
+        n = len(next(iter(feeds.values())))
+        b = min(s for s in self.batch_sizes if s >= n)
+        ctx, buffers = self._slots[b]
         with torch.cuda.stream(self._stream):
-            for name, value in feeds.items():
-                self._buffers[name].copy_(torch.from_numpy(value))
-            if not self._ctx.execute_async_v3(self._stream.cuda_stream):
+            for name, x in feeds.items():
+                buffers[name][:n].copy_(torch.from_numpy(x))
+            if not ctx.execute_async_v3(self._stream.cuda_stream):
                 raise EngineError(f"{self.engine_path}: TensorRT execution failed")
-            frame = self._buffers["frame"].float().cpu()  # D2H on this stream, then waits for it
+            frame = buffers["frame"][:n].float().cpu()  # D2H on this stream, then waits for it
         self._stream.synchronize()
         return frame.numpy()
 
@@ -294,7 +347,7 @@ class TorchTensorRTEngine(Engine):
             model, fp16=fp16, cache_dir=cache_dir)
         self.device, self.fp16 = "cuda", fp16
 
-    def _run(self, feeds):
+    def _run(self, feeds):  # compiled at batch 1 (max_batch 1): step_batch feeds it one sample at a time
         torch = self._torch
         with torch.no_grad():
             args = [torch.from_numpy(feeds[name]).cuda() for name in self.input_shapes]
@@ -306,3 +359,29 @@ def open_engine(model: str | os.PathLike, backend: str = "onnxruntime", **kwargs
     if backend not in _BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; available: {', '.join(list_backends())}")
     return _BACKENDS[backend](model, **kwargs)
+
+
+def calibrate_batch(engine: Engine, limit: int = 16, *, runs: int = 5, gain: float = 1.05) -> tuple[int, dict]:
+    """The batch size (a power of two <= ``limit``) at which ``engine`` makes the most frames per second here.
+
+    Batching pays on a GPU; on a CPU it depends on the model and the frame size (larger activations fall out of
+    cache), so the server measures instead of assuming. A larger size is chosen only when it beats the best
+    smaller one by ``gain``; each size's time is its fastest of ``runs`` calls. Returns (size, {size: frames/s}).
+    """
+    import time
+
+    fps: dict[int, float] = {}
+    best, b = 1, 1
+    while b <= max(1, int(limit)):
+        feeds = {k: np.zeros((b, *s[1:]), np.float32) for k, s in engine.input_shapes.items()}
+        engine.step_batch(feeds)                      # warm-up: allocations, kernel selection
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            engine.step_batch(feeds)
+            times.append(time.perf_counter() - t0)
+        fps[b] = round(b / max(min(times), 1e-9), 1)
+        if fps[b] > fps[best] * gain:
+            best = b
+        b *= 2
+    return best, fps

@@ -3,16 +3,18 @@
     posecast export RUN --backend onnxruntime|tensorrt|torch-tensorrt [--fp16]   ->   export(RUN, backend, ...)
 
 ONNX: ``export_onnx`` traces ``Generator.forward`` with the TorchScript exporter (``dynamo=False``) at static
-shapes (batch 1), inputs ``labels`` (1, (L+1)*C, h, w), ``previous`` (1, L*3, h, w) (none when L = 0) and, for
-models drawn on a background plate, ``plate`` (1, 3, h, w), all in the window (h, w) = ``cfg.crop_hw``, and for
-models with a head branch ``head`` (1, 2): the head window's integer (x0, y0) in that window; outputs
-``frame``, ``flow``, ``mask``. Before the file is written, ONNX Runtime (CPU) runs it on random
-inputs of several seeds and its outputs are compared with PyTorch's; an error over ``atol`` raises
+shapes but for a batch axis (``BATCH_AXIS``) on every input and output: inputs ``labels`` (B, (L+1)*C, h, w),
+``previous`` (B, L*3, h, w) (none when L = 0) and, for models drawn on a background plate, ``plate``
+(B, 3, h, w), all in the window (h, w) = ``cfg.crop_hw``, and for models with a head branch ``head`` (B, 2): the
+head window's integer (x0, y0) in that window; outputs ``frame``, ``flow``, ``mask``. Before the file is
+written, ONNX Runtime (CPU) runs it on random inputs of several seeds, one at a time and all as one batch, and
+its outputs are compared with PyTorch's; an error over ``atol`` raises
 ``ExportError`` and writes nothing. The file's metadata_props record the model config (JSON) and a sha256 of
 the generator weights (``posecast.config``, ``posecast.weights_sha256``), so an engine can tell which
 checkpoint an .onnx belongs to and re-export a stale one.
 
-TensorRT: ``build_tensorrt_engine`` builds a serialized engine from the ONNX and caches it under a key of
+TensorRT: ``build_tensorrt_engine`` builds a serialized engine from the ONNX, with one optimization profile per
+static batch size in ``TRT_BATCH_SIZES``, and caches it under a key of
 (ONNX sha256, GPU name + compute capability, TensorRT version, fp16): ``<stem>.<hash16>.engine`` plus a JSON
 sidecar holding the key. A cached engine is reused only when its recorded key equals the current one; loading
 an engine whose key differs is refused (``verify_engine_key``). Without an NVIDIA GPU or the ``tensorrt``
@@ -41,7 +43,9 @@ from models.presets import ModelConfig
 
 from .engine import EngineError
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2                 # 2: a dynamic batch axis on every input and output
+BATCH_AXIS = "batch"               # the name of that axis in the ONNX graph
+TRT_BATCH_SIZES = (1, 2, 4, 8, 16)  # one TensorRT optimization profile (a static batch size) each
 META_CONFIG = "posecast.config"
 META_WEIGHTS = "posecast.weights_sha256"
 META_VERSION = "posecast.export_version"
@@ -242,9 +246,10 @@ def _trace_to_onnx(step, cfg: ModelConfig, opset: int) -> bytes:
         # flag): harmless at static shapes; the numeric check in export_onnx is what guards correctness.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r"(?s).*(" + _EXPORTER_NOISE.pattern + ")")
-        try:
+        try:  # axis 0 of every input and output is the batch: the server runs every pending session at once
             torch.onnx.export(step, args, buf, dynamo=False, opset_version=opset,
                               input_names=list(shapes), output_names=list(OUTPUT_NAMES),
+                              dynamic_axes={n: {0: BATCH_AXIS} for n in (*shapes, *OUTPUT_NAMES)},
                               do_constant_folding=True)
         except Exception as e:  # noqa: BLE001 - the exporter raises many types
             raise ExportError(f"torch.onnx.export failed for {cfg.name} ({type(e).__name__}: {e})") from e
@@ -296,16 +301,20 @@ def export_onnx(model, out_path: str | os.PathLike | None = None, *, opset: int 
         data = _trace_to_onnx(step, cfg, opset)
         proto = onnx.load_from_string(data)
         in_shapes, out_shapes = io_shapes(cfg)
-        got_in = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in proto.graph.input}
-        if got_in != in_shapes or [o.name for o in proto.graph.output] != list(OUTPUT_NAMES):
+        got_in = {i.name: tuple(d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim)
+                  for i in proto.graph.input}
+        want_in = {k: (BATCH_AXIS, *v[1:]) for k, v in in_shapes.items()}
+        if got_in != want_in or [o.name for o in proto.graph.output] != list(OUTPUT_NAMES):
             raise ExportError(f"{where}: exported graph has inputs {got_in} / outputs "
-                              f"{[o.name for o in proto.graph.output]}, expected {in_shapes} / {list(OUTPUT_NAMES)}")
+                              f"{[o.name for o in proto.graph.output]}, expected {want_in} / {list(OUTPUT_NAMES)}")
 
         errors = {n: 0.0 for n in OUTPUT_NAMES}
         if check:
             sess = _check_session(data)
-            for s in range(seed, seed + CHECK_SEEDS):
-                feeds = random_inputs(cfg, s)
+            checks = [random_inputs(cfg, s) for s in range(seed, seed + CHECK_SEEDS)]
+            # ... and the same inputs as one batch: the batch axis must really be one (no traced batch size).
+            checks.append({k: np.concatenate([c[k] for c in checks]) for k in checks[0]})
+            for feeds in checks:
                 with torch.inference_mode():
                     ref = step(*(torch.from_numpy(feeds[n]) for n in in_shapes))
                 got = _ort_outputs(sess, feeds)
@@ -353,7 +362,8 @@ def ensure_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike | None = 
 def engine_key(*, onnx_sha256: str, gpu_name: str, compute_capability: str, tensorrt_version: str,
                fp16: bool) -> dict:
     """What a serialized TensorRT engine is valid for. Any field differing means: rebuild, never load."""
-    return {"format": "posecast-tensorrt-engine", "version": 1, "onnx_sha256": onnx_sha256,
+    return {"format": "posecast-tensorrt-engine", "version": 2, "onnx_sha256": onnx_sha256,
+            "batch_sizes": list(TRT_BATCH_SIZES),
             "gpu_name": gpu_name, "compute_capability": str(compute_capability),
             "tensorrt_version": str(tensorrt_version), "fp16": bool(fp16)}
 
@@ -455,6 +465,13 @@ def _build_serialized(trt, onnx_path: Path, fp16: bool) -> bytes:
         raise EngineError(f"TensorRT could not parse {onnx_path}: {errs or 'unknown error'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, TRT_WORKSPACE_BYTES)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    for b in TRT_BATCH_SIZES:  # profile i = static batch size TRT_BATCH_SIZES[i] (min = opt = max)
+        profile = builder.create_optimization_profile()
+        for t in inputs:
+            shape = (b, *tuple(t.shape)[1:])
+            profile.set_shape(t.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
     if fp16:
         flag = getattr(trt.BuilderFlag, "FP16", None)
         if flag is None:

@@ -1,16 +1,26 @@
 """The live server: many clients stream landmarks in over ZeroMQ, each gets generated JPEG frames back.
 
-One ROUTER socket, one worker thread (the engine is not shared between threads), one ``Session`` per client keyed
-by its ZeroMQ routing id. Each loop iteration
+One ROUTER socket, one worker thread (the engine is not shared between threads), one ``Session`` per client. A
+session belongs to one connection and, on a CURVE server, to one client key: identity comes from the key that
+ZeroMQ's ZAP handler authenticated (the ``User-Id`` of every message), never from the routing id, and a routing
+id is never enough to reach a session (no ``ROUTER_HANDOVER``; a session is freed when its connection closes and
+is never answered on another connection). Each loop iteration
 
-1. drains every pending message without blocking: control messages (hello, reset, bye, ping) are handled at once
-   and in order; of a client's landmarks only the newest is kept, older ones are dropped and counted
-   (**latest wins**: when the engine is slower than the camera, frames are skipped instead of queued, so latency
-   never piles up);
-2. generates one frame per client with pending landmarks, round-robin (the first client of the round rotates),
-   JPEG-encodes it and replies ``Frame`` (``seq`` and ``capture_ts`` echoed, per-stage timings, the client's
-   cumulative drop count);
-3. frees sessions idle for longer than ``idle_timeout_s`` and logs a stats line every ``stats_interval_s``.
+1. handles connection events (the socket monitor): connections are counted, capped (``max_connections``) and
+   closed when they hold no session for ``handshake_timeout_s``; a closed connection frees its sessions at once;
+2. drains at most ``max_drain`` messages without blocking. Each connection has a token bucket of ``rate_hz``
+   messages per second (``rate_burst`` deep): messages over it are dropped unread and counted. Control messages
+   (hello, reset, bye, ping) are handled at once and in order; of a client's landmarks only the newest is kept,
+   older ones are dropped and counted (**latest wins**: when the engine is slower than the camera, frames are
+   skipped instead of queued, so latency never piles up);
+3. frees sessions that sent nothing for ``idle_timeout_s`` (clients ping every ``heartbeat_s`` when idle);
+4. generates one frame per client with pending landmarks in one batched engine call (``max_batch`` sessions per
+   call; ``Session.prepare`` / ``step_sessions`` / ``Session.finish``), replies round-robin (the first client
+   of the round rotates), and never renders for a client whose reply queue is full: ``ROUTER_MANDATORY`` tells
+   when a reply's routing-id frame cannot go out (``EAGAIN``); such a client is marked blocked, and from then on
+   its routing frame is offered *before* its frame is rendered (alone), so its landmarks are dropped unrendered
+   while the queue stays full. The reply is ``Frame`` (``seq`` and ``capture_ts`` echoed, per-stage timings, the client's
+   cumulative drop count).
 
 Bad input of any kind is answered with an ``Error`` (code + reason, + seq when known) and never touches another
 client's session; an unexpected exception on one client's message is answered ``internal`` and logged with its
@@ -22,20 +32,25 @@ traceback, and the server goes on. See docs/protocol.md for the wire protocol.
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
+import hashlib
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 
 import cv2
 import numpy as np
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from realtime import protocol as P
 from realtime.protocol import ErrorCode, ProtocolError
-from realtime.session import Session, layout_of
+from realtime.security import CurveConfig, CurveServer, check_bind
+from realtime.session import Session, layout_of, step_sessions
 
 LOGGER_NAME = "posecast.server"
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -45,9 +60,40 @@ def _ms(t0: float, t1: float) -> float:
     return (t1 - t0) * 1000.0
 
 
-def _client_label(name: str, rid: bytes) -> str:
-    shown = "".join(ch if ch.isprintable() else "?" for ch in name[:64])
-    return f"{shown!r}[{rid.hex()[:16]}]" if shown else f"[{rid.hex()[:16]}]"
+def short_id(rid: bytes) -> str:
+    """What the log shows of a routing id: 8 hex digits of its hash, never the id itself."""
+    return hashlib.blake2s(rid, digest_size=4).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-key, per-connection and overall limits of a server (the ones clients need are in the Welcome)."""
+    max_clients: int = 16             # live sessions, all clients together (more get server_busy)
+    sessions_per_key: int = 4         # live sessions per client key (CURVE); a new one takes over the oldest
+    max_connections: int = 256        # open connections; newer ones beyond it are closed at once
+    rate_hz: float = 120.0            # messages per second per connection (token bucket) ...
+    rate_burst: int = 120             # ... of this depth; messages over it are dropped unread and counted
+    heartbeat_s: float = 1.0          # clients send something (a ping when idle) at least this often
+    idle_timeout_s: float = 2.0       # a session silent for this long is freed (heartbeat + 1 s)
+    handshake_timeout_s: float = 5.0  # a connection without a session for this long is closed
+    recv_hwm: int = 100               # per-connection receive queue, messages (ZMQ_RCVHWM)
+    send_hwm: int = 32                # per-connection reply queue, messages (ZMQ_SNDHWM); full: frames not made
+    max_drain: int = 64               # messages read per loop iteration before the engine round
+    flood_close: int = 10             # a connection sending this many times its rate over it, within a second, is closed
+    sndbuf_bytes: int = 0             # kernel send buffer per connection (SO_SNDBUF; 0: the OS default)
+    max_batch: int = 16               # sessions per engine call (1: one call per session, as without batching)
+
+    def __post_init__(self):
+        for name in ("max_clients", "sessions_per_key", "max_connections", "rate_burst", "recv_hwm", "send_hwm",
+                     "max_drain", "max_batch", "flood_close"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rate_hz", "heartbeat_s", "idle_timeout_s", "handshake_timeout_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.idle_timeout_s <= self.heartbeat_s:
+            raise ValueError(f"idle_timeout_s ({self.idle_timeout_s}) must exceed heartbeat_s ({self.heartbeat_s}): "
+                             f"a client that pings on time must never expire")
 
 
 @dataclasses.dataclass
@@ -60,51 +106,102 @@ class _Pending:
 
 
 @dataclasses.dataclass
+class _Conn:
+    """One TCP (or ipc) connection, from the socket monitor and the ``SRCFD`` of its messages."""
+    fd: int
+    peer: object           # getpeername() at accept time: checked again before the fd is shut down
+    opened: float          # monotonic
+    tokens: float          # rate-limit bucket
+    refill_t: float
+    sessionless_since: float | None   # monotonic time since which it holds no session (None: it holds one)
+    limited: int = 0       # messages dropped over the rate
+    over: int = 0          # ... of them in the current one-second window (a flood closes the connection)
+    over_since: float = 0.0
+
+
+@dataclasses.dataclass
 class _Client:
     rid: bytes
+    fd: int | None         # the connection the session belongs to
+    key: str               # authenticated CURVE key (z85), "" without CURVE
+    key_name: str          # the allow-list file name of the key, "" without CURVE
     name: str
     session: Session
     last_seen: float       # monotonic time of the client's last message
+    created: float
     pending: _Pending | None = None
-    dropped: int = 0       # landmark messages that got no frame (superseded, reset away, reply undeliverable)
+    blocked: bool = False  # the last reply found the client's queue full: offer before rendering
+    dropped: int = 0       # landmark messages that got no frame (superseded, reset away, rate, reply queue full)
     frames: int = 0        # frames sent
 
     @property
     def label(self) -> str:
-        return _client_label(self.name, self.rid)
+        shown = "".join(ch if ch.isprintable() else "?" for ch in self.name[:64])
+        who = f"{shown!r}" if shown else ""
+        if self.key_name:
+            who += f" key {self.key_name}"
+        return f"{who}[{short_id(self.rid)}]".strip()
+
+
+_OK, _FULL = "ok", "full"
+_MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def _peer_of(fd: int):
+    try:
+        with socket.socket(fileno=os.dup(fd)) as s:
+            return s.getpeername()
+    except OSError:
+        return None
+
+
+def _shutdown_fd(fd: int, peer) -> bool:
+    """Close a connection under libzmq's feet: shut its *read* side, so libzmq reads end-of-file exactly as if
+    the peer had closed it, and tears it down the normal way. (Shutting the write side too can fail a write
+    inside libzmq, which aborts on that: never do it.) Only when the fd still belongs to the same peer as when
+    it was accepted, so a reused fd number is never touched."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as s:
+            if peer is None or s.getpeername() != peer:
+                return False
+            s.shutdown(socket.SHUT_RD)
+            return True
+    except OSError:
+        return False
 
 
 class Server:
     """A posecast ZeroMQ server over one ``Engine``; see the module docstring.
 
-    ``max_clients`` live sessions at most (more get ``server_busy``); sessions silent for ``idle_timeout_s`` are
-    freed; ``jpeg_quality`` 1-100; a stats line every ``stats_interval_s`` (0: never) on ``log`` (default: the
-    ``posecast.server`` logger); ``poll_interval_s`` bounds how long ``stop()`` takes; ``max_drain`` caps the
-    messages read per loop iteration; ``send_hwm`` is the per-client reply queue (ZMQ_SNDHWM).
+    ``limits`` (a :class:`Limits`; keyword overrides such as ``max_clients=2`` or ``idle_timeout_s=0.5`` are
+    applied on top). ``curve``: a :class:`~realtime.security.CurveConfig` (the server key pair and the folder of
+    allowed client keys) to require CURVE encryption and an allowed key of every client; without it the server
+    only binds loopback addresses unless ``insecure``. ``jpeg_quality`` 1-100; a stats line every
+    ``stats_interval_s`` (0: never) on ``log`` (default: the ``posecast.server`` logger); ``poll_interval_s``
+    bounds how long ``stop()`` takes.
 
     ``bind`` may use port 0 (or ``*``) for a free port; the actual address is ``server.endpoint``. The socket is
     bound in the constructor (so a bad address fails early) and closed when ``serve_forever`` returns or on
     ``close()``: a server serves once. ``stop()`` may be called from any thread or a signal handler.
     """
 
-    def __init__(self, engine, bind: str = DEFAULT_BIND, *, max_clients: int = 16, idle_timeout_s: float = 10.0,
-                 jpeg_quality: int = 90, stats_interval_s: float = 10.0, log: logging.Logger | None = None,
-                 poll_interval_s: float = 0.05, max_drain: int = 1000, send_hwm: int = 100):
-        if max_clients < 1:
-            raise ValueError(f"max_clients must be >= 1, got {max_clients}")
+    def __init__(self, engine, bind: str = DEFAULT_BIND, *, limits: Limits | None = None,
+                 curve: CurveConfig | None = None, insecure: bool = False, jpeg_quality: int = 90,
+                 stats_interval_s: float = 10.0, log: logging.Logger | None = None, poll_interval_s: float = 0.05,
+                 **limit_overrides):
+        self.limits = lim = dataclasses.replace(limits or Limits(), **limit_overrides)
         if not 1 <= int(jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
-        if idle_timeout_s <= 0:
-            raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+        check_bind(bind, curve, insecure)
         self.engine = engine
         self.cfg = cfg = engine.cfg
         self.log = log or logging.getLogger(LOGGER_NAME)
-        self.max_clients = int(max_clients)
-        self.idle_timeout_s = float(idle_timeout_s)
+        self.max_clients = lim.max_clients
+        self.idle_timeout_s = float(lim.idle_timeout_s)
         self.jpeg_quality = int(jpeg_quality)
         self.stats_interval_s = float(stats_interval_s)
         self.poll_ms = max(1, int(round(poll_interval_s * 1000)))
-        self.max_drain = max(1, int(max_drain))
 
         meta = getattr(engine, "meta", None) or {}
         layout, num_landmarks, _ = layout_of(cfg.kind)
@@ -113,12 +210,15 @@ class Server:
             version=P.PROTOCOL_VERSION, kind=cfg.kind, size=cfg.size, history_frames=cfg.history_frames,
             num_landmarks=num_landmarks, layout=layout, model=cfg.name, backend=str(getattr(engine, "backend", "")),
             subject_stats=meta.get("subject_stats") if isinstance(meta.get("subject_stats"), dict) else None,
-            fps=float(fps) if isinstance(fps, (int, float)) and fps > 0 else 30.0)
+            fps=float(fps) if type(fps) in (int, float) and np.isfinite(fps) and fps > 0 else 30.0,
+            heartbeat_s=lim.heartbeat_s, idle_timeout_s=lim.idle_timeout_s, max_message_bytes=P.MAX_MESSAGE_BYTES,
+            rate_hz=lim.rate_hz, rate_burst=lim.rate_burst)
         self._welcome_bytes = P.encode(self.welcome)
         self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
         self._bgr = np.empty((cfg.size, cfg.size, 3), np.uint8)
 
         self._clients: dict[bytes, _Client] = {}
+        self._conns: dict[int, _Conn] = {}
         self._stop = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -129,26 +229,52 @@ class Server:
         self._rr = 0
         # Counters (cumulative) and the current stats interval.
         self.counters = {"messages": 0, "frames": 0, "dropped": 0, "errors": 0, "send_failures": 0,
-                         "internal_errors": 0, "connects": 0, "disconnects": 0, "expired": 0}
+                         "internal_errors": 0, "connects": 0, "disconnects": 0, "expired": 0, "rate_limited": 0,
+                         "not_rendered": 0, "undeliverable": 0, "takeovers": 0, "connections": 0, "connections_closed": 0,
+                         "connections_refused": 0, "floods_closed": 0, "auth_failures": 0, "orphans": 0, "rounds": 0}
         self._interval_frames = 0
         self._interval_dropped = 0
         self._interval_engine_ms: list[float] = []
 
         self._ctx = zmq.Context()
+        self._curve: CurveServer | None = None
+        self._mon: zmq.Socket | None = None
         sock = self._ctx.socket(zmq.ROUTER)
         try:
+            if curve is not None:
+                self._curve = CurveServer(self._ctx, curve)
+                self._curve.apply(sock)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unroutable replies raise EHOSTUNREACH instead of vanishing
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)    # a reconnecting client with a fixed routing id takes over
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a full or vanished peer: EAGAIN / EHOSTUNREACH, never a block
             sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
-            sock.setsockopt(zmq.SNDHWM, max(1, int(send_hwm)))
+            sock.setsockopt(zmq.SNDHWM, lim.send_hwm)
+            sock.setsockopt(zmq.RCVHWM, lim.recv_hwm)
+            if lim.sndbuf_bytes > 0:
+                sock.setsockopt(zmq.SNDBUF, lim.sndbuf_bytes)
+            sock.setsockopt(zmq.HANDSHAKE_IVL, int(lim.handshake_timeout_s * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_IVL, int(lim.heartbeat_s * 1000))      # ZMTP pings: a dead link closes
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(lim.idle_timeout_s * 1000))
+            self._mon = sock.get_monitor_socket(_MONITOR_EVENTS)
             sock.bind(bind)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            self._ctx.term()
+        except (zmq.ZMQError, ValueError) as e:
+            self._teardown(sock)
+            if isinstance(e, ValueError):
+                raise
             raise OSError(f"cannot bind the posecast server to {bind!r}: {e}") from None
         self._sock = sock
         self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _teardown(self, sock: zmq.Socket) -> None:
+        if self._mon is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            self._mon.close(0)
+            self._mon = None
+        sock.close(0)
+        if self._curve is not None:
+            self._curve.close()
+            self._curve = None
+        self._ctx.term()
 
     # -- public API ----------------------------------------------------------------------------------------
     @property
@@ -160,10 +286,16 @@ class Server:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def secure(self) -> bool:
+        """Whether clients must authenticate with an allowed CURVE key."""
+        return self._curve is not None
+
     def stats(self) -> dict:
-        """A snapshot of the cumulative counters plus the current session count."""
+        """A snapshot of the cumulative counters plus the current session and connection counts."""
         d = dict(self.counters)
         d["clients"] = len(self._clients)
+        d["open_connections"] = len(self._conns)
         return d
 
     def stop(self) -> None:
@@ -206,21 +338,29 @@ class Server:
         log = self.log
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        log.info("serving %s on %s (max %d clients, idle timeout %.1fs)", self._describe_engine(), self.endpoint,
-                 self.max_clients, self.idle_timeout_s)
+        poller.register(self._mon, zmq.POLLIN)
+        lim = self.limits
+        log.info("serving %s on %s (%s; max %d clients, %d per key, %g msg/s per connection, idle timeout %.1fs)",
+                 self._describe_engine(), self.endpoint,
+                 f"CURVE, {len(self._curve.names)} allowed key(s)" if self._curve else "no authentication",
+                 lim.max_clients, lim.sessions_per_key, lim.rate_hz, lim.idle_timeout_s)
         now = time.monotonic()
-        next_sweep = now + min(0.1, self.idle_timeout_s / 4)
+        sweep_s = min(0.1, self.idle_timeout_s / 4)
+        next_sweep = now + sweep_s
         next_stats = now + self.stats_interval_s
         last_stats = now
         try:
             while not self._stop.is_set():
-                if poller.poll(self.poll_ms):
+                events = dict(poller.poll(0 if self._has_pending() else self.poll_ms))
+                if self._mon in events:
+                    self._monitor()
+                if self._sock in events:
                     self._drain()
-                self._generate()
                 now = time.monotonic()
-                if now >= next_sweep:
+                if now >= next_sweep:                 # after the drain: a long engine round never expires anyone
                     self._expire(now)
-                    next_sweep = now + min(0.1, self.idle_timeout_s / 4)
+                    next_sweep = now + sweep_s
+                self._generate()
                 if self.stats_interval_s > 0 and now >= next_stats:
                     self._log_stats(now - last_stats)
                     last_stats, next_stats = now, now + self.stats_interval_s
@@ -245,50 +385,154 @@ class Server:
             if self._closed:
                 return
             self._closed = True
-        self._sock.close(0)
-        self._ctx.term()
+        self._teardown(self._sock)
 
-    def _send(self, rid: bytes, payload: bytes) -> bool:
-        """Send without ever blocking; a reply that cannot go out now (HWM reached, peer gone) is dropped."""
-        try:
-            self._sock.send_multipart((rid, payload), zmq.NOBLOCK)
+    def _has_pending(self) -> bool:
+        return any(c.pending is not None for c in self._clients.values())
+
+    # connections ------------------------------------------------------------------------------------------
+    def _conn(self, fd: int | None) -> _Conn | None:
+        """The connection a message came from, or None when its fd is not (or no longer) an open connection."""
+        if fd is None or fd < 0:
+            return None
+        conn = self._conns.get(fd)
+        if conn is None:                 # its monitor event may not have been read yet
+            self._monitor()
+            conn = self._conns.get(fd)
+        return conn
+
+    def _monitor(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                ev = parse_monitor_message(self._mon.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            event, fd = ev["event"], int(ev["value"])
+            if event == zmq.EVENT_ACCEPTED:
+                self._conns.pop(fd, None)
+                conn = self._conns[fd] = _Conn(fd, _peer_of(fd), now, float(self.limits.rate_burst), now, now)
+                self.counters["connections"] += 1
+                if len(self._conns) > self.limits.max_connections:
+                    self.counters["connections_refused"] += 1
+                    self._close_conn(conn, "over the connection limit")
+            elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                if self._conns.pop(fd, None) is not None:
+                    self.counters["connections_closed"] += 1
+                for rid, client in list(self._clients.items()):
+                    if client.fd == fd:
+                        self._free(rid, "its connection closed")
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.counters["auth_failures"] += 1
+
+    def _close_conn(self, conn: _Conn, why: str) -> None:
+        if _shutdown_fd(conn.fd, conn.peer):
+            self.log.debug("closing a connection (fd %d): %s", conn.fd, why)
+        self._conns.pop(conn.fd, None)        # its DISCONNECTED event will find nothing left to do
+
+    def _admit(self, conn: _Conn | None, now: float) -> bool:
+        """The connection's rate limit: take one token, or refuse the message."""
+        if conn is None:
             return True
+        lim = self.limits
+        conn.tokens = min(float(lim.rate_burst), conn.tokens + (now - conn.refill_t) * lim.rate_hz)
+        conn.refill_t = now
+        if conn.tokens >= 1.0:
+            conn.tokens -= 1.0
+            return True
+        conn.limited += 1
+        if now - conn.over_since > 1.0:
+            conn.over, conn.over_since = 0, now
+        conn.over += 1
+        return False
+
+    # messages ---------------------------------------------------------------------------------------------
+    def _send(self, rid: bytes, payload: bytes) -> bool:
+        """Send without ever blocking; a reply that cannot go out now (queue full, peer gone) is dropped."""
+        if self._offer(rid) != _OK:
+            return False
+        self._sock.send(payload, zmq.NOBLOCK)   # the pipe took the routing frame: the message part cannot fail
+        return True
+
+    def _offer(self, rid: bytes) -> str:
+        """Start a reply to ``rid``: the routing-id frame (SNDMORE) is accepted only when that peer's queue has
+        room. After ``_OK`` exactly one message part must follow before anything else is sent.
+
+        ``EHOSTUNREACH`` is not proof that the peer is gone: libzmq also reports it for a live peer whose pipe
+        is between its high- and low-water marks. Both it and ``EAGAIN`` mean "not now" (``_FULL``); a peer that
+        is really gone is found by the connection monitor and the idle timeout.
+        """
+        try:
+            self._sock.send(rid, zmq.SNDMORE | zmq.NOBLOCK)
+            return _OK
         except zmq.Again:
             pass
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
         self.counters["send_failures"] += 1
-        return False
+        return _FULL
 
-    def _error(self, rid: bytes, code: str, reason: str, seq: int | None = None) -> None:
+    def _error(self, rid: bytes, code: str, reason: str, seq: int | None = None, versions=None) -> None:
         self.counters["errors"] += 1
-        self.log.debug("error to %s: %s: %s (seq %s)", rid.hex()[:16], code, reason, seq)
-        self._send(rid, P.encode(P.Error(code=code, reason=reason, seq=seq)))
+        self.log.debug("error to [%s]: %s: %s (seq %s)", short_id(rid), code, reason, seq)
+        self._send(rid, P.encode(P.Error(code=code, reason=reason, seq=seq, versions=versions)))
 
     def _drain(self) -> None:
-        sock = self._sock
-        for _ in range(self.max_drain):
+        sock, curve = self._sock, self._curve is not None
+        for _ in range(self.limits.max_drain):
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             t_recv = time.perf_counter()
+            now = time.monotonic()
             self.counters["messages"] += 1
-            rid = parts[0]
+            rid, last = parts[0].bytes, parts[-1]
             try:
-                self._handle(rid, parts[1:], t_recv)
+                fd = last.get(zmq.SRCFD)
+            except zmq.ZMQError:
+                fd = None
+            conn = self._conn(fd)
+            if conn is None and fd is not None and fd >= 0:
+                self.counters["orphans"] += 1      # from a connection already closed (refused, timed out)
+                continue
+            client = self._clients.get(rid)
+            if not self._admit(conn, now):
+                self.counters["rate_limited"] += 1
+                if client is not None and client.fd == fd:
+                    self._drop(client)
+                if conn.over > self.limits.flood_close * self.limits.rate_hz:   # 10x the rate, for a second
+                    self.counters["connections_closed"] += 1
+                    self.counters["floods_closed"] += 1
+                    for rid_, c in list(self._clients.items()):
+                        if c.fd == conn.fd:
+                            self._free(rid_, "its connection flooded the server")
+                    self._close_conn(conn, "flooding")
+                continue
+            key = ""
+            if curve:
+                try:
+                    key = last.get("User-Id")
+                except zmq.ZMQError:  # cannot happen on a CURVE socket; refuse rather than guess
+                    continue
+            if client is not None and (client.fd != fd or client.key != key):
+                # Another connection claims this routing id: the session is not its to use.
+                self._free(rid, "its routing id arrived on another connection")
+                client = None
+            try:
+                self._handle(rid, client, conn, key, [p.bytes for p in parts[1:]], t_recv, now)
             except ProtocolError as e:
-                self._error(rid, e.code, e.reason, e.seq)
+                self._error(rid, e.code, e.reason, e.seq, e.versions)
             except Exception as e:  # noqa: BLE001 - one client's failure must not take the server down
                 self.counters["internal_errors"] += 1
-                self.log.exception("internal error on a message from %s", rid.hex()[:16])
+                self.log.exception("internal error on a message from [%s]", short_id(rid))
                 self._error(rid, ErrorCode.INTERNAL, f"server error: {type(e).__name__}")
 
-    def _handle(self, rid: bytes, parts: list[bytes], t_recv: float) -> None:
-        client = self._clients.get(rid)
+    def _handle(self, rid: bytes, client: _Client | None, conn: _Conn | None, key: str, parts: list[bytes],
+                t_recv: float, now: float) -> None:
         if client is not None:
-            client.last_seen = time.monotonic()
+            client.last_seen = now
         if len(parts) != 1:
             raise ProtocolError(ErrorCode.BAD_MESSAGE,
                                 f"expected a single-frame message, got {len(parts)} frames")
@@ -304,7 +548,7 @@ class Server:
                 self._drop(client)
             client.pending = _Pending(msg.seq, float(msg.capture_ts), arr, decode_ms, t_recv)
         elif isinstance(msg, P.Hello):
-            self._hello(rid, client, msg)
+            self._hello(rid, client, conn, key, msg, now)
         elif isinstance(msg, P.Ping):
             self._send(rid, P.encode(P.Pong(ts=msg.ts)))
         elif isinstance(msg, P.Reset):
@@ -316,10 +560,7 @@ class Server:
             client.session.reset()
         elif isinstance(msg, P.Bye):
             if client is not None:
-                del self._clients[rid]
-                self.counters["disconnects"] += 1
-                self.log.info("client %s said bye after %d frames (%d dropped); %d client(s)", client.label,
-                              client.frames, client.dropped, len(self._clients))
+                self._free(rid, "said bye")
         else:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{msg.TYPE!r} is a server-to-client message")
 
@@ -328,55 +569,139 @@ class Server:
         self.counters["dropped"] += 1
         self._interval_dropped += 1
 
-    def _hello(self, rid: bytes, client: _Client | None, msg: P.Hello) -> None:
-        if msg.version != P.PROTOCOL_VERSION:
-            raise ProtocolError(ErrorCode.BAD_VERSION,
-                                f"this server speaks protocol version {P.PROTOCOL_VERSION}, the client {msg.version}")
-        name = msg.client[:256]
+    def _free(self, rid: bytes, why: str, *, expired: bool = False) -> None:
+        client = self._clients.pop(rid, None)
         if client is None:
-            if len(self._clients) >= self.max_clients:
-                raise ProtocolError(ErrorCode.SERVER_BUSY,
-                                    f"server busy: {len(self._clients)} of {self.max_clients} clients connected")
-            client = _Client(rid=rid, name=name, session=Session(self.engine, name), last_seen=time.monotonic())
-            self._clients[rid] = client
-            self.counters["connects"] += 1
-            self.log.info("client %s connected; %d client(s)", client.label, len(self._clients))
-        else:  # hello again: start over with a fresh history and counters
+            return
+        self.counters["disconnects"] += 1
+        if expired:
+            self.counters["expired"] += 1
+        conn = self._conns.get(client.fd) if client.fd is not None else None
+        if conn is not None and not any(c.fd == client.fd for c in self._clients.values()):
+            conn.sessionless_since = time.monotonic()
+        self.log.info("client %s: session freed (%s) after %d frames (%d dropped); %d client(s)", client.label, why,
+                      client.frames, client.dropped, len(self._clients))
+
+    def _hello(self, rid: bytes, client: _Client | None, conn: _Conn | None, key: str, msg: P.Hello,
+               now: float) -> None:
+        version = P.negotiate(msg)
+        name = msg.client[:256]
+        if client is not None:  # hello again: start over with a fresh history and counters
             client.name = client.session.name = name
             client.pending = None
             client.dropped = client.frames = 0
             client.session.reset()
             self.log.info("client %s said hello again: session restarted", client.label)
-        self._send(rid, self._welcome_bytes)
+        else:
+            if key:  # the same key may reconnect: its oldest session beyond the per-key limit is taken over
+                own = sorted((c for c in self._clients.values() if c.key == key), key=lambda c: c.created)
+                for old in own[:max(0, len(own) - self.limits.sessions_per_key + 1)]:
+                    self.counters["takeovers"] += 1
+                    self._free(old.rid, "taken over by a new connection with the same key")
+            if len(self._clients) >= self.max_clients:
+                raise ProtocolError(ErrorCode.SERVER_BUSY,
+                                    f"server busy: {len(self._clients)} of {self.max_clients} clients connected")
+            key_name = self._curve.names.get(key, "?") if (key and self._curve) else ""
+            client = _Client(rid=rid, fd=conn.fd if conn else None, key=key, key_name=key_name, name=name,
+                             session=Session(self.engine, name), last_seen=now, created=now)
+            self._clients[rid] = client
+            if conn is not None:
+                conn.sessionless_since = None
+            self.counters["connects"] += 1
+            self.log.info("client %s connected; %d client(s)", client.label, len(self._clients))
+        welcome = self._welcome_bytes if version == self.welcome.version else \
+            P.encode(dataclasses.replace(self.welcome, version=version))
+        self._send(rid, welcome)
 
     def _generate(self) -> None:
+        """One engine round: a frame for every client with pending landmarks and room for the reply.
+
+        Clients whose last reply went out are rendered together, ``max_batch`` per engine call (one batched call
+        for every pending session); the reply is offered afterwards, and a client whose queue turns out to be
+        full is marked ``blocked`` (that one frame is counted ``undeliverable``). A blocked client — every client
+        when ``max_batch`` is 1 — is offered its reply's routing frame *first* and rendered only if there is
+        room, alone; otherwise its landmarks are dropped unrendered (``not_rendered``).
+        """
         ready = [c for c in self._clients.values() if c.pending is not None]
         if not ready:
             return
+        self.counters["rounds"] += 1
         k = self._rr % len(ready)
         self._rr += 1
+        batch: list[tuple[_Client, _Pending]] = []
+        strict = self.limits.max_batch == 1
         for client in ready[k:] + ready[:k]:
             p, client.pending = client.pending, None
-            try:
-                reply = self._frame(client, p)
-            except ProtocolError as e:
-                self._error(client.rid, e.code, e.reason, e.seq)
+            if not (client.blocked or strict):
+                batch.append((client, p))
                 continue
-            except Exception as e:  # noqa: BLE001
-                self.counters["internal_errors"] += 1
-                self.log.exception("internal error generating frame %d for %s", p.seq, client.label)
-                self._error(client.rid, ErrorCode.INTERNAL, f"server error generating the frame: {type(e).__name__}",
-                            p.seq)
-                continue
-            if self._send(client.rid, reply):
-                client.frames += 1
-                self.counters["frames"] += 1
-                self._interval_frames += 1
-            else:                                 # nobody will see this frame: account for it as a drop
+            if self._offer(client.rid) != _OK:   # room for the reply? Only then is the frame made.
+                self.counters["not_rendered"] += 1
                 self._drop(client)
+                continue
+            client.blocked = False
+            (reply, is_frame), = self._render([(client, p)])
+            self._sock.send(reply, zmq.NOBLOCK)   # the routing frame went out above: this part cannot fail
+            self._sent(client, is_frame)
+        for i in range(0, len(batch), self.limits.max_batch):
+            chunk = batch[i:i + self.limits.max_batch]
+            for (client, _), (reply, is_frame) in zip(chunk, self._render(chunk)):
+                if self._offer(client.rid) == _OK:
+                    self._sock.send(reply, zmq.NOBLOCK)
+                    self._sent(client, is_frame)
+                    continue
+                self.counters["undeliverable"] += 1
+                client.blocked = True
+                if is_frame:
+                    self._drop(client)
 
-    def _frame(self, client: _Client, p: _Pending) -> bytes:
-        rgb, t = client.session.step(p.landmarks, p.seq)
+    def _sent(self, client: _Client, is_frame: bool) -> None:
+        if is_frame:
+            client.frames += 1
+            self.counters["frames"] += 1
+            self._interval_frames += 1
+
+    def _render(self, work: list[tuple[_Client, _Pending]]) -> list[tuple[bytes, bool]]:
+        """The replies to pending landmarks, one batched engine call for all: (payload, is it a frame?).
+
+        When the batched call fails, every item is retried alone, so one bad input fails only its own client."""
+        try:
+            results = step_sessions(self.engine, [(c.session, p.landmarks) for c, p in work])
+        except Exception:  # noqa: BLE001 - find out whose it was, one by one
+            if len(work) == 1:
+                return [self._frame_or_error(*work[0])]
+            return [self._frame_or_error(c, p) for c, p in work]
+        if len(self._interval_engine_ms) < 100_000:
+            self._interval_engine_ms.append(results[0][1]["engine"] / len(results))
+        out = []
+        for (client, p), (rgb, t) in zip(work, results):
+            try:
+                out.append((self._encode_frame(client, p, rgb, t), True))
+            except Exception as e:  # noqa: BLE001
+                out.append((self._internal_error(client, p, e), False))
+        return out
+
+    def _frame_or_error(self, client: _Client, p: _Pending) -> tuple[bytes, bool]:
+        """The reply to one pending landmarks message, on its own: its frame, or an error (counted, logged)."""
+        try:
+            rgb, t = client.session.step(p.landmarks, p.seq)
+            if len(self._interval_engine_ms) < 100_000:
+                self._interval_engine_ms.append(t["engine"])
+            return self._encode_frame(client, p, rgb, t), True
+        except ProtocolError as e:
+            self.counters["errors"] += 1
+            return P.encode(P.Error(code=e.code, reason=e.reason, seq=e.seq)), False
+        except Exception as e:  # noqa: BLE001
+            return self._internal_error(client, p, e), False
+
+    def _internal_error(self, client: _Client, p: _Pending, e: Exception) -> bytes:
+        self.counters["internal_errors"] += 1
+        self.counters["errors"] += 1
+        self.log.error("internal error generating frame %d for %s", p.seq, client.label, exc_info=e)
+        return P.encode(P.Error(code=ErrorCode.INTERNAL, reason=f"server error generating the frame: "
+                                                                f"{type(e).__name__}", seq=p.seq))
+
+    def _encode_frame(self, client: _Client, p: _Pending, rgb: np.ndarray, t: dict) -> bytes:
         t0 = time.perf_counter()
         cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=self._bgr)
         ok, jpeg = cv2.imencode(".jpg", self._bgr, self._jpeg_params)
@@ -385,8 +710,6 @@ class Server:
         t1 = time.perf_counter()
         timings = {"decode": p.decode_ms, "render": t["render"], "engine": t["engine"],
                    "encode": t["post"] + _ms(t0, t1), "total": _ms(p.t_recv, t1)}
-        if len(self._interval_engine_ms) < 100_000:
-            self._interval_engine_ms.append(t["engine"])
         return P.encode(P.Frame(seq=p.seq, capture_ts=p.capture_ts, jpeg=jpeg.tobytes(), timings=timings,
                                 dropped=client.dropped))
 
@@ -394,20 +717,38 @@ class Server:
         for rid, client in list(self._clients.items()):
             idle = now - client.last_seen
             if idle > self.idle_timeout_s:
-                del self._clients[rid]
-                self.counters["expired"] += 1
-                self.counters["disconnects"] += 1
-                self.log.info("client %s expired after %.1fs without a message (%d frames, %d dropped); "
-                              "%d client(s)", client.label, idle, client.frames, client.dropped, len(self._clients))
+                self._free(rid, f"expired after {idle:.1f}s without a message", expired=True)
+        limit = self.limits.handshake_timeout_s
+        for conn in list(self._conns.values()):
+            if conn.sessionless_since is not None and now - conn.sessionless_since > limit:
+                self.counters["connections_closed"] += 1
+                self._close_conn(conn, f"no session for {limit:g}s")
 
     def _log_stats(self, elapsed: float) -> None:
         frames, dropped, eng = self._interval_frames, self._interval_dropped, self._interval_engine_ms
         if frames or dropped or self._clients:
             p50 = float(np.median(eng)) if eng else float("nan")
-            self.log.info("stats: %d client(s), %.1f frames/s, %d dropped, p50 engine %.1f ms, %d errors total",
-                          len(self._clients), frames / max(elapsed, 1e-9), dropped, p50, self.counters["errors"])
+            c = self.counters
+            self.log.info("stats: %d client(s), %d connection(s), %.1f frames/s, %d dropped, p50 engine %.1f ms, "
+                          "%d errors, %d rate-limited, %d auth failures total", len(self._clients), len(self._conns),
+                          frames / max(elapsed, 1e-9), dropped, p50, c["errors"], c["rate_limited"],
+                          c["auth_failures"])
         self._interval_frames = self._interval_dropped = 0
         self._interval_engine_ms = []
+
+
+def raise_fd_limit(want: int = 1 << 16) -> int:
+    """Raise the soft open-files limit towards the hard one (connections are fds); returns the new soft limit."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine_kwargs: dict | None = None,
@@ -415,15 +756,21 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
     """``posecast serve MODEL --bind ADDR``: load ``model`` on ``backend`` and serve until SIGINT/SIGTERM.
 
     ``backend`` defaults to onnxruntime when that backend is available, else torch. ``server_kwargs`` go to
-    ``Server`` (max_clients, idle_timeout_s, jpeg_quality, stats_interval_s, ...). Installs SIGINT/SIGTERM handlers
-    (when called on the main thread) that stop the server cleanly, and restores the previous ones on return.
-    Returns the server's final counters.
+    ``Server`` (curve, insecure, limits, max_clients, idle_timeout_s, jpeg_quality, stats_interval_s, ...).
+    The bind address is checked (loopback, or CURVE keys, or ``insecure``) before the model is loaded.
+    ``max_batch=0`` measures the best batch size on this machine (``engine.calibrate_batch``). Installs
+    SIGINT/SIGTERM handlers (when called on the main thread) that stop the server cleanly, and restores the
+    previous ones on return. Returns the server's final counters.
     """
-    from realtime.engine import list_backends, open_engine
+    from realtime.engine import calibrate_batch, list_backends, open_engine
 
     log = server_kwargs.get("log") or logging.getLogger(LOGGER_NAME)
     if configure_logging and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_bind(bind, server_kwargs.get("curve"), server_kwargs.get("insecure", False))
+    if server_kwargs.get("insecure") and server_kwargs.get("curve") is None:
+        log.warning("--insecure: serving %s without authentication or encryption", bind)
+    raise_fd_limit()
     if backend is None:
         backend = "onnxruntime" if "onnxruntime" in list_backends() else "torch"
     engine = open_engine(model, backend, **(engine_kwargs or {}))
@@ -431,6 +778,10 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
         t0 = time.perf_counter()
         engine.step(engine.zero_inputs())
         log.info("engine warm-up: %.0f ms", _ms(t0, time.perf_counter()))
+    if server_kwargs.get("max_batch") == 0:  # auto: the batch size that makes the most frames/s on this machine
+        limit = server_kwargs.get("max_clients", Limits.max_clients)
+        server_kwargs["max_batch"], fps = calibrate_batch(engine, min(limit, Limits.max_batch))
+        log.info("batch calibration (frames/s per batch size): %s; max batch %d", fps, server_kwargs["max_batch"])
 
     server = Server(engine, bind, **server_kwargs)
     installed = {}
@@ -454,12 +805,13 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
 
 @contextlib.contextmanager
 def server_process(model, backend: str = "onnxruntime", *, threads: int | None = None, host: str = "127.0.0.1",
-                   extra_args: tuple[str, ...] = ()):
+                   extra_args: tuple[str, ...] = (), info: dict | None = None):
     """Run ``posecast serve MODEL`` in a child process on a free loopback port; yields its address.
 
     The server gets its own interpreter (no GIL shared with the caller's capture client), as in a real
     deployment. It is stopped with SIGTERM (clean shutdown) when the block ends; if it died early, its stderr is
-    raised as a RuntimeError.
+    raised as a RuntimeError. ``info``, when given, receives the child's ``pid`` at start and its ``stderr``
+    (the server log) at the end.
     """
     import subprocess
     import sys
@@ -472,6 +824,8 @@ def server_process(model, backend: str = "onnxruntime", *, threads: int | None =
     cmd = [sys.executable, "-m", "posecast_cli", "serve", str(model), "--bind", address, "--backend", backend,
            "--stats-interval", "3600", *(["--threads", str(threads)] if threads else []), *extra_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if info is not None:
+        info["pid"] = proc.pid
     try:
         yield address
     finally:
@@ -482,5 +836,7 @@ def server_process(model, backend: str = "onnxruntime", *, threads: int | None =
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
+        if info is not None:
+            info["stderr"] = err
         if proc.returncode not in (0, -signal.SIGTERM):
             raise RuntimeError(f"posecast serve exited with {proc.returncode}: {err.strip()[-2000:]}")

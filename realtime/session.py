@@ -13,6 +13,10 @@ The window it returns is pasted into the plate (the whole frame for other models
 one frame. All buffers are preallocated: the label map is rendered straight into the current slot of the label
 buffer, windows are copied into the engine's input buffers, and the frame is converted to uint8 in place.
 
+A step is ``prepare`` (render, place the window; returns the engine's feeds by name) -> the engine -> ``finish``
+(paste, uint8, history shift), so that ``step_sessions`` can run many sessions through one batched engine call:
+each input stacked along axis 0, the windows split back. ``Session.step`` is the same with a batch of one.
+
 Sessions are not thread-safe; the server runs every session on its one worker thread.
 """
 
@@ -83,6 +87,7 @@ class Session:
         self._rgb = np.empty((S, S, 3), np.uint8)
         self.frames = 0                                              # frames generated since start / reset
         self.box = None                                              # the window of the last frame (CropBox)
+        self._box_next: CropBox | None = None                        # the window of the frame being made
 
     # -- validation --------------------------------------------------------------------------------------
     def check(self, landmarks, seq: int | None = None) -> np.ndarray:
@@ -117,11 +122,11 @@ class Session:
         return arr
 
     # -- the hot path ------------------------------------------------------------------------------------
-    def step(self, landmarks, seq: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
-        """Generate the next frame from ``landmarks`` (K, 3); see the class docstring."""
+    def prepare(self, landmarks, seq: int | None = None) -> dict[str, np.ndarray]:
+        """Validate and render ``landmarks``, place the window; return the engine's feeds by name, batch 1
+        (this session's own input buffers, valid until its next ``prepare``)."""
         lm = self.check(landmarks, seq)
-        S, L, C = self.size, self.history_frames, self.label_nc
-        t0 = time.perf_counter()
+        S, L = self.size, self.history_frames
         render_labels(self.kind, lm, S, S, out=self._current)
         box = self._tracker.update(lm) if self._tracker else None
         ys, xs = box.slices() if box else (slice(None), slice(None))
@@ -133,13 +138,19 @@ class Session:
             feeds["plate"][0] = self._plate[:, ys, xs]
         if "head" in feeds:
             feeds["head"][0] = head_box(lm, box or self._whole, S, self.engine.cfg.head_side)
-        t1 = time.perf_counter()
-        out = self.engine.step(feeds)
-        t2 = time.perf_counter()
+        self._box_next = box
+        return feeds
+
+    def finish(self, window: np.ndarray) -> np.ndarray:
+        """Take the engine's window ``(3, h, w)`` in [-1, 1]: paste it (onto the plate for crop models), convert
+        the frame to uint8 RGB and shift the histories. Returns the RGB frame (a buffer this session owns)."""
+        L, C = self.history_frames, self.label_nc
+        box = self._box_next
+        ys, xs = box.slices() if box else (slice(None), slice(None))
         frame = self._frame
         if box is not None:
             frame[:] = self._plate
-        frame[:, ys, xs] = np.asarray(out, np.float32)[0]
+        frame[:, ys, xs] = np.asarray(window, np.float32)
         self.box = box
         to_uint8(frame, out=self._rgb, scratch=(self._planes_f, self._planes_u8))
         # Shift the histories one frame (block by block, oldest first: no overlapping copies, no temporaries).
@@ -151,8 +162,18 @@ class Session:
                 prev[i * 3:(i + 1) * 3] = prev[(i + 1) * 3:(i + 2) * 3]
             prev[(L - 1) * 3:] = frame
         self.frames += 1
+        return self._rgb
+
+    def step(self, landmarks, seq: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Generate the next frame from ``landmarks`` (K, 3); see the class docstring."""
+        t0 = time.perf_counter()
+        feeds = self.prepare(landmarks, seq)
+        t1 = time.perf_counter()
+        out = self.engine.step(feeds)
+        t2 = time.perf_counter()
+        rgb = self.finish(np.asarray(out)[0])
         t3 = time.perf_counter()
-        return self._rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
+        return rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
 
     def reset(self) -> None:
         """Back to zero history: the next frame is generated exactly as the first one of a new session."""
@@ -163,3 +184,27 @@ class Session:
             self._tracker.reset()
         self.frames = 0
         self.box = None
+
+
+def step_sessions(engine, work: list[tuple[Session, np.ndarray]]) -> list[tuple[np.ndarray, dict[str, float]]]:
+    """One step of every ``(session, landmarks)`` in ``work`` with ONE batched engine call.
+
+    Every session's feeds are stacked along axis 0, name by name (whatever inputs the engine has: labels,
+    previous, plate, head, ...), and row i of the engine's output goes back to session i. Returns, per session,
+    its frame (a buffer the session owns) and timings; ``engine`` is the batch's engine time, shared by all.
+    With one session (or an engine without ``step_batch``) this is ``Session.step`` for each.
+    """
+    if len(work) == 1 or not hasattr(engine, "step_batch"):
+        return [s.step(lm) for s, lm in work]
+    t0 = time.perf_counter()
+    feeds = [s.prepare(lm) for s, lm in work]
+    t1 = time.perf_counter()
+    out = engine.step_batch({k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
+    t2 = time.perf_counter()
+    results = []
+    for i, (s, _) in enumerate(work):
+        t = time.perf_counter()
+        rgb = s.finish(out[i])
+        results.append((rgb, {"render": _ms(t0, t1) / len(work), "engine": _ms(t1, t2),
+                              "post": _ms(t, time.perf_counter())}))
+    return results

@@ -14,7 +14,7 @@ from realtime.bench import bench_stream
 @pytest.mark.timeout(300)
 def test_bench_json_lines():
     out = subprocess.run([sys.executable, "-m", "posecast_cli", "bench", "--json", "--presets", "lite,dance",
-                          "--backends", "onnxruntime,torch", "--sizes", "32", "--runs", "3", "--stream-clients", ""],
+                          "--backends", "onnxruntime,torch", "--sizes", "32", "--runs", "3", "--stream-clients", "", "--batch-sizes", ""],
                          capture_output=True, text=True, timeout=280)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]

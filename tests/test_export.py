@@ -93,8 +93,8 @@ def test_export_parity_with_torch(exported):
     import onnx
 
     m = onnx.load(str(res.onnx_path))
-    ins = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in m.graph.input}
-    assert ins == want_in  # static shapes, batch 1; no `previous` when L == 0
+    ins = {i.name: tuple(d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim) for i in m.graph.input}
+    assert ins == {k: ("batch", *v[1:]) for k, v in want_in.items()}  # a batch axis; no `previous` when L == 0
     assert [o.name for o in m.graph.output] == ["frame", "flow", "mask"]
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # atomic write left nothing behind
 

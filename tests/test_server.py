@@ -68,6 +68,7 @@ def make_server(engine):
 
     def make(eng=None, **kw):
         kw.setdefault("stats_interval_s", 0.5)
+        kw.setdefault("idle_timeout_s", 30.0)   # test clients do not heartbeat; a loaded machine stalls them
         srv = Server(eng or engine, "tcp://127.0.0.1:0", **kw)
         servers.append(srv)
         srv.start()
@@ -186,8 +187,12 @@ def test_session_validates_landmarks(engine):
     assert s.step(x)[0].shape == (SIZE, SIZE, 3)
     assert s.step(np.full((K, 3), np.nan, np.float32))[0].shape == (SIZE, SIZE, 3)
 
-    class FaceStub:                     # only cfg is needed to validate
+    class FaceStub:                     # only cfg (and empty input buffers) are needed to validate
         cfg = get_preset("face", size=32)
+        plate = None
+
+        def zero_inputs(self):
+            return {}
 
     face = Session(FaceStub())
     for k in (468, 478):
@@ -214,7 +219,7 @@ def test_handshake_and_ping(make_server, ctx):
 
 @pytest.mark.timeout(60)
 def test_stream_latest_wins_every_frame_accounted_for(make_server, ctx):
-    srv = make_server()
+    srv = make_server(rate_hz=10_000, rate_burst=1000)   # this client sends ~1000 msg/s: no rate limit here
     c = Client(ctx, srv.endpoint)
     c.hello()
     n = 150
@@ -245,9 +250,17 @@ def test_stream_latest_wins_every_frame_accounted_for(make_server, ctx):
     assert rgb(f).shape == (SIZE, SIZE, 3)
 
 
+@pytest.fixture(scope="module")
+def ort_engine(model_dir):
+    return open_engine(model_dir, "onnxruntime")
+
+
 @pytest.mark.timeout(60)
-def test_two_clients_have_independent_sessions(make_server, ctx):
-    srv = make_server()
+@pytest.mark.parametrize("backend, max_batch", [("torch", 1), ("onnxruntime", 16)])
+def test_two_clients_have_independent_sessions(make_server, ctx, engine, ort_engine, backend, max_batch):
+    """A's frames are bit-identical whatever B does: one engine call per session, or (onnxruntime on CPU) one
+    batched call for both, which is bit-identical per sample (tests/test_batch.py)."""
+    srv = make_server(engine if backend == "torch" else ort_engine, max_batch=max_batch)
     n = 12
     lm_a, lm_b = motion(3, n), motion(4, n)
     alone = Client(ctx, srv.endpoint, "A alone")
@@ -294,19 +307,33 @@ def test_reset_returns_to_zero_history(make_server, ctx):
 
 
 @pytest.mark.timeout(30)
-def test_vanished_client_expires(make_server, ctx, caplog):
+def test_closed_connection_frees_its_session_at_once(make_server, ctx, caplog):
     caplog.set_level(logging.INFO, logger="posecast.server")
-    srv = make_server(idle_timeout_s=0.5)
+    srv = make_server(idle_timeout_s=30)
     c = Client(ctx, srv.endpoint, "ghost")
     c.hello()
     c.frame(0, motion(6, 1)[0])
     assert srv.session_count == 1
-    c.close()                             # no bye
-    t0 = time.monotonic()
+    c.close()                             # no bye: a killed client's kernel closes the TCP connection
+    assert wait_until(lambda: srv.session_count == 0, 2)   # long before the 30 s idle timeout
+    assert any("ghost" in r.getMessage() and "its connection closed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(30)
+def test_silent_client_expires_after_the_idle_timeout(make_server, ctx, caplog):
+    caplog.set_level(logging.INFO, logger="posecast.server")
+    srv = make_server(idle_timeout_s=0.5, heartbeat_s=0.2)
+    c = Client(ctx, srv.endpoint, "silent")
+    c.hello()
+    c.frame(0, motion(6, 1)[0])
+    t0 = time.monotonic()                 # the socket stays open (ZMTP heartbeats answered) but sends nothing
     assert wait_until(lambda: srv.session_count == 0, 5)
-    assert time.monotonic() - t0 > 0.3
-    assert wait_until(lambda: any("expired" in r.getMessage() and "ghost" in r.getMessage()
+    assert 0.4 < time.monotonic() - t0 < 0.5 + 1.0
+    assert wait_until(lambda: any("expired" in r.getMessage() and "silent" in r.getMessage()
                                   for r in caplog.records), 2)
+    c.landmarks(1, motion(6, 1)[0])
+    err = c.recv()
+    assert isinstance(err, P.Error) and (err.code, err.seq) == (ErrorCode.NO_SESSION, 1)
 
 
 @pytest.mark.timeout(60)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -64,6 +65,8 @@ class DatasetManifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetManifest":
+        if not isinstance(d, dict):
+            raise DatasetError(f"expected a JSON object, got {type(d).__name__}")
         if d.get("format") != FORMAT_NAME:
             raise DatasetError(f"not a posecast dataset manifest (format={d.get('format')!r})")
         if d.get("version") != FORMAT_VERSION:
@@ -72,7 +75,32 @@ class DatasetManifest:
         unknown = set(d) - names
         if unknown:
             raise DatasetError(f"unknown manifest keys: {sorted(unknown)}")
-        return cls(**d)
+        m = cls(**d)
+        m.validate()
+        return m
+
+    def validate(self) -> None:
+        """Every field of the right type and range (checked before anything is allocated from it)."""
+        def is_int(v) -> bool:
+            return type(v) is int
+
+        for name in ("height", "width", "num_landmarks"):
+            if not is_int(getattr(self, name)) or not 1 <= getattr(self, name) <= 1 << 14:
+                raise DatasetError(f"field {name!r} must be an integer in [1, 16384], got {getattr(self, name)!r}")
+        if not is_int(self.num_frames) or self.num_frames < 0:
+            raise DatasetError(f"field 'num_frames' must be an integer >= 0, got {self.num_frames!r}")
+        if type(self.fps) not in (int, float) or not math.isfinite(self.fps) or self.fps <= 0:
+            raise DatasetError(f"field 'fps' must be a finite number > 0, got {self.fps!r}")
+        if not isinstance(self.kind, str) or not isinstance(self.source, str):
+            raise DatasetError("fields 'kind' and 'source' must be strings")
+        if not isinstance(self.clips, list) or not all(
+                isinstance(c, list) and len(c) == 2 and all(map(is_int, c)) for c in self.clips):
+            raise DatasetError(f"field 'clips' must be a list of [start, stop] integer pairs, got "
+                               f"{str(self.clips)[:80]}")
+        if not isinstance(self.missing_frames, list) or not all(map(is_int, self.missing_frames)):
+            raise DatasetError("field 'missing_frames' must be a list of integers")
+        if not isinstance(self.extra, dict):
+            raise DatasetError("field 'extra' must be an object")
 
 
 class DatasetWriter:
@@ -192,6 +220,8 @@ class Dataset:
             self.manifest = DatasetManifest.from_dict(json.loads(mpath.read_text()))
         except json.JSONDecodeError as e:
             raise DatasetError(f"{mpath}: invalid JSON ({e})") from None
+        except (DatasetError, TypeError) as e:  # TypeError: a field of the wrong kind for the dataclass
+            raise DatasetError(f"{mpath}: {e}") from None
         m = self.manifest
         for name, (dtype, shape_fn) in _ARRAYS.items():
             f = self.path / f"{name}.npy"

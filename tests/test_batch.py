@@ -1,0 +1,133 @@
+"""Batching: one engine call for every pending session equals per-session steps.
+
+Tolerance, stated: onnxruntime (CPU) batches bit-identically (MLAS runs each image of a batch through the same
+kernels); torch's oneDNN convolutions may re-block for a batch > 1, which changes the float rounding of a single
+step by <= 1e-5 on frames in [-1, 1] (measured: 2e-6). (Over many steps a random-weight model
+whose history feedback is not contractive can amplify that; serve with ``--max-batch 1`` for bit-exactness on
+such a backend.) GPU tests are marked ``gpu`` and skip without CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.generator import build_generator
+from models.presets import get_preset
+from realtime.engine import open_engine
+from realtime.session import Session, step_sessions
+
+from test_server import REPO, motion
+
+PRESETS = {"dance": dict(size=32, ngf=8, ndf=8), "lite": dict(size=32)}
+
+
+@pytest.fixture(scope="module", params=sorted(PRESETS))
+def run(request, tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = get_preset(request.param, **PRESETS[request.param])
+    root = tmp_path_factory.mktemp(request.param)
+    save_checkpoint(root / "generator", {f"G.{k}": v for k, v in build_generator(cfg).state_dict().items()}, cfg)
+    return root
+
+
+def _inputs(engine, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    from realtime.export import random_inputs
+
+    samples = [random_inputs(engine.cfg, seed + i) for i in range(n)]
+    return {k: np.concatenate([x[k] for x in samples]) for k in samples[0]}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_batched_step_equals_per_sample_steps(run, backend):
+    engine = open_engine(run, backend)
+    assert engine.max_batch > 1
+    feeds = _inputs(engine, 5)
+    batched = engine.step_batch(feeds)
+    single = np.concatenate([engine.step({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(5)])
+    engine.max_batch = 2                       # larger batches are split into calls of max_batch
+    chunked = engine.step_batch(feeds)
+    assert batched.shape == (5, 3, *engine.cfg.crop_hw) and batched.dtype == np.float32
+    for got in (batched, chunked):
+        if backend == "onnxruntime":
+            np.testing.assert_array_equal(got, single)
+        else:
+            assert np.abs(got - single).max() <= 1e-5
+
+
+def test_batched_sessions_equal_sessions_stepped_alone(run):
+    engine = open_engine(run, "onnxruntime")
+    n, frames = 3, 8
+    lms = [motion(20 + j, frames) for j in range(n)]
+    alone = [Session(engine) for _ in range(n)]
+    together = [Session(engine) for _ in range(n)]
+    for t in range(frames):
+        want = [s.step(lms[j][t])[0].copy() for j, s in enumerate(alone)]
+        got = step_sessions(engine, [(s, lms[j][t]) for j, s in enumerate(together)])
+        assert len(got) == n and all(set(tm) == {"render", "engine", "post"} for _, tm in got)
+        for j in range(n):
+            np.testing.assert_array_equal(got[j][0], want[j])   # bit-identical, history included
+    together[1].reset()                        # sessions stay independent inside a batch
+    got = step_sessions(engine, [(s, lms[j][0]) for j, s in enumerate(together)])
+    np.testing.assert_array_equal(got[1][0], Session(engine).step(lms[1][0])[0])
+
+
+def test_step_batch_checks_its_inputs(run):
+    engine = open_engine(run, "torch")
+    feeds = _inputs(engine, 2)
+    with pytest.raises(ValueError, match="inputs must be exactly"):
+        engine.step_batch({"labels": feeds["labels"]})
+    bad = dict(feeds, labels=feeds["labels"][:1])
+    with pytest.raises(ValueError, match="one batch size"):
+        engine.step_batch(bad)
+
+
+@pytest.mark.timeout(300)
+def test_bench_reports_frames_per_second_per_batch_size():
+    out = subprocess.run([sys.executable, "-m", "posecast_cli", "bench", "--json", "--presets", "lite", "--backends",
+                          "onnxruntime", "--sizes", "32", "--runs", "3", "--stream-clients", "", "--batch-sizes",
+                          "1,4"], capture_output=True, text=True, timeout=280, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines() if '"batch"' in line]
+    assert [r["batch"] for r in rows] == [1, 4]
+    for r in rows:
+        assert {"preset", "backend", "size", "device", "batch", "p50_ms", "frames_per_s", "streams_at_30fps"} <= set(r)
+        assert r["frames_per_s"] > 0 and r["streams_at_30fps"] == int(r["frames_per_s"] // 30)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_cuda_batched_step_matches_cpu(run, backend):
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("onnxruntime without the CUDAExecutionProvider")
+    cpu, gpu = open_engine(run, backend), open_engine(run, backend, device="cuda")
+    feeds = _inputs(cpu, 4)
+    assert gpu.device.startswith("cuda")
+    assert np.abs(gpu.step_batch(feeds) - cpu.step_batch(feeds)).max() < 1e-2   # cuDNN (TF32 allowed) vs CPU
+
+
+def test_calibrate_batch_picks_the_fastest_size():
+    import time
+
+    from realtime.engine import calibrate_batch
+
+    class Timed:       # call time by batch size: 2 is the fastest per frame, 4 and 8 lose (cache misses, say)
+        input_shapes = {"labels": (1, 1, 2, 2)}
+        cost = {1: 0.004, 2: 0.005, 4: 0.04, 8: 0.08}
+
+        def step_batch(self, feeds):
+            time.sleep(self.cost[len(feeds["labels"])])
+
+    best, fps = calibrate_batch(Timed(), 8, runs=2)
+    assert best == 2 and sorted(fps) == [1, 2, 4, 8]
+    Timed.cost = {1: 0.004, 2: 0.0081, 4: 0.0162}   # no gain from batching: one call per session
+    assert calibrate_batch(Timed(), 4, runs=2)[0] == 1
