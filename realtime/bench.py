@@ -68,6 +68,18 @@ def conv_throughput_gmacs(threads: int | None = None, repeats: int = 20) -> floa
     return macs / float(np.median(times)) / 1e9
 
 
+def _time_calls(call, warmup: int, runs: int) -> tuple[float, float]:
+    """(p50, p99) in ms of ``call()`` over ``runs`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1000)
+    return _percentiles(times)
+
+
 def bench_generator(preset: str, backend: str, size: int, *, runs: int = 50, warmup: int = 5,
                     throughput_gmacs: float | None = None, model: str | os.PathLike | None = None,
                     engine_kwargs: dict | None = None) -> dict:
@@ -79,21 +91,13 @@ def bench_generator(preset: str, backend: str, size: int, *, runs: int = 50, war
     from models.presets import get_preset
 
     from .engine import open_engine
-
     from .export import random_inputs
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = open_engine(model or random_checkpoint(preset, size, tmp), backend, **(engine_kwargs or {}))
         cfg = engine.cfg
         feeds = random_inputs(cfg, 0)
-        for _ in range(warmup):
-            engine.step(feeds)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            engine.step(feeds)
-            times.append((time.perf_counter() - t0) * 1000)
-    p50, p99 = _percentiles(times)
+        p50, p99 = _time_calls(lambda: engine.step(feeds), warmup, runs)
     G = build_generator(cfg).eval()
     gmac = count_macs(G, *(torch.from_numpy(v) for v in feeds.values())) / 1e9
     out = {"what": "generator", "preset": preset, "backend": backend, "size": size, "p50_ms": round(p50, 2),
@@ -122,14 +126,7 @@ def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), 
         for b in batch_sizes:
             samples = [random_inputs(engine.cfg, i) for i in range(b)]
             feeds = {k: np.concatenate([x[k] for x in samples]) for k in samples[0]}
-            for _ in range(warmup):
-                engine.step_batch(feeds)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                engine.step_batch(feeds)
-                times.append((time.perf_counter() - t0) * 1000)
-            p50, p99 = _percentiles(times)
+            p50, p99 = _time_calls(lambda: engine.step_batch(feeds), warmup, runs)
             fps = b / (p50 / 1000)
             rows.append({"what": "batch", "preset": preset, "backend": backend, "size": size, "device": device,
                          "batch": b, "max_batch": engine.max_batch, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
