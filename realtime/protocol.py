@@ -138,7 +138,8 @@ class Welcome:
     layout: str = _f("'mediapipe-pose-33' or 'mediapipe-face-mesh'")
     model: str = _f("preset name", "")
     backend: str = _f("engine backend", "")
-    subject_stats: dict | None = _f("training subject's body statistics, for pose normalisation", None)
+    subject_stats: dict | None = _f("training subject's statistics for client-side normalisation: body (dance) "
+                                    "or face proportions (face), and the training crop", None)
     fps: float = _f("frame rate the model was trained at", 30.0, min=0.0)
     versions: list[int] = _f("every protocol version the server speaks", factory=lambda: list(SUPPORTED_VERSIONS),
                              max_len=16)
