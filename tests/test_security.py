@@ -6,6 +6,8 @@ Nothing here asserts a wall-clock duration: results are counted in messages, fra
 
 from __future__ import annotations
 
+import functools
+
 import socket
 import subprocess
 import sys
@@ -45,20 +47,8 @@ def keys(tmp_path_factory):
 
 
 @pytest.fixture
-def servers(engine):
-    made = []
-
-    def make(**kw):
-        kw.setdefault("stats_interval_s", 0)
-        kw.setdefault("idle_timeout_s", 30.0)   # test clients do not heartbeat; a loaded machine stalls them
-        srv = Server(engine, "tcp://127.0.0.1:0", **kw)
-        made.append(srv)
-        srv.start()
-        return srv
-
-    yield make
-    for srv in made:
-        srv.close()
+def servers(make_server):
+    return functools.partial(make_server, stats_interval_s=0)
 
 
 def curve_of(keys) -> CurveConfig:

@@ -62,23 +62,6 @@ def ctx():
     c.destroy(linger=0)
 
 
-@pytest.fixture
-def make_server(engine):
-    servers = []
-
-    def make(eng=None, **kw):
-        kw.setdefault("stats_interval_s", 0.5)
-        kw.setdefault("idle_timeout_s", 30.0)   # test clients do not heartbeat; a loaded machine stalls them
-        srv = Server(eng or engine, "tcp://127.0.0.1:0", **kw)
-        servers.append(srv)
-        srv.start()
-        return srv
-
-    yield make
-    for srv in servers:
-        srv.close()
-
-
 def motion(seed: int, n: int) -> list[np.ndarray]:
     """A random skeleton swaying over n frames (all landmarks visible)."""
     rng = np.random.default_rng(seed)
