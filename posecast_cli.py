@@ -65,6 +65,8 @@ def _cmd_train(args) -> int:
                   frame_range=parse_frame_range(args.frames))
     if args.teacher:
         fields["teacher"] = args.teacher
+    if args.init:
+        fields["init"] = args.init
     fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_range",)))
     tc = train_config_for(cfg, **fields)
     trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet)
@@ -246,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a training config field, e.g. w_gan=0.1 (repeatable; see trainer/train.py)")
     s.add_argument("--teacher", default=None, metavar="RUN",
                    help="distil from this trained run's generator (same kind and size), e.g. a dance run for lite")
+    s.add_argument("--init", default=None, metavar="RUN",
+                   help="start from this trained run's generator weights (same preset and size; a fresh schedule, "
+                        "unlike --resume), e.g. fine-tune models/default")
     s.add_argument("--iterations", type=int, default=2000, help="generator updates (default 2000)")
     s.add_argument("--batch-size", type=int, default=1, help="clips per iteration (default 1)")
     s.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")

@@ -22,11 +22,12 @@ import dataclasses
 import cv2
 import numpy as np
 
-from models.landmarks import POSE_HEAD_LANDMARKS
+from models.landmarks import POSE_HEAD_LANDMARKS, POSE_LIMB_NAMES, POSE_LIMBS
 
 CROP_STRIDE = 4              # crop positions are multiples of this many pixels (lite's stride-4 input conv)
 PERSON_MARGIN = 0.09         # person region: hull of the label map grown by this fraction of the frame side
 HEAD_MARGIN = 0.05           # head region: hull of the head landmarks grown by this fraction of the frame side
+LIMB_WIDTH = 0.05           # limb region: a band this fraction of the frame side wide along arms, legs, hands, feet
 VISIBLE = 0.5                # pose landmarks with visibility below this count as absent
 
 
@@ -74,6 +75,28 @@ def head_region(kind: str, landmarks: np.ndarray, height: int, width: int,
     ``margin`` x the frame side. Empty when no head landmark is present."""
     pts = _head_points(kind, landmarks) * np.float32((width, height)) - 0.5
     return hull_mask(pts, height, width, round(margin * min(height, width)))
+
+
+# Arm, leg, hand and foot segments: the thin parts a regression blurs first and pose re-detection looks at.
+LIMB_SEGMENTS: tuple[tuple[int, int], ...] = tuple(
+    seg for seg, name in zip(POSE_LIMBS, POSE_LIMB_NAMES)
+    if any(part in name for part in ("arm", "leg", "hand", "ankle", "heel")))
+
+
+def limb_region(landmarks: np.ndarray, height: int, width: int, band: float = LIMB_WIDTH) -> np.ndarray:
+    """uint8 (H, W) mask of a dance frame's limbs: a band ``band`` x the frame side wide along every arm, leg,
+    hand and foot segment whose two ends are present (visibility >= VISIBLE). Empty when none is."""
+    lm = np.asarray(landmarks, np.float32)
+    mask = np.zeros((height, width), np.uint8)
+    pts = lm[:, :2] * np.float32((width, height)) - 0.5
+    with np.errstate(invalid="ignore"):
+        ok = (lm[:, 2] >= VISIBLE) & np.isfinite(pts).all(1)
+    thick = max(1, round(band * min(height, width)))
+    for a, b in LIMB_SEGMENTS:
+        if ok[a] and ok[b]:
+            cv2.line(mask, tuple(np.round(pts[a]).astype(int).tolist()), tuple(np.round(pts[b]).astype(int).tolist()),
+                     1, thick, cv2.LINE_8)
+    return mask
 
 
 # -- the person crop ----------------------------------------------------------------------------------------

@@ -62,10 +62,14 @@ class TrainConfig:
     w_temporal: float = 1.0           # temporal GAN (vid2vid: 1)
     w_person: float = 0.0             # extra L1 weight inside the person's region (1 + w_person there)
     w_head: float = 0.0               # extra L1 weight inside the head region, on top (detail where people look)
+    w_limbs: float = 0.0              # extra L1 weight on a band along arms, legs, hands and feet, on top (the thin
+                                      #   parts a regression blurs first; what pose re-detection looks at)
     gan_start: float = 0.0            # fraction of the run after which the adversarial/FM losses switch on
                                       #   (0: from the start, vid2vid; a regression phase first otherwise)
     ema_halflife: float = 0.0         # half-life in iterations of the EMA of G's weights saved as the model
                                       #   (0: no EMA, the raw weights are saved); ramps up over the first 10%
+    init: str = ""                    # trained run (folder or generator .json) whose generator weights this run
+                                      #   starts from (fine-tuning; a fresh schedule, unlike --resume) ("": none)
     teacher: str = ""                 # trained run (folder or generator .json) to distil from ("": none)
     w_distill: float = 10.0           # L1 to the teacher's frames (used only with a teacher)
     augment: bool = True              # limb dropout / landmark jitter on label maps
@@ -186,6 +190,9 @@ class Trainer:
         if self.dataset.kind != model.kind:
             raise ValueError(f"dataset {data} is a {self.dataset.kind!r} dataset but preset {model.name!r} "
                              f"expects {model.kind!r}")
+        init = read_checkpoint(train.init) if train.init and not resume else None
+        if init and model.person_crop and not (model.crop_height or model.crop_width):
+            model = model.replace(crop_height=init[0].crop_height, crop_width=init[0].crop_width)
         if model.person_crop and not (model.crop_height or model.crop_width):
             # Size the person window from this data's landmarks; it is saved with the model config.
             rows = slice(*train.frame_range) if train.frame_range else slice(None)
@@ -203,7 +210,9 @@ class Trainer:
         self.rng = np.random.default_rng(train.seed)
         dev = self.device
         self.G = build_generator(model).to(dev)
-        if self.G.uses_background_plate and not resume:
+        if init:
+            self._init_from(train.init, *init)
+        elif self.G.uses_background_plate and not resume:
             self.G.set_background(self.source.background_plate().to(dev))
         # The saved model: an exponential moving average of G's weights (stylegan's G_ema), when asked for.
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if train.ema_halflife > 0 else None
@@ -219,6 +228,18 @@ class Trainer:
         self.subject_stats = model_subject_stats(self.dataset)
         if resume:
             self._resume()
+
+    def _init_from(self, path: str, cfg: ModelConfig, tensors: dict, meta: dict) -> None:
+        """Start G from a trained generator's weights (its background plate included)."""
+        if cfg != self.cfg:
+            diff = [f for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(self.cfg, f.name)]
+            raise CheckpointError(f"--init {path}: that model's config differs from this run's in "
+                                  + ", ".join(f"{f.name} ({getattr(cfg, f.name)!r} there, "
+                                              f"{getattr(self.cfg, f.name)!r} here)" for f in diff))
+        state = subdict(tensors, "G")
+        if not state:
+            raise CheckpointError(f"--init {path}: no generator tensors (expected keys 'G.*')")
+        load_state(self.G, state, "generator")
 
     def _load_teacher(self, path: str):
         """The frozen generator of a trained run, checked to speak the same labels at the same size."""
@@ -298,7 +319,7 @@ class Trainer:
 
     def _loss_l1(self, fake, real, batch) -> tuple[torch.Tensor, dict]:
         tc = self.tc
-        weight = 1.0 + tc.w_person * batch["person"] + tc.w_head * batch["head"]
+        weight = 1.0 + tc.w_person * batch["person"] + tc.w_head * batch["head"] + tc.w_limbs * batch["limbs"]
         l1 = ((fake - real).abs() * weight).mean() / weight.mean()
         return tc.w_l1 * l1, {"L1": l1.item()}
 
