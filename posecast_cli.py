@@ -130,7 +130,7 @@ def _cmd_serve(args) -> int:
     serve(args.model, args.bind, args.backend, engine_kwargs=engine_kwargs, curve=curve, insecure=args.insecure,
           max_clients=args.max_clients, sessions_per_key=args.sessions_per_key, rate_hz=args.rate,
           rate_burst=max(1, int(round(args.rate))), idle_timeout_s=args.idle_timeout or args.heartbeat + 1.0, heartbeat_s=args.heartbeat,
-          max_batch=args.max_batch, jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
+          max_batch=args.max_batch, history=args.history, jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
     return 0
 
 
@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=0,
                    help="sessions per batched engine call (default 0: the fastest size up to 16, measured at start; "
                         "1: one call per session)")
+    s.add_argument("--history", choices=["auto", "device", "host"], default="auto",
+                   help="where each client's history frames live (default auto: on the GPU when the engine runs on "
+                        "CUDA, so only the label map goes in and the uint8 frame comes out per step; else host memory)")
     s.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames sent (default 90)")
     s.add_argument("--stats-interval", type=float, default=10.0, help="seconds between stats log lines")
     s.set_defaults(fn=_cmd_serve)

@@ -141,6 +141,36 @@ class Engine(abc.ABC):
             return self._run(feeds)
         return np.concatenate([self._run({k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)])
 
+    def step_tensors(self, inputs: dict) -> "torch.Tensor":
+        """``step_batch`` on torch tensors that already live on ``self.device`` (a device-resident session's
+        history, realtime/session.py ``DeviceSession``); returns the frames as a tensor on that device, so the
+        history never makes a round trip through the host. Backends that run on device memory (torch,
+        TensorRT, torch-tensorrt, onnxruntime on CUDA) override ``_run_tensors``; the others go through numpy."""
+        shapes = self.input_shapes
+        if set(inputs) != set(shapes):
+            raise ValueError(f"engine inputs must be exactly {sorted(shapes)}, got {sorted(inputs)}")
+        batch = {int(x.shape[0]) for x in inputs.values()}
+        if len(batch) != 1 or not all(tuple(inputs[n].shape[1:]) == s[1:] for n, s in shapes.items()):
+            raise ValueError(f"inputs must share one batch size and have per-sample shapes "
+                             f"{ {n: s[1:] for n, s in shapes.items()} }, got "
+                             f"{ {n: tuple(x.shape) for n, x in inputs.items()} }")
+        (n,) = batch
+        feeds = {k: inputs[k].float().contiguous() for k in shapes}
+        step = max(1, int(self.max_batch))
+        if n <= step:
+            return self._run_tensors(feeds)
+        import torch
+
+        return torch.cat([self._run_tensors({k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)])
+
+    def _run_tensors(self, feeds: dict) -> "torch.Tensor":
+        """``_run`` on contiguous float32 torch tensors of one batch; default: through host numpy arrays."""
+        import torch
+
+        device = next(iter(feeds.values())).device
+        out = self._run({k: v.cpu().numpy() for k, v in feeds.items()})
+        return torch.from_numpy(out).to(device)
+
     @abc.abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the compiled generator on validated, contiguous float32 inputs of batch ``1..max_batch`` (every
@@ -177,6 +207,10 @@ class TorchEngine(Engine):
         with torch.inference_mode():
             args = [torch.from_numpy(feeds[name]).to(self.device) for name in self.input_shapes]
             return self.G(*args)[0].float().cpu().numpy()
+
+    def _run_tensors(self, feeds):
+        with self._torch.inference_mode():
+            return self.G(*(feeds[name] for name in self.input_shapes))[0].float()
 
 
 def _onnx_for(model: str | os.PathLike, onnx_path: str | os.PathLike | None):
@@ -246,6 +280,24 @@ class OnnxRuntimeEngine(Engine):
 
     def _run(self, feeds):
         return self._session.run(["frame"], feeds)[0]
+
+    def _run_tensors(self, feeds):
+        """On CUDA: the inputs are bound where they lie (IOBinding on the tensors' device memory) and the frame is
+        written into a torch tensor on the same device; on CPU, plain ``_run`` on zero-copy numpy views."""
+        import torch
+
+        first = next(iter(feeds.values()))
+        if first.device.type != "cuda" or self.device == "cpu":
+            return super()._run_tensors(feeds)
+        n = int(first.shape[0])
+        out = torch.empty((n, 3, *self.cfg.crop_hw), dtype=torch.float32, device=first.device)
+        binding = self._session.io_binding()
+        for name, x in feeds.items():
+            binding.bind_input(name, "cuda", x.device.index or 0, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output("frame", "cuda", out.device.index or 0, np.float32, tuple(out.shape), out.data_ptr())
+        torch.cuda.current_stream(first.device).synchronize()   # the inputs' copies are done before ORT reads them
+        self._session.run_with_iobinding(binding)
+        return out
 
 
 @register_backend("tensorrt")
@@ -324,6 +376,22 @@ class TensorRTEngine(Engine):
         self._stream.synchronize()
         return frame.numpy()
 
+    def _run_tensors(self, feeds):
+        """Device-to-device copies into the profile's buffers; the frame stays on the GPU."""
+        torch = self._torch
+        n = int(next(iter(feeds.values())).shape[0])
+        b = min(s for s in self.batch_sizes if s >= n)
+        ctx, buffers = self._slots[b]
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            for name, x in feeds.items():
+                buffers[name][:n].copy_(x)
+            if not ctx.execute_async_v3(self._stream.cuda_stream):
+                raise EngineError(f"{self.engine_path}: TensorRT execution failed")
+            frame = buffers["frame"][:n].float().clone()
+        torch.cuda.current_stream().wait_stream(self._stream)
+        return frame
+
 
 @register_backend("torch-tensorrt")
 class TorchTensorRTEngine(Engine):
@@ -352,6 +420,10 @@ class TorchTensorRTEngine(Engine):
         with torch.no_grad():
             args = [torch.from_numpy(feeds[name]).cuda() for name in self.input_shapes]
             return self._module(*args)[0].float().cpu().numpy()
+
+    def _run_tensors(self, feeds):  # batch 1, as _run
+        with self._torch.no_grad():
+            return self._module(*(feeds[name].cuda() for name in self.input_shapes))[0].float()
 
 
 def open_engine(model: str | os.PathLike, backend: str = "onnxruntime", **kwargs) -> Engine:

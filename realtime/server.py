@@ -50,7 +50,7 @@ from zmq.utils.monitor import parse_monitor_message
 from realtime import protocol as P
 from realtime.protocol import ErrorCode, ProtocolError
 from realtime.security import CurveConfig, CurveServer, check_bind
-from realtime.session import Session, layout_of, step_sessions
+from realtime.session import Session, layout_of, open_session, step_sessions
 
 LOGGER_NAME = "posecast.server"
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -179,7 +179,8 @@ class Server:
     allowed client keys) to require CURVE encryption and an allowed key of every client; without it the server
     only binds loopback addresses unless ``insecure``. ``jpeg_quality`` 1-100; a stats line every
     ``stats_interval_s`` (0: never) on ``log`` (default: the ``posecast.server`` logger); ``poll_interval_s``
-    bounds how long ``stop()`` takes.
+    bounds how long ``stop()`` takes. ``history``: where each session keeps its history ("auto": on the engine's
+    device when that is a CUDA GPU, else host memory; "host"; "device"; realtime/session.py ``open_session``).
 
     ``bind`` may use port 0 (or ``*``) for a free port; the actual address is ``server.endpoint``. The socket is
     bound in the constructor (so a bad address fails early) and closed when ``serve_forever`` returns or on
@@ -189,13 +190,15 @@ class Server:
     def __init__(self, engine, bind: str = DEFAULT_BIND, *, limits: Limits | None = None,
                  curve: CurveConfig | None = None, insecure: bool = False, jpeg_quality: int = 90,
                  stats_interval_s: float = 10.0, log: logging.Logger | None = None, poll_interval_s: float = 0.05,
-                 **limit_overrides):
+                 history: str = "auto", **limit_overrides):
         self.limits = lim = dataclasses.replace(limits or Limits(), **limit_overrides)
         if not 1 <= int(jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
         check_bind(bind, curve, insecure)
         self.engine = engine
         self.cfg = cfg = engine.cfg
+        open_session(engine, history=history)  # checks ``history`` (and that such a session can be made) up front
+        self.history = history
         self.log = log or logging.getLogger(LOGGER_NAME)
         self.max_clients = lim.max_clients
         self.idle_timeout_s = float(lim.idle_timeout_s)
@@ -603,7 +606,7 @@ class Server:
                                     f"server busy: {len(self._clients)} of {self.max_clients} clients connected")
             key_name = self._curve.names.get(key, "?") if (key and self._curve) else ""
             client = _Client(rid=rid, fd=conn.fd if conn else None, key=key, key_name=key_name, name=name,
-                             session=Session(self.engine, name), last_seen=now, created=now)
+                             session=open_session(self.engine, name, self.history), last_seen=now, created=now)
             self._clients[rid] = client
             if conn is not None:
                 conn.sessionless_since = None

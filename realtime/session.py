@@ -17,6 +17,12 @@ A step is ``prepare`` (render, place the window; returns the engine's feeds by n
 (paste, uint8, history shift), so that ``step_sessions`` can run many sessions through one batched engine call:
 each input stacked along axis 0, the windows split back. ``Session.step`` is the same with a batch of one.
 
+``DeviceSession`` is the same state kept where the engine computes (a CUDA GPU): the label and frame histories,
+the plate and the frame being made are torch tensors on the engine's device; per step only the current label map
+(rendered on the host) goes in and the finished uint8 frame comes out, instead of every history window each way.
+``open_session`` picks it for engines on CUDA; on a CPU the numpy ``Session`` is the fast path. Both make the same
+frames bit for bit (tested on CPU with torch tensors).
+
 Sessions are not thread-safe; the server runs every session on its one worker thread.
 """
 
@@ -186,6 +192,101 @@ class Session:
         self.box = None
 
 
+class DeviceSession(Session):
+    """A ``Session`` whose histories live on ``device`` (default: the engine's) as torch tensors; see the module
+    docstring. ``prepare`` returns the engine's feeds as tensors on that device (views into the histories) and
+    ``finish`` takes the engine's window as a tensor there; the engine runs them with ``Engine.step_tensors``."""
+
+    def __init__(self, engine, name: str = "", device=None):
+        super().__init__(engine, name)
+        import torch
+
+        self._torch = torch
+        S, L, C = self.size, self.history_frames, self.label_nc
+        self.device = dev = torch.device(device if device is not None else engine.device)
+        pinned = dev.type == "cuda"                                   # page-locked host buffers: async copies
+        self._t_labels = torch.zeros(((L + 1) * C, S, S), device=dev)
+        self._t_previous = torch.zeros((L * 3, S, S), device=dev) if L else None
+        self._t_frame = torch.zeros((3, S, S), device=dev)
+        self._t_plate = torch.from_numpy(self._plate).to(dev) if self._plate is not None else None
+        self._host_current = torch.zeros((C, S, S), pin_memory=pinned)
+        self._current = self._host_current.numpy()                    # the renderer draws here
+        self._host_rgb = torch.empty((S, S, 3), dtype=torch.uint8, pin_memory=pinned)
+        self._rgb = self._host_rgb.numpy()
+
+    def prepare(self, landmarks, seq: int | None = None) -> dict:
+        lm = self.check(landmarks, seq)
+        torch, S, L, C = self._torch, self.size, self.history_frames, self.label_nc
+        render_labels(self.kind, lm, S, S, out=self._current)
+        self._t_labels[L * C:].copy_(self._host_current, non_blocking=True)
+        box = self._tracker.update(lm) if self._tracker else None
+        ys, xs = box.slices() if box else (slice(None), slice(None))
+        feeds = {"labels": self._t_labels[None, :, ys, xs]}
+        if L:
+            feeds["previous"] = self._t_previous[None, :, ys, xs]
+        if self.engine.cfg.has_plate_input:
+            feeds["plate"] = self._t_plate[None, :, ys, xs]
+        if "head" in self._feeds:
+            head = head_box(lm, box or self._whole, S, self.engine.cfg.head_side)
+            feeds["head"] = torch.from_numpy(np.asarray(head, np.float32))[None].to(self.device)
+        self._box_next = box
+        return feeds
+
+    def finish(self, window) -> np.ndarray:
+        """``window``: the engine's (3, h, w) tensor on this session's device. Returns the uint8 RGB frame."""
+        torch, L, C = self._torch, self.history_frames, self.label_nc
+        box = self._box_next
+        ys, xs = box.slices() if box else (slice(None), slice(None))
+        frame = self._t_frame
+        if box is not None:
+            frame.copy_(self._t_plate)
+        frame[:, ys, xs] = window
+        self.box = box
+        # models.visualize.to_uint8 in the same float32 operations: clip((x + 1) * 127.5 + 0.5, 0, 255), truncated.
+        rgb = frame.add(1.0).mul_(127.5).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).permute(1, 2, 0)
+        self._host_rgb.copy_(rgb)                                     # the one device -> host copy of a step
+        if L:
+            lab, prev = self._t_labels, self._t_previous
+            for i in range(L):
+                lab[i * C:(i + 1) * C] = lab[(i + 1) * C:(i + 2) * C]
+            for i in range(L - 1):
+                prev[i * 3:(i + 1) * 3] = prev[(i + 1) * 3:(i + 2) * 3]
+            prev[(L - 1) * 3:] = frame
+        self.frames += 1
+        return self._rgb
+
+    def step(self, landmarks, seq: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        t0 = time.perf_counter()
+        feeds = self.prepare(landmarks, seq)
+        t1 = time.perf_counter()
+        out = self.engine.step_tensors(feeds)
+        t2 = time.perf_counter()
+        rgb = self.finish(out[0])
+        t3 = time.perf_counter()
+        return rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
+
+    def reset(self) -> None:
+        super().reset()
+        for t in (self._t_labels, self._t_previous, self._t_frame):
+            if t is not None:
+                t.zero_()
+
+
+def wants_device_history(engine) -> bool:
+    """True when ``engine`` computes on a CUDA device and takes torch tensors there (``Engine.step_tensors``)."""
+    return str(getattr(engine, "device", "cpu")).startswith("cuda") and hasattr(engine, "step_tensors")
+
+
+def open_session(engine, name: str = "", history: str = "auto") -> Session:
+    """A session over ``engine``: ``history`` "host" (numpy ``Session``), "device" (``DeviceSession`` on the
+    engine's device) or "auto" (device for engines on CUDA, host otherwise)."""
+    if history not in ("auto", "host", "device"):
+        raise ValueError(f"history must be 'auto', 'host' or 'device', got {history!r}")
+    if history == "device" or (history == "auto" and wants_device_history(engine)):
+        return DeviceSession(engine, name)
+    return Session(engine, name)
+
+
 def step_sessions(engine, work: list[tuple[Session, np.ndarray]]) -> list[tuple[np.ndarray, dict[str, float]]]:
     """One step of every ``(session, landmarks)`` in ``work`` with ONE batched engine call.
 
@@ -196,10 +297,17 @@ def step_sessions(engine, work: list[tuple[Session, np.ndarray]]) -> list[tuple[
     """
     if len(work) == 1 or not hasattr(engine, "step_batch"):
         return [s.step(lm) for s, lm in work]
+    on_device = {isinstance(s, DeviceSession) for s, _ in work}
+    if len(on_device) != 1:
+        raise ValueError("step_sessions: host and device sessions cannot share a batch")
     t0 = time.perf_counter()
     feeds = [s.prepare(lm) for s, lm in work]
     t1 = time.perf_counter()
-    out = engine.step_batch({k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
+    if on_device == {True}:
+        torch = work[0][0]._torch
+        out = engine.step_tensors({k: torch.cat([f[k] for f in feeds]) for k in feeds[0]})
+    else:
+        out = engine.step_batch({k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
     t2 = time.perf_counter()
     results = []
     for i, (s, _) in enumerate(work):

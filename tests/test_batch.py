@@ -21,7 +21,7 @@ from models.checkpoint import save_checkpoint
 from models.generator import build_generator
 from models.presets import get_preset
 from realtime.engine import open_engine
-from realtime.session import Session, step_sessions
+from realtime.session import DeviceSession, Session, open_session, step_sessions
 
 from test_server import REPO, motion
 
@@ -131,3 +131,62 @@ def test_calibrate_batch_picks_the_fastest_size():
     assert best == 2 and sorted(fps) == [1, 2, 4, 8]
     Timed.cost = {1: 0.004, 2: 0.0081, 4: 0.0162}   # no gain from batching: one call per session
     assert calibrate_batch(Timed(), 4, runs=2)[0] == 1
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_device_history_makes_the_host_sessions_frames(run, backend):
+    """A DeviceSession (history as torch tensors on the engine's device; here the CPU) makes the same frames as the
+    numpy Session, bit for bit, history and reset included; on a CPU engine 'auto' keeps the host session."""
+    engine = open_engine(run, backend)
+    lm = motion(5, 10)
+    host, dev = Session(engine), DeviceSession(engine, device="cpu")
+    assert type(open_session(engine)) is Session and type(open_session(engine, history="device")) is DeviceSession
+    for t in range(8):
+        want, got = host.step(lm[t])[0], dev.step(lm[t])[0]
+        assert got.shape == want.shape == (engine.cfg.size, engine.cfg.size, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+        assert dev.box == host.box
+    dev.reset()
+    host.reset()
+    np.testing.assert_array_equal(dev.step(lm[9])[0], host.step(lm[9])[0])
+    with pytest.raises(ValueError, match="history must be"):
+        open_session(engine, history="gpu")
+
+
+def test_batched_device_sessions_equal_device_sessions_alone(run):
+    engine = open_engine(run, "onnxruntime")
+    n, frames = 3, 6
+    lms = [motion(30 + j, frames) for j in range(n)]
+    alone = [DeviceSession(engine, device="cpu") for _ in range(n)]
+    together = [DeviceSession(engine, device="cpu") for _ in range(n)]
+    for t in range(frames):
+        want = [s.step(lms[j][t])[0].copy() for j, s in enumerate(alone)]
+        got = step_sessions(engine, [(s, lms[j][t]) for j, s in enumerate(together)])
+        for j in range(n):
+            np.testing.assert_array_equal(got[j][0], want[j])
+    with pytest.raises(ValueError, match="host and device sessions"):
+        step_sessions(engine, [(together[0], lms[0][0]), (Session(engine), lms[1][0])])
+
+
+def test_step_tensors_checks_its_inputs(run):
+    engine = open_engine(run, "torch")
+    feeds = {k: torch.zeros(s) for k, s in engine.input_shapes.items()}
+    assert tuple(engine.step_tensors(feeds).shape) == (1, 3, *engine.cfg.crop_hw)
+    with pytest.raises(ValueError, match="engine inputs must be exactly"):
+        engine.step_tensors({k: v for k, v in list(feeds.items())[:1]})
+    bad = dict(feeds, labels=torch.zeros((2, *engine.input_shapes["labels"][1:])))
+    with pytest.raises(ValueError, match="one batch size"):
+        engine.step_tensors(bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_cuda_device_history_matches_host_history(run, backend):
+    engine = open_engine(run, backend, device="cuda")
+    assert type(open_session(engine)) is DeviceSession           # auto: on the GPU
+    lm = motion(5, 6)
+    host, dev = Session(engine), open_session(engine)
+    for t in range(6):
+        want, got = host.step(lm[t])[0], dev.step(lm[t])[0]
+        assert np.abs(got.astype(int) - want).max() <= 1          # same kernels; uint8 rounding of float noise
