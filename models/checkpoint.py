@@ -55,6 +55,11 @@ def save_checkpoint(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], c
     return stem.with_suffix(".json")
 
 
+def save_generator(stem: str | os.PathLike, generator: torch.nn.Module, meta: dict | None = None) -> Path:
+    """``save_checkpoint`` of one generator: its weights as ``G.*`` and its own config (``generator.cfg``)."""
+    return save_checkpoint(stem, {f"G.{k}": v for k, v in generator.state_dict().items()}, generator.cfg, meta)
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """Accept a run folder (its ``latest``/``generator`` checkpoint), a ``.json`` or a ``.safetensors`` path."""
     p = Path(path)

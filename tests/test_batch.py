@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import save_checkpoint
-from models.generator import build_generator
-from models.presets import get_preset
 from realtime.engine import open_engine
 from realtime.session import DeviceSession, Session, open_session, step_sessions
 
@@ -29,12 +26,8 @@ PRESETS = {"dance": dict(size=32, ngf=8, ndf=8), "lite": dict(size=32)}
 
 
 @pytest.fixture(scope="module", params=sorted(PRESETS))
-def run(request, tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = get_preset(request.param, **PRESETS[request.param])
-    root = tmp_path_factory.mktemp(request.param)
-    save_checkpoint(root / "generator", {f"G.{k}": v for k, v in build_generator(cfg).state_dict().items()}, cfg)
-    return root
+def run(request, tmp_path_factory, tiny_checkpoint):
+    return tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param, **PRESETS[request.param])
 
 
 def _inputs(engine, n: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -537,13 +537,12 @@ def test_live_face_labels_equal_training_labels(tmp_path):
     from models.render import render_face
     from trainer.dataset import Dataset
     from trainer.prepare import prepare_video
-    from trainer.train import model_subject_stats
 
     n = 30
     prepare_video(MEGAMIND, tmp_path / "face", kind="face", size=128, max_frames=n, min_clip_frames=1,
                   progress=False)
     ds = Dataset(tmp_path / "face")
-    stats = model_subject_stats(ds)                      # what `posecast train` saves with the model
+    stats = ds.subject_stats                      # what `posecast train` saves with the model
     assert stats["crop"]["mode"] == "face" and stats["crop"]["fps"] == pytest.approx(23.976, abs=0.01)
     with FakeServer(kind="face", num_landmarks=478, subject_stats=stats) as srv:
         st = capture(srv.address, str(MEGAMIND), headless=True, realtime=False, max_frames=n, timeout_s=10,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.crop import BoxTracker, CropBox, crop_size_for, head_region, person_region
+from models.crop import BoxTracker, CropBox, crop_size_for, head_region, limb_region, person_region
 from models.generator import build_generator
 from models.lite import crop_batch, paste_batch
 from models.presets import get_preset
@@ -50,6 +50,21 @@ def test_regions_cover_the_person_and_the_head():
     lm_nohead = lm.copy()
     lm_nohead[:11, 2] = 0.0                                                         # head landmarks not visible
     assert head_region("dance", lm_nohead, 64, 64).sum() == 0
+
+
+def test_limb_region_is_a_band_along_the_visible_limbs():
+    lm = np.full((33, 3), np.nan, np.float32)
+    lm[:, 2] = 1.0
+    lm[11, :2], lm[13, :2], lm[15, :2] = (0.5, 0.2), (0.5, 0.5), (0.5, 0.8)      # left shoulder, elbow, wrist
+    mask = limb_region(lm, 100, 100)                                              # band 5 px wide
+    assert mask.dtype == np.uint8 and mask.shape == (100, 100)
+    assert mask[20:80, 49].all() and mask[50, 47:52].all()                      # along the arm, across it
+    assert mask[50, 44] == 0 and mask[50, 55] == 0 and mask[10, 49] == 0         # not beyond the band or the ends
+    lm[13, 2] = 0.1                                                               # elbow not visible: no arm
+    assert limb_region(lm, 100, 100).sum() == 0
+    torso = np.full((33, 3), np.nan, np.float32)
+    torso[[11, 12, 23, 24]] = [[0.4, 0.3, 1], [0.6, 0.3, 1], [0.4, 0.7, 1], [0.6, 0.7, 1]]
+    assert limb_region(torso, 100, 100).sum() == 0                                # the torso is not a limb
 
 
 def test_box_tracker_snaps_clamps_smooths_and_holds():

@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from models.generator import build_generator
-from models.presets import get_preset
+from models.checkpoint import CheckpointError, read_checkpoint
 from trainer.dataset import Dataset, DatasetError
 from trainer.synth import synthesize
 
@@ -76,10 +73,9 @@ def test_train_cli_on_a_damaged_manifest(dataset, tmp_path, edit, message):
     ("history_frames", 10**6, "field 'history_frames'"),
     ("flow_max_px", float("nan"), "field 'flow_max_px' must be float"),
 ])
-def test_damaged_generator_json_is_one_clear_error_before_allocating(tmp_path, field, value, message):
-    torch.manual_seed(0)
-    cfg = get_preset("lite", size=32)
-    save_checkpoint(tmp_path / "generator", {f"G.{k}": v for k, v in build_generator(cfg).state_dict().items()}, cfg)
+def test_damaged_generator_json_is_one_clear_error_before_allocating(tmp_path, tiny_checkpoint, field, value,
+                                                                     message):
+    tiny_checkpoint(tmp_path, "lite", size=32)
     doc = json.loads((tmp_path / "generator.json").read_text())
     doc["config"][field] = value
     (tmp_path / "generator.json").write_text(json.dumps(doc))

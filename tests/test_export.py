@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import realtime.export as X
-from models.checkpoint import load_generator, save_checkpoint
-from models.generator import build_generator
-from models.presets import get_preset
+from models.checkpoint import load_generator
+from tiny import random_checkpoint
 from realtime.engine import EngineError, TorchEngine, open_engine
 from realtime.export import ExportError, export, export_onnx
 
@@ -30,12 +29,7 @@ HAS_CUDA = torch.cuda.is_available()
 
 def make_run(root: Path, name: str, n_local: int = 0, seed: int = 0) -> Path:
     preset, extra = VARIANT.get(name, (name, {}))
-    cfg = get_preset(preset, n_local=n_local, **{**SMALL, **extra})
-    torch.manual_seed(seed)
-    G = build_generator(cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(root / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg)
-    return root
+    return random_checkpoint(root, preset, seed=seed, n_local=n_local, **{**SMALL, **extra})
 
 
 def compare_steps(engine, reference, steps: int = 4, seed: int = 0) -> list[float]:

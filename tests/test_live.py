@@ -8,27 +8,18 @@ import sys
 
 import cv2
 import pytest
-import torch
 
 from clients.capture import capture
 from clients.demo import bundled_model, demo
-from models.checkpoint import save_checkpoint
-from models.generator import build_generator
-from models.presets import get_preset
 from realtime.engine import open_engine
 from realtime.server import Server
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    cfg = get_preset("dance", size=32, ngf=8, ndf=8)
-    torch.manual_seed(0)
-    G = build_generator(cfg)
-    root = tmp_path_factory.mktemp("model")
-    save_checkpoint(root / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg,
-                    {"subject_stats": {"shoulder_width": 0.2, "torso_length": 0.25, "shoulder_center": [0.5, 0.35],
-                                       "hip_center": [0.5, 0.6], "frames": 10}, "dataset_fps": 30.0})
-    return root
+def tiny_model(tmp_path_factory, tiny_checkpoint):
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"), "dance", size=32, ngf=8, ndf=8, meta={
+        "subject_stats": {"shoulder_width": 0.2, "torso_length": 0.25, "shoulder_center": [0.5, 0.35],
+                          "hip_center": [0.5, 0.6], "frames": 10}, "dataset_fps": 30.0})
 
 
 @pytest.mark.timeout(180)

@@ -15,7 +15,7 @@ import zmq
 from realtime import protocol as P
 from realtime.server import Server
 
-from test_server import K, Client, engine, model_dir, motion  # noqa: F401 - fixtures
+from test_server import K, Client, motion
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors" / "wire_v2.json"

@@ -21,14 +21,7 @@ from realtime.protocol import ErrorCode
 from realtime.security import CurveConfig, KeyFileError, is_loopback, new_keypair
 from realtime.server import Server
 
-from test_server import K, REPO, SIZE, Client, engine, model_dir, motion, wait_until  # noqa: F401 - fixtures
-
-
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
+from test_server import K, REPO, Client, motion, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -90,9 +90,8 @@ def test_tracked_identity_never_switches(duet, tmp_path, capsys):
     assert "padded by reflection" in printed
     # the model trained on it carries that crop, so same-camera serving maps live landmarks the same way
     from models.posenorm import live_normalizer
-    from trainer.train import model_subject_stats
     w, h = m.extra["source_size"]
-    stats = model_subject_stats(ds)
+    stats = ds.subject_stats
     assert np.allclose(np.array(stats["crop"]["box"]) * h, m.extra["crop"]["box"], atol=0.01)
     fn, how = live_normalizer("dance", stats, "same-camera", aspect=w / h)
     assert how.startswith("same-camera: the training crop")

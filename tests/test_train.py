@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_generator, read_checkpoint
+from models.checkpoint import CheckpointError, load_generator, read_checkpoint
 from models.presets import get_preset
 from trainer.clips import ClipSource
 from trainer.dataset import Dataset, DatasetError, DatasetWriter
@@ -285,9 +285,35 @@ def test_lite_trains_in_its_person_crop_then_adversarially_and_saves_the_ema(tra
     assert resumed.iteration == 4 and torch.equal(resumed.G_ema.in_label.weight, tensors["E.in_label.weight"])
 
 
-def test_model_subject_stats_carry_face_proportions_and_the_training_crop(tmp_path):
+def test_init_starts_from_a_trained_generator_with_a_fresh_schedule(trained, tmp_path):
+    cfg = trained["cfg"]
+    tc = TrainConfig(iterations=2, clip_frames_start=3, clip_frames_max=3, w_temporal=0.0, checkpoint_every=10**6,
+                     init=str(trained["run"]))
+    trainer = Trainer(cfg, tc, trained["train"], tmp_path / "ft", progress=False)
+    source, _ = load_generator(trained["run"])
+    for (name, a), b in zip(source.state_dict().items(), trainer.G.state_dict().values()):
+        assert torch.equal(a, b), name                                  # every weight (and the plate) carried over
+    assert trainer.iteration == 0                                      # the schedule starts afresh
+    assert trainer.run()["iterations"] == 2
+    other = get_preset("dance", **{**TINY, "ngf": 16})
+    with pytest.raises(CheckpointError, match=r"--init .* differs from this run's in ngf \(8 there, 16 here\)"):
+        Trainer(other, tc, trained["train"], tmp_path / "ft2", progress=False)
+
+
+def test_limb_weight_lifts_the_l1_on_the_limbs_only(trained):
+    cfg = trained["cfg"]
+    trainer = Trainer(cfg, TrainConfig(w_limbs=4.0, w_temporal=0.0), trained["train"], trained["root"] / "w",
+                      progress=False)
+    batch = trainer.source.load(0, 2)
+    assert batch["limbs"].shape == batch["person"].shape and 0 < batch["limbs"].mean() < batch["person"].mean()
+    real = batch["frames"]
+    on_limbs = real + 0.5 * batch["limbs"]                               # the same error budget, placed on the limbs
+    off_limbs = real + 0.5 * (batch["limbs"].sum() / (1 - batch["limbs"]).sum()) * (1 - batch["limbs"])
+    assert trainer._loss_l1(on_limbs, real, batch)[0] > 2 * trainer._loss_l1(off_limbs, real, batch)[0]
+
+
+def test_subject_stats_carry_face_proportions_and_the_training_crop(tmp_path):
     from models.posenorm import FaceCropConfig, face_stats
-    from trainer.train import model_subject_stats
 
     rng = np.random.default_rng(0)
     lms = np.zeros((12, 478, 3), np.float32)
@@ -297,7 +323,7 @@ def test_model_subject_stats_carry_face_proportions_and_the_training_crop(tmp_pa
                                                          "mode": "tracked", "boxes": []}}
         for lm in lms:
             w.add(np.zeros((32, 32, 3), np.uint8), lm)
-    stats = model_subject_stats(Dataset(tmp_path / "face"))
+    stats = Dataset(tmp_path / "face").subject_stats
     assert stats["eye_distance"] == pytest.approx(face_stats(lms)["eye_distance"])
     assert FaceCropConfig.from_dict(stats["crop"]) == FaceCropConfig(scale=2.0, fps=25.0)
     # a dance video made by prepare: its fixed crop, in source-frame heights, for same-camera serving
@@ -306,8 +332,23 @@ def test_model_subject_stats_carry_face_proportions_and_the_training_crop(tmp_pa
                                      "box_height_units": [0.05, 0.1, 1.5]}}
         for i in range(4):
             w.add(np.zeros((32, 32, 3), np.uint8), np.full((33, 3), 0.5, np.float32))
-    stats = model_subject_stats(Dataset(tmp_path / "dance"))
+    stats = Dataset(tmp_path / "dance").subject_stats
     assert stats["crop"] == {"mode": "fixed", "box": [0.05, 0.1, 1.5], "aspect": 1.5}
     # the synthetic dancer (no crop): body measures only
-    assert "crop" not in model_subject_stats(Dataset(synthesize(tmp_path / "s", seed=0, num_frames=4, size=32,
-                                                                 progress=False)))
+    synth = Dataset(synthesize(tmp_path / "s", seed=0, num_frames=4, size=32, progress=False))
+    assert "crop" not in synth.subject_stats and synth.subject_stats["shoulder_width"] > 0
+
+
+def test_subject_stats_are_computed_once_when_the_dataset_is_written(tmp_path):
+    import json
+
+    path = synthesize(tmp_path / "s", seed=0, num_frames=4, size=32, progress=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    stored = manifest["extra"]["subject_stats"]
+    assert stored == Dataset(path).subject_stats and stored["shoulder_width"] > 0
+    manifest["extra"]["subject_stats"] = {"shoulder_width": 0.123}     # what is stored is what is read ...
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert Dataset(path).subject_stats == {"shoulder_width": 0.123}
+    del manifest["extra"]["subject_stats_version"]                      # ... a dataset from before: computed
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert Dataset(path).subject_stats == stored

@@ -15,6 +15,9 @@ Frames are grouped into clips (``manifest.clips``, half-open ``[start, stop)`` r
 frames inside a clip are consecutive in time; a clip boundary marks a cut or a run of frames without detection.
 
 Writing is crash-safe: everything goes to ``DIR.partial/`` and is renamed to ``DIR`` only once complete.
+On close the writer also stores the subject's statistics (``extra["subject_stats"]``, see
+:func:`subject_stats_for`): computed once, when the landmarks are written, and carried by training into the
+model's checkpoint.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+
+from models.posenorm import FaceCropConfig, face_stats, subject_stats
 
 FORMAT_NAME = "posecast-dataset"
 FORMAT_VERSION = 1
@@ -39,6 +43,33 @@ _ARRAYS = {
     "flow": (np.float16, lambda h, w, k: (h, w, 2)),
     "flow_conf": (np.uint8, lambda h, w, k: (h, w)),
 }
+
+
+# extra["subject_stats_version"]: datasets written before the writer stored complete statistics lack it.
+SUBJECT_STATS_VERSION = 2
+
+
+def subject_stats_for(kind: str, landmarks: np.ndarray, extra: dict, fps: float) -> dict | None:
+    """What a model trained on these frames says about its subject (``subject_stats`` in its metadata; the server
+    announces it and the capture client maps live landmarks with it, see :func:`models.posenorm.live_normalizer`).
+
+    dance: the body measures of :func:`models.posenorm.subject_stats`, plus ``crop`` (the fixed crop box in
+    source-frame height units and the source aspect) for videos made by ``posecast prepare``; face: the face
+    proportions of :func:`models.posenorm.face_stats`, plus ``crop`` (the :class:`FaceCropConfig` the frames
+    were cropped with). None when there is nothing to say (a synthetic dataset without visible torso).
+    """
+    extra = extra if isinstance(extra, dict) else {}
+    crop = extra.get("crop") if isinstance(extra.get("crop"), dict) else {}
+    lms = np.asarray(landmarks, np.float32)
+    if kind == "face":
+        stats = (face_stats(lms) if len(lms) else None) or {}
+        cfg = FaceCropConfig.from_dict(crop, fps=extra.get("source_fps", fps))
+        return {**stats, "crop": cfg.to_dict()}
+    stats = (subject_stats(lms) if len(lms) else None) or {}
+    if crop.get("mode") == "fixed" and "box_height_units" in crop:
+        stats["crop"] = {"mode": "fixed", "box": [float(v) for v in crop["box_height_units"]],
+                         "aspect": float(crop["aspect"])}
+    return stats or None
 
 
 class DatasetError(ValueError):
@@ -184,6 +215,10 @@ class DatasetWriter:
                           "shape": shape})
                 shutil.copyfileobj(src, out, 16 << 20)
             raw_path.unlink()
+        extra = m.extra if isinstance(m.extra, dict) else {}
+        m.extra = {**extra, "subject_stats": subject_stats_for(
+            m.kind, np.load(self._tmp / "landmarks.npy", mmap_mode="r"), extra, m.fps),
+            "subject_stats_version": SUBJECT_STATS_VERSION}
         (self._tmp / "manifest.json").write_text(m.to_json())
         if self.path.exists():
             shutil.rmtree(self.path)
@@ -252,12 +287,11 @@ class Dataset:
     def __len__(self) -> int:
         return self.manifest.num_frames
 
-    def windows(self, length: int) -> list[tuple[int, int]]:
-        """Every [start, start+length) window that lies inside one clip."""
-        out = []
-        for a, b in self.clips:
-            out.extend((s, s + length) for s in range(a, b - length + 1))
-        return out
-
-    def iter_clips(self) -> Iterator[tuple[int, int]]:
-        yield from self.clips
+    @property
+    def subject_stats(self) -> dict | None:
+        """The subject's statistics the writer stored (:func:`subject_stats_for`); computed here only for a dataset
+        written before the writer stored them."""
+        extra = self.manifest.extra if isinstance(self.manifest.extra, dict) else {}
+        if extra.get("subject_stats_version") == SUBJECT_STATS_VERSION:
+            return extra.get("subject_stats")
+        return subject_stats_for(self.kind, self.landmarks, extra, self.manifest.fps)

@@ -1,7 +1,8 @@
 """Optical-flow ground truth for the dataset: backward DIS flow plus a forward-backward confidence.
 
 Convention (the dataset's): ``flow[t]`` is *backward* flow in pixels, ``frame[t](p) ~ frame[t-1](p + flow[t](p))``,
-stored as ``(H, W, 2)`` with ``[..., 0] = dx`` and ``[..., 1] = dy``.
+stored as ``(H, W, 2)`` with ``[..., 0] = dx`` and ``[..., 1] = dy`` -- the convention of models/warp.py ``warp``,
+the one warp op, which training applies to these flows.
 """
 
 from __future__ import annotations
@@ -80,12 +81,3 @@ def backward_flow(prev_rgb: np.ndarray, cur_rgb: np.ndarray, *,
     if _DEFAULT is None:
         _DEFAULT = FlowEstimator()
     return _DEFAULT(prev_rgb, cur_rgb, fb_threshold_px=fb_threshold_px)
-
-
-def warp_backward(prev: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Warp ``prev`` with a backward flow: ``out(p) = prev(p + flow(p))`` (≈ the current frame)."""
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    flow = np.asarray(flow, np.float32)
-    return cv2.remap(np.ascontiguousarray(prev), gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)

@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clients.landmarks import KINDS, LandmarkExtractor
-from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks, face_stats
+from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks
 from trainer.dataset import DatasetWriter
 from trainer.flow import FlowEstimator
 from trainer import track as T
@@ -432,21 +432,6 @@ def _outside(box: tuple[float, float, float], w: int, h: int) -> int:
 # ------------------------------------------------------------------------------------------------------------
 # statistics
 
-def subject_stats(kind: str, landmarks: list[np.ndarray]) -> dict | None:
-    """Median body/face measures in normalised output coordinates (for later live normalisation).
-
-    dance: :func:`models.posenorm.subject_stats` (shoulder width, torso length, shoulder/hip centres over the
-    frames where shoulders and hips are visible; None when there is no such frame). face:
-    :func:`models.posenorm.face_stats` (eye distance, face height and face centre).
-    """
-    if not landmarks:
-        return None
-    if kind == "dance":
-        from models.posenorm import subject_stats as pose_stats
-        return pose_stats(np.stack(landmarks))
-    return face_stats(np.stack(landmarks))
-
-
 def _say(msg: str, log: Callable[[str], None] | None) -> str:
     if log is not None:
         log(msg)
@@ -634,7 +619,6 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
     missing: list[int] = []
     written_src: list[int] = []
     written_boxes: list[list[float]] = []
-    out_lms: list[np.ndarray] = []
     seen = 0
     with DatasetWriter(out, kind=kind, height=size, width=size, fps=info.fps, num_landmarks=num_landmarks,
                        source=str(video), overwrite=overwrite) as writer, bar("2/2 frames+flow") as pbar:
@@ -666,7 +650,6 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
                 writer.add(frame, olm, flow.astype(np.float16), conf)
             row.dataset = (row.dataset[0], writer.manifest.num_frames)
             prev = frame
-            out_lms.append(olm)
             written_src.append(src_i)
             written_boxes.append([round(v, 2) for v in box])
         if seen != n:
@@ -697,7 +680,6 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
             "landmark_coords": "x, y normalised to the output frame (not clipped); 3rd = "
                                + ("visibility" if kind == "dance" else "z scaled like x"),
             "flow": {"method": "opencv DIS preset MEDIUM, backward", "fb_threshold_px": FB_THRESHOLD_PX},
-            "subject_stats": subject_stats(kind, out_lms),
         }
     clips = [(int(a), int(b)) for a, b in writer.manifest.clips]  # final once the writer is closed
     return PrepareReport(frames_read=n, frames_written=len(written_src), missing=missing, clips=clips, out=out,

@@ -32,7 +32,6 @@ from models.checkpoint import (CheckpointError, load_generator, load_state, read
 from models.crop import crop_size_for
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import build_generator
-from models.posenorm import FaceCropConfig, face_stats, subject_stats
 from models.presets import ModelConfig
 from models.visualize import label_preview, side_by_side, to_uint8
 from models.warp import compose_flows, warp
@@ -152,28 +151,6 @@ def _load_optim(opt: torch.optim.Optimizer, tensors: dict, prefix: str, meta: di
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def model_subject_stats(dataset) -> dict | None:
-    """What a model saves about its training subject (``subject_stats`` in its metadata; the server announces it
-    and the capture client maps live landmarks with it, see :func:`models.posenorm.live_normalizer`).
-
-    dance: the body measures of :func:`models.posenorm.subject_stats`, plus ``crop`` (the fixed crop box in
-    source-frame height units and the source aspect) for videos made by ``posecast prepare``; face: the face
-    proportions of :func:`models.posenorm.face_stats`, plus ``crop`` (the :class:`FaceCropConfig` the frames
-    were cropped with). None when there is nothing to say (a synthetic dataset without visible torso).
-    """
-    extra = dataset.manifest.extra if isinstance(dataset.manifest.extra, dict) else {}
-    crop = extra.get("crop") if isinstance(extra.get("crop"), dict) else {}
-    if dataset.kind == "face":
-        stats = face_stats(np.asarray(dataset.landmarks)) or {}
-        cfg = FaceCropConfig.from_dict(crop, fps=extra.get("source_fps", dataset.manifest.fps))
-        return {**stats, "crop": cfg.to_dict()}
-    stats = subject_stats(dataset.landmarks) or {}
-    if crop.get("mode") == "fixed" and "box_height_units" in crop:
-        stats["crop"] = {"mode": "fixed", "box": [float(v) for v in crop["box_height_units"]],
-                         "aspect": float(crop["aspect"])}
-    return stats or None
-
-
 class Trainer:
     """Holds the networks and optimizers; ``run()`` is the loop."""
 
@@ -225,7 +202,7 @@ class Trainer:
         self.opt_D = torch.optim.Adam(d_params, lr=train.lr, betas=betas) if d_params else None
         self.teacher = self._load_teacher(train.teacher) if train.teacher else None
         self.iteration = 0
-        self.subject_stats = model_subject_stats(self.dataset)
+        self.subject_stats = self.dataset.subject_stats   # computed once, when the dataset was written
         if resume:
             self._resume()
 
@@ -403,10 +380,12 @@ class Trainer:
 
     # -- The loop ----------------------------------------------------------------------------------------
     def run(self) -> dict:
+        """Train until ``iterations`` or the time limit; checkpoint on the way and at the end. Returns the
+        iterations, seconds, it/s, per-iteration losses and the checkpoint path."""
         from tqdm import tqdm
         from torch.utils.tensorboard import SummaryWriter
 
-        cfg, tc, dev = self.cfg, self.tc, self.device
+        cfg, tc = self.cfg, self.tc
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "train": dataclasses.asdict(tc)},
                                                          indent=2))
@@ -418,75 +397,12 @@ class Trainer:
                    desc=f"train {cfg.name} {cfg.size}px", dynamic_ncols=True)
         try:
             while self.iteration < tc.iterations:
-                it = self.iteration
-                progress = tc.progress(it, time.monotonic() - t0)
-                for group in self.opt_G.param_groups + (self.opt_D.param_groups if self.opt_D else []):
-                    group["lr"] = tc.lr_at(progress)
-                adversarial = tc.gan_on(progress)
-
-                # Fetch training data.
-                T = min(tc.clip_frames(progress, self.min_frames), self.source.longest_clip())
-                batch = self.source.sample_batch(T, tc.batch_size, self.rng, augment)
-                landmarks = batch.pop("landmarks")
-                batch = {k: v.to(dev) for k, v in batch.items()}
-                labels, real, gt_flow = batch["labels"], batch["frames"], batch["flow"]
-                B = labels.shape[0]
-
-                # Generate the clip from zero history; crop everything to the generator's windows.
-                fake, flow, mask = self.G.rollout(labels, landmarks=landmarks)
-                boxes = self.G.track_boxes(landmarks, B, T)
-                labels_w, real_w, fake_w = (self._windows(x, boxes) for x in (labels, real, fake))
-
-                # Update the discriminators.
-                logs = {}
-                d_real, temporal = [], []
-                if adversarial and self.opt_D:
-                    d_real, temporal, logs = self._d_step(labels_w, real_w, fake_w, real, fake, gt_flow, True)
-
-                # Update the generator.
-                self.opt_G.zero_grad(set_to_none=True)
-                terms = [self._loss_l1(fake, real, batch)]
-                if cfg.is_temporal and T > 1:
-                    terms.append(self._loss_flow_warp(real_w, flow, self._windows(gt_flow, boxes),
-                                                      self._windows(batch["conf"], boxes)))
-                    logs["mask"] = mask[:, 1:].mean().item()
-                if d_real:
-                    terms.append(self._loss_adversarial(labels_w, fake_w, d_real))
-                if temporal:
-                    terms.append(self._loss_temporal(fake, gt_flow, temporal))
-                if self.teacher is not None:
-                    terms.append(self._loss_distill(fake, labels, landmarks))
-                loss_g = sum(t[0] for t in terms)
-                for _, part in terms:
-                    logs.update(part)
-                loss_g.backward()
-                self.opt_G.step()
-                if self.G_ema is not None:
-                    self._update_ema(it + 1)
-                logs["G"] = loss_g.item()
+                progress = tc.progress(self.iteration, time.monotonic() - t0)
+                logs, clip = self._iteration(progress, augment)
                 self.iteration += 1
-
-                # Report.
                 history.append(logs)
-                if self.on_iteration:
-                    self.on_iteration(self.iteration, logs)
-                bar.update(1)
-                bar.set_postfix(T=T, G=f"{logs['G']:.3f}", D=f"{logs.get('D', 0.0):.3f}", L1=f"{logs['L1']:.3f}")
-                if self.iteration % tc.log_every == 0:
-                    for k, v in logs.items():
-                        tb.add_scalar(f"loss/{k}", v, self.iteration)
-                    tb.add_scalar("train/clip_frames", T, self.iteration)
-                    tb.add_scalar("train/lr", tc.lr_at(progress), self.iteration)
-                    tb.add_scalar("train/progress", progress, self.iteration)
-                if self.iteration % tc.sample_every == 0:
-                    tb.add_image("samples", self._sample_grid(labels[0], fake[0], real[0]), self.iteration,
-                                 dataformats="HWC")
-                if self.iteration % tc.checkpoint_every == 0:
-                    self.save()
-                if not adversarial and tc.gan_on(tc.progress(self.iteration, time.monotonic() - t0)) and self.opt_D:
-                    # The end of the regression phase: keep its model beside the final one.
-                    self.save()
-                    save_checkpoint(self.out / "generator-regression", *self._generator_checkpoint())
+                self._report(logs, clip, progress, tb, bar)
+                self._checkpoints(tc.gan_on(progress), tc.progress(self.iteration, time.monotonic() - t0))
                 if tc.time_limit_s and time.monotonic() - t0 > tc.time_limit_s:
                     bar.write(f"time limit of {tc.time_limit_s:.0f}s reached at iteration {self.iteration}")
                     break
@@ -496,9 +412,87 @@ class Trainer:
                 self.save()
             tb.close()
         seconds = time.monotonic() - t0
-        done = len(history)
-        return {"iterations": self.iteration, "seconds": seconds, "it_per_s": done / seconds if seconds else 0.0,
+        return {"iterations": self.iteration, "seconds": seconds,
+                "it_per_s": len(history) / seconds if seconds else 0.0,
                 "history": history, "checkpoint": str(self.out / "generator.json")}
+
+    def _iteration(self, progress: float, augment: Augment | None) -> tuple[dict, dict]:
+        """One update of D (in the adversarial phase) and G at ``progress``. Returns (scalar logs, the clip)."""
+        tc = self.tc
+        for group in self.opt_G.param_groups + (self.opt_D.param_groups if self.opt_D else []):
+            group["lr"] = tc.lr_at(progress)
+        clip = self._generate(progress, augment)
+        logs, d_real, temporal = {}, [], []
+        if tc.gan_on(progress) and self.opt_D:
+            d_real, temporal, logs = self._d_step(clip["labels_w"], clip["real_w"], clip["fake_w"], clip["real"],
+                                                  clip["fake"], clip["flow"], True)
+        logs.update(self._g_step(clip, d_real, temporal))
+        return logs, clip
+
+    def _generate(self, progress: float, augment: Augment | None) -> dict:
+        """Sample a clip of the scheduled length, roll G over it from zero history, and cut every frame to the
+        generator's windows. Returns the batch's tensors plus fake, flow_G, mask, boxes and *_w windows."""
+        T = min(self.tc.clip_frames(progress, self.min_frames), self.source.longest_clip())
+        batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment)
+        landmarks = batch.pop("landmarks")
+        clip = {k: v.to(self.device) for k, v in batch.items()}
+        clip["real"], clip["landmarks"], clip["T"] = clip["frames"], landmarks, T
+        clip["fake"], clip["flow_G"], clip["mask"] = self.G.rollout(clip["labels"], landmarks=landmarks)
+        boxes = self.G.track_boxes(landmarks, clip["labels"].shape[0], T)
+        for name, key in (("labels_w", "labels"), ("real_w", "real"), ("fake_w", "fake"), ("flow_w", "flow"),
+                          ("conf_w", "conf")):
+            clip[name] = self._windows(clip[key], boxes)
+        return clip
+
+    def _g_step(self, clip: dict, d_real: list, temporal: list) -> dict:
+        """Update G on the sum of its loss terms (each a small function returning (loss, logs)); EMA after."""
+        self.opt_G.zero_grad(set_to_none=True)
+        logs = {}
+        terms = [self._loss_l1(clip["fake"], clip["real"], clip)]
+        if self.cfg.is_temporal and clip["T"] > 1:
+            terms.append(self._loss_flow_warp(clip["real_w"], clip["flow_G"], clip["flow_w"], clip["conf_w"]))
+            logs["mask"] = clip["mask"][:, 1:].mean().item()
+        if d_real:
+            terms.append(self._loss_adversarial(clip["labels_w"], clip["fake_w"], d_real))
+        if temporal:
+            terms.append(self._loss_temporal(clip["fake"], clip["flow"], temporal))
+        if self.teacher is not None:
+            terms.append(self._loss_distill(clip["fake"], clip["labels"], clip["landmarks"]))
+        loss_g = sum(t[0] for t in terms)
+        for _, part in terms:
+            logs.update(part)
+        loss_g.backward()
+        self.opt_G.step()
+        if self.G_ema is not None:
+            self._update_ema(self.iteration + 1)
+        logs["G"] = loss_g.item()
+        return logs
+
+    def _report(self, logs: dict, clip: dict, progress: float, tb, bar) -> None:
+        """Progress bar, the on_iteration hook, TensorBoard scalars and sample grids."""
+        tc, it = self.tc, self.iteration
+        if self.on_iteration:
+            self.on_iteration(it, logs)
+        bar.update(1)
+        bar.set_postfix(T=clip["T"], G=f"{logs['G']:.3f}", D=f"{logs.get('D', 0.0):.3f}", L1=f"{logs['L1']:.3f}")
+        if it % tc.log_every == 0:
+            for k, v in logs.items():
+                tb.add_scalar(f"loss/{k}", v, it)
+            tb.add_scalar("train/clip_frames", clip["T"], it)
+            tb.add_scalar("train/lr", tc.lr_at(progress), it)
+            tb.add_scalar("train/progress", progress, it)
+        if it % tc.sample_every == 0:
+            tb.add_image("samples", self._sample_grid(clip["labels"][0], clip["fake"][0], clip["real"][0]), it,
+                         dataformats="HWC")
+
+    def _checkpoints(self, was_adversarial: bool, progress_now: float) -> None:
+        """Every ``checkpoint_every`` iterations; and at the end of the regression phase, whose model is kept
+        beside the final one (``generator-regression.*``)."""
+        if self.iteration % self.tc.checkpoint_every == 0:
+            self.save()
+        if not was_adversarial and self.tc.gan_on(progress_now) and self.opt_D:
+            self.save()
+            save_checkpoint(self.out / "generator-regression", *self._generator_checkpoint())
 
     def _sample_grid(self, labels, fake, real) -> np.ndarray:
         """Rows of label | generated | real for up to 4 frames of one clip."""
