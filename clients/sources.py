@@ -252,7 +252,7 @@ class SyntheticSource(Source):
 
     def __init__(self, seed: int = 0, fps: float = DEFAULT_FPS, num_frames: int | None = None, *,
                  realtime: bool = True, preview_size: int = 256, start: int = 0):
-        from .motion import DanceMotion
+        from models.motion import DanceMotion
 
         if num_frames is not None and num_frames < 0:
             raise SourceError(f"num_frames must be >= 0, got {num_frames}")

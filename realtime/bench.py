@@ -137,7 +137,7 @@ def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), 
 def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3) -> Path:
     """A landmark recording of the synthetic dancer (what `capture --save-landmarks` writes)."""
     from clients.sources import save_recording
-    from clients.motion import DanceMotion
+    from models.motion import DanceMotion
 
     motion = DanceMotion(seed=seed, fps=fps)
     lms = np.stack([motion.landmarks(i) for i in range(frames)]).astype(np.float32)

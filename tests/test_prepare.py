@@ -149,14 +149,14 @@ def test_bad_arguments(tmp_path):
 
 
 def test_landmarks_module_imports_without_mediapipe():
-    code = "import sys, clients.landmarks as m; assert 'mediapipe' not in sys.modules; print(m.POSE_LANDMARKS)"
+    code = "import sys, models.detect as m; assert 'mediapipe' not in sys.modules; print(m.POSE_LANDMARKS)"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "33"
 
 
 def test_unknown_landmark_kind():
-    from clients.landmarks import LandmarkExtractor
+    from models.detect import LandmarkExtractor
     with pytest.raises(ValueError, match="hands"):
         LandmarkExtractor("hands")
 
@@ -165,7 +165,7 @@ def test_unknown_landmark_kind():
 
 @needs_messi
 def test_landmark_extractor_pose_on_photo():
-    from clients.landmarks import POSE_LANDMARKS, LandmarkExtractor
+    from models.detect import POSE_LANDMARKS, LandmarkExtractor
     rgb = cv2.cvtColor(cv2.imread(str(MESSI)), cv2.COLOR_BGR2RGB)
     with LandmarkExtractor("dance", static_image_mode=True) as ex:
         assert ex.num_landmarks == POSE_LANDMARKS == 33
@@ -228,7 +228,7 @@ def test_prepare_dance_from_moving_photo(tmp_path):
         assert not np.asarray(ds.flow[a]).any() and not np.asarray(ds.flow_conf[a]).any()
         assert np.asarray(ds.flow_conf[a + 1]).mean() > 100
     # Landmarks really are in the output frame: re-detect on a written frame.
-    from clients.landmarks import LandmarkExtractor
+    from models.detect import LandmarkExtractor
     with LandmarkExtractor("dance", static_image_mode=True) as ex:
         again = ex(np.asarray(ds.frames[2]))
     assert again is not None
@@ -302,7 +302,7 @@ def test_face_shots_and_identities_reported_as_in_the_manifest(tmp_path, capsys)
 
 @needs_messi
 def test_mediapipe_log_lines_stay_off_the_console():
-    code = ("import cv2; from clients.landmarks import LandmarkExtractor; "
+    code = ("import cv2; from models.detect import LandmarkExtractor; "
             f"im = cv2.cvtColor(cv2.imread({str(MESSI)!r}), cv2.COLOR_BGR2RGB); "
             "ex = LandmarkExtractor('dance', static_image_mode=True); a = ex(im); "
             "f = LandmarkExtractor('face'); f(im); f(im); ex.close(); f.close(); "

@@ -154,7 +154,7 @@ class _PoseProbe:
         self._extractor = None
 
     def begin_clip(self) -> None:
-        from clients.landmarks import LandmarkExtractor
+        from models.detect import LandmarkExtractor
 
         self.close()
         self._extractor = LandmarkExtractor(self.kind)

@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from clients.landmarks import KINDS, LandmarkExtractor
+from models.detect import KINDS, LandmarkExtractor
 from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks, face_stats
 from trainer.dataset import DatasetWriter
 from trainer.flow import FlowEstimator

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .dataset import DatasetWriter
-from clients.motion import (
+from models.motion import (
     FIGURE_SCALE, FOOT_BACK, FOOT_FWD, FOREARM, HAND, HEAD_RX, HEAD_RY, HEAD_UP, LM, SHIN, THIGH, TORSO_A,
     TORSO_BOTTOM_Y, TORSO_DEPTH, TORSO_TOP_Y, TORSO_V, UPPER_ARM, DanceMotion, Pose, pose_landmarks, rot2,
 )

@@ -105,7 +105,7 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 class MultiPoseDetector:
     """Up to ``max_people`` pose detections per frame (MediaPipe, static mode, each person masked after it is
-    found). ``extractor``: a :class:`clients.landmarks.LandmarkExtractor` of kind "dance" in static-image mode."""
+    found). ``extractor``: a :class:`models.detect.LandmarkExtractor` of kind "dance" in static-image mode."""
 
     def __init__(self, extractor, max_people: int = 4):
         if max_people < 1:

@@ -9,6 +9,9 @@ cross-faded over their last beats, so the motion never pops. The tempo drifts sm
 
 Output: the 33 landmarks of MediaPipe Pose (same order and left/right convention) plus the extra
 geometry the renderer (:mod:`trainer.synth`) needs, in :class:`Pose`.
+
+It lives in models/ because two layers use the one body model: trainer/synth.py renders the synthetic dataset
+from it, and the capture client's ``synthetic`` source (clients/sources.py) streams its landmarks live.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The one MediaPipe wrapper: RGB image -> (K, 3) landmark array.
+"""The one MediaPipe wrapper: RGB image -> (K, 3) landmark array (landmark *detection*).
 
-Used by ``posecast prepare`` (video -> training dataset) and by the live capture client, so both see the
-same landmark layout:
+Used by ``posecast prepare`` (video -> training dataset, trainer/) and by the live capture client (clients/),
+so both see the same landmark layout. It lives in models/, the layer both of them stand on: MediaPipe's Pose and
+Face Mesh are pretrained networks, and trainer/ must not import clients/.
 
 * ``kind="dance"``: MediaPipe Pose, 33 landmarks, rows ``(x, y, visibility)``.
 * ``kind="face"``: MediaPipe Face Mesh (one face), 478 landmarks with iris refinement (468 without),
