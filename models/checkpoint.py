@@ -15,9 +15,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .generator import SequentialGenerator, build_generator
+from .generator import SequentialGenerator
 from .io import atomic_write
 from .presets import ModelConfig
+from .registry import build_generator
 
 FORMAT = "posecast-checkpoint"
 VERSION = 1

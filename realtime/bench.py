@@ -25,7 +25,7 @@ def random_checkpoint(preset: str, size: int, folder: str | os.PathLike, seed: i
     import torch
 
     from models.checkpoint import save_checkpoint
-    from models.generator import build_generator
+    from models.registry import build_generator
     from models.presets import get_preset
 
     from models.crop import typical_crop
@@ -87,7 +87,7 @@ def bench_generator(preset: str, backend: str, size: int, *, runs: int = 50, war
     import torch
 
     from models.flops import count_macs
-    from models.generator import build_generator
+    from models.registry import build_generator
     from models.presets import get_preset
 
     from .engine import open_engine

@@ -276,7 +276,8 @@ def export_onnx(model, out_path: str | os.PathLike | None = None, *, opset: int 
     import onnx
     import torch
 
-    from models.generator import SequentialGenerator, build_generator
+    from models.generator import SequentialGenerator
+    from models.registry import build_generator
 
     t0 = time.perf_counter()
     if isinstance(model, SequentialGenerator):
@@ -558,7 +559,7 @@ def compile_torch_tensorrt(model: str | os.PathLike, *, fp16: bool = False,
     import torch
 
     from models.checkpoint import load_state
-    from models.generator import build_generator
+    from models.registry import build_generator
 
     tt = import_torch_tensorrt()
     cfg, state, sha = load_checkpoint_state(model)

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.generator import build_generator
 from models.presets import get_preset
+from models.registry import build_generator
 from realtime.engine import open_engine
 from realtime.session import Session, step_sessions
 

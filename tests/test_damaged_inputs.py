@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from models.generator import build_generator
 from models.presets import get_preset
+from models.registry import build_generator
 from trainer.dataset import Dataset, DatasetError
 from trainer.synth import synthesize
 

@@ -16,8 +16,8 @@ import torch
 
 import realtime.export as X
 from models.checkpoint import load_generator, save_checkpoint
-from models.generator import build_generator
 from models.presets import get_preset
+from models.registry import build_generator
 from realtime.engine import EngineError, TorchEngine, open_engine
 from realtime.export import ExportError, export, export_onnx
 

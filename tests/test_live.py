@@ -13,8 +13,8 @@ import torch
 from clients.capture import capture
 from clients.demo import bundled_model, demo
 from models.checkpoint import save_checkpoint
-from models.generator import build_generator
 from models.presets import get_preset
+from models.registry import build_generator
 from realtime.engine import open_engine
 from realtime.server import Server
 
