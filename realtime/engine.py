@@ -33,11 +33,9 @@ import numpy as np
 
 from models.presets import ModelConfig
 
+from .errors import EngineError
+
 _BACKENDS: dict[str, Callable[..., "Engine"]] = {}
-
-
-class EngineError(RuntimeError):
-    """A backend is unavailable here, or an engine cannot be built/loaded."""
 
 
 def register_backend(name: str):

@@ -42,7 +42,7 @@ from models.checkpoint import read_checkpoint, resolve, subdict
 from models.io import atomic_write
 from models.presets import ModelConfig
 
-from .engine import EngineError
+from .errors import EngineError
 
 EXPORT_VERSION = 2                 # 2: a dynamic batch axis on every input and output
 BATCH_AXIS = "batch"               # the name of that axis in the ONNX graph
