@@ -276,7 +276,7 @@ def test_prepare_face_megamind(tmp_path):
 @pytest.mark.timeout(180)
 def test_face_shots_and_identities_reported_as_in_the_manifest(tmp_path, capsys):
     """Megamind.avi cuts between two characters three times (frames 98, 154 and 200)."""
-    from posecast_cli import main
+    from posecast.cli import main
     from trainer.prepare import parse_clip_table
 
     out = tmp_path / "face"
