@@ -42,10 +42,10 @@ import cv2
 import numpy as np
 
 from models.io import atomic_write
+from models.landmarks import KINDS
 
 RECORDING_FORMAT = "posecast-landmarks"
 RECORDING_VERSION = 1
-KINDS = ("dance", "face")
 DEFAULT_FPS = 30.0
 
 

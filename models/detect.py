@@ -31,10 +31,7 @@ import threading
 
 import numpy as np
 
-POSE_LANDMARKS = 33
-FACE_LANDMARKS = 468
-FACE_LANDMARKS_REFINED = 478
-KINDS = ("dance", "face")
+from .landmarks import FACE_NUM_LANDMARKS, FACE_NUM_LANDMARKS_REFINED, KINDS, POSE_NUM_LANDMARKS
 
 
 def _logs_wanted() -> bool:
@@ -173,14 +170,14 @@ class LandmarkExtractor:
         self.kind = kind
         self.static_image_mode = bool(static_image_mode)
         if kind == "dance":
-            self.num_landmarks = POSE_LANDMARKS
+            self.num_landmarks = POSE_NUM_LANDMARKS
             self._solution = mp.solutions.pose.Pose(
                 static_image_mode=self.static_image_mode, model_complexity=model_complexity,
                 smooth_landmarks=True, enable_segmentation=False,
                 min_detection_confidence=min_detection_confidence,
                 min_tracking_confidence=min_tracking_confidence)
         else:
-            self.num_landmarks = FACE_LANDMARKS_REFINED if refine_face else FACE_LANDMARKS
+            self.num_landmarks = FACE_NUM_LANDMARKS_REFINED if refine_face else FACE_NUM_LANDMARKS
             self._solution = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=bool(refine_face),
                 min_detection_confidence=min_detection_confidence,

@@ -32,9 +32,10 @@ import msgpack
 import numpy as np
 import zmq
 
+from models.landmarks import POSE_LAYOUT
 from realtime import protocol as P
 
-K = 33  # the synthetic dancer's pose layout (every stress model is a dance model)
+K = POSE_LAYOUT.num_landmarks  # the synthetic dancer's pose layout (every stress model is a dance model)
 
 
 def _rss_kib(pid: int) -> int | None:

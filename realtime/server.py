@@ -47,10 +47,11 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from models.landmarks import layout_of
 from realtime import protocol as P
 from realtime.protocol import ErrorCode, ProtocolError
 from realtime.security import CurveConfig, CurveServer, check_bind
-from realtime.session import Session, layout_of, step_sessions
+from realtime.session import Session, step_sessions
 
 LOGGER_NAME = "posecast.server"
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -204,11 +205,12 @@ class Server:
         self.poll_ms = max(1, int(round(poll_interval_s * 1000)))
 
         meta = getattr(engine, "meta", None) or {}
-        layout, num_landmarks, _ = layout_of(cfg.kind)
+        layout = layout_of(cfg.kind)
         fps = meta.get("dataset_fps")
         self.welcome = P.Welcome(
             version=P.PROTOCOL_VERSION, kind=cfg.kind, size=cfg.size, history_frames=cfg.history_frames,
-            num_landmarks=num_landmarks, layout=layout, model=cfg.name, backend=str(getattr(engine, "backend", "")),
+            num_landmarks=layout.num_landmarks, layout=layout.name, model=cfg.name,
+            backend=str(getattr(engine, "backend", "")),
             subject_stats=meta.get("subject_stats") if isinstance(meta.get("subject_stats"), dict) else None,
             fps=float(fps) if type(fps) in (int, float) and np.isfinite(fps) and fps > 0 else 30.0,
             heartbeat_s=lim.heartbeat_s, idle_timeout_s=lim.idle_timeout_s, max_message_bytes=P.MAX_MESSAGE_BYTES,

@@ -149,7 +149,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_landmarks_module_imports_without_mediapipe():
-    code = "import sys, models.detect as m; assert 'mediapipe' not in sys.modules; print(m.POSE_LANDMARKS)"
+    code = "import sys, models.detect as m; assert 'mediapipe' not in sys.modules; print(m.POSE_NUM_LANDMARKS)"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "33"
@@ -165,7 +165,8 @@ def test_unknown_landmark_kind():
 
 @needs_messi
 def test_landmark_extractor_pose_on_photo():
-    from models.detect import POSE_LANDMARKS, LandmarkExtractor
+    from models.detect import LandmarkExtractor
+    from models.landmarks import POSE_NUM_LANDMARKS as POSE_LANDMARKS
     rgb = cv2.cvtColor(cv2.imread(str(MESSI)), cv2.COLOR_BGR2RGB)
     with LandmarkExtractor("dance", static_image_mode=True) as ex:
         assert ex.num_landmarks == POSE_LANDMARKS == 33
