@@ -88,3 +88,12 @@ def test_renderer_session_and_wire_share_the_validator():
     with pytest.raises(P.ProtocolError, match=r"got \[-1, 3\]") as e:
         P.decode(raw)
     assert (e.value.code, e.value.seq) == (P.ErrorCode.BAD_LANDMARKS, 4)
+
+
+def test_protocol_docs_name_the_table():
+    import dataclasses
+
+    docs = {f.name: f.metadata["doc"] for f in dataclasses.fields(P.Welcome)}
+    assert all(f"'{lay.name}'" in docs["layout"] for lay in LAYOUTS.values())
+    assert f"{POSE_LAYOUT.num_landmarks} pose" in docs["num_landmarks"]
+    assert f"face: {FACE_LAYOUT.num_landmarks}, {FACE_LAYOUT.accepted[0]} also accepted" in docs["num_landmarks"]
