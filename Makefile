@@ -39,12 +39,12 @@ bench: venv
 # soak: N clients at 30 fps for 120 s, per-client accounting and server RSS growth.
 SOAK_ARGS ?= --clients 4 --fps 30 --seconds 120
 soak: venv
-	$(BIN)/python -m realtime.stress soak $(SOAK_ARGS)
+	$(BIN)/python -m posecast.stress soak $(SOAK_ARGS)
 
 # fuzz: >= 100,000 malformed messages while a legitimate client streams.
 FUZZ_ARGS ?= --messages 100000
 fuzz: venv
-	$(BIN)/python -m realtime.stress fuzz $(FUZZ_ARGS)
+	$(BIN)/python -m posecast.stress fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -193,7 +193,7 @@ class _Reader(threading.Thread):
                 if lm is None and item.rgb is not None:
                     aspect = item.rgb.shape[1] / item.rgb.shape[0]
                     if self.extractor is None:
-                        from clients.landmarks import LandmarkExtractor
+                        from models.detect import LandmarkExtractor
                         self.extractor = LandmarkExtractor(self.kind)
                     t = time.perf_counter()
                     lm = self.extractor(item.rgb)
@@ -790,7 +790,7 @@ class _Run:
         t0 = time.monotonic()
         extractor = None
         if self.source.kind is None:  # an image source: MediaPipe is loaded (and started) before the first frame
-            from clients.landmarks import LandmarkExtractor
+            from models.detect import LandmarkExtractor
             try:
                 extractor = LandmarkExtractor(self.c.welcome.kind)
             except BaseException:

@@ -24,7 +24,7 @@ files (no pickle; read with ``np.load(allow_pickle=False)``) holding:
     landmarks   float32 (N, K, 3), the raw (not pose-normalised) landmarks; an all-NaN frame = no detection
     capture_ts  float64 (N,), the original capture times (seconds, time.time())
 
-They are written atomically (temporary file in the same folder, then ``os.replace``).
+They are written atomically (``models.io.atomic_write``: temporary file in the same folder, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import abc
 import dataclasses
 import math
 import os
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -42,9 +41,11 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from models.io import atomic_write
+from models.landmarks import KINDS
+
 RECORDING_FORMAT = "posecast-landmarks"
 RECORDING_VERSION = 1
-KINDS = ("dance", "face")
 DEFAULT_FPS = 30.0
 
 
@@ -251,7 +252,7 @@ class SyntheticSource(Source):
 
     def __init__(self, seed: int = 0, fps: float = DEFAULT_FPS, num_frames: int | None = None, *,
                  realtime: bool = True, preview_size: int = 256, start: int = 0):
-        from .motion import DanceMotion
+        from models.motion import DanceMotion
 
         if num_frames is not None and num_frames < 0:
             raise SourceError(f"num_frames must be >= 0, got {num_frames}")
@@ -319,22 +320,13 @@ def save_recording(path: str | os.PathLike, landmarks: np.ndarray, *, kind: str,
     ts = np.full(len(lm), np.nan) if capture_ts is None else np.asarray(capture_ts, np.float64)
     if ts.shape != (len(lm),):
         raise ValueError(f"capture_ts must have shape ({len(lm)},), got {ts.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             np.savez(f, format=np.array(RECORDING_FORMAT), version=np.array(RECORDING_VERSION, np.int64),
                      kind=np.array(kind), fps=np.array(float(fps)), aspect=np.array(float(aspect)),
                      landmarks=lm, capture_ts=ts)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(path, write, fsync=True)
     return path
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .generator import SequentialGenerator, build_generator
+from .generator import SequentialGenerator
+from .io import atomic_write
 from .presets import ModelConfig
+from .registry import build_generator
 
 FORMAT = "posecast-checkpoint"
 VERSION = 1
@@ -27,21 +28,6 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not match its config."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], cfg: ModelConfig,
                     meta: dict | None = None) -> Path:
     """Write ``stem.safetensors`` and ``stem.json``. ``tensors`` keys are namespaced, e.g. ``G.trunk...``."""
@@ -49,9 +35,9 @@ def save_checkpoint(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], c
     weights = stem.with_suffix(".safetensors")
     doc = {"format": FORMAT, "version": VERSION, "config": cfg.to_dict(), "meta": meta or {}}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(weights, lambda p: save_file(flat, p, metadata={"format": FORMAT}))
+    atomic_write(weights, lambda p: save_file(flat, p, metadata={"format": FORMAT}))
     # The JSON goes last: its presence marks a complete checkpoint.
-    _atomic_write(stem.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(doc, indent=2)))
+    atomic_write(stem.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(doc, indent=2)))
     return stem.with_suffix(".json")
 
 

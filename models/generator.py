@@ -85,24 +85,6 @@ class _LocalLevel(nn.Module):
         return img_feat, flow_feat
 
 
-_ARCHS: dict[str, type["SequentialGenerator"]] = {}
-
-
-def register_arch(name: str):
-    """Class decorator: make a generator architecture buildable by ``ModelConfig.arch``."""
-    def deco(cls):
-        _ARCHS[name] = cls
-        return cls
-    return deco
-
-
-def build_generator(cfg: ModelConfig) -> "SequentialGenerator":
-    """The generator network of ``cfg`` (by ``cfg.arch``), freshly initialised."""
-    if cfg.arch not in _ARCHS:
-        raise ValueError(f"unknown generator architecture {cfg.arch!r}; known: {', '.join(sorted(_ARCHS))}")
-    return _ARCHS[cfg.arch](cfg)
-
-
 class SequentialGenerator(nn.Module):
     """What every architecture shares: the one-step contract plus the zero-history rollout."""
 
@@ -151,7 +133,6 @@ class SequentialGenerator(nn.Module):
         return torch.stack(frames, 1), torch.stack(flows, 1), torch.stack(masks, 1)
 
 
-@register_arch("vid2vid")
 class Generator(SequentialGenerator):
     """vid2vid's generator (see the module docstring)."""
 
@@ -206,6 +187,3 @@ class Generator(SequentialGenerator):
         frame = mask * warped + (1 - mask) * hallucinated
         return frame, flow, mask
 
-
-# Architectures defined in their own modules register themselves on import.
-from . import lite as _lite  # noqa: E402,F401

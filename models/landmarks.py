@@ -1,6 +1,11 @@
-"""Landmark topology tables (MediaPipe Pose and Face Mesh) used by the label-map renderers.
+"""Landmark layouts (MediaPipe Pose and Face Mesh): THE table every layer asks, and the one validator.
 
-Plain Python tables only: this module must import neither mediapipe nor cv2 (it is loaded by
+``LAYOUTS`` / ``layout_of(kind)`` give, per landmark kind, the wire layout name, the number of landmarks K (the
+default and every accepted count), the landmark names and the head's indices; ``validate_landmarks`` is the one
+check of a ``(K, 3)`` array (dtype, shape, K, inf, magnitude) that the renderers, the live sessions and the wire
+decoder all call. Below them, the topology tables the label-map renderers draw.
+
+Tables and numpy only: this module must import neither mediapipe nor cv2 (it is loaded by
 the live server and by training workers).  The face polylines were derived once, offline, by
 chaining the edges of mediapipe's ``face_mesh_connections`` sets into ordered paths;
 ``tests/test_render.py`` checks them (and ``POSE_CONNECTIONS``) against mediapipe.
@@ -12,7 +17,10 @@ Missing landmarks are NaN.  "Left" is the person's left.
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
+
+import numpy as np
 
 # --------------------------------------------------------------------------------------------
 # Pose (MediaPipe Pose / BlazePose, 33 landmarks)
@@ -164,3 +172,127 @@ FACE_CLOSED_GROUPS: frozenset[str] = frozenset(
     g for g, lines in FACE_CONTOURS.items() if all(p[0] == p[-1] for p in lines))
 
 assert all(i < FACE_NUM_LANDMARKS for lines in FACE_CONTOURS.values() for p in lines for i in p)
+
+
+# --------------------------------------------------------------------------------------------
+# Face: named points (MediaPipe Face Mesh indices; "right" is the person's right)
+# --------------------------------------------------------------------------------------------
+
+FACE_POINTS: MappingProxyType = MappingProxyType({
+    "forehead": 10,             # top of the face oval
+    "chin": 152,
+    "nose_tip": 1,
+    "right_eye_outer": 33, "right_eye_inner": 133,
+    "left_eye_outer": 263, "left_eye_inner": 362,
+    "right_cheek": 234, "left_cheek": 454,   # the face oval's widest points
+})
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts: one row per landmark kind
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkLayout:
+    """What every layer needs to know about one kind's ``(K, 3)`` landmark arrays."""
+
+    kind: str                     # the landmark / label kind: "dance" (MediaPipe Pose) or "face" (Face Mesh)
+    name: str                     # wire name of the layout (protocol Welcome.layout)
+    num_landmarks: int            # K a producer sends by default (the live server announces it)
+    accepted: tuple[int, ...]     # every K accepted, ascending (face: 468, and 478 with refined irises)
+    third: str                    # meaning of column 3: "visibility" (pose) or "z" (face)
+    names: tuple[str, ...] = ()   # a name per landmark, where the layout has them (pose)
+    head: tuple[int, ...] = ()    # indices of the landmarks that belong to the head (pose; a face mesh is all head)
+    points: MappingProxyType = dataclasses.field(default_factory=lambda: MappingProxyType({}))  # named points
+
+    def index(self, name: str) -> int:
+        """The index of a named landmark or point (``"left_shoulder"``, ``"chin"``)."""
+        if name in self.points:
+            return self.points[name]
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"no landmark {name!r} in the {self.kind} layout ({self.name})") from None
+
+
+POSE_LAYOUT = LandmarkLayout(kind="dance", name="mediapipe-pose-33", num_landmarks=POSE_NUM_LANDMARKS,
+                             accepted=(POSE_NUM_LANDMARKS,), third="visibility", names=POSE_LANDMARK_NAMES,
+                             head=POSE_HEAD_LANDMARKS)
+FACE_LAYOUT = LandmarkLayout(kind="face", name="mediapipe-face-mesh", num_landmarks=FACE_NUM_LANDMARKS_REFINED,
+                             accepted=(FACE_NUM_LANDMARKS, FACE_NUM_LANDMARKS_REFINED), third="z",
+                             points=FACE_POINTS)
+
+#: landmark kind -> its layout; the kinds are the label kinds of models/render.py.
+LAYOUTS: MappingProxyType = MappingProxyType({lay.kind: lay for lay in (POSE_LAYOUT, FACE_LAYOUT)})
+KINDS: tuple[str, ...] = tuple(LAYOUTS)
+
+
+def layout_of(kind: str) -> LandmarkLayout:
+    """The layout of a landmark kind; ValueError naming the known kinds otherwise."""
+    try:
+        return LAYOUTS[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown label kind {kind!r}; expected one of {KINDS}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: the one check of a (K, 3) landmark array
+# --------------------------------------------------------------------------------------------
+
+class LandmarkError(ValueError):
+    """A landmark array is malformed. ``problem`` names what: "dtype", "shape", "count", "inf" or "range"."""
+
+    def __init__(self, problem: str, message: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+def validate_landmarks(landmarks, layout: LandmarkLayout | str | None = None, *, max_count: int | None = None,
+                       max_abs: float | None = None, values: bool = True) -> np.ndarray:
+    """Check a landmark array and return it as float32 ``(K, 3)`` (it may share memory with the input: never
+    modify it in place); raises LandmarkError (a ValueError) whose message names the problem.
+
+    ``layout``    a LandmarkLayout or its kind: K must be one of ``layout.accepted``. None: any 0 < K.
+    ``max_count`` K must not exceed this (the wire's limit, for checks without a layout).
+    ``max_abs``   reject values beyond +-max_abs (the live server's guard against pixel coordinates and garbage).
+    ``values``    False: dtype and shape only (the wire decoder checks the shape before the values are read).
+
+    NaN marks a missing value and always passes; +-inf never does (when ``values``).
+    """
+    if isinstance(layout, str):
+        layout = layout_of(layout)
+    what = f"{layout.kind} landmarks" if layout else "landmarks"
+    try:
+        arr = np.asarray(landmarks)
+    except Exception:  # noqa: BLE001 - anything that is not array-like (ragged lists, objects)
+        raise LandmarkError("dtype", f"{what} are not a numeric array") from None
+    if arr.dtype.kind not in "fiu":
+        raise LandmarkError("dtype", f"{what} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise LandmarkError("shape", f"{what} must be a 2-D (K, 3) array, got ndim={arr.ndim} with shape "
+                                     f"{arr.shape}")
+    if arr.shape[1] != 3:
+        raise LandmarkError("shape", f"{what} must have 3 columns (x, y, {layout.third if layout else 'visibility/z'})"
+                                     f", got shape {arr.shape}")
+    k = arr.shape[0]
+    if layout is not None and k not in layout.accepted:
+        expected = " or ".join(map(str, layout.accepted))
+        raise LandmarkError("count", f"{what}: wrong number of landmarks K={k}, expected {expected} ({layout.name})")
+    if k == 0 or (max_count is not None and k > max_count):
+        bound = f"0 < K <= {max_count}" if max_count is not None else "0 < K"
+        raise LandmarkError("count", f"{what}: wrong number of landmarks K={k}, expected {bound}")
+    arr = arr.astype(np.float32, copy=False)
+    if not values:
+        return arr
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(arr) if max_abs is None else np.abs(arr) > max_abs  # NaN -> False (allowed)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        listed = f"rows {rows[:8].tolist()}{'...' if rows.size > 8 else ''}"
+        n_inf = int(np.isinf(arr).sum())
+        if n_inf:
+            raise LandmarkError("inf", f"{what} contain {n_inf} inf value(s) ({listed}); missing landmarks must "
+                                       f"be NaN, not inf")
+        raise LandmarkError("range", f"{what} contain values beyond +-{max_abs:g} ({listed}); x, y must be "
+                                     f"normalised to [0, 1] and missing landmarks sent as NaN")
+    return arr

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .crop import BoxTracker, head_box
-from .generator import SequentialGenerator, register_arch
+from .generator import SequentialGenerator
 from .presets import ModelConfig
 from .warp import warp
 
@@ -118,7 +118,6 @@ def border_window(height: int, width: int, border_px: int = BORDER_PX) -> torch.
     return (ramp(height)[:, None] * ramp(width)[None, :])[None, None]
 
 
-@register_arch("lite")
 class LiteGenerator(SequentialGenerator):
     uses_background_plate = True
 

@@ -23,7 +23,10 @@ import math
 
 import numpy as np
 
-L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 11, 12, 23, 24
+from .landmarks import FACE_NUM_LANDMARKS, FACE_POINTS, POSE_INDEX, POSE_NUM_LANDMARKS
+
+L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = (POSE_INDEX[n] for n in ("left_shoulder", "right_shoulder", "left_hip",
+                                                                 "right_hip"))
 
 
 def subject_stats(landmarks: np.ndarray, visibility_threshold: float = 0.5) -> dict | None:
@@ -32,7 +35,7 @@ def subject_stats(landmarks: np.ndarray, visibility_threshold: float = 0.5) -> d
     All values are in normalised frame coordinates. None when no frame shows both shoulders and hips.
     """
     lm = np.asarray(landmarks, np.float32)
-    if lm.ndim != 3 or lm.shape[1] != 33:
+    if lm.ndim != 3 or lm.shape[1] != POSE_NUM_LANDMARKS:
         return None
     core = lm[:, [L_SHOULDER, R_SHOULDER, L_HIP, R_HIP]]
     ok = np.isfinite(core).all(axis=(1, 2)) & (core[:, :, 2] >= visibility_threshold).all(axis=1)
@@ -178,7 +181,7 @@ class PoseNormalizer:
         if landmarks is None:
             return None
         lm = np.asarray(landmarks, np.float32)
-        if self.target_stats is None or lm.shape != (33, 3):
+        if self.target_stats is None or lm.shape != (POSE_NUM_LANDMARKS, 3):
             return lm
         self._observe(lm)
         if self.source_stats is None:
@@ -309,8 +312,8 @@ class FaceCrop:
 
 
 # MediaPipe face-mesh landmark indices of the face statistics.
-FACE_EYE_OUTER = (33, 263)
-FACE_TOP, FACE_CHIN = 10, 152
+FACE_EYE_OUTER = (FACE_POINTS["right_eye_outer"], FACE_POINTS["left_eye_outer"])    # 33, 263
+FACE_TOP, FACE_CHIN = FACE_POINTS["forehead"], FACE_POINTS["chin"]                 # 10, 152
 
 
 def face_stats(landmarks: np.ndarray) -> dict | None:
@@ -320,7 +323,7 @@ def face_stats(landmarks: np.ndarray) -> dict | None:
     and ``face_center`` (mean of all landmarks).
     """
     lm = np.asarray(landmarks, np.float32)
-    if lm.ndim != 3 or lm.shape[1] < 468:
+    if lm.ndim != 3 or lm.shape[1] < FACE_NUM_LANDMARKS:
         return None
     lm = lm[np.isfinite(lm[:, :, :2]).all(axis=(1, 2))]
     if not len(lm):

@@ -27,7 +27,7 @@ import numpy as np
 from models.landmarks import (
     FACE_CONTOURS,
     FACE_NUM_LANDMARKS,
-    FACE_NUM_LANDMARKS_REFINED,
+    KINDS,
     POSE_DERIVED_POINTS,
     POSE_HEAD_LANDMARKS,
     POSE_JOINT_COLORS,
@@ -35,6 +35,8 @@ from models.landmarks import (
     POSE_LIMBS,
     POSE_NUM_LANDMARKS,
     POSE_NUM_POINTS,
+    layout_of,
+    validate_landmarks,
 )
 
 __all__ = [
@@ -50,7 +52,7 @@ __all__ = [
     "face_distance_scale",
 ]
 
-LABEL_KINDS = ("dance", "face")
+LABEL_KINDS = KINDS  # one label kind per landmark layout (models/landmarks.py LAYOUTS)
 
 _SHIFT = 4                      # cv2 fixed-point fractional bits (1/16 px)
 _ONE = float(1 << _SHIFT)
@@ -117,34 +119,15 @@ def _prepare_out(out, channels: int, h: int, w: int) -> np.ndarray:
 def check_landmarks(kind: str, landmarks) -> np.ndarray:
     """Validate a landmark array for ``kind`` and return it as float32 ``(K, 3)``.
 
-    NaN (missing) values are allowed; +-inf is not.  ``None`` means "no detection" and returns an
-    all-NaN array of the default K.  The returned array may share memory with the input: never
-    modify it in place.  Raises ValueError naming the problem.
+    The one validator (``models.landmarks.validate_landmarks`` against ``kind``'s layout: NaN (missing) values
+    are allowed, +-inf is not), plus: ``None`` means "no detection" and returns an all-NaN array of the
+    layout's default K.  The returned array may share memory with the input: never modify it in place.
+    Raises ValueError (LandmarkError) naming the problem.
     """
-    spec = _kind_spec(kind)
+    layout = layout_of(kind)
     if landmarks is None:
-        return np.full((spec.counts[0], 3), np.nan, dtype=np.float32)
-    arr = np.asarray(landmarks)
-    if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{kind} landmarks must be a real numeric array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{kind} landmarks must be a 2-D (K, 3) array, got ndim={arr.ndim} with shape {arr.shape}")
-    if arr.shape[1] != 3:
-        raise ValueError(
-            f"{kind} landmarks must have 3 columns (x, y, visibility/z), got shape {arr.shape}")
-    if arr.shape[0] not in spec.counts:
-        expected = " or ".join(str(k) for k in spec.counts)
-        raise ValueError(
-            f"{kind} landmarks: wrong number of landmarks K={arr.shape[0]}, expected {expected}")
-    arr = arr.astype(np.float32, copy=False)
-    bad = np.isinf(arr)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        raise ValueError(
-            f"{kind} landmarks contain {int(bad.sum())} inf value(s) (rows {rows[:8].tolist()}"
-            f"{'...' if rows.size > 8 else ''}); missing landmarks must be NaN, not inf")
-    return arr
+        return np.full((layout.num_landmarks, 3), np.nan, dtype=np.float32)
+    return validate_landmarks(landmarks, layout)
 
 
 def _to_fixed(pts: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -306,22 +289,19 @@ def render_face(landmarks, height: int, width: int, *, rng: np.random.Generator 
 
 class _KindSpec(NamedTuple):
     channels: int
-    counts: tuple[int, ...]          # accepted K (first = default)
     render: Callable[..., np.ndarray]
 
 
 _KINDS: dict[str, _KindSpec] = {
-    "dance": _KindSpec(3, (POSE_NUM_LANDMARKS,), render_pose),
-    "face": _KindSpec(_FACE_CHANNELS, (FACE_NUM_LANDMARKS, FACE_NUM_LANDMARKS_REFINED), render_face),
+    "dance": _KindSpec(3, render_pose),
+    "face": _KindSpec(_FACE_CHANNELS, render_face),
 }
 assert tuple(_KINDS) == LABEL_KINDS
 
 
 def _kind_spec(kind: str) -> _KindSpec:
-    try:
-        return _KINDS[kind]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown label kind {kind!r}; expected one of {LABEL_KINDS}") from None
+    layout_of(kind)  # unknown kinds: the one error naming the known ones
+    return _KINDS[kind]
 
 
 def label_channels(kind: str) -> int:

@@ -27,17 +27,18 @@ from __future__ import annotations
 import abc
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from models.presets import ModelConfig
 
+if TYPE_CHECKING:
+    import torch
+
+from .errors import EngineError
+
 _BACKENDS: dict[str, Callable[..., "Engine"]] = {}
-
-
-class EngineError(RuntimeError):
-    """A backend is unavailable here, or an engine cannot be built/loaded."""
 
 
 def register_backend(name: str):

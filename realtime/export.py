@@ -38,10 +38,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from models.checkpoint import _atomic_write, read_checkpoint, resolve, subdict
+from models.checkpoint import read_checkpoint, resolve, subdict
+from models.io import atomic_write
 from models.presets import ModelConfig
 
-from .engine import EngineError
+from .errors import EngineError
 
 EXPORT_VERSION = 2                 # 2: a dynamic batch axis on every input and output
 BATCH_AXIS = "batch"               # the name of that axis in the ONNX graph
@@ -275,7 +276,8 @@ def export_onnx(model, out_path: str | os.PathLike | None = None, *, opset: int 
     import onnx
     import torch
 
-    from models.generator import SequentialGenerator, build_generator
+    from models.generator import SequentialGenerator
+    from models.registry import build_generator
 
     t0 = time.perf_counter()
     if isinstance(model, SequentialGenerator):
@@ -337,7 +339,7 @@ def export_onnx(model, out_path: str | os.PathLike | None = None, *, opset: int 
             proto.metadata_props.add(key=k, value=v)
         proto.doc_string = f"posecast {cfg.name} generator one step, {cfg.size}px, L={cfg.history_frames}"
         blob = proto.SerializeToString()
-        _atomic_write(out_path, lambda p: Path(p).write_bytes(blob))
+        atomic_write(out_path, lambda p: Path(p).write_bytes(blob))
     finally:
         G.to(device).train(was_training)
     return ExportResult(onnx_path=out_path, max_abs_error=max_err, seconds=time.perf_counter() - t0, opset=opset,
@@ -408,9 +410,9 @@ def verify_engine_key(engine_path: str | os.PathLike, expected: Mapping) -> None
 
 def write_engine(engine_path: Path, blob: bytes, key: Mapping, extra: Mapping | None = None) -> None:
     """Engine bytes first, then the sidecar (its presence marks a complete, keyed engine); both atomic."""
-    _atomic_write(engine_path, lambda p: Path(p).write_bytes(blob))
+    atomic_write(engine_path, lambda p: Path(p).write_bytes(blob))
     doc = {"key": dict(key), "digest": key_digest(key), **(extra or {})}
-    _atomic_write(sidecar_path(engine_path), lambda p: Path(p).write_text(json.dumps(doc, indent=2)))
+    atomic_write(sidecar_path(engine_path), lambda p: Path(p).write_text(json.dumps(doc, indent=2)))
 
 
 # -- TensorRT -------------------------------------------------------------------------------------------
@@ -557,7 +559,7 @@ def compile_torch_tensorrt(model: str | os.PathLike, *, fp16: bool = False,
     import torch
 
     from models.checkpoint import load_state
-    from models.generator import build_generator
+    from models.registry import build_generator
 
     tt = import_torch_tensorrt()
     cfg, state, sha = load_checkpoint_state(model)
@@ -586,12 +588,10 @@ def compile_torch_tensorrt(model: str | os.PathLike, *, fp16: bool = False,
         import inspect
 
         kw = "arg_inputs" if "arg_inputs" in inspect.signature(tt.save).parameters else "inputs"
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keep the .ep suffix
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tt.save(mod, str(tmp), output_format="exported_program", **{kw: inputs})
-        os.replace(tmp, path)
+        atomic_write(path, lambda p: tt.save(mod, p, output_format="exported_program", **{kw: inputs}),
+                     tmp_suffix=path.suffix)  # tt.save picks its format by the .ep suffix
         doc = {"key": key, "digest": key_digest(key), "build_seconds": seconds}
-        _atomic_write(sidecar_path(path), lambda p: Path(p).write_text(json.dumps(doc, indent=2)))
+        atomic_write(sidecar_path(path), lambda p: Path(p).write_text(json.dumps(doc, indent=2)))
     except Exception as e:  # noqa: BLE001 - caching is an optimisation; the compiled module is still usable
         warnings.warn(f"could not cache the torch-tensorrt program at {path}: {e}", RuntimeWarning)
     return mod, cfg, path, True

@@ -25,6 +25,8 @@ from typing import ClassVar
 import msgpack
 import numpy as np
 
+from models.landmarks import validate_landmarks
+
 PROTOCOL_VERSION = 2               # the newest version this module speaks
 SUPPORTED_VERSIONS = (2,)          # every version the server accepts in a hello (highest common one is used)
 MAX_MESSAGE_BYTES = 1 << 16        # server-side ZMQ_MAXMSGSIZE; a 478x3 float32 face is ~5.7 KiB
@@ -292,10 +294,14 @@ def decode(raw: bytes) -> Message:
 
 
 def _check_landmarks_wire(msg: Landmarks) -> None:
+    """The shape (by the one landmark validator, on a data-less array of that shape) and the data length; the
+    values are checked by the session, which knows the model's layout."""
     shape = msg.shape
-    if len(shape) != 2 or shape[1] != 3 or not 0 < shape[0] <= MAX_LANDMARKS:
+    try:
+        validate_landmarks(np.broadcast_to(np.float32(0), shape), max_count=MAX_LANDMARKS, values=False)
+    except ValueError as e:  # LandmarkError, or numpy's for a negative or too large dimension
         raise ProtocolError(ErrorCode.BAD_LANDMARKS, f"landmark shape must be [K, 3] with 0 < K <= {MAX_LANDMARKS}, "
-                                                     f"got {list(shape)}", msg.seq)
+                                                     f"got {list(shape)} ({e})", msg.seq) from None
     if len(msg.data) != shape[0] * 3 * 4:
         raise ProtocolError(ErrorCode.BAD_LANDMARKS, f"landmark data has {len(msg.data)} bytes; shape {list(shape)} "
                                                      f"needs {shape[0] * 12} (float32)", msg.seq)

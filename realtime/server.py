@@ -47,10 +47,11 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from models.landmarks import layout_of
 from realtime import protocol as P
 from realtime.protocol import ErrorCode, ProtocolError
 from realtime.security import CurveConfig, CurveServer, check_bind
-from realtime.session import Session, layout_of, open_session, step_sessions
+from realtime.session import Session, open_session, step_sessions
 
 LOGGER_NAME = "posecast.server"
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -207,11 +208,12 @@ class Server:
         self.poll_ms = max(1, int(round(poll_interval_s * 1000)))
 
         meta = getattr(engine, "meta", None) or {}
-        layout, num_landmarks, _ = layout_of(cfg.kind)
+        layout = layout_of(cfg.kind)
         fps = meta.get("dataset_fps")
         self.welcome = P.Welcome(
             version=P.PROTOCOL_VERSION, kind=cfg.kind, size=cfg.size, history_frames=cfg.history_frames,
-            num_landmarks=num_landmarks, layout=layout, model=cfg.name, backend=str(getattr(engine, "backend", "")),
+            num_landmarks=layout.num_landmarks, layout=layout.name, model=cfg.name,
+            backend=str(getattr(engine, "backend", "")),
             subject_stats=meta.get("subject_stats") if isinstance(meta.get("subject_stats"), dict) else None,
             fps=float(fps) if type(fps) in (int, float) and np.isfinite(fps) and fps > 0 else 30.0,
             heartbeat_s=lim.heartbeat_s, idle_timeout_s=lim.idle_timeout_s, max_message_bytes=P.MAX_MESSAGE_BYTES,
@@ -804,42 +806,3 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
         for sig, old in installed.items():
             signal.signal(sig, old)
     return server.stats()
-
-
-@contextlib.contextmanager
-def server_process(model, backend: str = "onnxruntime", *, threads: int | None = None, host: str = "127.0.0.1",
-                   extra_args: tuple[str, ...] = (), info: dict | None = None):
-    """Run ``posecast serve MODEL`` in a child process on a free loopback port; yields its address.
-
-    The server gets its own interpreter (no GIL shared with the caller's capture client), as in a real
-    deployment. It is stopped with SIGTERM (clean shutdown) when the block ends; if it died early, its stderr is
-    raised as a RuntimeError. ``info``, when given, receives the child's ``pid`` at start and its ``stderr``
-    (the server log) at the end.
-    """
-    import subprocess
-    import sys
-
-    with zmq.Context() as ctx:  # a free port: bind, read it, release it
-        probe = ctx.socket(zmq.ROUTER)
-        port = probe.bind_to_random_port(f"tcp://{host}")
-        probe.close(0)
-    address = f"tcp://{host}:{port}"
-    cmd = [sys.executable, "-m", "posecast_cli", "serve", str(model), "--bind", address, "--backend", backend,
-           "--stats-interval", "3600", *(["--threads", str(threads)] if threads else []), *extra_args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if info is not None:
-        info["pid"] = proc.pid
-    try:
-        yield address
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if info is not None:
-            info["stderr"] = err
-        if proc.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(f"posecast serve exited with {proc.returncode}: {err.strip()[-2000:]}")

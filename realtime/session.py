@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from models.crop import BoxTracker, CropBox, head_box
+from models.landmarks import LandmarkError, layout_of, validate_landmarks
 from models.render import render_labels
 from models.visualize import to_uint8
 from realtime.protocol import ErrorCode, ProtocolError
@@ -40,20 +41,6 @@ from realtime.protocol import ErrorCode, ProtocolError
 # Landmark values whose magnitude exceeds this are rejected (x, y are normalised to [0, 1]; the renderer already
 # treats anything beyond 4 image sizes outside the frame as missing). Catches pixel coordinates and garbage.
 MAX_ABS_LANDMARK = 100.0
-
-#: Landmark layout name, default K sent in the Welcome, and every K accepted, per label kind.
-LAYOUTS: dict[str, tuple[str, int, tuple[int, ...]]] = {
-    "dance": ("mediapipe-pose-33", 33, (33,)),
-    "face": ("mediapipe-face-mesh", 478, (478, 468)),
-}
-
-
-def layout_of(kind: str) -> tuple[str, int, tuple[int, ...]]:
-    """(layout name, default K, accepted K) of a label kind."""
-    try:
-        return LAYOUTS[kind]
-    except KeyError:
-        raise ValueError(f"no landmark layout for label kind {kind!r}") from None
 
 
 def _ms(t0: float, t1: float) -> float:
@@ -76,7 +63,7 @@ class Session:
         self.size = S = cfg.size
         self.history_frames = L = cfg.history_frames
         self.label_nc = C = cfg.label_nc
-        self.layout, self.num_landmarks, self.accepted_counts = layout_of(cfg.kind)
+        self.landmark_layout = layout_of(cfg.kind)                   # models.landmarks.LandmarkLayout
         self._labels = np.zeros((1, (L + 1) * C, S, S), np.float32)
         self._current = self._labels[0, L * C:]                     # (C, S, S) view: the current frame's slot
         self._previous = np.zeros((1, L * 3, S, S), np.float32) if L else None
@@ -99,33 +86,13 @@ class Session:
     def check(self, landmarks, seq: int | None = None) -> np.ndarray:
         """Validate one client's landmarks; return them as float32 ``(K, 3)`` or raise ProtocolError BAD_LANDMARKS.
 
-        K must match the model's layout (face: 468 or 478); NaN marks a missing value and is allowed; inf and
-        values beyond +-MAX_ABS_LANDMARK are not.
+        ``models.landmarks.validate_landmarks`` against the model's layout: K must match it (face: 468 or 478);
+        NaN marks a missing value and is allowed; inf and values beyond +-MAX_ABS_LANDMARK are not.
         """
         try:
-            arr = np.asarray(landmarks)
-        except Exception:  # noqa: BLE001 - anything that is not array-like
-            raise ProtocolError(ErrorCode.BAD_LANDMARKS, "landmarks are not a numeric array", seq) from None
-        if arr.dtype.kind not in "fiu":
-            raise ProtocolError(ErrorCode.BAD_LANDMARKS, f"landmarks must be numeric, got dtype {arr.dtype}", seq)
-        if arr.ndim != 2 or arr.shape[1] != 3:
-            raise ProtocolError(ErrorCode.BAD_LANDMARKS, f"landmarks must have shape (K, 3), got {list(arr.shape)}",
-                                seq)
-        if arr.shape[0] not in self.accepted_counts:
-            want = " or ".join(map(str, self.accepted_counts))
-            raise ProtocolError(ErrorCode.BAD_LANDMARKS, f"this {self.kind} model ({self.layout}) needs K = {want} "
-                                                         f"landmarks, got {arr.shape[0]}", seq)
-        arr = arr.astype(np.float32, copy=False)
-        with np.errstate(invalid="ignore"):
-            bad = np.abs(arr) > MAX_ABS_LANDMARK                         # NaN -> False (allowed), inf -> True
-        if bad.any():
-            n_inf = int(np.isinf(arr).sum())
-            what = f"{n_inf} inf value(s)" if n_inf else f"values beyond +-{MAX_ABS_LANDMARK:g}"
-            rows = np.flatnonzero(bad.any(axis=1))[:8].tolist()
-            raise ProtocolError(ErrorCode.BAD_LANDMARKS,
-                                f"landmarks contain {what} (rows {rows}); x, y must be normalised to [0, 1] "
-                                f"and missing landmarks sent as NaN", seq)
-        return arr
+            return validate_landmarks(landmarks, self.landmark_layout, max_abs=MAX_ABS_LANDMARK)
+        except LandmarkError as e:  # the message names the kind, the layout, the problem and the rows
+            raise ProtocolError(ErrorCode.BAD_LANDMARKS, str(e), seq) from None
 
     # -- the hot path ------------------------------------------------------------------------------------
     def prepare(self, landmarks, seq: int | None = None) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clients.motion import DanceMotion, pose_landmarks
+from models.motion import DanceMotion, pose_landmarks
 from trainer.synth import DancerRenderer
 
 

@@ -83,7 +83,7 @@ def test_step_batch_checks_its_inputs(run):
 
 @pytest.mark.timeout(300)
 def test_bench_reports_frames_per_second_per_batch_size():
-    out = subprocess.run([sys.executable, "-m", "posecast_cli", "bench", "--json", "--presets", "lite", "--backends",
+    out = subprocess.run([sys.executable, "-m", "posecast", "bench", "--json", "--presets", "lite", "--backends",
                           "onnxruntime", "--sizes", "32", "--runs", "3", "--stream-clients", "", "--batch-sizes",
                           "1,4"], capture_output=True, text=True, timeout=280, cwd=REPO)
     assert out.returncode == 0, out.stderr

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from realtime.bench import bench_stream
+from posecast.bench import bench_stream
 
 
 @pytest.mark.timeout(300)
 def test_bench_json_lines():
-    out = subprocess.run([sys.executable, "-m", "posecast_cli", "bench", "--json", "--presets", "lite,dance",
+    out = subprocess.run([sys.executable, "-m", "posecast", "bench", "--json", "--presets", "lite,dance",
                           "--backends", "onnxruntime,torch", "--sizes", "32", "--runs", "3", "--stream-clients", "", "--batch-sizes", ""],
                          capture_output=True, text=True, timeout=280)
     assert out.returncode == 0, out.stderr

@@ -22,7 +22,7 @@ from clients.sources import (RecordingSource, SourceError, SyntheticSource, Vide
                              open_source, save_recording)
 from models.posenorm import PoseNormalizer, normalize_pose, pose_scale, subject_stats, to_square
 from realtime import protocol as P
-from clients.motion import DanceMotion
+from models.motion import DanceMotion
 
 from shared_data import MEGAMIND, MESSI, REPO, SHARED, needs_megamind, needs_messi  # noqa: F401
 

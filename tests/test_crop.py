@@ -8,9 +8,9 @@ import torch
 
 from models.checkpoint import save_checkpoint
 from models.crop import BoxTracker, CropBox, crop_size_for, head_region, limb_region, person_region
-from models.generator import build_generator
 from models.lite import crop_batch, paste_batch
 from models.presets import get_preset
+from models.registry import build_generator
 from models.render import render_labels
 from models.visualize import to_uint8
 from trainer.clips import ClipSource

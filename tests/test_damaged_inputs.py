@@ -57,7 +57,7 @@ def test_damaged_manifest_is_one_clear_error(dataset, tmp_path, edit, message):
 @pytest.mark.parametrize("edit, message", CASES[:2])
 def test_train_cli_on_a_damaged_manifest(dataset, tmp_path, edit, message):
     path = damaged(dataset, tmp_path, edit)
-    out = subprocess.run([sys.executable, "-m", "posecast_cli", "train", "--data", str(path), "--preset", "lite",
+    out = subprocess.run([sys.executable, "-m", "posecast", "train", "--data", str(path), "--preset", "lite",
                           "--size", "32", "--out", str(tmp_path / "run"), "--iterations", "1", "--quiet"],
                          capture_output=True, text=True, timeout=110, cwd=REPO)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from clients.capture import capture
-from clients.demo import bundled_model, demo
+from posecast.demo import bundled_model, demo
 from realtime.engine import open_engine
 from realtime.server import Server
 
@@ -62,7 +62,7 @@ def test_bundled_model_loads_and_is_small():
 
 @pytest.mark.timeout(120)
 def test_capture_without_server_fails_clearly():
-    out = subprocess.run([sys.executable, "-m", "posecast_cli", "capture", "--server", "tcp://127.0.0.1:9",
+    out = subprocess.run([sys.executable, "-m", "posecast", "capture", "--server", "tcp://127.0.0.1:9",
                           "--source", "synthetic", "--headless", "--timeout", "0.5", "--retries", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
@@ -72,7 +72,7 @@ def test_capture_without_server_fails_clearly():
 
 @pytest.mark.timeout(180)
 def test_demo_cli_json(tiny_model, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "posecast_cli", "demo", "--model", str(tiny_model), "--frames", "40",
+    out = subprocess.run([sys.executable, "-m", "posecast", "demo", "--model", str(tiny_model), "--frames", "40",
                           "--out", str(tmp_path / "d.mp4"), "--json"], capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import torch
 
 from models.checkpoint import CheckpointError, load_generator, read_checkpoint, save_checkpoint
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
-from models.generator import Generator, build_generator
+from models.generator import Generator
 from models.presets import ModelConfig, get_preset, list_presets, parse_overrides
+from models.registry import ARCHITECTURES, build_generator
 from models.warp import compose_flows, warp
 
 SMALL = dict(size=32, ngf=8, ndf=8)
@@ -34,6 +36,15 @@ def test_registry_has_the_required_presets():
     assert get_preset("face").label_nc > 3
     with pytest.raises(KeyError, match="unknown preset 'nope'"):
         get_preset("nope")
+
+
+def test_every_preset_builds_its_registered_architecture():
+    assert set(ARCHITECTURES) == {"vid2vid", "lite"}
+    for name in list_presets():
+        cfg = get_preset(name, size=64)
+        assert type(build_generator(cfg)) is ARCHITECTURES[cfg.arch], name
+    with pytest.raises(ValueError, match=r"unknown generator architecture 'nope'; known: lite, vid2vid"):
+        build_generator(dataclasses.replace(get_preset("dance", size=64), arch="nope"))
 
 
 VARIANTS = [(name, 0) for name in list_presets()] + \

@@ -160,14 +160,14 @@ def test_bad_arguments(tmp_path):
 
 
 def test_landmarks_module_imports_without_mediapipe():
-    code = "import sys, clients.landmarks as m; assert 'mediapipe' not in sys.modules; print(m.POSE_LANDMARKS)"
+    code = "import sys, models.detect as m; assert 'mediapipe' not in sys.modules; print(m.POSE_NUM_LANDMARKS)"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "33"
 
 
 def test_unknown_landmark_kind():
-    from clients.landmarks import LandmarkExtractor
+    from models.detect import LandmarkExtractor
     with pytest.raises(ValueError, match="hands"):
         LandmarkExtractor("hands")
 
@@ -176,7 +176,8 @@ def test_unknown_landmark_kind():
 
 @needs_messi
 def test_landmark_extractor_pose_on_photo():
-    from clients.landmarks import POSE_LANDMARKS, LandmarkExtractor
+    from models.detect import LandmarkExtractor
+    from models.landmarks import POSE_NUM_LANDMARKS as POSE_LANDMARKS
     rgb = cv2.cvtColor(cv2.imread(str(MESSI)), cv2.COLOR_BGR2RGB)
     with LandmarkExtractor("dance", static_image_mode=True) as ex:
         assert ex.num_landmarks == POSE_LANDMARKS == 33
@@ -239,7 +240,7 @@ def test_prepare_dance_from_moving_photo(tmp_path):
         assert not np.asarray(ds.flow[a]).any() and not np.asarray(ds.flow_conf[a]).any()
         assert np.asarray(ds.flow_conf[a + 1]).mean() > 100
     # Landmarks really are in the output frame: re-detect on a written frame.
-    from clients.landmarks import LandmarkExtractor
+    from models.detect import LandmarkExtractor
     with LandmarkExtractor("dance", static_image_mode=True) as ex:
         again = ex(np.asarray(ds.frames[2]))
     assert again is not None
@@ -287,7 +288,7 @@ def test_prepare_face_megamind(tmp_path):
 @pytest.mark.timeout(180)
 def test_face_shots_and_identities_reported_as_in_the_manifest(tmp_path, capsys):
     """Megamind.avi cuts between two characters three times (frames 98, 154 and 200)."""
-    from posecast_cli import main
+    from posecast.cli import main
     from trainer.prepare import parse_clip_table
 
     out = tmp_path / "face"
@@ -313,7 +314,7 @@ def test_face_shots_and_identities_reported_as_in_the_manifest(tmp_path, capsys)
 
 @needs_messi
 def test_mediapipe_log_lines_stay_off_the_console():
-    code = ("import cv2; from clients.landmarks import LandmarkExtractor; "
+    code = ("import cv2; from models.detect import LandmarkExtractor; "
             f"im = cv2.cvtColor(cv2.imread({str(MESSI)!r}), cv2.COLOR_BGR2RGB); "
             "ex = LandmarkExtractor('dance', static_image_mode=True); a = ex(im); "
             "f = LandmarkExtractor('face'); f(im); f(im); ex.close(); f.close(); "

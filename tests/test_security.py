@@ -72,7 +72,7 @@ def silent(c: Client, timeout: float = 0.5) -> bool:
 # -- keys and binding --------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_keys_new_cli_writes_a_pair_and_never_overwrites(tmp_path):
-    cmd = [sys.executable, "-m", "posecast_cli", "keys", "new", "alice", "--dir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "posecast", "keys", "new", "alice", "--dir", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=50, cwd=REPO)
     assert out.returncode == 0, out.stderr
     pub, sec = zmq.auth.load_certificate(str(tmp_path / "alice.key_secret"))
@@ -103,7 +103,7 @@ def test_non_loopback_without_keys_refuses_to_start(engine, keys):
 
 @pytest.mark.timeout(60)
 def test_serve_cli_refuses_a_network_bind_without_keys(model_dir):
-    out = subprocess.run([sys.executable, "-m", "posecast_cli", "serve", str(model_dir), "--bind", "tcp://0.0.0.0:0",
+    out = subprocess.run([sys.executable, "-m", "posecast", "serve", str(model_dir), "--bind", "tcp://0.0.0.0:0",
                           "--backend", "torch"], capture_output=True, text=True, timeout=50, cwd=REPO)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1 and "refusing to serve tcp://0.0.0.0:0 without authentication" in out.stderr

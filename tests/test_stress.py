@@ -1,10 +1,10 @@
-"""Short versions of `make soak` and `make fuzz` (realtime/stress.py): the same checks, counted, never timed."""
+"""Short versions of `make soak` and `make fuzz` (posecast/stress.py): the same checks, counted, never timed."""
 
 from __future__ import annotations
 
 import pytest
 
-from realtime import stress
+from posecast import stress
 
 
 @pytest.mark.timeout(180)

@@ -1,4 +1,4 @@
-"""Tests for clients/motion.py (procedural dance) and trainer/synth.py (synthetic dancer dataset)."""
+"""Tests for models/motion.py (procedural dance) and trainer/synth.py (synthetic dancer dataset)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trainer.dataset import Dataset
-from clients.motion import HEAD_RY, LM, NUM_LANDMARKS, DanceMotion
+from models.motion import HEAD_RY, LM, NUM_LANDMARKS, DanceMotion
 from trainer.synth import PART_NAMES, DancerRenderer, render_frame, synthesize
 
 # ------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from posecast_cli import main
+from posecast.cli import main
 from trainer.dataset import Dataset
 from trainer.prepare import parse_clip_table, prepare_video
 from trainer.track import appearance_distance, overlap

@@ -80,7 +80,7 @@ def test_run_folder_contents(trained):
 
 
 def test_eval_json_keys_and_ranges(trained):
-    out = subprocess.run([sys.executable, "-m", "posecast_cli", "eval", str(trained["run"]), "--data",
+    out = subprocess.run([sys.executable, "-m", "posecast", "eval", str(trained["run"]), "--data",
                           str(trained["heldout"]), "--json", "--video", str(trained["root"] / "side.mp4")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -100,7 +100,7 @@ def test_eval_json_keys_and_ranges(trained):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
     ok, frame = cap.read()
     assert ok and frame.shape[1] > 3 * SIZE  # label | generated | real
-    text = subprocess.run([sys.executable, "-m", "posecast_cli", "eval", str(trained["run"]), "--data",
+    text = subprocess.run([sys.executable, "-m", "posecast", "eval", str(trained["run"]), "--data",
                            str(trained["heldout"]), "--no-video", "--no-pose", "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert text.returncode == 0, text.stderr
@@ -240,7 +240,7 @@ def test_dataset_writer_is_atomic_and_checks_shapes(tmp_path):
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "posecast_cli", "train", "--data", str(tmp_path / "nope"),
+    out = subprocess.run([sys.executable, "-m", "posecast", "train", "--data", str(tmp_path / "nope"),
                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "posecast train: error:" in out.stderr and "no manifest.json" in out.stderr
@@ -249,7 +249,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 
 def test_cli_training_overrides_and_teacher_errors(trained, tmp_path):
     def train(*extra):
-        return subprocess.run([sys.executable, "-m", "posecast_cli", "train", "--data", str(trained["train"]),
+        return subprocess.run([sys.executable, "-m", "posecast", "train", "--data", str(trained["train"]),
                                "--preset", "lite", "--size", str(SIZE), "--out", str(tmp_path / "run"), *extra],
                               capture_output=True, text=True, timeout=120)
 

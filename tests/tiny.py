@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import save_generator
-from models.generator import build_generator
+from models.registry import build_generator
 from models.presets import get_preset
 
 SERVER_SIZE = 32          # frame side of the tiny model the server, protocol and security tests serve

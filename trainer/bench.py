@@ -1,4 +1,4 @@
-"""Training speed for ``posecast bench --train`` (realtime/bench.py times the live path)."""
+"""Training speed for ``posecast bench --train`` (posecast/bench.py times the live path)."""
 
 from __future__ import annotations
 

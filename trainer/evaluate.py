@@ -40,6 +40,7 @@ import torch
 
 from models.checkpoint import load_generator
 from models.crop import VISIBLE
+from models.landmarks import FACE_NUM_LANDMARKS
 from models.visualize import VideoWriter, label_preview, side_by_side, to_uint8
 from models.warp import warp
 
@@ -118,7 +119,7 @@ def landmark_error(kind: str, detected: np.ndarray, driving: np.ndarray) -> floa
     both (pose: visibility >= VISIBLE and finite; face: the 468 mesh points, finite); None if none is."""
     d, g = np.asarray(detected, np.float64), np.asarray(driving, np.float64)
     if kind == "face":  # irises (478-point meshes) are not scored: compare the 468 mesh points
-        n = min(len(d), len(g), 468)
+        n = min(len(d), len(g), FACE_NUM_LANDMARKS)
         d, g = d[:n], g[:n]
     ok = np.isfinite(d[:, :2]).all(1) & np.isfinite(g[:, :2]).all(1)
     if kind == "dance":
@@ -154,7 +155,7 @@ class _PoseProbe:
         self._extractor = None
 
     def begin_clip(self) -> None:
-        from clients.landmarks import LandmarkExtractor
+        from models.detect import LandmarkExtractor
 
         self.close()
         self._extractor = LandmarkExtractor(self.kind)

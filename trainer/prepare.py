@@ -41,7 +41,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from clients.landmarks import KINDS, LandmarkExtractor
+from models.detect import LandmarkExtractor
+from models.landmarks import FACE_POINTS, KINDS
 from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks
 from trainer.dataset import DatasetWriter
 from trainer.flow import FlowEstimator
@@ -67,10 +68,12 @@ FB_THRESHOLD_PX = 1.0
 
 # Scale-free face proportions for identity labels: (a, b) distances divided by the outer-eye distance, and the
 # typical spread of each one within a shot (measured on Megamind.avi) that turns differences into z-scores.
-_FACE_SIGNATURE = (((33, 133), 0.02),     # right eye width
-                   ((234, 454), 0.03),    # face width at the cheeks
-                   ((10, 152), 0.07),     # face height
-                   ((1, 152), 0.06))      # nose tip to chin
+_F = FACE_POINTS
+_FACE_SIGNATURE = (((_F["right_eye_outer"], _F["right_eye_inner"]), 0.02),   # right eye width (33-133)
+                   ((_F["right_cheek"], _F["left_cheek"]), 0.03),           # face width at the cheeks (234-454)
+                   ((_F["forehead"], _F["chin"]), 0.07),                    # face height (10-152)
+                   ((_F["nose_tip"], _F["chin"]), 0.06))                    # nose tip to chin (1-152)
+_EYES_OUTER = (_F["right_eye_outer"], _F["left_eye_outer"])                # 33, 263: the scale
 
 
 class PrepareError(ValueError):
@@ -298,7 +301,7 @@ def _drop_short(rows: list[ClipRow], min_frames: int) -> list[ClipRow]:
 def face_signature(lm: np.ndarray, aspect: float) -> np.ndarray:
     """Scale-free face proportions (see ``_FACE_SIGNATURE``), divided by their typical in-shot spread."""
     p = lm[:, :2].astype(np.float64) * (aspect, 1.0)
-    io = max(float(np.linalg.norm(p[33] - p[263])), 1e-6)
+    io = max(float(np.linalg.norm(p[_EYES_OUTER[0]] - p[_EYES_OUTER[1]])), 1e-6)
     return np.array([np.linalg.norm(p[a] - p[b]) / io / spread for (a, b), spread in _FACE_SIGNATURE])
 
 

@@ -25,11 +25,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .dataset import DatasetWriter
-from clients.motion import (
+from models.landmarks import POSE_NUM_LANDMARKS
+from models.motion import (
     FIGURE_SCALE, FOOT_BACK, FOOT_FWD, FOREARM, HAND, HEAD_RX, HEAD_RY, HEAD_UP, LM, SHIN, THIGH, TORSO_A,
     TORSO_BOTTOM_Y, TORSO_DEPTH, TORSO_TOP_Y, TORSO_V, UPPER_ARM, DanceMotion, Pose, pose_landmarks, rot2,
 )
+
+from .dataset import DatasetWriter
 
 PART_NAMES = (
     "neck", "torso", "head", "ear_L", "ear_R",
@@ -791,7 +793,7 @@ def synthesize(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256
     motion = DanceMotion(seed=seed, fps=fps)
     renderer = DancerRenderer(size, appearance_seed)
     t0 = time.perf_counter()
-    writer = DatasetWriter(out_dir, kind="dance", height=size, width=size, fps=fps, num_landmarks=33,
+    writer = DatasetWriter(out_dir, kind="dance", height=size, width=size, fps=fps, num_landmarks=POSE_NUM_LANDMARKS,
                            source=f"synth:seed={seed},appearance={appearance_seed}",
                            overwrite=overwrite)
     writer.manifest.extra = {"synth": {"seed": seed, "appearance_seed": appearance_seed, "size": size, "fps": fps, "clip_frames": clip_frames,

@@ -20,6 +20,8 @@ import dataclasses
 import cv2
 import numpy as np
 
+from models.landmarks import POSE_INDEX
+
 VISIBILITY = 0.5          # landmarks at least this visible define a person's box
 BOX_PAD = 0.12            # box grown by this fraction of its height on every side (limbs, hair, clothes)
 HEAD_PAD = 0.12           # extra room above the top landmark, fraction of the height
@@ -35,7 +37,7 @@ HIST_BINS = (12, 6)       # hue x saturation bins
 HIST_MOMENTUM = 0.9       # appearance model: exponential moving average of the matched histograms
 MIN_TRACK_FRAMES = 5      # tracks seen in fewer frames are not counted as people (spurious detections)
 
-_SHOULDERS, _HIPS, _KNEES = (11, 12), (23, 24), (25, 26)
+_SHOULDERS, _HIPS, _KNEES = ((POSE_INDEX[f"left_{j}"], POSE_INDEX[f"right_{j}"]) for j in ("shoulder", "hip", "knee"))
 
 
 @dataclasses.dataclass
@@ -105,7 +107,7 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 class MultiPoseDetector:
     """Up to ``max_people`` pose detections per frame (MediaPipe, static mode, each person masked after it is
-    found). ``extractor``: a :class:`clients.landmarks.LandmarkExtractor` of kind "dance" in static-image mode."""
+    found). ``extractor``: a :class:`models.detect.LandmarkExtractor` of kind "dance" in static-image mode."""
 
     def __init__(self, extractor, max_people: int = 4):
         if max_people < 1:

@@ -31,8 +31,8 @@ from models.checkpoint import (CheckpointError, load_generator, load_state, read
                                subdict)
 from models.crop import crop_size_for
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
-from models.generator import build_generator
 from models.presets import ModelConfig
+from models.registry import build_generator
 from models.visualize import label_preview, side_by_side, to_uint8
 from models.warp import compose_flows, warp
 

@@ -9,6 +9,9 @@ cross-faded over their last beats, so the motion never pops. The tempo drifts sm
 
 Output: the 33 landmarks of MediaPipe Pose (same order and left/right convention) plus the extra
 geometry the renderer (:mod:`trainer.synth`) needs, in :class:`Pose`.
+
+It lives in models/ because two layers use the one body model: trainer/synth.py renders the synthetic dataset
+from it, and the capture client's ``synthetic`` source (clients/sources.py) streams its landmarks live.
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ import math
 
 import numpy as np
 
-NUM_LANDMARKS = 33
-LANDMARK_NAMES = (
-    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
-    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index",
-    "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-    "left_heel", "right_heel", "left_foot_index", "right_foot_index",
-)
-LM = {name: i for i, name in enumerate(LANDMARK_NAMES)}
+from .landmarks import POSE_HEAD_LANDMARKS, POSE_INDEX, POSE_LANDMARK_NAMES, POSE_NUM_LANDMARKS
+
+# The MediaPipe Pose layout, from the one table (models/landmarks.py), under this module's short names.
+NUM_LANDMARKS = POSE_NUM_LANDMARKS
+LANDMARK_NAMES = POSE_LANDMARK_NAMES
+LM = POSE_INDEX                       # name -> index
+_HEAD = list(POSE_HEAD_LANDMARKS)     # nose, eyes, ears, mouth
+_BODY = [i for i in range(NUM_LANDMARKS) if i not in POSE_HEAD_LANDMARKS]
 
 # Placement in the frame (normalised coordinates of a square frame).
 FIGURE_SCALE = 0.64      # frame heights per body unit (standing height is ~1.11 units -> ~0.71 of the frame)
@@ -441,13 +443,13 @@ class DanceMotion:
 
         # visibility
         vis = np.ones(NUM_LANDMARKS)
-        vis[:11] = 0.3 + 0.7 * np.clip((fz + 0.45) / 0.4, 0.0, 1.0)
+        vis[_HEAD] = 0.3 + 0.7 * np.clip((fz + 0.45) / 0.4, 0.0, 1.0)
         depth = pts[:, 2].copy()
         tt, tb = ex[2], ex[3]
         axis = tb - tt
         L2 = float(axis @ axis)
         R_torso = np.sqrt((np.interp(0.5, TORSO_V, TORSO_A) * c) ** 2 + (TORSO_DEPTH * 0.12 * s_) ** 2) * S
-        for i in range(11, NUM_LANDMARKS):
+        for i in _BODY:
             if depth[i] < -0.035:
                 rel = xy[i] - tt
                 v = float(rel @ axis) / L2

@@ -29,10 +29,10 @@ def demo(model: str | os.PathLike | None = None, *, source: str = "synthetic", f
 
     Returns the summary: frames_sent, frames_received, dropped, fps, latency_p50_ms, latency_p99_ms, output.
     """
+    from clients.capture import capture
     from realtime.engine import list_backends
-    from realtime.server import server_process
 
-    from .capture import capture
+    from .process import server_process
 
     logging.getLogger("posecast").setLevel(log_level)
     model = Path(model) if model else bundled_model()

@@ -1,4 +1,4 @@
-"""Long runs against a real server: ``make soak`` and ``make fuzz`` (``python -m realtime.stress soak|fuzz``).
+"""Long runs against a real server: ``make soak`` and ``make fuzz`` (``python -m posecast.stress soak|fuzz``).
 
 * **soak**: a ``posecast serve`` process and N capture clients streaming the synthetic dancer at ``fps`` for
   ``seconds``; per client, the accounting ``sent == received + dropped + errors + lost`` (``lost`` must be 0),
@@ -32,9 +32,10 @@ import msgpack
 import numpy as np
 import zmq
 
+from models.landmarks import POSE_LAYOUT
 from realtime import protocol as P
 
-K = 33  # the synthetic dancer's pose layout (every stress model is a dance model)
+K = POSE_LAYOUT.num_landmarks  # the synthetic dancer's pose layout (every stress model is a dance model)
 
 
 def _rss_kib(pid: int) -> int | None:
@@ -55,7 +56,7 @@ def soak(*, clients: int = 4, fps: float = 30.0, seconds: float = 120.0, preset:
     from clients.sources import open_source
 
     from .bench import random_checkpoint
-    from .server import server_process
+    from .process import server_process
 
     frames = max(1, int(round(fps * seconds)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -238,13 +239,14 @@ def fuzz(*, messages: int = 100_000, connections: int = 8, seed: int = 0, engine
          rate_hz: float = 1e9) -> dict:
     """See the module docstring. ``rate_hz``: the server's per-connection rate limit (default: none, so every
     message is decoded rather than dropped unread)."""
-    from .server import Server
+    from realtime.server import Server
 
     decode = decode_fuzz(min(messages, 20_000), seed + 1)
     tmp = None
     if engine is None:
+        from realtime.engine import open_engine
+
         from .bench import random_checkpoint
-        from .engine import open_engine
 
         tmp = tempfile.TemporaryDirectory()
         engine = open_engine(random_checkpoint("lite", size, tmp.name), "onnxruntime")
@@ -282,7 +284,7 @@ def fuzz(*, messages: int = 100_000, connections: int = 8, seed: int = 0, engine
     t0 = time.monotonic()
     client = threading.Thread(target=stream, daemon=True)
     client.start()
-    worker = subprocess.run([sys.executable, "-m", "realtime.stress", "_fuzz-worker", srv.endpoint, str(messages),
+    worker = subprocess.run([sys.executable, "-m", "posecast.stress", "_fuzz-worker", srv.endpoint, str(messages),
                              str(connections), str(seed)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     stop.set()
@@ -309,7 +311,7 @@ def fuzz(*, messages: int = 100_000, connections: int = 8, seed: int = 0, engine
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m realtime.stress", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m posecast.stress", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("soak", help="N clients at FPS for SECONDS against a posecast serve process")
     s.add_argument("--clients", type=int, default=4)

@@ -25,10 +25,9 @@ def random_checkpoint(preset: str, size: int, folder: str | os.PathLike, seed: i
     import torch
 
     from models.checkpoint import save_checkpoint
-    from models.generator import build_generator
-    from models.presets import get_preset
-
     from models.crop import typical_crop
+    from models.presets import get_preset
+    from models.registry import build_generator
 
     torch.manual_seed(seed)
     cfg = get_preset(preset, size=size)
@@ -87,11 +86,9 @@ def bench_generator(preset: str, backend: str, size: int, *, runs: int = 50, war
     import torch
 
     from models.flops import count_macs
-    from models.generator import build_generator
-    from models.presets import get_preset
-
-    from .engine import open_engine
-    from .export import random_inputs
+    from models.registry import build_generator
+    from realtime.engine import open_engine
+    from realtime.export import random_inputs
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = open_engine(model or random_checkpoint(preset, size, tmp), backend, **(engine_kwargs or {}))
@@ -113,7 +110,7 @@ def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), 
                 engine_kwargs: dict | None = None) -> list[dict]:
     """Throughput of ``Engine.step_batch`` per batch size: frames/s (batch / p50 call time) and how many 30-fps
     streams that holds. One row per batch size."""
-    from .engine import open_engine
+    from realtime.engine import open_engine
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +118,7 @@ def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), 
         if device != "cpu":
             kw["device"] = device
         engine = open_engine(model or random_checkpoint(preset, size, tmp), backend, **kw)
-        from .export import random_inputs
+        from realtime.export import random_inputs
 
         for b in batch_sizes:
             samples = [random_inputs(engine.cfg, i) for i in range(b)]
@@ -137,7 +134,7 @@ def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), 
 def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3) -> Path:
     """A landmark recording of the synthetic dancer (what `capture --save-landmarks` writes)."""
     from clients.sources import save_recording
-    from clients.motion import DanceMotion
+    from models.motion import DanceMotion
 
     motion = DanceMotion(seed=seed, fps=fps)
     lms = np.stack([motion.landmarks(i) for i in range(frames)]).astype(np.float32)
@@ -154,7 +151,7 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
 
     from clients.capture import capture
 
-    from .server import server_process
+    from .process import server_process
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

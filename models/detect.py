@@ -1,7 +1,8 @@
-"""The one MediaPipe wrapper: RGB image -> (K, 3) landmark array.
+"""The one MediaPipe wrapper: RGB image -> (K, 3) landmark array (landmark *detection*).
 
-Used by ``posecast prepare`` (video -> training dataset) and by the live capture client, so both see the
-same landmark layout:
+Used by ``posecast prepare`` (video -> training dataset, trainer/) and by the live capture client (clients/),
+so both see the same landmark layout. It lives in models/, the layer both of them stand on: MediaPipe's Pose and
+Face Mesh are pretrained networks, and trainer/ must not import clients/.
 
 * ``kind="dance"``: MediaPipe Pose, 33 landmarks, rows ``(x, y, visibility)``.
 * ``kind="face"``: MediaPipe Face Mesh (one face), 478 landmarks with iris refinement (468 without),
@@ -30,10 +31,7 @@ import threading
 
 import numpy as np
 
-POSE_LANDMARKS = 33
-FACE_LANDMARKS = 468
-FACE_LANDMARKS_REFINED = 478
-KINDS = ("dance", "face")
+from .landmarks import FACE_NUM_LANDMARKS, FACE_NUM_LANDMARKS_REFINED, KINDS, POSE_NUM_LANDMARKS
 
 
 def _logs_wanted() -> bool:
@@ -172,14 +170,14 @@ class LandmarkExtractor:
         self.kind = kind
         self.static_image_mode = bool(static_image_mode)
         if kind == "dance":
-            self.num_landmarks = POSE_LANDMARKS
+            self.num_landmarks = POSE_NUM_LANDMARKS
             self._solution = mp.solutions.pose.Pose(
                 static_image_mode=self.static_image_mode, model_complexity=model_complexity,
                 smooth_landmarks=True, enable_segmentation=False,
                 min_detection_confidence=min_detection_confidence,
                 min_tracking_confidence=min_tracking_confidence)
         else:
-            self.num_landmarks = FACE_LANDMARKS_REFINED if refine_face else FACE_LANDMARKS
+            self.num_landmarks = FACE_NUM_LANDMARKS_REFINED if refine_face else FACE_NUM_LANDMARKS
             self._solution = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=bool(refine_face),
                 min_detection_confidence=min_detection_confidence,

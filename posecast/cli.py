@@ -146,7 +146,7 @@ def _cmd_capture(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from clients.demo import demo
+    from posecast.demo import demo
 
     res = demo(args.model, source=args.source, frames=args.frames, out=args.out, backend=args.backend,
                headless=args.headless or args.json)
@@ -161,7 +161,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from realtime.bench import BenchPlan, run_bench
+    from posecast.bench import BenchPlan, run_bench
 
     plan = BenchPlan(presets=tuple(p for p in args.presets.split(",") if p), backends=tuple(args.backends.split(",")),
                      sizes=tuple(int(s) for s in args.sizes.split(",")), runs=args.runs,
