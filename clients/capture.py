@@ -231,6 +231,10 @@ class CaptureClient:
     row) before giving up. ``normalize``: the normalisation mode (:data:`models.posenorm.NORMALIZE_MODES`:
     ``"retarget"``, ``"same-camera"``, ``"off"``; True / False mean retarget / off). ``max_in_flight``: at most this many frames outstanding (the
     client waits for replies before sending more). ``log``: where progress messages go (default stderr).
+
+    Streaming: :meth:`run` streams a source with everything around it (normalisation, view, accounting,
+    reconnection). Underneath it, and usable alone: :meth:`connect`, :meth:`send_landmarks` (never waits),
+    :meth:`poll` and :meth:`replies` (the replies waiting, decoded), :meth:`ping`, :meth:`close`.
     """
 
     def __init__(self, server: str | int, *, timeout_s: float = 5.0, retries: int = 3,
@@ -299,37 +303,16 @@ class CaptureClient:
         for attempt in range(1, self.retries + 1):
             self._open()
             self._send(P.Hello(client=self.client_name, versions=list(P.SUPPORTED_VERSIONS)))
-            deadline = time.monotonic() + self.timeout_s
-            while (left := deadline - time.monotonic()) > 0:
-                if not self._sock.poll(max(1, int(left * 1000))):
-                    continue
-                try:
-                    msg = P.decode(self._sock.recv())
-                except P.ProtocolError as e:
-                    self.log(f"ignoring a malformed reply from {self.address}: {e}")
-                    continue
-                if isinstance(msg, P.Welcome):
-                    if msg.version not in P.SUPPORTED_VERSIONS:
-                        self._close_socket()
-                        raise ConnectionError(f"the posecast server at {self.address} speaks protocol version "
-                                              f"{msg.version}, this client {list(P.SUPPORTED_VERSIONS)}")
-                    self.welcome = msg
-                    self._session_frames = 0
-                    return msg
-                if isinstance(msg, P.Error):
-                    if msg.code == P.ErrorCode.SERVER_BUSY:
-                        busy = msg.reason
-                        self.log(f"server at {self.address} is busy: {msg.reason} (try {attempt}/{self.retries})")
-                        time.sleep(max(0.0, deadline - time.monotonic()))
-                        break
-                    self._close_socket()
-                    raise ConnectionError(f"the posecast server at {self.address} refused the connection: "
-                                          f"{msg.code}: {msg.reason}")
-                # anything else (a late frame of an old session, a pong): ignore
-            else:
-                if attempt < self.retries:
-                    self.log(f"no answer from {self.address} within {self.timeout_s:g} s "
-                             f"(try {attempt}/{self.retries}); retrying")
+            answer = self._await_welcome(attempt)
+            if isinstance(answer, P.Welcome):
+                self.welcome = answer
+                self._session_frames = 0
+                return answer
+            if answer is not None:
+                busy = answer
+            elif attempt < self.retries:
+                self.log(f"no answer from {self.address} within {self.timeout_s:g} s "
+                         f"(try {attempt}/{self.retries}); retrying")
             self._close_socket()
         if busy is not None:
             raise ConnectionError(f"the posecast server at {self.address} stayed busy after {self.retries} tries: "
@@ -339,6 +322,41 @@ class CaptureClient:
         raise ConnectionError(f"no posecast server answered at {self.address} after {self.retries} "
                               f"{'try' if self.retries == 1 else 'tries'} ({self.timeout_s:.1f} s each) "
                               f"— is `posecast serve` running?{hint}")
+
+    def _await_welcome(self, attempt: int) -> "P.Welcome | str | None":
+        """The answer to this try's hello within ``timeout_s``: the Welcome, the reason of a busy server (after
+        waiting out the try), or None (no answer). Raises ``ConnectionError`` when the server refuses us."""
+        deadline = time.monotonic() + self.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._sock.poll(max(1, int(left * 1000))):
+                continue
+            try:
+                msg = P.decode(self._sock.recv())
+            except P.ProtocolError as e:
+                self.log(f"ignoring a malformed reply from {self.address}: {e}")
+                continue
+            if isinstance(msg, P.Welcome):
+                if msg.version not in P.SUPPORTED_VERSIONS:
+                    self._close_socket()
+                    raise ConnectionError(f"the posecast server at {self.address} speaks protocol version "
+                                          f"{msg.version}, this client {list(P.SUPPORTED_VERSIONS)}")
+                return msg
+            if isinstance(msg, P.Error):
+                if msg.code == P.ErrorCode.SERVER_BUSY:
+                    self.log(f"server at {self.address} is busy: {msg.reason} (try {attempt}/{self.retries})")
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                    return msg.reason
+                self._close_socket()
+                raise ConnectionError(f"the posecast server at {self.address} refused the connection: "
+                                      f"{msg.code}: {msg.reason}")
+            # anything else (a late frame of an old session, a pong): ignore
+        return None
+
+    def close(self) -> None:
+        """Say bye (frees the server session at once) and close the socket."""
+        if self._sock is not None:
+            self._send(P.Bye())
+            self._close_socket()
 
     # -- sending and receiving (one stream at a time; see :meth:`run`) ------------------------------------
     @property
@@ -396,12 +414,6 @@ class CaptureClient:
             except P.ProtocolError as e:
                 msg = e
             yield msg
-
-    def close(self) -> None:
-        """Say bye (frees the server session at once) and close the socket."""
-        if self._sock is not None:
-            self._send(P.Bye())
-            self._close_socket()
 
     def __enter__(self) -> "CaptureClient":
         return self

@@ -44,11 +44,15 @@ class FakeServer(threading.Thread):
 
     ``drop``: seqs for which no frame is sent (counted in ``dropped``, like latest-wins dropping);
     ``mute_after``: the first session stops answering anything after this many frames (a hung server);
-    ``error_seqs``: answer these landmarks with an error reply instead of a frame.
+    ``error_seqs``: answer these landmarks with an error reply instead of a frame;
+    ``garbage_seqs``: answer these with bytes that are no protocol message; ``bad_jpeg_seqs``: with a frame whose
+    JPEG cannot be decoded; ``hello_error``: answer hellos with this error instead of a welcome; ``version``: the
+    protocol version the welcome names.
     """
 
     def __init__(self, *, kind="dance", num_landmarks=33, subject_stats=None, drop=(), mute_after=None,
-                 error_seqs=()):
+                 error_seqs=(), garbage_seqs=(), bad_jpeg_seqs=(), hello_error: P.Error | None = None,
+                 version: int = P.PROTOCOL_VERSION):
         super().__init__(daemon=True)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -57,6 +61,8 @@ class FakeServer(threading.Thread):
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.kind, self.num_landmarks, self.stats = kind, num_landmarks, subject_stats
         self.drop, self.mute_after, self.error_seqs = set(drop), mute_after, set(error_seqs)
+        self.garbage_seqs, self.bad_jpeg_seqs = set(garbage_seqs), set(bad_jpeg_seqs)
+        self.hello_error, self.version = hello_error, version
         ok, buf = cv2.imencode(".jpg", np.full((SIZE, SIZE, 3), COLOR_BGR, np.uint8))
         self.jpeg = buf.tobytes()
         self.received: list[tuple[int, np.ndarray]] = []   # (seq, landmarks) of every landmarks message
@@ -75,7 +81,10 @@ class FakeServer(threading.Thread):
             if isinstance(msg, P.Hello):
                 self.hellos += 1
                 self.sessions.append(ident)
-                self._reply(ident, P.Welcome(version=P.PROTOCOL_VERSION, kind=self.kind, size=SIZE,
+                if self.hello_error is not None:
+                    self._reply(ident, self.hello_error)
+                    continue
+                self._reply(ident, P.Welcome(version=self.version, kind=self.kind, size=SIZE,
                                              history_frames=2, num_landmarks=self.num_landmarks,
                                              layout="mediapipe-pose-33", model="fake", backend="none",
                                              subject_stats=self.stats, fps=30.0))
@@ -92,7 +101,11 @@ class FakeServer(threading.Thread):
                 if msg.seq in self.error_seqs:
                     self._reply(ident, P.Error(P.ErrorCode.BAD_LANDMARKS, "fake: landmarks rejected", msg.seq))
                     continue
-                self._reply(ident, P.Frame(seq=msg.seq, capture_ts=msg.capture_ts, jpeg=self.jpeg,
+                if msg.seq in self.garbage_seqs:
+                    self.sock.send_multipart([ident, b"\xc1 not msgpack"])
+                    continue
+                jpeg = b"not a jpeg" if msg.seq in self.bad_jpeg_seqs else self.jpeg
+                self._reply(ident, P.Frame(seq=msg.seq, capture_ts=msg.capture_ts, jpeg=jpeg,
                                            timings={"decode": 0.1, "render": 0.5, "engine": 1.0, "encode": 0.3,
                                                     "total": 1.9},
                                            dropped=self._dropped.get(ident, 0)))
@@ -150,6 +163,69 @@ def test_connect_welcome():
         w = c.connect()
         assert (w.kind, w.size, w.num_landmarks, w.fps) == ("dance", SIZE, 33, 30.0)
         assert w.subject_stats == {"x": 1}
+
+
+@pytest.mark.timeout(20)
+def test_connect_busy_refused_or_wrong_version_fails_clearly():
+    logs: list[str] = []
+    with FakeServer(hello_error=P.Error(P.ErrorCode.SERVER_BUSY, "16 clients")) as srv:
+        with pytest.raises(ConnectionError, match=r"stayed busy after 2 tries: 16 clients"):
+            CaptureClient(srv.address, timeout_s=0.2, retries=2, log=logs.append).connect()
+        assert srv.hellos == 2                              # tried again, on a fresh socket
+    assert [m for m in logs if "is busy" in m] == [f"server at {srv.address} is busy: 16 clients (try 1/2)",
+                                                   f"server at {srv.address} is busy: 16 clients (try 2/2)"]
+    assert not any("no answer" in m for m in logs)
+    with FakeServer(hello_error=P.Error(P.ErrorCode.BAD_VERSION, "no version in common")) as srv:
+        with pytest.raises(ConnectionError, match="refused the connection: bad_version: no version in common"):
+            CaptureClient(srv.address, timeout_s=2, retries=3, log=_quiet).connect()
+        assert srv.hellos == 1                              # refused: not tried again
+    with FakeServer(version=99) as srv:
+        c = CaptureClient(srv.address, timeout_s=2, retries=3, log=_quiet)
+        with pytest.raises(ConnectionError, match=r"speaks protocol version 99, this client \[2\]"):
+            c.connect()
+        assert srv.hellos == 1 and c.welcome is None
+
+
+@pytest.mark.timeout(20)
+def test_client_send_and_receive_api():
+    """The client's public streaming API, as the run loop uses it: send without waiting, poll, read replies."""
+    lm = DanceMotion(1, 30.0).landmarks(0)
+    with FakeServer(drop={1}, garbage_seqs={3}) as srv, CaptureClient(srv.address, timeout_s=2, log=_quiet) as c:
+        c.connect()
+        assert [c.send_landmarks(100.0 + i, lm) for i in range(4)] == [0, 1, 2, 3]
+        assert c.send_landmarks(104.0, None) == 4          # nothing detected: sent as missing
+        assert c.ping()
+        got: list = []
+        for _ in range(500):                               # (a bound on the loop, not a timing assertion)
+            if len(got) == 4:
+                break
+            if c.poll(10):
+                got.extend(c.replies())
+        assert [type(m).__name__ for m in got] == ["Frame", "Frame", "ProtocolError", "Frame"]
+        assert [m.seq for m in got if isinstance(m, P.Frame)] == [0, 2, 4] and got[-1].dropped == 1
+        assert got[1].capture_ts == 102.0 and got[1].jpeg == srv.jpeg
+        assert not c.poll(0) and list(c.replies()) == []   # nothing more waiting
+        assert [s for s, _ in srv.received] == [0, 1, 2, 3, 4]
+        assert np.isnan(srv.received[4][1]).all() and np.array_equal(srv.received[0][1], lm)
+
+
+@pytest.mark.timeout(30)
+def test_malformed_and_undecodable_replies_are_counted_as_errors(tmp_path):
+    n = 8
+    logs: list[str] = []
+    with FakeServer(garbage_seqs={3}, bad_jpeg_seqs={5}) as srv:
+        with CaptureClient(srv.address, timeout_s=2, log=logs.append) as client:
+            st = client.run(SyntheticSource(seed=1, num_frames=n, realtime=False, preview_size=0),
+                            record=tmp_path / "v.mp4", headless=True)
+    assert st.frames_sent == n and st.lost == 0 and st.dropped == 0
+    # 3's reply is no message (frame 4's reply answers it); 5's frame is received but cannot be shown, so it
+    # counts as received and as an error (see clients/ledger.py)
+    assert st.frames_received == n - 1 and st.errors == 2
+    reasons = sorted(st.error_reasons)
+    assert reasons[0].startswith("malformed reply: ") and reasons[1] == "undecodable JPEG in a frame reply"
+    assert list(st.error_reasons.values()) == [1, 1]
+    assert any("server error on frame 5: undecodable JPEG" in m for m in logs)
+    assert _count_frames(tmp_path / "v.mp4")[0] == n - 2    # every decodable reply recorded
 
 
 # -- streaming ---------------------------------------------------------------------------------------------
