@@ -47,12 +47,13 @@ class FakeServer(threading.Thread):
     ``error_seqs``: answer these landmarks with an error reply instead of a frame;
     ``garbage_seqs``: answer these with bytes that are no protocol message; ``bad_jpeg_seqs``: with a frame whose
     JPEG cannot be decoded; ``hello_error``: answer hellos with this error instead of a welcome; ``version``: the
-    protocol version the welcome names.
+    protocol version the welcome names; ``forget_after``: the first session is forgotten after this many frames
+    (later landmarks on it get a no_session error, as after a server restart).
     """
 
     def __init__(self, *, kind="dance", num_landmarks=33, subject_stats=None, drop=(), mute_after=None,
                  error_seqs=(), garbage_seqs=(), bad_jpeg_seqs=(), hello_error: P.Error | None = None,
-                 version: int = P.PROTOCOL_VERSION):
+                 version: int = P.PROTOCOL_VERSION, forget_after: int | None = None):
         super().__init__(daemon=True)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -62,7 +63,7 @@ class FakeServer(threading.Thread):
         self.kind, self.num_landmarks, self.stats = kind, num_landmarks, subject_stats
         self.drop, self.mute_after, self.error_seqs = set(drop), mute_after, set(error_seqs)
         self.garbage_seqs, self.bad_jpeg_seqs = set(garbage_seqs), set(bad_jpeg_seqs)
-        self.hello_error, self.version = hello_error, version
+        self.hello_error, self.version, self.forget_after = hello_error, version, forget_after
         ok, buf = cv2.imencode(".jpg", np.full((SIZE, SIZE, 3), COLOR_BGR, np.uint8))
         self.jpeg = buf.tobytes()
         self.received: list[tuple[int, np.ndarray]] = []   # (seq, landmarks) of every landmarks message
@@ -94,6 +95,10 @@ class FakeServer(threading.Thread):
                 if muted:
                     continue
                 self.received.append((msg.seq, msg.array()))
+                if (self.forget_after is not None and ident == self.sessions[0]
+                        and self._answered.get(ident, 0) >= self.forget_after):
+                    self._reply(ident, P.Error(P.ErrorCode.NO_SESSION, "fake: no session", msg.seq))
+                    continue
                 if msg.seq in self.drop:
                     self._dropped[ident] = self._dropped.get(ident, 0) + 1
                     continue
@@ -428,6 +433,21 @@ def test_server_goes_away_and_comes_back(tmp_path):
     assert st.frames_received + st.dropped + st.errors + st.lost == st.frames_sent
     assert st.frames_received >= 4 + 10  # answered before the hang, and again after reconnecting
     assert any("did the server go away" in m for m in logs) and any("reconnected" in m for m in logs)
+
+
+@pytest.mark.timeout(30)
+def test_server_forgets_the_session_and_the_client_says_hello_again():
+    n = 10
+    logs: list[str] = []
+    with FakeServer(forget_after=4) as srv:
+        st = capture(srv.address, "synthetic:1", headless=True, realtime=False, max_frames=n, timeout_s=2,
+                     log=logs.append)
+        assert srv.hellos == 2 and [s for s, _ in srv.received] == list(range(n))
+    # frame 4 got the no_session error (an answer: not lost), the others frames
+    assert (st.frames_sent, st.frames_received, st.errors, st.lost, st.reconnects) == (n, n - 1, 1, 0, 1)
+    assert st.error_reasons == {"no_session: fake: no session": 1}
+    assert "the server lost our session; saying hello again" in logs and f"reconnected to {srv.address}" in logs
+    assert not any("did the server go away" in m for m in logs)
 
 
 @pytest.mark.timeout(30)
