@@ -10,8 +10,9 @@ Pipeline (one client, one server session)::
                     -> window (when a display exists and not headless) and/or --record mp4
 
 Sending never waits for replies (the server keeps only the newest landmarks of a client and reports how many
-it dropped); ``max_in_flight`` only bounds how far ahead the client may get. A frame is *outstanding* until a reply with a sequence number >= its own arrives or the
-server's ``dropped`` count accounts for it. When the server stops answering while frames are outstanding
+it dropped); ``max_in_flight`` only bounds how far ahead the client may get. A frame is *outstanding* until a
+reply with a sequence number >= its own arrives or the server's ``dropped`` count accounts for it (the rules, and
+what counts as lost: :mod:`clients.ledger`). When the server stops answering while frames are outstanding
 (``timeout_s``), the client says so, reconnects (a fresh session, Lazy-Pirate style: close and reopen the
 socket) and goes on; after ``retries`` failed reconnections it gives up with :class:`ServerLostError`.
 
