@@ -10,8 +10,9 @@ Pipeline (one client, one server session)::
                     -> window (when a display exists and not headless) and/or --record mp4
 
 Sending never waits for replies (the server keeps only the newest landmarks of a client and reports how many
-it dropped); ``max_in_flight`` only bounds how far ahead the client may get. A frame is *outstanding* until a reply with a sequence number >= its own arrives or the
-server's ``dropped`` count accounts for it. When the server stops answering while frames are outstanding
+it dropped); ``max_in_flight`` only bounds how far ahead the client may get. A frame is *outstanding* until a
+reply with a sequence number >= its own arrives or the server's ``dropped`` count accounts for it (the rules, and
+what counts as lost: :mod:`clients.ledger`). When the server stops answering while frames are outstanding
 (``timeout_s``), the client says so, reconnects (a fresh session, Lazy-Pirate style: close and reopen the
 socket) and goes on; after ``retries`` failed reconnections it gives up with :class:`ServerLostError`.
 
@@ -24,6 +25,11 @@ With ``capture(..., realtime=False)`` files are streamed in lock-step (one frame
 rendered; the source thread reads the next frame only when it can be sent at once, so nothing waits in a
 client-side queue and glass-to-glass is the pipeline's own latency.
 
+Where things live: the accounting (outstanding frames, drops, counts, latency samples) is the stream ledger of
+:mod:`clients.ledger`; panels, status bar, window and recorder are :mod:`clients.view`; the socket is
+:class:`CaptureClient`'s (connect, ``send_landmarks``, ``poll`` / ``replies``, ``ping``, ``close``); a run
+(``_Run`` below) ties them to the source thread.
+
 The input panel shows the source frame with the detected skeleton / face mesh drawn on it. ``--record`` writes
 paced streams at wall-clock time (the previous view is repeated where replies were dropped, so the mp4 plays at
 real speed) and lock-step streams one frame per reply.
@@ -31,7 +37,6 @@ real speed) and lock-step streams one frame per reply.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import queue
@@ -39,19 +44,23 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import zmq
 
+from clients.ledger import STATS_WINDOW_S, FrameReply, StreamLedger
 from clients.sources import Source, SourceError, SourceItem, open_source, save_recording
+from clients.view import MIN_VIEW_HEIGHT, Display, InputPanel, Recorder, compose, draw_landmarks, overlay_lines
+from models.landmarks import layout_of
 from realtime import protocol as P
+
+__all__ = ["DEFAULT_PORT", "MIN_VIEW_HEIGHT", "STATS_WINDOW_S", "CaptureClient", "CaptureStats", "ServerLostError",
+           "capture", "draw_landmarks", "has_display", "normalize_mode", "server_address"]
 
 DEFAULT_PORT = 5555
 POLL_MS = 10                # the main loop wakes at least this often (replies and new frames wake it at once)
-STATS_WINDOW_S = 1.0        # the overlay's fps is measured over this window
-MIN_VIEW_HEIGHT = 256       # the composed view is enlarged to at least this height
 
 
 class ServerLostError(ConnectionError):
@@ -134,14 +143,6 @@ class _Work:
     aspect: float
 
 
-@dataclasses.dataclass
-class _Pending:
-    capture_ts: float
-    capture_to_send_ms: float
-    view: np.ndarray | None           # input panel (RGB) or None
-    view_landmarks: np.ndarray | None  # landmarks to render as the input panel when there is no image
-
-
 _END = object()
 
 
@@ -210,60 +211,6 @@ class _Reader(threading.Thread):
             self.wake.close(linger=0)
 
 
-class _Display:
-    """An OpenCV window; degrades to headless (with one message) when it cannot be opened."""
-
-    def __init__(self, title: str, log: Callable[[str], None]):
-        self.title, self.log, self.ok = title, log, True
-        try:
-            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
-        except cv2.error as e:
-            log(f"cannot open a window ({str(e).strip().splitlines()[-1]}); running headless")
-            self.ok = False
-        self.shown = False
-
-    def show(self, rgb: np.ndarray) -> None:
-        if self.ok:
-            cv2.imshow(self.title, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            self.shown = True
-
-    def quit_requested(self) -> bool:
-        if not self.ok:
-            return False
-        key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), ord("Q"), 27):
-            return True
-        if self.shown:
-            try:
-                return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
-            except cv2.error:
-                return True
-        return False
-
-    def close(self) -> None:
-        if self.ok:
-            try:
-                cv2.destroyWindow(self.title)
-                cv2.waitKey(1)
-            except cv2.error:
-                pass
-
-
-def _status_bar(width: int, lines: list[str]) -> np.ndarray:
-    """A dark strip with text lines (RGB uint8), placed under the panels so it never hides the images."""
-    scale = 0.42
-    step = 16
-    bar = np.full((step * len(lines) + 8, width, 3), 24, np.uint8)
-    for i, line in enumerate(lines):
-        cv2.putText(bar, line, (6, step * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (235, 235, 235), 1,
-                    cv2.LINE_AA)
-    return bar
-
-
-def _median(xs) -> float | None:
-    return float(np.median(xs)) if len(xs) else None
-
-
 def normalize_mode(mode: bool | str) -> str:
     """A normalisation mode name from ``--normalize MODE`` (True / False: retarget / off, as ``--no-normalize``)."""
     from models.posenorm import NORMALIZE_MODES
@@ -277,35 +224,6 @@ def normalize_mode(mode: bool | str) -> str:
     return mode
 
 
-_DRAW_POSE = (80, 255, 120)
-_DRAW_FACE = (255, 235, 90)
-
-
-def draw_landmarks(rgb: np.ndarray, landmarks: np.ndarray, kind: str) -> np.ndarray:
-    """Draw the detected skeleton (pose: MediaPipe's connections between landmarks at least 0.5 visible) or face
-    mesh contours onto ``rgb`` (in place; landmarks normalised to that image) and return it."""
-    from models.landmarks import FACE_CONTOURS, POSE_CONNECTIONS
-
-    h, w = rgb.shape[:2]
-    lm = np.asarray(landmarks, np.float32)
-    with np.errstate(invalid="ignore"):
-        pts = np.nan_to_num(lm[:, :2] * (w, h), nan=-1e4).clip(-1e4, 1e4)
-    ipts = np.round(pts * 16).astype(np.int32)
-    thick = max(1, int(round(min(h, w) / 256)))
-    if kind == "dance":
-        ok = np.nan_to_num(lm[:, 2], nan=0.0) >= 0.5
-        for a, b in sorted(POSE_CONNECTIONS):
-            if ok[a] and ok[b]:
-                cv2.line(rgb, tuple(ipts[a]), tuple(ipts[b]), _DRAW_POSE, thick, cv2.LINE_AA, 4)
-        for i in np.flatnonzero(ok):
-            cv2.circle(rgb, tuple(ipts[i]), 2 * 16 * thick, _DRAW_POSE, -1, cv2.LINE_AA, 4)
-    else:
-        ok = np.isfinite(lm[:, :2]).all(axis=1)
-        lines = [ipts[list(line)] for group in FACE_CONTOURS.values() for line in group if ok[list(line)].all()]
-        cv2.polylines(rgb, lines, False, _DRAW_FACE, thick, cv2.LINE_AA, 4)
-    return rgb
-
-
 # ------------------------------------------------------------------------------------------------------------
 class CaptureClient:
     """A posecast client session over ZeroMQ (DEALER -> the server's ROUTER); see the module docstring.
@@ -315,6 +233,10 @@ class CaptureClient:
     row) before giving up. ``normalize``: the normalisation mode (:data:`models.posenorm.NORMALIZE_MODES`:
     ``"retarget"``, ``"same-camera"``, ``"off"``; True / False mean retarget / off). ``max_in_flight``: at most this many frames outstanding (the
     client waits for replies before sending more). ``log``: where progress messages go (default stderr).
+
+    Streaming: :meth:`run` streams a source with everything around it (normalisation, view, accounting,
+    reconnection). Underneath it, and usable alone: :meth:`connect`, :meth:`send_landmarks` (never waits),
+    :meth:`poll` and :meth:`replies` (the replies waiting, decoded), :meth:`ping`, :meth:`close`.
     """
 
     def __init__(self, server: str | int, *, timeout_s: float = 5.0, retries: int = 3,
@@ -383,37 +305,16 @@ class CaptureClient:
         for attempt in range(1, self.retries + 1):
             self._open()
             self._send(P.Hello(client=self.client_name, versions=list(P.SUPPORTED_VERSIONS)))
-            deadline = time.monotonic() + self.timeout_s
-            while (left := deadline - time.monotonic()) > 0:
-                if not self._sock.poll(max(1, int(left * 1000))):
-                    continue
-                try:
-                    msg = P.decode(self._sock.recv())
-                except P.ProtocolError as e:
-                    self.log(f"ignoring a malformed reply from {self.address}: {e}")
-                    continue
-                if isinstance(msg, P.Welcome):
-                    if msg.version not in P.SUPPORTED_VERSIONS:
-                        self._close_socket()
-                        raise ConnectionError(f"the posecast server at {self.address} speaks protocol version "
-                                              f"{msg.version}, this client {list(P.SUPPORTED_VERSIONS)}")
-                    self.welcome = msg
-                    self._session_frames = 0
-                    return msg
-                if isinstance(msg, P.Error):
-                    if msg.code == P.ErrorCode.SERVER_BUSY:
-                        busy = msg.reason
-                        self.log(f"server at {self.address} is busy: {msg.reason} (try {attempt}/{self.retries})")
-                        time.sleep(max(0.0, deadline - time.monotonic()))
-                        break
-                    self._close_socket()
-                    raise ConnectionError(f"the posecast server at {self.address} refused the connection: "
-                                          f"{msg.code}: {msg.reason}")
-                # anything else (a late frame of an old session, a pong): ignore
-            else:
-                if attempt < self.retries:
-                    self.log(f"no answer from {self.address} within {self.timeout_s:g} s "
-                             f"(try {attempt}/{self.retries}); retrying")
+            answer = self._await_welcome(attempt)
+            if isinstance(answer, P.Welcome):
+                self.welcome = answer
+                self._session_frames = 0
+                return answer
+            if answer is not None:
+                busy = answer
+            elif attempt < self.retries:
+                self.log(f"no answer from {self.address} within {self.timeout_s:g} s "
+                         f"(try {attempt}/{self.retries}); retrying")
             self._close_socket()
         if busy is not None:
             raise ConnectionError(f"the posecast server at {self.address} stayed busy after {self.retries} tries: "
@@ -424,11 +325,97 @@ class CaptureClient:
                               f"{'try' if self.retries == 1 else 'tries'} ({self.timeout_s:.1f} s each) "
                               f"— is `posecast serve` running?{hint}")
 
+    def _await_welcome(self, attempt: int) -> "P.Welcome | str | None":
+        """The answer to this try's hello within ``timeout_s``: the Welcome, the reason of a busy server (after
+        waiting out the try), or None (no answer). Raises ``ConnectionError`` when the server refuses us."""
+        deadline = time.monotonic() + self.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._sock.poll(max(1, int(left * 1000))):
+                continue
+            try:
+                msg = P.decode(self._sock.recv())
+            except P.ProtocolError as e:
+                self.log(f"ignoring a malformed reply from {self.address}: {e}")
+                continue
+            if isinstance(msg, P.Welcome):
+                if msg.version not in P.SUPPORTED_VERSIONS:
+                    self._close_socket()
+                    raise ConnectionError(f"the posecast server at {self.address} speaks protocol version "
+                                          f"{msg.version}, this client {list(P.SUPPORTED_VERSIONS)}")
+                return msg
+            if isinstance(msg, P.Error):
+                if msg.code == P.ErrorCode.SERVER_BUSY:
+                    self.log(f"server at {self.address} is busy: {msg.reason} (try {attempt}/{self.retries})")
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                    return msg.reason
+                self._close_socket()
+                raise ConnectionError(f"the posecast server at {self.address} refused the connection: "
+                                      f"{msg.code}: {msg.reason}")
+            # anything else (a late frame of an old session, a pong): ignore
+        return None
+
     def close(self) -> None:
         """Say bye (frees the server session at once) and close the socket."""
         if self._sock is not None:
             self._send(P.Bye())
             self._close_socket()
+
+    # -- sending and receiving (one stream at a time; see :meth:`run`) ------------------------------------
+    @property
+    def context(self) -> zmq.Context:
+        """The ZeroMQ context of this client's socket (a run's inproc wake-up sockets share it)."""
+        return self._ctx
+
+    def send_landmarks(self, capture_ts: float, landmarks: np.ndarray | None) -> int | None:
+        """Send one frame's landmarks (``(K, 3)`` or None: nothing detected) without waiting for the reply;
+        returns the frame's sequence number, or None (with a message) when the socket's queue is full (the
+        server is not reading at all)."""
+        seq = self._seq
+        msg = P.Landmarks.from_array(seq, capture_ts, landmarks, self.welcome.num_landmarks)
+        if not self._send(msg):
+            self.log(f"send queue full; frame {seq} not sent")
+            return None
+        self._seq += 1
+        self._session_frames += 1
+        return seq
+
+    def ping(self) -> bool:
+        """A heartbeat (the server answers with a pong); False when the socket's queue is full."""
+        return self._send(P.Ping(ts=time.time()))
+
+    def poll(self, timeout_ms: int, wake: zmq.Socket | None = None) -> bool:
+        """Wait up to ``timeout_ms`` for a reply, or for a message on ``wake`` (a doorbell socket of
+        :attr:`context` that cuts the wait short; its messages are read and discarded). True when a reply is
+        waiting."""
+        sock = self._sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if wake is not None:
+            poller.register(wake, zmq.POLLIN)
+        events = dict(poller.poll(timeout_ms))
+        if wake is not None and wake in events:
+            while True:
+                try:
+                    wake.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+        return sock in events
+
+    def replies(self) -> Iterator["P.Message | P.ProtocolError"]:
+        """The replies waiting now (never waits), decoded: a message of :mod:`realtime.protocol`, or the
+        ``ProtocolError`` of a malformed one (yielded, not raised: the stream goes on). Stops when the
+        connection is replaced (a reconnection while handling a reply): later replies belong to the new one."""
+        sock = self._sock
+        while self._sock is sock:
+            try:
+                raw = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = P.decode(raw)
+            except P.ProtocolError as e:
+                msg = e
+            yield msg
 
     def __enter__(self) -> "CaptureClient":
         return self
@@ -467,7 +454,9 @@ class CaptureClient:
 
 
 class _Run:
-    """The state of one :meth:`CaptureClient.run`."""
+    """One :meth:`CaptureClient.run`: the source thread, normalising and sending, handling replies, server loss.
+    The accounting is the ledger's (clients/ledger.py), the pictures are the view's (clients/view.py), the
+    socket is the client's."""
 
     def __init__(self, client: CaptureClient, source: Source, *, record, show: bool, save_landmarks,
                  max_frames: int | None):
@@ -477,40 +466,35 @@ class _Run:
         self.save_path = Path(save_landmarks) if save_landmarks is not None else None
         self.max_frames = max_frames
         self.stats = CaptureStats()
-        self.display = _Display(f"posecast capture - {client.address}", self.log) if show else None
+        self.ledger = StreamLedger(STATS_WINDOW_S)
+        self.display = Display(f"posecast capture - {client.address}", self.log) if show else None
         if self.display is not None and not self.display.ok:
             self.display = None
-        self.writer = None
-        self.record_size: tuple[int, int] | None = None
-        self.record_last: np.ndarray | None = None   # the last view written (repeated to keep wall-clock time)
-        self.record_written = 0
-        self.record_t0 = 0.0
-        self.record_fps = 0.0
+        self.recorder: Recorder | None = None        # opened on the first view
         # paced (real-time) stream, or lock-step (--fast on a file/recording: every frame rendered, one at a time)
         self.paced = bool(source.live or source.realtime)
         self.normalizer = None
-        # session state
-        self.pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
-        self.sess_sent = self.sess_answered = self.sess_dropped = 0
-        self.last_progress = time.monotonic()
+        self.aspect: float | None = None             # the source's width / height, fixed by the first frame
         self.reconnects_in_row = 0
-        # measurements
-        self.g2g: list[float] = []
-        self.stage: dict[str, list[float]] = collections.defaultdict(list)
-        self.recv_times: collections.deque[float] = collections.deque()
-        self.first_send: float | None = None
-        self.last_recv: float | None = None
-        self.saved_lms: list[np.ndarray | None] = []
+        self.ping_since: float | None = None         # when the oldest unanswered ping went out
+        self.wake_rx: zmq.Socket | None = None       # the source thread rings it when an item is queued
+        self.saved_lms: list[np.ndarray | None] = []  # --save-landmarks: raw landmarks and capture times
         self.saved_ts: list[float] = []
-        self.aspect: float | None = None
-        self.last_timings: dict = {}
-        self.wake_rx: zmq.Socket | None = None
-        self.ping_since: float | None = None   # when the oldest unanswered ping went out
 
     # -- helpers ----------------------------------------------------------------------------------------
     @property
     def want_view(self) -> bool:
         return self.display is not None or self.record_path is not None
+
+    def _full(self) -> bool:
+        """``max_in_flight`` frames are outstanding: wait for replies (or the drop count) before sending."""
+        return self.c.max_in_flight is not None and self.ledger.outstanding >= self.c.max_in_flight
+
+    def _quit_requested(self) -> bool:
+        if self.display is not None and self.display.quit_requested():
+            self.stats.interrupted = True
+            return True
+        return False
 
     def _make_normalizer(self, aspect: float):
         """The landmark transform of the normalisation mode for this model (see models/posenorm.py)."""
@@ -522,14 +506,9 @@ class _Run:
         self.log(f"normalisation {how}")
         return fn
 
-    def _input_panel(self, p: _Pending, size: int) -> np.ndarray:
-        if p.view is not None:
-            return p.view
-        from clients.sources import preview_image
-        return preview_image(self.c.welcome.kind, p.view_landmarks, size)
-
     # -- sending ----------------------------------------------------------------------------------------
-    def _send_work(self, w: _Work) -> None:
+    def _prepare(self, w: _Work) -> np.ndarray | None:
+        """The landmarks to send for ``w`` (normalised); notes the raw ones (--save-landmarks) and timings."""
         item, raw = w.item, w.landmarks
         if self.aspect is None:
             self.aspect = w.aspect
@@ -538,216 +517,99 @@ class _Run:
             self.stats.landmarks_found += 1
         t = time.perf_counter()
         lm = self.normalizer(raw) if self.normalizer is not None else raw
-        self.stage["normalize"].append((time.perf_counter() - t) * 1e3)
+        self.ledger.sample("normalize", (time.perf_counter() - t) * 1e3)
         if w.extract_ms is not None:
-            self.stage["extract"].append(w.extract_ms)
+            self.ledger.sample("extract", w.extract_ms)
         if self.save_path is not None:
             self.saved_lms.append(None if raw is None else np.asarray(raw, np.float32))
             self.saved_ts.append(item.capture_ts)
-        seq = self.c._seq
         num = self.c.welcome.num_landmarks
-        if raw is not None and lm.shape[0] != num and not {lm.shape[0], num} <= {468, 478}:
-            if self.stats.frames_sent == 0:
+        if raw is not None and lm.shape[0] != num and lm.shape[0] not in layout_of(self.c.welcome.kind).accepted:
+            if self.ledger.sent == 0:
                 self.log(f"warning: sending {lm.shape[0]} landmarks, the server expects {num}")
-        msg = P.Landmarks.from_array(seq, item.capture_ts, lm, num)
-        if not self.c._send(msg):  # the socket's queue is full: the server is not reading at all
-            self.log(f"send queue full; frame {seq} not sent")
+        return lm
+
+    def _send_work(self, w: _Work) -> None:
+        lm = self._prepare(w)
+        item = w.item
+        seq = self.c.send_landmarks(item.capture_ts, lm)
+        if seq is None:
             return
-        now = time.time()
-        c2s = (now - item.capture_ts) * 1e3
-        self.stage["capture_to_send"].append(c2s)
-        view = vlm = None
+        c2s = (time.time() - item.capture_ts) * 1e3
+        panel = None
         if self.want_view:
-            size = self.c.welcome.size
-            if item.rgb is not None:
-                h, wd = item.rgb.shape[:2]
-                nw = max(2, int(round(wd * size / h / 2)) * 2)
-                view = item.rgb if (h, wd) == (size, nw) else cv2.resize(item.rgb, (nw, size),
-                                                                         interpolation=cv2.INTER_AREA)
-                if raw is not None:  # what MediaPipe found, drawn on the input panel
-                    view = draw_landmarks(view.copy(), raw, self.c.welcome.kind)
-            else:
-                vlm = lm
-        if not self.pending:
-            self.last_progress = time.monotonic()
-        self.pending[seq] = _Pending(item.capture_ts, c2s, view, vlm)
-        self.c._seq += 1
-        self.c._session_frames += 1
-        self.sess_sent += 1
-        self.stats.frames_sent += 1
-        if self.first_send is None:
-            self.first_send = time.monotonic()
+            panel = InputPanel.of(item.rgb, w.landmarks, lm, self.c.welcome.kind, self.c.welcome.size)
+        self.ledger.record_send(seq, item.capture_ts, c2s, time.monotonic(), panel)
 
     # -- receiving --------------------------------------------------------------------------------------
-    def _resolve(self, seq: int) -> _Pending | None:
-        """Everything up to ``seq`` is answered or dropped; returns ``seq``'s own entry."""
-        own = None
-        while self.pending:
-            s = next(iter(self.pending))
-            if s > seq:
-                break
-            p = self.pending.pop(s)
-            if s == seq:
-                own = p
-        return own
-
-    def _account_drops(self) -> None:
-        """Frames the server's dropped count accounts for are no longer outstanding."""
-        unexplained = self.sess_sent - self.sess_answered - self.sess_dropped
-        while len(self.pending) > max(unexplained, 0):
-            self.pending.popitem(last=False)
-
     def _poll(self, timeout_ms: int) -> None:
         """Handle the replies that are there (waiting up to ``timeout_ms`` for one, or for the source)."""
-        sock = self.c._sock
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        if self.wake_rx is not None:
-            poller.register(self.wake_rx, zmq.POLLIN)
-        events = dict(poller.poll(timeout_ms))
-        if self.wake_rx is not None and self.wake_rx in events:
-            while True:
-                try:
-                    self.wake_rx.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-        if sock not in events:
-            return
-        while self.c._sock is sock:  # a reconnect (inside _handle) replaces the socket
-            try:
-                raw = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._handle(raw)
+        if self.c.poll(timeout_ms, self.wake_rx):
+            for msg in self.c.replies():
+                self._handle(msg)
 
-    def _handle(self, raw: bytes) -> None:
+    def _handle(self, msg) -> None:
         recv_wall = time.time()
-        try:
-            msg = P.decode(raw)
-        except P.ProtocolError as e:
-            self._error(f"malformed reply: {e.reason}")
+        if isinstance(msg, P.ProtocolError):
+            self._error(f"malformed reply: {msg.reason}")
             return
         self.ping_since = None   # the server is alive
         if isinstance(msg, P.Frame):
-            self.last_progress = time.monotonic()
             self.reconnects_in_row = 0
-            self.sess_answered += 1
-            self.sess_dropped = max(self.sess_dropped, int(msg.dropped))
-            p = self._resolve(msg.seq)
-            self._account_drops()
-            self._frame(msg, p, recv_wall)
+            reply = self.ledger.record_frame(msg.seq, msg.capture_ts, msg.dropped, msg.timings, recv_wall,
+                                             time.monotonic())
+            self._frame(msg, reply)
         elif isinstance(msg, P.Error):
-            self.last_progress = time.monotonic()
-            if msg.seq is not None:
-                self.sess_answered += 1
-                self._resolve(msg.seq)
-                self._account_drops()
-            self._error(f"{msg.code}: {msg.reason}", msg.seq)
+            reason = f"{msg.code}: {msg.reason}"
+            self._log_error(self.ledger.record_error_reply(msg.seq, reason, time.monotonic()), reason, msg.seq)
             if msg.code == P.ErrorCode.NO_SESSION:
                 self.log("the server lost our session; saying hello again")
                 self._reconnect(reason=None)
-        elif isinstance(msg, P.Welcome):
-            pass  # a late answer to a hello
-        # pongs and anything else: ignored
+        # a Welcome (a late answer to a hello), pongs and anything else: ignored
 
     def _error(self, reason: str, seq: int | None = None) -> None:
-        self.stats.errors += 1
-        n = self.stats.error_reasons.get(reason, 0)
-        self.stats.error_reasons[reason] = n + 1
-        if n < 3:
-            self.log(f"server error{'' if seq is None else f' on frame {seq}'}: {reason}"
-                     + (" (further identical errors are counted, not shown)" if n == 2 else ""))
+        """An error of the client's own (a reply it cannot use)."""
+        self._log_error(self.ledger.count_error(reason), reason, seq)
 
-    def _frame(self, msg: P.Frame, p: _Pending | None, recv_wall: float) -> None:
-        st = self.stats
-        st.frames_received += 1
-        g2g = (recv_wall - msg.capture_ts) * 1e3
-        self.g2g.append(g2g)
-        self.last_recv = time.monotonic()
-        self.recv_times.append(self.last_recv)
-        while self.recv_times and self.recv_times[0] < self.last_recv - STATS_WINDOW_S:
-            self.recv_times.popleft()
-        timings = msg.timings if isinstance(msg.timings, dict) else {}
-        self.last_timings = timings
-        for k, v in timings.items():
-            if isinstance(v, (int, float)):
-                self.stage[f"server_{k}"].append(float(v))
-        c2s = p.capture_to_send_ms if p is not None else None
-        total = timings.get("total")
-        if c2s is not None and isinstance(total, (int, float)):
-            self.stage["wire"].append(g2g - c2s - float(total))
-        self.stage["glass_to_glass"].append(g2g)
+    def _log_error(self, n_before: int, reason: str, seq: int | None) -> None:
+        if n_before < 3:
+            self.log(f"server error{'' if seq is None else f' on frame {seq}'}: {reason}"
+                     + (" (further identical errors are counted, not shown)" if n_before == 2 else ""))
+
+    def _frame(self, msg: P.Frame, reply: FrameReply) -> None:
         t = time.perf_counter()
         bgr = cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR)
-        self.stage["decode"].append((time.perf_counter() - t) * 1e3)
+        self.ledger.sample("decode", (time.perf_counter() - t) * 1e3)
         if bgr is None:
             self._error("undecodable JPEG in a frame reply", msg.seq)
             return
-        if not self.want_view:
-            return
-        out = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        size = out.shape[0]
-        from models.visualize import side_by_side
-        panel = self._input_panel(p, size) if p is not None else np.zeros((size, size, 3), np.uint8)
-        view = side_by_side(panel, out)
-        if view.shape[0] < MIN_VIEW_HEIGHT:  # small models: enlarge so the view (and its text) stays legible
-            k = MIN_VIEW_HEIGHT / view.shape[0]
-            view = cv2.resize(view, (round(view.shape[1] * k), MIN_VIEW_HEIGHT), interpolation=cv2.INTER_LINEAR)
-        view = np.concatenate([view, _status_bar(view.shape[1], self._overlay_lines(g2g, c2s, timings))])
+        if self.want_view:
+            self._show(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), reply)
+
+    def _show(self, out: np.ndarray, reply: FrameReply) -> None:
+        """Compose input | output + status bar; to the window and/or the --record mp4."""
+        size, own, led = out.shape[0], reply.frame, self.ledger
+        if own is not None:
+            panel = own.panel.render(self.c.welcome.kind, size)
+        else:  # not outstanding any more (see clients/ledger.py): no input to show beside it
+            panel = np.zeros((size, size, 3), np.uint8)
+        extract = led.stages.get("extract")
+        lines = overlay_lines(fps=led.recent_fps(), glass_to_glass_ms=reply.glass_to_glass_ms,
+                              capture_to_send_ms=own.capture_to_send_ms if own is not None else None,
+                              extract_ms=extract[-1] if extract else None, server_timings=reply.timings,
+                              sent=led.sent, dropped=led.dropped, errors=led.errors, lost=led.lost)
+        view = compose(panel, out, lines)
         if self.display is not None:
             self.display.show(view)
         if self.record_path is not None:
-            self._record(view)
-
-    def _overlay_lines(self, g2g: float, c2s: float | None, timings: dict) -> list[str]:
-        fps = (len(self.recv_times) - 1) / (self.recv_times[-1] - self.recv_times[0]) \
-            if len(self.recv_times) > 1 and self.recv_times[-1] > self.recv_times[0] else 0.0
-        ex = self.stage.get("extract")
-        lines = [f"{fps:4.1f} fps   glass-to-glass {g2g:6.1f} ms",
-                 f"capture->send {c2s:5.1f} ms" if c2s is not None else "capture->send  -"]
-        if ex:
-            lines[-1] += f" (landmarks {ex[-1]:.1f})"
-        srv = " ".join(f"{k} {v:.1f}" for k, v in timings.items() if isinstance(v, (int, float)))
-        if srv:
-            lines.append(f"server ms: {srv}")
-        lines.append(f"sent {self.stats.frames_sent}  dropped {self.sess_dropped + self.stats.dropped}  "
-                     f"errors {self.stats.errors}  lost {self.stats.lost}")
-        return lines
-
-    def _record(self, view: np.ndarray) -> None:
-        """Write the view to the --record mp4. Paced runs are written at wall-clock time: frame k of the video is
-        what was on screen ``k / fps`` seconds after the first one, so where replies were dropped or late the
-        previous view is repeated and the mp4 plays at real speed. Lock-step runs (``--fast``: every frame
-        rendered) write one frame per reply."""
-        from models.visualize import VideoWriter
-
-        if self.writer is None:
-            h, w = view.shape[:2]
-            self.record_size = (w + (w & 1), h + (h & 1))  # even sizes for the codec
-            self.record_fps = float(self.source.fps or self.c.welcome.fps)
-            self.writer = VideoWriter(self.record_path, fps=self.record_fps)
-            self.record_t0 = time.monotonic()
-        if (view.shape[1], view.shape[0]) != self.record_size:
-            view = cv2.resize(view, self.record_size, interpolation=cv2.INTER_AREA)
-        if self.paced and self.record_last is not None:
-            due = int((time.monotonic() - self.record_t0) * self.record_fps + 0.5)  # index this view belongs at
-            while self.record_written < due:
-                self.writer.write(self.record_last)
-                self.record_written += 1
-                self.stats.record_repeats += 1
-        self.writer.write(view)
-        self.record_written += 1
-        self.record_last = view
+            if self.recorder is None:
+                fps = float(self.source.fps or self.c.welcome.fps)
+                self.recorder = Recorder(self.record_path, fps, self.paced)
+            self.recorder.write(view, time.monotonic())
 
     # -- server loss --------------------------------------------------------------------------------------
-    def _end_session(self) -> None:
-        self.stats.lost += len(self.pending)
-        self.pending.clear()
-        self.stats.dropped += self.sess_dropped
-        self.sess_sent = self.sess_answered = self.sess_dropped = 0
-
     def _reconnect(self, reason: str | None) -> None:
-        self._end_session()
+        self.ledger.end_session()
         self.reconnects_in_row += 1
         self.stats.reconnects += 1
         if self.reconnects_in_row > self.c.retries:
@@ -767,7 +629,6 @@ class _Run:
         if self.normalizer is not None and w.subject_stats != old.subject_stats:
             self.normalizer = None
             self.normalizer = self._make_normalizer(self.aspect or 1.0)
-        self.last_progress = time.monotonic()
         self.log(f"reconnected to {self.c.address}")
 
     def _check_server(self) -> None:
@@ -775,72 +636,23 @@ class _Run:
         a ping whenever nothing was sent for half the server's ``heartbeat_s``, so the session never expires
         while the source is slow or every frame is still in flight."""
         now = time.monotonic()
-        if self.pending and now - self.last_progress > self.c.timeout_s:
+        if self.ledger.stalled(now, self.c.timeout_s):
             self._reconnect(f"no reply from {self.c.address} for {self.c.timeout_s:g} s with "
-                            f"{len(self.pending)} frame(s) outstanding — did the server go away?")
+                            f"{self.ledger.outstanding} frame(s) outstanding — did the server go away?")
         elif self.ping_since is not None and now - self.ping_since > self.c.timeout_s:
             self.ping_since = None
             self._reconnect(f"no pong from {self.c.address} for {self.c.timeout_s:g} s — did the server go away?")
         elif now - self.c.last_send >= 0.5 * self.c.welcome.heartbeat_s:
-            if self.c._send(P.Ping(ts=time.time())) and self.ping_since is None:
+            if self.c.ping() and self.ping_since is None:
                 self.ping_since = now
 
     # -- the loop -----------------------------------------------------------------------------------------
     def go(self) -> CaptureStats:
         t0 = time.monotonic()
-        extractor = None
-        if self.source.kind is None:  # an image source: MediaPipe is loaded (and started) before the first frame
-            from models.detect import LandmarkExtractor
-            try:
-                extractor = LandmarkExtractor(self.c.welcome.kind)
-            except BaseException:
-                self.source.close()
-                raise
-        q: queue.Queue = queue.Queue(maxsize=2)
-        addr = f"inproc://posecast-capture-wake-{id(self):x}"
-        self.wake_rx = self.c._ctx.socket(zmq.PAIR)
-        self.wake_rx.setsockopt(zmq.LINGER, 0)
-        self.wake_rx.bind(addr)
-        wake_tx = self.c._ctx.socket(zmq.PAIR)
-        wake_tx.setsockopt(zmq.LINGER, 0)
-        wake_tx.connect(addr)
-        # Lock-step (--fast on a file or recording): the reader takes the next item only when it can be sent at
-        # once, so no frame ever waits in a client-side queue (glass-to-glass is the pipeline, not a backlog).
-        demand = None if self.paced else threading.Semaphore(0)
-        asked = False
-        self.log(f"streaming {self.source.describe()} to {self.c.address} "
-                 f"({self.c.welcome.kind} model {self.c.welcome.model or '?'}, {self.c.welcome.size}px"
-                 f"{'' if self.paced else ', lock-step'})")
-        reader = _Reader(self.source, self.c.welcome.kind, self.max_frames, q, wake_tx, extractor, demand)
-        reader.start()
+        reader = self._start_reader()
         lost_error = None
         try:
-            work = None
-            while True:
-                full = self.c.max_in_flight is not None and len(self.pending) >= self.c.max_in_flight
-                if demand is not None and work is None and not asked and not full:
-                    demand.release()
-                    asked = True
-                ready = (not full) if work is not None else not q.empty()
-                self._poll(0 if ready else POLL_MS)
-                self._check_server()
-                if self.display is not None and self.display.quit_requested():
-                    self.stats.interrupted = True
-                    break
-                if work is None:
-                    try:
-                        work = q.get_nowait()
-                        asked = False
-                    except queue.Empty:
-                        continue
-                if work is _END:
-                    break
-                if isinstance(work, BaseException):
-                    raise work
-                if self.c.max_in_flight is not None and len(self.pending) >= self.c.max_in_flight:
-                    continue  # keep polling until replies (or the drop count) make room
-                self._send_work(work)
-                work = None
+            self._stream(reader.out, reader.demand)
             if not self.stats.interrupted:
                 self._drain()
         except KeyboardInterrupt:
@@ -849,13 +661,7 @@ class _Run:
         except ServerLostError as e:
             lost_error = e
         finally:
-            reader.stop.set()
-            reader.join(timeout=5.0)
-            if self.wake_rx is not None:
-                self.wake_rx.close(linger=0)
-                self.wake_rx = None
-            self.source.close()
-            self._end_session()
+            self._stop(reader)
             self._finish(time.monotonic() - t0)
         if lost_error is not None:
             lost_error.stats = self.stats
@@ -863,36 +669,96 @@ class _Run:
             raise lost_error
         return self.stats
 
+    def _start_reader(self) -> _Reader:
+        """MediaPipe (image sources: loaded before the first frame), the wake-up pair, the source thread."""
+        extractor = None
+        if self.source.kind is None:
+            from models.detect import LandmarkExtractor
+            try:
+                extractor = LandmarkExtractor(self.c.welcome.kind)
+            except BaseException:
+                self.source.close()
+                raise
+        q: queue.Queue = queue.Queue(maxsize=2)
+        addr = f"inproc://posecast-capture-wake-{id(self):x}"
+        self.wake_rx = self.c.context.socket(zmq.PAIR)
+        self.wake_rx.setsockopt(zmq.LINGER, 0)
+        self.wake_rx.bind(addr)
+        wake_tx = self.c.context.socket(zmq.PAIR)
+        wake_tx.setsockopt(zmq.LINGER, 0)
+        wake_tx.connect(addr)
+        # Lock-step (--fast on a file or recording): the reader takes the next item only when it can be sent at
+        # once, so no frame ever waits in a client-side queue (glass-to-glass is the pipeline, not a backlog).
+        demand = None if self.paced else threading.Semaphore(0)
+        w = self.c.welcome
+        self.log(f"streaming {self.source.describe()} to {self.c.address} ({w.kind} model {w.model or '?'}, "
+                 f"{w.size}px{'' if self.paced else ', lock-step'})")
+        reader = _Reader(self.source, w.kind, self.max_frames, q, wake_tx, extractor, demand)
+        reader.start()
+        return reader
+
+    def _stream(self, q: queue.Queue, demand: threading.Semaphore | None) -> None:
+        """Send what the source gives, handling replies in between, until it ends or q/Esc."""
+        work, asked = None, False
+        while True:
+            full = self._full()
+            if demand is not None and work is None and not asked and not full:
+                demand.release()
+                asked = True
+            ready = (not full) if work is not None else not q.empty()
+            self._poll(0 if ready else POLL_MS)
+            self._check_server()
+            if self._quit_requested():
+                return
+            if work is None:
+                try:
+                    work = q.get_nowait()
+                    asked = False
+                except queue.Empty:
+                    continue
+            if work is _END:
+                return
+            if isinstance(work, BaseException):
+                raise work
+            if self._full():
+                continue  # keep polling until replies (or the drop count) make room
+            self._send_work(work)
+            work = None
+
     def _drain(self) -> None:
         """Wait (up to timeout_s without progress) for replies to the outstanding frames."""
-        while self.pending:
-            if time.monotonic() - self.last_progress > self.c.timeout_s:
-                self.log(f"{len(self.pending)} frame(s) got no reply within {self.c.timeout_s:g} s")
+        while self.ledger.outstanding:
+            if self.ledger.stalled(time.monotonic(), self.c.timeout_s):
+                self.log(f"{self.ledger.outstanding} frame(s) got no reply within {self.c.timeout_s:g} s")
                 return
             self._poll(20)
-            if self.display is not None and self.display.quit_requested():
-                self.stats.interrupted = True
+            if self._quit_requested():
                 return
+
+    def _stop(self, reader: _Reader) -> None:
+        reader.stop.set()
+        reader.join(timeout=5.0)
+        if self.wake_rx is not None:
+            self.wake_rx.close(linger=0)
+            self.wake_rx = None
+        self.source.close()
+        self.ledger.end_session()
 
     def _finish(self, duration: float) -> None:
         st = self.stats
         st.duration_s = duration
-        if self.writer is not None:
-            self.writer.close()
+        if self.recorder is not None:
+            self.recorder.close()
             st.output = str(self.record_path)
+            st.record_repeats = self.recorder.repeats
         elif self.record_path is not None:
             self.log(f"no frames received: {self.record_path} not written")
         if self.display is not None:
             self.display.close()
         if self.save_path is not None:
             self._save()
-        if st.frames_received and self.first_send is not None and self.last_recv is not None:
-            span = self.last_recv - self.first_send
-            st.fps = (st.frames_received / span) if span > 0 else 0.0
-        if self.g2g:
-            st.latency_p50_ms = float(np.percentile(self.g2g, 50))
-            st.latency_p99_ms = float(np.percentile(self.g2g, 99))
-        st.stages = {k: _median(v) for k, v in self.stage.items() if len(v)}
+        for name, value in self.ledger.totals().items():
+            setattr(st, name, value)
 
     def _save(self) -> None:
         w = self.c.welcome
@@ -955,3 +821,4 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
                           max_frames=max_frames, show=show)
     finally:
         client.close()
+
