@@ -22,11 +22,12 @@ import dataclasses
 import cv2
 import numpy as np
 
-from models.landmarks import POSE_HEAD_LANDMARKS, POSE_LIMB_NAMES, POSE_LIMBS
+from models.landmarks import POSE_HEAD_LANDMARKS, POSE_LAYOUT, POSE_LIMB_NAMES, POSE_LIMBS
 
 CROP_STRIDE = 4              # crop positions are multiples of this many pixels (lite's stride-4 input conv)
 PERSON_MARGIN = 0.09         # person region: hull of the label map grown by this fraction of the frame side
 HEAD_MARGIN = 0.05           # head region: hull of the head landmarks grown by this fraction of the frame side
+FEATURE_RADIUS = 0.015      # face-feature region: disks this fraction of the frame side around eyes, nose, mouth
 LIMB_WIDTH = 0.05           # limb region: a band this fraction of the frame side wide along arms, legs, hands, feet
 VISIBLE = 0.5                # pose landmarks with visibility below this count as absent
 
@@ -96,6 +97,25 @@ def limb_region(landmarks: np.ndarray, height: int, width: int, band: float = LI
         if ok[a] and ok[b]:
             cv2.line(mask, tuple(np.round(pts[a]).astype(int).tolist()), tuple(np.round(pts[b]).astype(int).tolist()),
                      1, thick, cv2.LINE_8)
+    return mask
+
+
+# Eyes, nose and mouth of the pose layout: a few pixels that tell which way the person faces (pose re-detection
+# reads the body mirrored when a face has no features).
+FACE_FEATURES: tuple[int, ...] = tuple(POSE_LAYOUT.index(n) for n in
+                                       ("nose", "left_eye", "right_eye", "mouth_left", "mouth_right"))
+
+
+def feature_region(landmarks: np.ndarray, height: int, width: int, radius: float = FEATURE_RADIUS) -> np.ndarray:
+    """uint8 (H, W) mask of a dance frame's face features: a disk of ``radius`` x the frame side around each
+    visible eye, the nose and the mouth corners. Empty when none is visible."""
+    lm = np.asarray(landmarks, np.float32)
+    mask = np.zeros((height, width), np.uint8)
+    r = max(1, round(radius * min(height, width)))
+    for i in FACE_FEATURES:
+        x, y, v = lm[i]
+        if v >= VISIBLE and np.isfinite(x) and np.isfinite(y):
+            cv2.circle(mask, (round(float(x) * width - 0.5), round(float(y) * height - 0.5)), r, 1, -1)
     return mask
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.crop import BoxTracker, CropBox, crop_size_for, head_region, limb_region, person_region
+from models.crop import (FACE_FEATURES, BoxTracker, CropBox, crop_size_for, feature_region, head_region, limb_region,
+                         person_region)
 from models.lite import crop_batch, paste_batch
 from models.presets import get_preset
 from models.registry import build_generator
@@ -65,6 +66,20 @@ def test_limb_region_is_a_band_along_the_visible_limbs():
     torso = np.full((33, 3), np.nan, np.float32)
     torso[[11, 12, 23, 24]] = [[0.4, 0.3, 1], [0.6, 0.3, 1], [0.4, 0.7, 1], [0.6, 0.7, 1]]
     assert limb_region(torso, 100, 100).sum() == 0                                # the torso is not a limb
+
+
+def test_feature_region_marks_the_eyes_nose_and_mouth():
+    lm = np.full((33, 3), np.nan, np.float32)
+    lm[:, 2] = 1.0
+    lm[0, :2], lm[2, :2], lm[5, :2] = (0.5, 0.3), (0.45, 0.25), (0.55, 0.25)    # nose, left eye, right eye
+    lm[9, :2], lm[10, :2] = (0.47, 0.35), (0.53, 0.35)                           # mouth corners
+    mask = feature_region(lm, 200, 200)                                           # disks of radius 3 px
+    assert sorted(FACE_FEATURES) == [0, 2, 5, 9, 10]
+    for x, y in lm[list(FACE_FEATURES), :2] * 200 - 0.5:
+        assert mask[round(y), round(x)] == 1 and mask[round(y), round(x) + 6] == 0
+    assert 5 * 25 <= mask.sum() <= 5 * 37                                          # five disks, nothing else
+    lm[[0, 2, 5, 9, 10], 2] = 0.2                                                  # not visible: nothing marked
+    assert feature_region(lm, 200, 200).sum() == 0
 
 
 def test_box_tracker_snaps_clamps_smooths_and_holds():

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from models.crop import PERSON_MARGIN, head_region, limb_region, person_region
+from models.crop import PERSON_MARGIN, feature_region, head_region, limb_region, person_region
 from models.render import render_labels
 
 from .dataset import Dataset, DatasetError
@@ -87,10 +87,10 @@ class ClipSource:
         """Frames start..stop-1 as tensors:
         labels (T, C, S, S) [0,1]; frames (T, 3, S, S) [-1,1]; flow (T, 2, S, S) px; conf (T, 1, S, S) [0,1];
         landmarks (T, K, 3) as stored (normalised to the frame; what crop-aware generators place their crop by);
-        person, head, limbs (T, 1, S, S) {0, 1}: the person's, head's and limbs' regions (models/crop.py; head and
-        limbs are empty for face data), from the unaugmented labels (what the losses weight and eval scores)."""
+        person, head, limbs, features (T, 1, S, S) {0, 1}: the person's, head's, limbs' and face features' regions
+        (models/crop.py; all but person are empty for face data), from the unaugmented labels (what the losses weight and eval scores)."""
         ds = self.ds
-        frames, flows, confs, labels, person, head, limbs = [], [], [], [], [], [], []
+        frames, flows, confs, labels, person, head, limbs, features = [], [], [], [], [], [], [], []
         sx, sy = self._scale
         for i in range(start, stop):
             frames.append(self._resize(np.asarray(ds.frames[i])))
@@ -104,6 +104,7 @@ class ClipSource:
             lm = np.asarray(ds.landmarks[i])
             head.append(head_region(self.kind, lm, self.size, self.size) if self.kind == "dance" else empty)
             limbs.append(limb_region(lm, self.size, self.size) if self.kind == "dance" else empty)
+            features.append(feature_region(lm, self.size, self.size) if self.kind == "dance" else empty)
         frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return {
             "labels": torch.from_numpy(np.stack(labels)),
@@ -114,6 +115,7 @@ class ClipSource:
             "person": torch.from_numpy(np.stack(person)).unsqueeze(1).float(),
             "head": torch.from_numpy(np.stack(head)).unsqueeze(1).float(),
             "limbs": torch.from_numpy(np.stack(limbs)).unsqueeze(1).float(),
+            "features": torch.from_numpy(np.stack(features)).unsqueeze(1).float(),
         }
 
     def background_plate(self, max_frames: int = 200, margin: float = PERSON_MARGIN) -> torch.Tensor:

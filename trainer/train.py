@@ -63,6 +63,8 @@ class TrainConfig:
     w_head: float = 0.0               # extra L1 weight inside the head region, on top (detail where people look)
     w_limbs: float = 0.0              # extra L1 weight on a band along arms, legs, hands and feet, on top (the thin
                                       #   parts a regression blurs first; what pose re-detection looks at)
+    w_features: float = 0.0           # extra L1 weight on disks around the eyes, nose and mouth, on top (the few
+                                      #   pixels that say which way the person faces)
     gan_start: float = 0.0            # fraction of the run after which the adversarial/FM losses switch on
                                       #   (0: from the start, vid2vid; a regression phase first otherwise)
     ema_halflife: float = 0.0         # half-life in iterations of the EMA of G's weights saved as the model
@@ -296,7 +298,8 @@ class Trainer:
 
     def _loss_l1(self, fake, real, batch) -> tuple[torch.Tensor, dict]:
         tc = self.tc
-        weight = 1.0 + tc.w_person * batch["person"] + tc.w_head * batch["head"] + tc.w_limbs * batch["limbs"]
+        weight = (1.0 + tc.w_person * batch["person"] + tc.w_head * batch["head"] + tc.w_limbs * batch["limbs"]
+                  + tc.w_features * batch["features"])
         l1 = ((fake - real).abs() * weight).mean() / weight.mean()
         return tc.w_l1 * l1, {"L1": l1.item()}
 
