@@ -442,6 +442,346 @@ def _say(msg: str, log: Callable[[str], None] | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# prepare: the stages of prepare_video, top to bottom
+
+@dataclasses.dataclass
+class _Source:
+    """The frames being prepared: the file, what the container says, and the range read."""
+    video: Path
+    info: _VideoInfo
+    kind: str
+    start: int                       # first source frame read
+    max_frames: int | None           # at most this many frames read (None: to the end)
+    progress: bool                   # show progress bars
+
+    def bar(self, desc: str) -> tqdm:
+        """A progress bar over the frames read (total unknown when the container does not say)."""
+        info, start, max_frames = self.info, self.start, self.max_frames
+        total = info.frame_count - start if info.frame_count > start else None
+        if max_frames is not None:
+            total = max_frames if total is None else min(total, max_frames)
+        return tqdm(total=total, desc=f"prepare {self.kind}: {desc}", unit="frame", disable=not self.progress,
+                    dynamic_ncols=True)
+
+    def frames(self, bar: tqdm) -> Iterator[tuple[int, np.ndarray]]:
+        """``(source_index, rgb)`` of every frame read (see :func:`_iter_frames`)."""
+        return _iter_frames(self.video, self.info, self.start, self.max_frames, bar)
+
+
+@dataclasses.dataclass
+class _Scan:
+    """What pass 1 found, per frame read (index j = source frame start + j)."""
+    width: int
+    height: int
+    num_landmarks: int
+    diffs: list[float]                      # grey-thumbnail change from the previous frame (0 for the first)
+    hdiffs: list[float]                     # colour-histogram distance from the previous frame (0 for the first)
+    face_lms: list[np.ndarray | None]       # face: landmarks (None: no face); dance: empty
+    dets: list[list[T.Detection]]           # dance: every person found, with track ids; face: empty
+    tracker: T.PeopleTracker | None         # dance: the tracker that holds the tracks
+
+
+def _check_args(kind: str, size, start, max_frames, min_clip_frames) -> None:
+    """Raise :class:`PrepareError` for a bad argument of :func:`prepare_video`."""
+    if kind not in KINDS:
+        raise PrepareError(f"unknown kind {kind!r}: expected one of {', '.join(map(repr, KINDS))}")
+    if int(size) != size or size < 16:
+        raise PrepareError(f"size must be an integer >= 16, got {size!r}")
+    if int(start) != start or start < 0:
+        raise PrepareError(f"start must be an integer >= 0, got {start!r}")
+    if max_frames is not None and (int(max_frames) != max_frames or max_frames < 1):
+        raise PrepareError(f"max_frames must be None or an integer >= 1, got {max_frames!r}")
+    if int(min_clip_frames) != min_clip_frames or min_clip_frames < 1:
+        raise PrepareError(f"min_clip_frames must be an integer >= 1, got {min_clip_frames!r}")
+
+
+def _frame_change(rgb: np.ndarray, prev: tuple | None) -> tuple[float, float, tuple]:
+    """Thumbnail difference and colour-histogram distance of ``rgb`` from the previous frame's ``prev =
+    (thumb, hist)`` (0, 0 for the first frame), and this frame's ``(thumb, hist)``."""
+    thumb, hist = _thumb(rgb), _colour_hist(rgb)
+    diff = 0.0 if prev is None else float(np.abs(thumb - prev[0]).mean())
+    hdiff = 0.0 if prev is None else float(cv2.compareHist(hist, prev[1], cv2.HISTCMP_BHATTACHARYYA))
+    return diff, hdiff, (thumb, hist)
+
+
+def _first_pass(src: _Source, max_people: int) -> _Scan:
+    """Pass 1: decode every frame; face: the face mesh (tracking mode); dance: every person, tracked over time;
+    and the frame-to-frame changes the shot-cut detector needs."""
+    face_lms: list[np.ndarray | None] = []
+    diffs: list[float] = []
+    hdiffs: list[float] = []
+    dets: list[list[T.Detection]] = []
+    width = height = None
+    tracker = None
+    prev = None
+    with src.bar("1/2 landmarks") as pbar:
+        frames = src.frames(pbar)
+        if src.kind == "face":
+            extractor = LandmarkExtractor("face", static_image_mode=False)
+        else:
+            extractor = LandmarkExtractor("dance", static_image_mode=True)
+            detector, tracker = T.MultiPoseDetector(extractor, max_people), T.PeopleTracker()
+        num_landmarks = extractor.num_landmarks
+        try:
+            for j, (_, rgb) in enumerate(frames):
+                height, width = rgb.shape[:2]
+                if src.kind == "face":
+                    face_lms.append(extractor(rgb))
+                else:
+                    dets.append(tracker.update(j, detector(rgb)))
+                diff, hdiff, prev = _frame_change(rgb, prev)
+                diffs.append(diff)
+                hdiffs.append(hdiff)
+        finally:
+            extractor.close()
+    return _Scan(width, height, num_landmarks, diffs, hdiffs, face_lms, dets, tracker)
+
+
+def _people_table(tracks: list, start: int) -> list[dict]:
+    """``report.people``: id, frames seen, first/last source frame, median height and centre x (pixels)."""
+    return [{"id": t.id, "frames": len(t.frames), "first": start + t.frames[0], "last": start + t.frames[-1],
+             "height_px": round(float(np.median(t.heights)), 1),
+             "center_x_px": round(float(np.median([c[0] for c in t.centers])), 1)} for t in tracks]
+
+
+def _choose_subject(src: _Source, scan: _Scan, person: int | None, notes: list[str],
+                    log: Callable[[str], None] | None) -> tuple[list[dict], int]:
+    """Dance: the people seen and the id of the one to follow (``person``, or :func:`trainer.track.pick_subject`);
+    says which in ``notes``. Raises :class:`PrepareError` when nobody was seen or ``person`` is not one of them."""
+    n = len(scan.diffs)
+    tracks = scan.tracker.people(min(T.MIN_TRACK_FRAMES, max(1, n // 4)))  # short videos: any track counts
+    people = _people_table(tracks, src.start)
+    if not tracks:
+        raise PrepareError(f"{src.video}: no person detected in any of the {n} frames read (from frame "
+                           f"{src.start}); is this the right --kind?")
+    if person is None:
+        subject = T.pick_subject(tracks, scan.width, scan.height, n).id
+    elif person not in {t.id for t in tracks}:
+        raise PrepareError(f"{src.video}: there is no person {person}; people seen: "
+                           + ", ".join(f"{p['id']} ({p['frames']} frames)" for p in people))
+    else:
+        subject = int(person)
+    notes.append(_say(f"{len(tracks)} {'person' if len(tracks) == 1 else 'people'} seen; tracking person "
+                      f"{subject}" + ("" if person is not None else " (the largest, most central, most often "
+                                                                      "seen; choose another with --person N)"),
+                      log))
+    return people, subject
+
+
+def _subject_landmarks(dets: list[list[T.Detection]], subject: int
+                       ) -> tuple[list[np.ndarray | None], dict[int, str]]:
+    """Dance: the subject's landmarks per frame (None where missing) and why each missing frame is missing
+    ("no person", "person lost", "people crossing")."""
+    lms: list[np.ndarray | None] = []
+    missing_why: dict[int, str] = {}
+    for j, ds in enumerate(dets):
+        mine = [d for d in ds if d.track == subject]
+        if not mine:
+            lms.append(None)
+            missing_why[j] = "no person" if not ds else "person lost"
+        elif mine[0].crossing:
+            lms.append(None)
+            missing_why[j] = "people crossing"
+        else:
+            lms.append(mine[0].landmarks)
+    return lms, missing_why
+
+
+def _shot_cuts(scan: _Scan) -> np.ndarray:
+    """Boolean per frame read: a shot cut starts here (never at the first frame)."""
+    cuts = _detect_cuts(np.array(scan.diffs), np.array(scan.hdiffs))
+    cuts[0] = False
+    return cuts
+
+
+def _subject_present(lms: list[np.ndarray | None], cuts: np.ndarray, src: _Source) -> np.ndarray:
+    """Boolean per frame read: the subject was found. Keeps in ``cuts`` only the cuts inside a run of detections
+    (the only ones that split a clip, and the ones reported). Raises :class:`PrepareError` if never found."""
+    present = np.array([lm is not None for lm in lms])
+    cuts[1:] &= present[1:] & present[:-1]  # only cuts that split a run of detections matter (and are reported)
+    if not present.any():
+        what = "pose" if src.kind == "dance" else "face"
+        raise PrepareError(f"{src.video}: no {what} detected in any of the {len(lms)} frames read "
+                           f"(from frame {src.start}); is this the right --kind?")
+    return present
+
+
+def _face_clips(lms: list[np.ndarray | None], present: np.ndarray, cuts: np.ndarray, scan: _Scan, fps: float,
+                start: int):
+    """Face: the clip table (with identity letters), the per-frame crop boxes (source pixels; None where no
+    face) and the crop settings."""
+    aspect, height = scan.width / scan.height, scan.height
+    boxes_u, breaks, face_cfg = _face_pass(lms, cuts, aspect, fps)
+    boxes = [None if b is None else (b[0] * height, b[1] * height, b[2] * height) for b in boxes_u]
+    rows = clip_rows(present, breaks, lambda i: "no face", start)
+    sigs = {i: face_signature(lm, aspect) for i, lm in enumerate(lms) if lm is not None}
+    _label_identities(rows, sigs, start)
+    return rows, boxes, face_cfg
+
+
+def _dance_clips(present: np.ndarray, cuts: np.ndarray, missing_why: dict[int, str], subject: int,
+                 start: int) -> list[ClipRow]:
+    """Dance: the clip table, split at cuts and where the subject is missing; identity = the person id."""
+    breaks = {i: "cut" for i in np.flatnonzero(cuts)}
+    rows = clip_rows(present, breaks, lambda i: missing_why.get(i, "no person"), start)
+    for r in rows:
+        r.identity = str(subject)
+    return rows
+
+
+def _keep_long_clips(rows: list[ClipRow], min_clip_frames: int, video: Path, notes: list[str],
+                     log: Callable[[str], None] | None) -> list[ClipRow]:
+    """Mark clips shorter than ``min_clip_frames`` dropped (``dataset = None``; the kept get a placeholder filled
+    in pass 2), say so in ``notes``, and return the kept ones. Raises :class:`PrepareError` when none is left."""
+    for r in rows:
+        r.dataset = (0, 0)  # kept (filled in pass 2) unless dropped below
+    _drop_short(rows, min_clip_frames)
+    kept = [r for r in rows if r.dataset is not None]
+    dropped = [r for r in rows if r.dataset is None]
+    if dropped:
+        notes.append(_say(f"dropped {len(dropped)} clip(s) shorter than {min_clip_frames} frames "
+                          f"({sum(r.length for r in dropped)} frames): "
+                          + ", ".join(f"{r.start}-{r.end - 1}" for r in dropped[:10])
+                          + (" ..." if len(dropped) > 10 else ""), log))
+    if not kept:
+        raise PrepareError(f"{video}: no clip of at least {min_clip_frames} frames with the subject "
+                           f"({len(rows)} shorter clip(s)); lower --min-clip-frames to keep them")
+    return kept
+
+
+def _dance_crop(lms: list[np.ndarray | None], kept: list[ClipRow], src: _Source, scan: _Scan, size: int,
+                min_subject_fraction: float, notes: list[str], log: Callable[[str], None] | None):
+    """Dance: the one fixed crop box for every frame (list of n), around the subject's motion over the kept
+    clips. Refuses (PrepareError) or warns when the subject is small in it; notes its size and any padding."""
+    width, height, start, video = scan.width, scan.height, src.start, src.video
+    kept_lms = [lms[i - start] for r in kept for i in range(r.start, r.end)]
+    box, person_h = _dance_box(kept_lms, width, height)
+    frac = person_h / box[2]
+    size_msg = (f"the subject is {person_h:.0f} px tall, {frac:.0%} of the {box[2]:.0f} px crop "
+                f"({frac * size:.0f} px at {size}px)")
+    if frac < min_subject_fraction:
+        raise PrepareError(f"{video}: {size_msg}, below the {min_subject_fraction:.0%} this needs (the person "
+                           f"moves over too wide a range, or is far away); use --start/--max-frames for a "
+                           f"part where they stay in one place, or --min-subject 0 to accept it")
+    if frac < SUBJECT_WARN_FRACTION:
+        warnings.warn(f"{video}: {size_msg}: small for a model (below {SUBJECT_WARN_FRACTION:.0%})",
+                      stacklevel=3)   # attributed to prepare_video's caller
+        notes.append(f"warning: {size_msg}: small for a model (below {SUBJECT_WARN_FRACTION:.0%})")
+    else:
+        notes.append(_say(size_msg, log))
+    pad = _outside(box, width, height)
+    if pad:
+        notes.append(_say(f"the crop extends up to {pad} px beyond the frame: padded by reflection "
+                          f"(mirrored image, not repeated border pixels)", log))
+    return [box] * len(scan.diffs)
+
+
+def _note_face_padding(boxes: list, kept: list[ClipRow], scan: _Scan, start: int, notes: list[str],
+                       log: Callable[[str], None] | None) -> None:
+    """Face: say in ``notes`` in how many kept frames the crop leaves the frame (padded by reflection)."""
+    pads = [_outside(boxes[i - start], scan.width, scan.height) for r in kept for i in range(r.start, r.end)]
+    if max(pads) > 0:
+        notes.append(_say(f"the face crop extends beyond the frame in {sum(p > 0 for p in pads)} of "
+                          f"{len(pads)} frames (up to {max(pads)} px): padded by reflection", log))
+
+
+@dataclasses.dataclass
+class _Written:
+    """What pass 2 wrote: source frames without the subject, and per dataset frame its source frame and box."""
+    missing: list[int] = dataclasses.field(default_factory=list)
+    source_frames: list[int] = dataclasses.field(default_factory=list)
+    boxes: list[list[float]] = dataclasses.field(default_factory=list)   # x0, y0, side rounded to 0.01 px
+
+
+def _add_frame(writer: DatasetWriter, flow_est: FlowEstimator, frame: np.ndarray, olm: np.ndarray,
+               prev: np.ndarray | None, row: ClipRow, src_i: int) -> None:
+    """Append one frame to the dataset: a new clip (no flow) at the clip's first frame, else with the backward
+    flow from ``prev``; keep ``row.dataset`` (its dataset frame range) up to date."""
+    if src_i == row.start:
+        writer.begin_clip()
+        row.dataset = (writer.manifest.num_frames, writer.manifest.num_frames)
+        writer.add(frame, olm)
+    else:
+        flow, conf = flow_est(prev, frame)
+        writer.add(frame, olm, flow.astype(np.float16), conf)
+    row.dataset = (row.dataset[0], writer.manifest.num_frames)
+
+
+def _second_pass(src: _Source, scan: _Scan, lms: list, boxes: list, clip_of: dict[int, ClipRow], size: int,
+                 writer: DatasetWriter, flow_est: FlowEstimator) -> _Written:
+    """Pass 2: decode again; for each frame of a kept clip crop + resize to ``size``, map its landmarks into the
+    crop, add it with the flow from the previous written frame. Raises :class:`PrepareError` when the decoder
+    gives other frames than in pass 1."""
+    out = _Written()
+    n, seen, prev = len(scan.diffs), 0, None
+    with src.bar("2/2 frames+flow") as pbar:
+        for src_i, rgb in src.frames(pbar):
+            j = src_i - src.start
+            if j >= n or rgb.shape[:2] != (scan.height, scan.width):
+                raise PrepareError(f"{src.video}: decoding differs between the two passes (frame {src_i})")
+            seen += 1
+            lm = lms[j]
+            if lm is None:
+                writer.note_missing(src_i)
+                out.missing.append(src_i)
+                prev = None
+                continue
+            row = clip_of.get(j)
+            if row is None:  # a dropped clip
+                prev = None
+                continue
+            box = tuple(float(v) for v in boxes[j])
+            frame = crop_resize(rgb, box, size)
+            _add_frame(writer, flow_est, frame, map_landmarks(lm, box, scan.width, scan.height, src.kind), prev,
+                       row, src_i)
+            prev = frame
+            out.source_frames.append(src_i)
+            out.boxes.append([round(v, 2) for v in box])
+        if seen != n:
+            raise PrepareError(f"{src.video}: decoding differs between the two passes ({n} then {seen} frames)")
+    return out
+
+
+def _clip_of(kept: list[ClipRow], start: int) -> dict[int, ClipRow]:
+    """Frame index (from ``start``) -> the kept clip it belongs to."""
+    return {i - start: r for r in kept for i in range(r.start, r.end)}
+
+
+def _manifest_extra(src: _Source, scan: _Scan, cut_frames: list[int], written: _Written, boxes: list,
+                    kept: list[ClipRow], rows: list[ClipRow], people: list[dict], subject: int | None,
+                    face_cfg: FaceCropConfig | None) -> dict:
+    """``manifest.extra`` of a prepared dataset: the source, the shots, the crop per dataset frame, the clip
+    table, the people (dance) and the coordinate and flow conventions."""
+    kind, height = src.kind, scan.height
+    if kind == "dance":
+        crop = {"mode": "fixed", "box": written.boxes[0], "margin": DANCE_MARGIN,
+                "box_height_units": [v / height for v in boxes[kept[0].start - src.start]]}
+    else:
+        crop = {**face_cfg.to_dict(), "mode": "tracked"}   # models.posenorm.FaceCrop with these settings
+    return {
+        "producer": "posecast prepare",
+        "source_fps": src.info.fps,
+        "source_size": [scan.width, height],
+        "start": src.start,
+        "frames_read": len(scan.diffs),
+        "cuts": cut_frames,
+        "source_frame_indices": written.source_frames,   # dataset frame i <- source frame source_frame_indices[i]
+        "crop": {
+            **crop,
+            "aspect": scan.width / height,
+            "format": "boxes: x0, y0, side in source pixels (square; outside the frame: reflect padding)",
+            "padding": "reflect",
+            "boxes": written.boxes,           # one per dataset frame
+        },
+        "clip_table": [r.to_dict() for r in rows],
+        **({"people": people, "person": subject} if kind == "dance" else {}),
+        "landmark_coords": "x, y normalised to the output frame (not clipped); 3rd = "
+                           + ("visibility" if kind == "dance" else "z scaled like x"),
+        "flow": {"method": "opencv DIS preset MEDIUM, backward", "fb_threshold_px": FB_THRESHOLD_PX},
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
 
 def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0, max_frames: int | None = None,
                   overwrite: bool = False, progress: bool = True, person: int | None = None,
@@ -461,230 +801,45 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
     """
     t0 = time.perf_counter()
     video, out = Path(video), Path(out_dir)
-    if kind not in KINDS:
-        raise PrepareError(f"unknown kind {kind!r}: expected one of {', '.join(map(repr, KINDS))}")
-    if int(size) != size or size < 16:
-        raise PrepareError(f"size must be an integer >= 16, got {size!r}")
-    if int(start) != start or start < 0:
-        raise PrepareError(f"start must be an integer >= 0, got {start!r}")
-    if max_frames is not None and (int(max_frames) != max_frames or max_frames < 1):
-        raise PrepareError(f"max_frames must be None or an integer >= 1, got {max_frames!r}")
-    if int(min_clip_frames) != min_clip_frames or min_clip_frames < 1:
-        raise PrepareError(f"min_clip_frames must be an integer >= 1, got {min_clip_frames!r}")
+    _check_args(kind, size, start, max_frames, min_clip_frames)
     size, start = int(size), int(start)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    info = _probe(video)
+    src = _Source(video, _probe(video), kind, start, max_frames, progress)
     notes: list[str] = []
 
-    def bar(desc: str) -> tqdm:
-        total = info.frame_count - start if info.frame_count > start else None
-        if max_frames is not None:
-            total = max_frames if total is None else min(total, max_frames)
-        return tqdm(total=total, desc=f"prepare {kind}: {desc}", unit="frame", disable=not progress,
-                    dynamic_ncols=True)
-
-    # ---- pass 1: landmarks in source-normalised coordinates, shot changes ----
-    src_lms: list[np.ndarray | None] = []
-    diffs: list[float] = []
-    hdiffs: list[float] = []
-    width = height = None
-    prev_thumb = prev_hist = None
-    dets: list[list[T.Detection]] = []
-    tracker = None
-    with bar("1/2 landmarks") as pbar:
-        frames = _iter_frames(video, info, start, max_frames, pbar)
-        if kind == "face":
-            extractor = LandmarkExtractor("face", static_image_mode=False)
-            num_landmarks = extractor.num_landmarks
-        else:
-            extractor = LandmarkExtractor("dance", static_image_mode=True)
-            detector, tracker = T.MultiPoseDetector(extractor, max_people), T.PeopleTracker()
-            num_landmarks = extractor.num_landmarks
-        try:
-            for j, (_, rgb) in enumerate(frames):
-                height, width = rgb.shape[:2]
-                if kind == "face":
-                    src_lms.append(extractor(rgb))
-                else:
-                    dets.append(tracker.update(j, detector(rgb)))
-                thumb, hist = _thumb(rgb), _colour_hist(rgb)
-                diffs.append(0.0 if prev_thumb is None else float(np.abs(thumb - prev_thumb).mean()))
-                hdiffs.append(0.0 if prev_hist is None else
-                              float(cv2.compareHist(hist, prev_hist, cv2.HISTCMP_BHATTACHARYYA)))
-                prev_thumb, prev_hist = thumb, hist
-        finally:
-            extractor.close()
-    n = len(diffs)
-    aspect = width / height
-    cuts = _detect_cuts(np.array(diffs), np.array(hdiffs))
-    cuts[0] = False
-
-    people: list[dict] = []
-    subject: int | None = None
-    missing_why: dict[int, str] = {}
+    # ---- pass 1: landmarks in source-normalised coordinates, the subject, shot changes ----
+    scan = _first_pass(src, max_people)
+    n = len(scan.diffs)
+    cuts = _shot_cuts(scan)
+    lms, people, subject, missing_why = scan.face_lms, [], None, {}
     if kind == "dance":
-        tracks = tracker.people(min(T.MIN_TRACK_FRAMES, max(1, n // 4)))  # short videos: any track counts
-        for t in tracks:
-            people.append({"id": t.id, "frames": len(t.frames), "first": start + t.frames[0],
-                           "last": start + t.frames[-1], "height_px": round(float(np.median(t.heights)), 1),
-                           "center_x_px": round(float(np.median([c[0] for c in t.centers])), 1)})
-        if not tracks:
-            raise PrepareError(f"{video}: no person detected in any of the {n} frames read (from frame {start}); "
-                               f"is this the right --kind?")
-        if person is None:
-            subject = T.pick_subject(tracks, width, height, n).id
-        elif person not in {t.id for t in tracks}:
-            raise PrepareError(f"{video}: there is no person {person}; people seen: "
-                               + ", ".join(f"{p['id']} ({p['frames']} frames)" for p in people))
-        else:
-            subject = int(person)
-        notes.append(_say(f"{len(tracks)} {'person' if len(tracks) == 1 else 'people'} seen; tracking person "
-                          f"{subject}" + ("" if person is not None else " (the largest, most central, most often "
-                                                                          "seen; choose another with --person N)"),
-                          log))
-        for j, ds in enumerate(dets):
-            mine = [d for d in ds if d.track == subject]
-            if not mine:
-                src_lms.append(None)
-                missing_why[j] = "no person" if not ds else "person lost"
-            elif mine[0].crossing:
-                src_lms.append(None)
-                missing_why[j] = "people crossing"
-            else:
-                src_lms.append(mine[0].landmarks)
-    present = np.array([lm is not None for lm in src_lms])
-    cuts[1:] &= present[1:] & present[:-1]  # only cuts that split a run of detections matter (and are reported)
-    if not present.any():
-        what = "pose" if kind == "dance" else "face"
-        raise PrepareError(f"{video}: no {what} detected in any of the {n} frames read "
-                           f"(from frame {start}); is this the right --kind?")
+        people, subject = _choose_subject(src, scan, person, notes, log)
+        lms, missing_why = _subject_landmarks(scan.dets, subject)
+    present = _subject_present(lms, cuts, src)
 
-    # ---- crops and clips ----
+    # ---- clips and crops ----
     face_cfg = None
     if kind == "face":
-        boxes_u, breaks, face_cfg = _face_pass(src_lms, cuts, aspect, info.fps)
-        boxes = [None if b is None else (b[0] * height, b[1] * height, b[2] * height) for b in boxes_u]
-        rows = clip_rows(present, breaks, lambda i: "no face", start)
-        sigs = {i: face_signature(lm, aspect) for i, lm in enumerate(src_lms) if lm is not None}
-        _label_identities(rows, sigs, start)
+        rows, boxes, face_cfg = _face_clips(lms, present, cuts, scan, src.info.fps, start)
     else:
-        breaks = {i: "cut" for i in np.flatnonzero(cuts)}
-        rows = clip_rows(present, breaks, lambda i: missing_why.get(i, "no person"), start)
-        for r in rows:
-            r.identity = str(subject)
-    for r in rows:
-        r.dataset = (0, 0)  # kept (filled in pass 2) unless dropped below
-    _drop_short(rows, min_clip_frames)
-    kept = [r for r in rows if r.dataset is not None]
-    dropped = [r for r in rows if r.dataset is None]
-    if dropped:
-        notes.append(_say(f"dropped {len(dropped)} clip(s) shorter than {min_clip_frames} frames "
-                          f"({sum(r.length for r in dropped)} frames): "
-                          + ", ".join(f"{r.start}-{r.end - 1}" for r in dropped[:10])
-                          + (" ..." if len(dropped) > 10 else ""), log))
-    if not kept:
-        raise PrepareError(f"{video}: no clip of at least {min_clip_frames} frames with the subject "
-                           f"({len(rows)} shorter clip(s)); lower --min-clip-frames to keep them")
+        rows = _dance_clips(present, cuts, missing_why, subject, start)
+    kept = _keep_long_clips(rows, min_clip_frames, video, notes, log)
     if kind == "dance":
-        kept_lms = [src_lms[i - start] for r in kept for i in range(r.start, r.end)]
-        box, person_h = _dance_box(kept_lms, width, height)
-        boxes = [box] * n
-        frac = person_h / box[2]
-        size_msg = (f"the subject is {person_h:.0f} px tall, {frac:.0%} of the {box[2]:.0f} px crop "
-                    f"({frac * size:.0f} px at {size}px)")
-        if frac < min_subject_fraction:
-            raise PrepareError(f"{video}: {size_msg}, below the {min_subject_fraction:.0%} this needs (the person "
-                               f"moves over too wide a range, or is far away); use --start/--max-frames for a "
-                               f"part where they stay in one place, or --min-subject 0 to accept it")
-        if frac < SUBJECT_WARN_FRACTION:
-            warnings.warn(f"{video}: {size_msg}: small for a model (below {SUBJECT_WARN_FRACTION:.0%})",
-                          stacklevel=2)
-            notes.append(f"warning: {size_msg}: small for a model (below {SUBJECT_WARN_FRACTION:.0%})")
-        else:
-            notes.append(_say(size_msg, log))
-        pad = _outside(box, width, height)
-        if pad:
-            notes.append(_say(f"the crop extends up to {pad} px beyond the frame: padded by reflection "
-                              f"(mirrored image, not repeated border pixels)", log))
+        boxes = _dance_crop(lms, kept, src, scan, size, min_subject_fraction, notes, log)
     else:
-        pads = [_outside(boxes[i - start], width, height) for r in kept for i in range(r.start, r.end)]
-        if max(pads) > 0:
-            notes.append(_say(f"the face crop extends beyond the frame in {sum(p > 0 for p in pads)} of "
-                              f"{len(pads)} frames (up to {max(pads)} px): padded by reflection", log))
-    clip_of = {}
-    for r in kept:
-        for i in range(r.start, r.end):
-            clip_of[i - start] = r
+        _note_face_padding(boxes, kept, scan, start, notes, log)
 
     # ---- pass 2: crop, resize, flow, write ----
+    clip_of = _clip_of(kept, start)
     flow_est = FlowEstimator(fb_threshold_px=FB_THRESHOLD_PX)
-    missing: list[int] = []
-    written_src: list[int] = []
-    written_boxes: list[list[float]] = []
-    seen = 0
-    with DatasetWriter(out, kind=kind, height=size, width=size, fps=info.fps, num_landmarks=num_landmarks,
-                       source=str(video), overwrite=overwrite) as writer, bar("2/2 frames+flow") as pbar:
-        prev = None
-        for src_i, rgb in _iter_frames(video, info, start, max_frames, pbar):
-            j = src_i - start
-            if j >= n or rgb.shape[:2] != (height, width):
-                raise PrepareError(f"{video}: decoding differs between the two passes (frame {src_i})")
-            seen += 1
-            lm = src_lms[j]
-            if lm is None:
-                writer.note_missing(src_i)
-                missing.append(src_i)
-                prev = None
-                continue
-            row = clip_of.get(j)
-            if row is None:  # a dropped clip
-                prev = None
-                continue
-            box = tuple(float(v) for v in boxes[j])
-            frame = crop_resize(rgb, box, size)
-            olm = map_landmarks(lm, box, width, height, kind)
-            if src_i == row.start:
-                writer.begin_clip()
-                row.dataset = (writer.manifest.num_frames, writer.manifest.num_frames)
-                writer.add(frame, olm)
-            else:
-                flow, conf = flow_est(prev, frame)
-                writer.add(frame, olm, flow.astype(np.float16), conf)
-            row.dataset = (row.dataset[0], writer.manifest.num_frames)
-            prev = frame
-            written_src.append(src_i)
-            written_boxes.append([round(v, 2) for v in box])
-        if seen != n:
-            raise PrepareError(f"{video}: decoding differs between the two passes ({n} then {seen} frames)")
-        m = writer.manifest
-        if kind == "dance":
-            crop = {"mode": "fixed", "box": written_boxes[0], "margin": DANCE_MARGIN,
-                    "box_height_units": [v / height for v in boxes[kept[0].start - start]]}
-        else:
-            crop = {**face_cfg.to_dict(), "mode": "tracked"}   # models.posenorm.FaceCrop with these settings
-        m.extra = {
-            "producer": "posecast prepare",
-            "source_fps": info.fps,
-            "source_size": [width, height],
-            "start": start,
-            "frames_read": n,
-            "cuts": [start + int(i) for i in np.flatnonzero(cuts)],
-            "source_frame_indices": written_src,   # dataset frame i <- source frame source_frame_indices[i]
-            "crop": {
-                **crop,
-                "aspect": aspect,
-                "format": "boxes: x0, y0, side in source pixels (square; outside the frame: reflect padding)",
-                "padding": "reflect",
-                "boxes": written_boxes,           # one per dataset frame
-            },
-            "clip_table": [r.to_dict() for r in rows],
-            **({"people": people, "person": subject} if kind == "dance" else {}),
-            "landmark_coords": "x, y normalised to the output frame (not clipped); 3rd = "
-                               + ("visibility" if kind == "dance" else "z scaled like x"),
-            "flow": {"method": "opencv DIS preset MEDIUM, backward", "fb_threshold_px": FB_THRESHOLD_PX},
-        }
+    cut_frames = [start + int(i) for i in np.flatnonzero(cuts)]
+    with DatasetWriter(out, kind=kind, height=size, width=size, fps=src.info.fps, num_landmarks=scan.num_landmarks,
+                       source=str(video), overwrite=overwrite) as writer:
+        written = _second_pass(src, scan, lms, boxes, clip_of, size, writer, flow_est)
+        writer.manifest.extra = _manifest_extra(src, scan, cut_frames, written, boxes, kept, rows, people, subject,
+                                                face_cfg)
     clips = [(int(a), int(b)) for a, b in writer.manifest.clips]  # final once the writer is closed
-    return PrepareReport(frames_read=n, frames_written=len(written_src), missing=missing, clips=clips, out=out,
-                         seconds=time.perf_counter() - t0, cuts=[start + int(i) for i in np.flatnonzero(cuts)],
+    return PrepareReport(frames_read=n, frames_written=len(written.source_frames), missing=written.missing,
+                         clips=clips, out=out, seconds=time.perf_counter() - t0, cuts=list(cut_frames),
                          clip_table=rows, people=people, person=subject, notes=notes)

@@ -193,6 +193,134 @@ def _cyl_shade(t):
     return 0.50 + 0.50 * np.sqrt(np.clip(1 - (t + 0.30) ** 2 / 1.69, 0, 1)) ** 0.8
 
 
+# -- sprite shapes: fn(X, Y) -> (rgb, alpha) in part-local body units, for _make_sprite ----------------------------
+def _limb_fn(L, w0, w1, e0, e1, colour_fn, round_end=False):
+    """A tapered limb along +X (half-width w0 at 0 .. w1 at L, extended by e0 before and e1 after, the far end
+    rounded if ``round_end``), coloured by ``colour_fn(X, Y, half_width)`` and shaded like a cylinder."""
+    def fn(X, Y):
+        hw = w0 + (w1 - w0) * np.clip(X / L, 0, 1)
+        inside = (np.abs(Y) <= hw) & (X >= -e0) & (X <= L + e1)
+        if round_end and e1 > 0:
+            dx = np.maximum(X - (L + e1 - hw), 0)
+            inside &= dx ** 2 + Y ** 2 <= hw ** 2
+        rgb = colour_fn(X, Y, hw)
+        return rgb * _cyl_shade(Y / hw)[..., None], inside.astype(np.float64)
+    return fn
+
+
+def _skin_colour(app: Appearance):
+    """Limb colour: bare skin."""
+    skin = _col(app.skin)
+    return lambda X, Y, hw: _fill(X.shape, skin)
+
+
+def _upper_sleeve_colour(app: Appearance):
+    """Upper-arm colour: the shirt pattern; short sleeves end at 45 % of the upper arm with a trim."""
+    skin = _col(app.skin)
+
+    def fn(X, Y, hw):
+        rgb = _pattern(app, Y * 1.3, X)
+        if not app.long_sleeves:
+            cut = UPPER_ARM * 0.45
+            rgb = _mix(X > cut, skin, rgb)
+            rgb = _mix((X > cut - 0.012) & (X <= cut), app.shirt2 if app.pattern != "hstripes" else app.shirt1, rgb)
+        return rgb
+    return fn
+
+
+def _lower_sleeve_colour(app: Appearance):
+    """Forearm colour: skin, or (long sleeves) the shirt pattern continued from the upper arm, with a cuff."""
+    skin = _col(app.skin)
+
+    def fn(X, Y, hw):
+        if not app.long_sleeves:
+            return _fill(X.shape, skin)
+        rgb = _pattern(app, Y * 1.3, X + UPPER_ARM)
+        return _mix(X > FOREARM - 0.018, app.shirt2, rgb)
+    return fn
+
+
+def _trouser_colour(app: Appearance, jean: np.ndarray, length: float, is_thigh: bool):
+    """Thigh / shin colour: trousers with a denim-like noise (``jean``) and a seam; shorts leave the knee and
+    the shin bare (white socks at the bottom)."""
+    skin, tr = _col(app.skin), _col(app.trousers)
+
+    def fn(X, Y, hw):
+        n = cv2.resize(jean, (X.shape[1], X.shape[0]), interpolation=cv2.INTER_LINEAR)
+        rgb = tr[None, None] * (1 + 0.05 * n[..., None])
+        seam = np.abs(Y - 0.55 * hw) < 0.0035
+        rgb = _mix(seam, tr * 0.75, rgb)
+        if app.shorts:
+            if is_thigh:
+                rgb = _mix(X > 0.55 * THIGH, skin, rgb)
+            else:
+                rgb = _mix(X < length - 0.03, skin, _fill(X.shape, (235, 235, 235)))
+        return rgb
+    return fn
+
+
+def _limb_sprite(spec, colour_fn, res: float, round_end: bool = False) -> Sprite:
+    """The sprite of a limb ``spec = (length, half-width at start, at end, extension before, after)``."""
+    L, w0, w1, e0, e1 = spec
+    wm = max(w0, w1)
+    return _make_sprite(-e0, L + e1, -wm, wm, res, _limb_fn(L, w0, w1, e0, e1, colour_fn, round_end))
+
+
+def _disc_sprite(app: Appearance, r: float, colour, res: float) -> Sprite:
+    """A shaded joint disc of radius ``r`` in ``colour`` (None: the shirt pattern)."""
+    def fn(X, Y):
+        rho = np.sqrt(X ** 2 + Y ** 2) / r
+        rgb = _pattern(app, X, Y) if colour is None else _fill(X.shape, colour)
+        return rgb * _cyl_shade(X / r)[..., None] * (1 - 0.1 * rho[..., None] ** 2), \
+            (rho <= 1).astype(np.float64)
+    return _make_sprite(-r, r, -r, r, res, fn)
+
+
+def _hand_fn(side: int, skin: np.ndarray):
+    """A hand along +X from the wrist (palm, wrist and thumb ellipses, finger gaps); ``side`` mirrors it."""
+    def fn(X, Y):
+        Yl = Y * side
+        palm = ((X - 0.046) / 0.046) ** 2 + (Yl / 0.024) ** 2 <= 1
+        wrist = (X >= -0.01) & (X <= 0.03) & (np.abs(Yl) <= 0.019)
+        c, s = math.cos(0.6), math.sin(0.6)
+        tx, ty = X - 0.030, Yl - 0.020
+        thumb = ((tx * c + ty * s) / 0.026) ** 2 + ((-tx * s + ty * c) / 0.010) ** 2 <= 1
+        inside = palm | wrist | thumb
+        rgb = _fill(X.shape, skin) * _cyl_shade(Yl / 0.026)[..., None]
+        gaps = (X > 0.062) & (np.abs(np.mod(Yl + 0.0125, 0.0125) - 0.00625) < 0.0011) & (np.abs(Yl) < 0.016)
+        rgb = _mix(gaps, skin * 0.7, rgb)
+        return rgb, inside.astype(np.float64)
+    return fn
+
+
+def _shoe_fn(app: Appearance):
+    """A shoe in side view: X along heel -> toe (0 = heel landmark), +Y toward the sole; sole and laces."""
+    shoe, sole = _col(app.shoes), _col(app.soles)
+    FL = FOOT_BACK + FOOT_FWD
+
+    def fn(X, Y):
+        hh = 0.030 - 0.006 * np.clip(X / FL, 0, 1)
+        xc = np.clip(X, -0.005 + hh, FL + 0.01 - hh)
+        inside = (X - xc) ** 2 + (Y + 0.002) ** 2 * (hh / hh) <= hh ** 2
+        inside |= (X >= -0.005 + hh) & (X <= FL + 0.01 - hh) & (np.abs(Y + 0.002) <= hh)
+        rgb = _fill(X.shape, shoe) * _cyl_shade(-Y / 0.03)[..., None]
+        rgb = _mix(Y > hh - 0.011, sole, rgb)
+        laces = (X > 0.05) & (X < 0.10) & (Y < -0.012) & (np.abs(np.mod(X, 0.012) - 0.006) < 0.0018)
+        rgb = _mix(laces, sole * 0.9, rgb)
+        return rgb, inside.astype(np.float64)
+    return fn
+
+
+def _ear_fn(skin: np.ndarray):
+    """An ear: a skin ellipse with a darker inner fold."""
+    def fn(X, Y):
+        rho = (X / 0.016) ** 2 + (Y / 0.026) ** 2
+        inner = (X / 0.008) ** 2 + ((Y - 0.002) / 0.015) ** 2
+        rgb = _fill(X.shape, skin) * (0.93 - 0.12 * np.exp(-inner)[..., None])
+        return rgb, (rho <= 1).astype(np.float64)
+    return fn
+
+
 class DancerSprites:
     """All sprites/textures of one appearance at one frame size."""
 
@@ -202,121 +330,31 @@ class DancerSprites:
         self.app = app
         res = px_per_unit * 1.25
         self.res = res
-        rng = np.random.default_rng([seed & 0xFFFFFFFF, 104729])
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, 104729])   # draws in order: jeans, torso, head
+        self._make_limbs(res, rng.uniform(-1, 1, (64, 64)).astype(np.float32))
+        self._make_joints(res)
         skin = _col(app.skin)
-
-        def limb_fn(L, w0, w1, e0, e1, colour_fn, round_end=False):
-            def fn(X, Y):
-                hw = w0 + (w1 - w0) * np.clip(X / L, 0, 1)
-                inside = (np.abs(Y) <= hw) & (X >= -e0) & (X <= L + e1)
-                if round_end and e1 > 0:
-                    dx = np.maximum(X - (L + e1 - hw), 0)
-                    inside &= dx ** 2 + Y ** 2 <= hw ** 2
-                rgb = colour_fn(X, Y, hw)
-                return rgb * _cyl_shade(Y / hw)[..., None], inside.astype(np.float64)
-            return fn
-
-        def skin_fn(X, Y, hw):
-            return _fill(X.shape, skin)
-
-        def sleeve_upper(X, Y, hw):
-            rgb = _pattern(app, Y * 1.3, X)
-            if not app.long_sleeves:
-                cut = UPPER_ARM * 0.45
-                rgb = _mix(X > cut, skin, rgb)
-                rgb = _mix((X > cut - 0.012) & (X <= cut), app.shirt2 if app.pattern != "hstripes" else app.shirt1, rgb)
-            return rgb
-
-        def sleeve_lower(X, Y, hw):
-            if not app.long_sleeves:
-                return _fill(X.shape, skin)
-            rgb = _pattern(app, Y * 1.3, X + UPPER_ARM)
-            return _mix(X > FOREARM - 0.018, app.shirt2, rgb)
-
-        tr = _col(app.trousers)
-        jean = rng.uniform(-1, 1, (64, 64)).astype(np.float32)
-
-        def trouser_fn(offset, length, is_thigh):
-            def fn(X, Y, hw):
-                n = cv2.resize(jean, (X.shape[1], X.shape[0]), interpolation=cv2.INTER_LINEAR)
-                rgb = tr[None, None] * (1 + 0.05 * n[..., None])
-                seam = np.abs(Y - 0.55 * hw) < 0.0035
-                rgb = _mix(seam, tr * 0.75, rgb)
-                if app.shorts:
-                    if is_thigh:
-                        rgb = _mix(X > 0.55 * THIGH, skin, rgb)
-                    else:
-                        rgb = _mix(X < length - 0.03, skin, _fill(X.shape, (235, 235, 235)))
-                return rgb
-            return fn
-
-        def limb(spec, cfn, round_end=False):
-            L, w0, w1, e0, e1 = spec
-            wm = max(w0, w1)
-            return _make_sprite(-e0, L + e1, -wm, wm, res, limb_fn(L, w0, w1, e0, e1, cfn, round_end))
-
-        self.upper_arm = limb(_ARM_U, sleeve_upper)
-        self.forearm = limb(_ARM_F, sleeve_lower, round_end=True)
-        self.thigh = limb(_LEG_T, trouser_fn(0.0, THIGH, True))
-        self.shin = limb(_LEG_S, trouser_fn(THIGH, SHIN, False), round_end=True)
-        self.neck = limb(_NECK, skin_fn)
-
-        def disc(r, colour):
-            def fn(X, Y):
-                rho = np.sqrt(X ** 2 + Y ** 2) / r
-                rgb = _pattern(app, X, Y) if colour is None else _fill(X.shape, colour)
-                return rgb * _cyl_shade(X / r)[..., None] * (1 - 0.1 * rho[..., None] ** 2), \
-                    (rho <= 1).astype(np.float64)
-            return _make_sprite(-r, r, -r, r, res, fn)
-
-        self.shoulder = disc(_ARM_U[1], None)
-        self.elbow = disc(_ARM_F[1], None if app.long_sleeves else app.skin)
-        self.knee = disc(_LEG_T[2], app.skin if app.shorts else app.trousers)
-
-        def hand_fn(side):
-            def fn(X, Y):
-                Yl = Y * side
-                palm = ((X - 0.046) / 0.046) ** 2 + (Yl / 0.024) ** 2 <= 1
-                wrist = (X >= -0.01) & (X <= 0.03) & (np.abs(Yl) <= 0.019)
-                c, s = math.cos(0.6), math.sin(0.6)
-                tx, ty = X - 0.030, Yl - 0.020
-                thumb = ((tx * c + ty * s) / 0.026) ** 2 + ((-tx * s + ty * c) / 0.010) ** 2 <= 1
-                inside = palm | wrist | thumb
-                rgb = _fill(X.shape, skin) * _cyl_shade(Yl / 0.026)[..., None]
-                gaps = (X > 0.062) & (np.abs(np.mod(Yl + 0.0125, 0.0125) - 0.00625) < 0.0011) & (np.abs(Yl) < 0.016)
-                rgb = _mix(gaps, skin * 0.7, rgb)
-                return rgb, inside.astype(np.float64)
-            return fn
-
-        self.hand = {s: _make_sprite(-0.012, HAND + 0.01, -0.04, 0.04, res, hand_fn(s)) for s in (1, -1)}
-
-        shoe, sole = _col(app.shoes), _col(app.soles)
-        FL = FOOT_BACK + FOOT_FWD
-
-        def shoe_fn(X, Y):
-            # X along heel -> toe (0 = heel landmark), Y across with +Y = toward the sole
-            hh = 0.030 - 0.006 * np.clip(X / FL, 0, 1)
-            xc = np.clip(X, -0.005 + hh, FL + 0.01 - hh)
-            inside = (X - xc) ** 2 + (Y + 0.002) ** 2 * (hh / hh) <= hh ** 2
-            inside |= (X >= -0.005 + hh) & (X <= FL + 0.01 - hh) & (np.abs(Y + 0.002) <= hh)
-            rgb = _fill(X.shape, shoe) * _cyl_shade(-Y / 0.03)[..., None]
-            rgb = _mix(Y > hh - 0.011, sole, rgb)
-            laces = (X > 0.05) & (X < 0.10) & (Y < -0.012) & (np.abs(np.mod(X, 0.012) - 0.006) < 0.0018)
-            rgb = _mix(laces, sole * 0.9, rgb)
-            return rgb, inside.astype(np.float64)
-
-        self.shoe = _make_sprite(-0.01, FL + 0.015, -0.035, 0.035, res, shoe_fn)
-
-        def ear_fn(X, Y):
-            rho = (X / 0.016) ** 2 + (Y / 0.026) ** 2
-            inner = (X / 0.008) ** 2 + ((Y - 0.002) / 0.015) ** 2
-            rgb = _fill(X.shape, skin) * (0.93 - 0.12 * np.exp(-inner)[..., None])
-            return rgb, (rho <= 1).astype(np.float64)
-
-        self.ear = _make_sprite(-0.017, 0.017, -0.027, 0.027, res, ear_fn)
-
+        self.hand = {s: _make_sprite(-0.012, HAND + 0.01, -0.04, 0.04, res, _hand_fn(s, skin)) for s in (1, -1)}
+        self.shoe = _make_sprite(-0.01, FOOT_BACK + FOOT_FWD + 0.015, -0.035, 0.035, res, _shoe_fn(app))
+        self.ear = _make_sprite(-0.017, 0.017, -0.027, 0.027, res, _ear_fn(skin))
         self.torso_tex = self._torso_texture(px_per_unit * 1.4, rng)
         self.head_tex = self._head_texture(px_per_unit * 1.6, rng)
+
+    def _make_limbs(self, res: float, jean: np.ndarray) -> None:
+        """Sprites of the upper arm, forearm, thigh, shin and neck (``jean``: the trousers' noise)."""
+        app = self.app
+        self.upper_arm = _limb_sprite(_ARM_U, _upper_sleeve_colour(app), res)
+        self.forearm = _limb_sprite(_ARM_F, _lower_sleeve_colour(app), res, round_end=True)
+        self.thigh = _limb_sprite(_LEG_T, _trouser_colour(app, jean, THIGH, True), res)
+        self.shin = _limb_sprite(_LEG_S, _trouser_colour(app, jean, SHIN, False), res, round_end=True)
+        self.neck = _limb_sprite(_NECK, _skin_colour(app), res)
+
+    def _make_joints(self, res: float) -> None:
+        """Joint discs: shoulder (shirt), elbow (shirt or skin), knee (trousers or skin)."""
+        app = self.app
+        self.shoulder = _disc_sprite(app, _ARM_U[1], None, res)
+        self.elbow = _disc_sprite(app, _ARM_F[1], None if app.long_sleeves else app.skin, res)
+        self.knee = _disc_sprite(app, _LEG_T[2], app.skin if app.shorts else app.trousers, res)
 
     # -- surface textures (cylinder / ellipsoid), stored with 2 wrap-around columns on each side --------
     def _torso_texture(self, res: float, rng) -> np.ndarray:
