@@ -43,6 +43,17 @@ from realtime.protocol import ErrorCode, ProtocolError
 MAX_ABS_LANDMARK = 100.0
 
 
+def _shift_history(labels, previous, frame, L: int, C: int) -> None:
+    """Shift the histories one frame, in place (numpy arrays or torch tensors alike): ``labels`` ((L+1)*C, ...)
+    and ``previous`` (L*3, ...) move one slot older, ``frame`` becomes the newest previous frame. Block by block,
+    oldest first: no overlapping copies, no temporaries."""
+    for i in range(L):
+        labels[i * C:(i + 1) * C] = labels[(i + 1) * C:(i + 2) * C]
+    for i in range(L - 1):
+        previous[i * 3:(i + 1) * 3] = previous[(i + 1) * 3:(i + 2) * 3]
+    previous[(L - 1) * 3:] = frame
+
+
 def _ms(t0: float, t1: float) -> float:
     return (t1 - t0) * 1000.0
 
@@ -126,14 +137,8 @@ class Session:
         frame[:, ys, xs] = np.asarray(window, np.float32)
         self.box = box
         to_uint8(frame, out=self._rgb, scratch=(self._planes_f, self._planes_u8))
-        # Shift the histories one frame (block by block, oldest first: no overlapping copies, no temporaries).
         if L:
-            lab, prev = self._labels[0], self._previous[0]
-            for i in range(L):
-                lab[i * C:(i + 1) * C] = lab[(i + 1) * C:(i + 2) * C]
-            for i in range(L - 1):
-                prev[i * 3:(i + 1) * 3] = prev[(i + 1) * 3:(i + 2) * 3]
-            prev[(L - 1) * 3:] = frame
+            _shift_history(self._labels[0], self._previous[0], frame, L, C)
         self.frames += 1
         return self._rgb
 
@@ -213,12 +218,7 @@ class DeviceSession(Session):
         rgb = frame.add(1.0).mul_(127.5).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).permute(1, 2, 0)
         self._host_rgb.copy_(rgb)                                     # the one device -> host copy of a step
         if L:
-            lab, prev = self._t_labels, self._t_previous
-            for i in range(L):
-                lab[i * C:(i + 1) * C] = lab[(i + 1) * C:(i + 2) * C]
-            for i in range(L - 1):
-                prev[i * 3:(i + 1) * 3] = prev[(i + 1) * 3:(i + 2) * 3]
-            prev[(L - 1) * 3:] = frame
+            _shift_history(self._t_labels, self._t_previous, frame, L, C)
         self.frames += 1
         return self._rgb
 
