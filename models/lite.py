@@ -130,6 +130,7 @@ class LiteGenerator(SequentialGenerator):
         if h % (SHUFFLE * 4) or w % (SHUFFLE * 4):
             raise ValueError(f"lite needs a crop (and size) divisible by {SHUFFLE * 4}, got {h}x{w}")
         self.cfg = cfg
+        self.record_alpha: list | None = None   # training: a list that every forward appends its alpha (B, 1, h, w) to
         L, C = cfg.history_frames, cfg.label_nc
         c0, c1, c2, c3 = max(4, cfg.ngf // 4), cfg.ngf, cfg.ngf * 2, cfg.ngf * 4   # S, S/4, S/8, S/16 widths
         # Encoders: space-to-depth, 1x1 projection, summed (vid2vid's two encoders), then two stride-2 steps.
@@ -208,6 +209,8 @@ class LiteGenerator(SequentialGenerator):
         z = F.relu(self.dec1(torch.cat((_up2(z), current), 1)))
         out = self.head(z)
         alpha = torch.sigmoid(out[:, 3:4]) * self.window
+        if self.record_alpha is not None:
+            self.record_alpha.append(alpha)
         hallucinated = alpha * torch.tanh(out[:, :3]) + (1 - alpha) * plate
         if not L:
             zeros = torch.zeros_like(hallucinated[:, :1])

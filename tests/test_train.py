@@ -312,6 +312,34 @@ def test_limb_weight_lifts_the_l1_on_the_limbs_only(trained):
     assert trainer._loss_l1(on_limbs, real, batch)[0] > 2 * trainer._loss_l1(off_limbs, real, batch)[0]
 
 
+def test_silhouette_is_where_the_frame_differs_from_the_plate():
+    from trainer.train import silhouette
+
+    plate = torch.zeros(2, 3, 8, 8)
+    frames = plate.clone()
+    frames[0, 1, 2:4, 3:6] = 0.5                                        # a person in one channel
+    frames[1, :, 0, 0] = 0.1                                           # below the threshold: room noise
+    sil = silhouette(frames, plate)
+    assert sil.shape == (2, 1, 8, 8) and sil[0, 0, 2:4, 3:6].all() and sil[0].sum() == 6 and sil[1].sum() == 0
+
+
+def test_alpha_supervision_makes_the_person_opaque_in_the_loss(trained, tmp_path):
+    from trainer.train import train_config_for
+
+    lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
+    tc = train_config_for(lite, iterations=2, clip_frames_start=4, clip_frames_max=4, gan_start=1.0, w_alpha=1.0,
+                          checkpoint_every=10**6)
+    trainer = Trainer(lite, tc, trained["train"], tmp_path / "alpha", progress=False)
+    result = trainer.run()
+    assert all(np.isfinite(row["alpha"]) and row["alpha"] > 0 for row in result["history"])
+    assert trainer.G.record_alpha is None                               # nothing recorded outside the rollout
+    sil = torch.zeros(1, 1, 1, *trainer.cfg.crop_hw)
+    sil[..., 20:40, 20:40] = 1.0
+    right, _ = trainer._loss_alpha(sil.clamp(0.01, 0.99), sil)
+    wrong, _ = trainer._loss_alpha(0.4 * sil, sil)                      # the see-through person the loss fixes
+    assert right < 0.05 < wrong
+
+
 def test_subject_stats_carry_face_proportions_and_the_training_crop(tmp_path):
     from models.posenorm import FaceCropConfig, face_stats
 

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.checkpoint import (CheckpointError, load_generator, load_state, read_checkpoint, save_checkpoint,
                                subdict)
@@ -63,6 +64,8 @@ class TrainConfig:
     w_head: float = 0.0               # extra L1 weight inside the head region, on top (detail where people look)
     w_limbs: float = 0.0              # extra L1 weight on a band along arms, legs, hands and feet, on top (the thin
                                       #   parts a regression blurs first; what pose re-detection looks at)
+    w_alpha: float = 0.0              # BCE of a plate-compositing generator's alpha against the person's silhouette
+                                      #   (pixels that differ from the data's background plate): the person opaque
     w_features: float = 0.0           # extra L1 weight on disks around the eyes, nose and mouth, on top (the few
                                       #   pixels that say which way the person faces)
     gan_start: float = 0.0            # fraction of the run after which the adversarial/FM losses switch on
@@ -153,6 +156,15 @@ def _load_optim(opt: torch.optim.Optimizer, tensors: dict, prefix: str, meta: di
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+SILHOUETTE_THRESHOLD = 0.15   # a pixel is the person's where it differs from the plate by this much ([-1, 1] units)
+
+
+def silhouette(frames: torch.Tensor, plate: torch.Tensor, threshold: float = SILHOUETTE_THRESHOLD) -> torch.Tensor:
+    """{0, 1} mask (..., 1, H, W) of the pixels of ``frames`` (..., 3, H, W) that differ from ``plate`` (same
+    shape) by more than ``threshold`` in some channel: the person, against a known background."""
+    return ((frames - plate).abs().amax(-3, keepdim=True) > threshold).float()
+
+
 class Trainer:
     """Holds the networks and optimizers; ``run()`` is the loop."""
 
@@ -189,10 +201,12 @@ class Trainer:
         self.rng = np.random.default_rng(train.seed)
         dev = self.device
         self.G = build_generator(model).to(dev)
+        # The data's background plate (the room with the person masked out): what the silhouette is measured against.
+        self.data_plate = self.source.background_plate().to(dev) if self.G.uses_background_plate else None
         if init:
             self._init_from(train.init, *init)
         elif self.G.uses_background_plate and not resume:
-            self.G.set_background(self.source.background_plate().to(dev))
+            self.G.set_background(self.data_plate)
         # The saved model: an exponential moving average of G's weights (stylegan's G_ema), when asked for.
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if train.ema_halflife > 0 else None
         # Discriminators exist only when a loss uses them (w_gan = w_fm = w_temporal = 0: plain regression).
@@ -302,6 +316,12 @@ class Trainer:
                   + tc.w_features * batch["features"])
         l1 = ((fake - real).abs() * weight).mean() / weight.mean()
         return tc.w_l1 * l1, {"L1": l1.item()}
+
+    def _loss_alpha(self, alpha, sil) -> tuple[torch.Tensor, dict]:
+        """BCE of the compositing alpha against the silhouette, inside the window (its faded border excluded)."""
+        inner = (self.G.window >= 0.999).float().expand_as(alpha)
+        bce = F.binary_cross_entropy(alpha.clamp(1e-4, 1 - 1e-4), sil, weight=inner)
+        return self.tc.w_alpha * bce, {"alpha": bce.item()}
 
     def _loss_flow_warp(self, real_w, flow, gt_flow_w, conf_w) -> tuple[torch.Tensor, dict]:
         """Flow L1 vs the ground truth and warp loss, in window coordinates, from the second frame on (frame 0
@@ -440,11 +460,23 @@ class Trainer:
         landmarks = batch.pop("landmarks")
         clip = {k: v.to(self.device) for k, v in batch.items()}
         clip["real"], clip["landmarks"], clip["T"] = clip["frames"], landmarks, T
-        clip["fake"], clip["flow_G"], clip["mask"] = self.G.rollout(clip["labels"], landmarks=landmarks)
+        record = self.tc.w_alpha > 0 and hasattr(self.G, "record_alpha") and self.data_plate is not None
+        if record:
+            self.G.record_alpha = []
+        try:
+            clip["fake"], clip["flow_G"], clip["mask"] = self.G.rollout(clip["labels"], landmarks=landmarks)
+        finally:
+            if record:
+                alphas, self.G.record_alpha = self.G.record_alpha, None
+        if record:
+            clip["alpha"] = torch.stack(alphas, 1)                                 # (B, T, 1, h, w)
         boxes = self.G.track_boxes(landmarks, clip["labels"].shape[0], T)
         for name, key in (("labels_w", "labels"), ("real_w", "real"), ("fake_w", "fake"), ("flow_w", "flow"),
                           ("conf_w", "conf")):
             clip[name] = self._windows(clip[key], boxes)
+        if "alpha" in clip:
+            plate = self.data_plate.expand(*clip["real"].shape[:2], -1, -1, -1)
+            clip["silhouette"] = silhouette(clip["real_w"], self._windows(plate, boxes))
         return clip
 
     def _g_step(self, clip: dict, d_real: list, temporal: list) -> dict:
@@ -452,6 +484,8 @@ class Trainer:
         self.opt_G.zero_grad(set_to_none=True)
         logs = {}
         terms = [self._loss_l1(clip["fake"], clip["real"], clip)]
+        if "alpha" in clip:
+            terms.append(self._loss_alpha(clip["alpha"], clip["silhouette"]))
         if self.cfg.is_temporal and clip["T"] > 1:
             terms.append(self._loss_flow_warp(clip["real_w"], clip["flow_G"], clip["flow_w"], clip["conf_w"]))
             logs["mask"] = clip["mask"][:, 1:].mean().item()
