@@ -147,11 +147,15 @@ class Session:
         t0 = time.perf_counter()
         feeds = self.prepare(landmarks, seq)
         t1 = time.perf_counter()
-        out = self.engine.step(feeds)
+        window = self._run_engine(feeds)
         t2 = time.perf_counter()
-        rgb = self.finish(np.asarray(out)[0])
+        rgb = self.finish(window)
         t3 = time.perf_counter()
         return rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
+
+    def _run_engine(self, feeds):
+        """The engine on this session's feeds: the window (3, h, w)."""
+        return np.asarray(self.engine.step(feeds))[0]
 
     def reset(self) -> None:
         """Back to zero history: the next frame is generated exactly as the first one of a new session."""
@@ -222,15 +226,8 @@ class DeviceSession(Session):
         self.frames += 1
         return self._rgb
 
-    def step(self, landmarks, seq: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
-        t0 = time.perf_counter()
-        feeds = self.prepare(landmarks, seq)
-        t1 = time.perf_counter()
-        out = self.engine.step_tensors(feeds)
-        t2 = time.perf_counter()
-        rgb = self.finish(out[0])
-        t3 = time.perf_counter()
-        return rgb, {"render": _ms(t0, t1), "engine": _ms(t1, t2), "post": _ms(t2, t3)}
+    def _run_engine(self, feeds):
+        return self.engine.step_tensors(feeds)[0]
 
     def reset(self) -> None:
         super().reset()
