@@ -21,7 +21,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, fsy
     ``write``      called with the temporary file's path (a str); it may reopen, truncate or replace that file.
     ``fsync``      flush the file to disk before the rename (durable against power loss, not only crashes).
     ``tmp_suffix`` appended to the temporary name, for writers that choose a format by file suffix
-                   (``tt.save`` wants ``.ep``). The temporary name is ``.NAME.<8 random characters>.tmp`` + ``tmp_suffix``.
+                   (``tt.save`` wants ``.ep``). The temporary name is ``.NAME.<8 random chars>.tmp`` + suffix.
 
     The parent folder is created. The file gets the usual permissions (0666 minus the umask; ``mkstemp`` alone
     would make it 0600). On any failure the temporary file is removed and the exception re-raised.
