@@ -66,6 +66,18 @@ class ImageDiscriminator(MultiScaleDiscriminator):
         return super().forward(torch.cat((labels, frame), 1))
 
 
+class FaceDiscriminator(MultiScaleDiscriminator):
+    """Everybody Dance Now's face GAN: a conditional PatchGAN of its own on the head window (label map + frame),
+    one scale and two strided layers, so a 32-px window still yields a grid of patch logits. It judges the few
+    pixels (eyes, mouth) that a whole-person discriminator averages away."""
+
+    def __init__(self, cfg: ModelConfig, n_layers: int = 2):
+        super().__init__(cfg.label_nc + 3, cfg.ndf, n_layers, 1)
+
+    def forward(self, labels: torch.Tensor, frame: torch.Tensor) -> list[list[torch.Tensor]]:
+        return super().forward(torch.cat((labels, frame), 1))
+
+
 class TemporalDiscriminator(nn.Module):
     """vid2vid's D_T: K frames spaced ``s`` apart plus the K-1 flows between them, one PatchGAN per spacing.
 

@@ -380,3 +380,54 @@ def test_subject_stats_are_computed_once_when_the_dataset_is_written(tmp_path):
     del manifest["extra"]["subject_stats_version"]                      # ... a dataset from before: computed
     (path / "manifest.json").write_text(json.dumps(manifest))
     assert Dataset(path).subject_stats == stored
+
+
+def test_face_gan_judges_the_head_window_and_resumes(trained, tmp_path):
+    from trainer.train import train_config_for
+
+    lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
+    tc = train_config_for(lite, iterations=4, clip_frames_start=4, clip_frames_max=4, gan_start=0.5, w_face_gan=1.0,
+                          w_stable=1.0, checkpoint_every=10**6)
+    trainer = Trainer(lite, tc, trained["train"], tmp_path / "face", progress=False)
+    side = trainer.face_side
+    assert side == trainer.cfg.head_side and trainer.DF is not None
+    # The head window is cut where the head landmarks are: a marker at their centre lands in the window's middle.
+    clip = trainer.source.load(0, 1)
+    landmarks = clip["landmarks"][None]
+    boxes = trainer.G.track_boxes(landmarks, 1, 1)
+    centre = np.nanmean(landmarks[0, 0, :11, :2].numpy(), axis=0) * SIZE
+    frames = torch.zeros(1, 1, 1, SIZE, SIZE)
+    frames[0, 0, 0, int(centre[1]), int(centre[0])] = 1.0
+    heads = trainer._heads(frames, landmarks, boxes)
+    assert heads.shape == (1, 1, side, side) and heads.sum() == 1.0
+    ys, xs = torch.nonzero(heads[0, 0], as_tuple=True)
+    assert abs(int(ys[0]) - side / 2) <= 1.5 and abs(int(xs[0]) - side / 2) <= 1.5
+    result = trainer.run()
+    assert [("G_face" in row, "G_adv" in row) for row in result["history"]] == [(False, False)] * 2 + [(True, True)] * 2
+    assert all(np.isfinite(row["G_face_fm"]) for row in result["history"][2:])
+    assert all(np.isfinite(row["stable"]) for row in result["history"])
+    _, tensors, _ = read_checkpoint(tmp_path / "face" / "latest.json")
+    key = next(k for k in tensors if k.startswith("DF."))
+    resumed = Trainer(lite, train_config_for(lite, iterations=5, w_face_gan=1.0, checkpoint_every=10**6),
+                      trained["train"], tmp_path / "face", resume=True, progress=False)
+    assert torch.equal(resumed.DF.state_dict()[key[3:]], tensors[key])
+    face = get_preset("face", size=SIZE, ngf=8, ndf=8)
+    with pytest.raises(ValueError, match="w_face_gan judges the head window of a body pose"):
+        Trainer(face, TrainConfig(w_face_gan=1.0), trained["train"], tmp_path / "f2", progress=False)
+
+
+def test_temporal_change_loss_costs_flicker_not_motion_or_a_steady_offset():
+    from trainer.losses import temporal_change_loss
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(1, 4, 3, 16, 16, generator=g) * 2 - 1            # a clip whose content changes every frame
+    flow = torch.zeros(1, 4, 2, 16, 16)
+    conf = torch.ones(1, 4, 1, 16, 16)
+    assert temporal_change_loss(real, real, flow, conf) == 0            # the real clip's own change costs nothing
+    assert temporal_change_loss(real + 0.3, real, flow, conf) < 1e-6    # nor does a steady colour offset
+    flicker = real.clone()
+    flicker[:, 2] += 0.2                                                # one frame jumps, then falls back
+    assert abs(float(temporal_change_loss(flicker, real, flow, conf)) - 0.2 * 2 / 3) < 1e-5
+    conf[:, 2:] = 0.0                                                   # where the flow is not trusted: not judged
+    assert float(temporal_change_loss(flicker, real, flow, conf)) == 0.0
+    assert temporal_change_loss(real[:, :1], real[:, :1], flow[:, :1], conf[:, :1]) == 0  # one frame: no change

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.warp import warp
+
 # A discriminator output: per scale, a list of features with the patch logits last.
 DOutput = list[list[torch.Tensor]]
 
@@ -46,3 +48,18 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.T
     """Mean |a-b| over the pixels where weight > 0, weighted; weight broadcasts over channels."""
     w = weight.expand_as(a)
     return ((a - b).abs() * w).sum() / w.sum().clamp_min(1.0)
+
+
+def temporal_change_loss(fake: torch.Tensor, real: torch.Tensor, flow: torch.Tensor, conf: torch.Tensor,
+                         threshold: float = 0.5) -> torch.Tensor:
+    """Mean |(f_t - warp(f_{t-1}, flow_t)) - (r_t - warp(r_{t-1}, flow_t))| over the pixels whose flow confidence
+    is above ``threshold``: the generated clip's frame-to-frame change along the true motion matched to the real
+    clip's (what ``posecast eval`` reports as flicker), so noise that moves with no motion costs, and real change
+    does not. fake, real (B, T, 3, H, W); flow (B, T, 2, H, W) backward flow t -> t-1; conf (B, T, 1, H, W)."""
+    if fake.shape[1] < 2:
+        return fake.new_zeros(())
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    f_now, r_now, fl = flat(fake[:, 1:]), flat(real[:, 1:]), flat(flow[:, 1:])
+    change_fake = f_now - warp(flat(fake[:, :-1]), fl)
+    change_real = r_now - warp(flat(real[:, :-1]), fl)
+    return masked_l1(change_fake, change_real, (flat(conf[:, 1:]) > threshold).float())

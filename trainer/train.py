@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from models.checkpoint import (CheckpointError, load_generator, load_state, read_checkpoint, save_checkpoint,
                                subdict)
-from models.crop import crop_size_for
-from models.discriminators import ImageDiscriminator, TemporalDiscriminator
+from models.crop import crop_size_for, head_box
+from models.discriminators import FaceDiscriminator, ImageDiscriminator, TemporalDiscriminator
 from models.presets import ModelConfig
 from models.registry import build_generator
 from models.visualize import label_preview, side_by_side, to_uint8
@@ -68,6 +68,10 @@ class TrainConfig:
                                       #   (pixels that differ from the data's background plate): the person opaque
     w_features: float = 0.0           # extra L1 weight on disks around the eyes, nose and mouth, on top (the few
                                       #   pixels that say which way the person faces)
+    w_stable: float = 0.0             # temporal change: |(f_t - warp f_t-1) - (r_t - warp r_t-1)| along the data's
+                                      #   flow (losses.temporal_change_loss): flicker, penalised directly
+    w_face_gan: float = 0.0           # face GAN (Everybody Dance Now): adversarial loss of a PatchGAN of its own on
+                                      #   the head window, plus w_fm x its feature matching (dance models)
     gan_start: float = 0.0            # fraction of the run after which the adversarial/FM losses switch on
                                       #   (0: from the start, vid2vid; a regression phase first otherwise)
     ema_halflife: float = 0.0         # half-life in iterations of the EMA of G's weights saved as the model
@@ -77,6 +81,10 @@ class TrainConfig:
     teacher: str = ""                 # trained run (folder or generator .json) to distil from ("": none)
     w_distill: float = 10.0           # L1 to the teacher's frames (used only with a teacher)
     augment: bool = True              # limb dropout / landmark jitter on label maps
+    limb_drop_prob: float = 0.05      # pose: probability of dropping each limb from the label map (vid2vid: 0.05)
+    head_jitter_px: float = 1.0       # pose: Gaussian noise (px at the model size) on the head landmarks of the
+                                      #   label map; the frame is not moved, so features a few px wide blur with it
+    face_jitter_px: float = 0.5       # face: Gaussian noise (px) on every landmark of the label map
     seed: int = 0
     device: str = "auto"              # "auto" (CUDA when present) | "cpu" | "cuda" | "cuda:N"
     log_every: int = 10               # iterations between TensorBoard scalar writes
@@ -174,6 +182,8 @@ class Trainer:
         self.out = Path(out)
         self.progress = progress
         self.on_iteration = on_iteration  # called as (iteration, scalar losses) after each update
+        if train.w_face_gan > 0 and model.kind != "dance":
+            raise ValueError(f"w_face_gan judges the head window of a body pose; a {model.kind!r} model has none")
         self.device = pick_device(train.device)
         if train.threads:
             torch.set_num_threads(train.threads)
@@ -212,9 +222,11 @@ class Trainer:
         # Discriminators exist only when a loss uses them (w_gan = w_fm = w_temporal = 0: plain regression).
         self.D = ImageDiscriminator(model).to(dev) if train.w_gan > 0 or train.w_fm > 0 else None
         self.DT = TemporalDiscriminator(model).to(dev) if model.is_temporal and train.w_temporal > 0 else None
+        self.DF = FaceDiscriminator(model).to(dev) if train.w_face_gan > 0 else None
+        self.face_side = model.head_side or max(16, model.size // 8)
         betas = (train.beta1, train.beta2)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=betas)
-        d_params = [p for d in (self.D, self.DT) if d is not None for p in d.parameters()]
+        d_params = [p for d in (self.D, self.DT, self.DF) if d is not None for p in d.parameters()]
         self.opt_D = torch.optim.Adam(d_params, lr=train.lr, betas=betas) if d_params else None
         self.teacher = self._load_teacher(train.teacher) if train.teacher else None
         self.iteration = 0
@@ -262,7 +274,7 @@ class Trainer:
         tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
         if self.G_ema is not None:
             tensors.update({f"E.{k}": v for k, v in self.G_ema.state_dict().items()})
-        for name, d in (("D", self.D), ("DT", self.DT)):
+        for name, d in (("D", self.D), ("DT", self.DT), ("DF", self.DF)):
             if d is not None:
                 tensors.update({f"{name}.{k}": v for k, v in d.state_dict().items()})
         meta["optim"] = {}
@@ -289,6 +301,8 @@ class Trainer:
             load_state(self.D, subdict(tensors, "D"), "image discriminator")
         if self.DT:
             load_state(self.DT, subdict(tensors, "DT"), "temporal discriminator")
+        if self.DF:
+            load_state(self.DF, subdict(tensors, "DF"), "face discriminator")
         _load_optim(self.opt_G, tensors, "optG", meta["optim"]["optG"])
         if self.opt_D:
             _load_optim(self.opt_D, tensors, "optD", meta["optim"]["optD"])
@@ -309,6 +323,18 @@ class Trainer:
         """(B, T, C, S, S) -> (B, T, C, h, w): every frame's generator window (the whole frame for most models)."""
         return torch.stack([torch.stack([x[b, t, :, bx.slices()[0], bx.slices()[1]] for t, bx in enumerate(row)])
                             for b, row in enumerate(boxes)])
+
+    def _heads(self, x: torch.Tensor, landmarks: torch.Tensor, boxes: list) -> torch.Tensor:
+        """(B, T, C, S, S) -> (B*T, C, side, side): every frame's head window (``models.crop.head_box``, placed in
+        the generator's window exactly as the head branch's), cut from the full frames."""
+        side, size = self.face_side, self.cfg.size
+        out = []
+        for b, row in enumerate(boxes):
+            for t, bx in enumerate(row):
+                hx, hy = head_box(landmarks[b, t].cpu().numpy(), bx, size, side)
+                x0, y0 = bx.x0 + hx, bx.y0 + hy
+                out.append(x[b, t, :, y0:y0 + side, x0:x0 + side])
+        return torch.stack(out)
 
     def _loss_l1(self, fake, real, batch) -> tuple[torch.Tensor, dict]:
         tc = self.tc
@@ -334,19 +360,33 @@ class Trainer:
         g_warp = losses.masked_l1(warped_real, real_w[:, 1:], w)
         return tc.w_flow * g_flow + tc.w_warp * g_warp, {"flow": g_flow.item(), "warp": g_warp.item()}
 
-    def _d_step(self, labels_w, real_w, fake_w, real, fake, gt_flow, temporal_on: bool) -> tuple[list, list, dict]:
-        """Update the discriminators (image D on the generator's windows; temporal D on full clips). Returns
-        (image-D features of the real windows, temporal inputs usable at this T, logs)."""
+    @staticmethod
+    def _d_real_fake(d, labels: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, mode: str):
+        """One conditional discriminator on real and (detached) fake at once -> (its features of the real
+        inputs, its loss)."""
+        n = labels.shape[0]
+        out = d(labels.repeat(2, 1, 1, 1), torch.cat((real, fake.detach())))
+        real_feats = [[f[:n] for f in sc] for sc in out]
+        return real_feats, losses.d_loss(real_feats, [[f[n:] for f in sc] for sc in out], mode)
+
+    def _d_step(self, clip: dict, temporal_on: bool) -> tuple[dict, list, dict]:
+        """Update the discriminators (image D on the generator's windows, face D on the head windows, temporal D
+        on full clips). Returns ({"image"/"face": features of the real inputs}, temporal inputs usable at this T,
+        logs)."""
         tc = self.tc
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-        n = labels_w.shape[0] * labels_w.shape[1]
         loss_d = torch.zeros((), device=self.device)
-        d_real = []
+        d_real = {}
         if self.D:
-            d_img = self.D(flat(labels_w).repeat(2, 1, 1, 1), torch.cat((flat(real_w), flat(fake_w).detach())))
-            d_real = [[f[:n] for f in sc] for sc in d_img]
-            loss_d = loss_d + losses.d_loss(d_real, [[f[n:] for f in sc] for sc in d_img], tc.gan_mode)
+            d_real["image"], loss = self._d_real_fake(self.D, flat(clip["labels_w"]), flat(clip["real_w"]),
+                                                      flat(clip["fake_w"]), tc.gan_mode)
+            loss_d = loss_d + loss
+        if self.DF:
+            d_real["face"], loss = self._d_real_fake(self.DF, clip["labels_f"], clip["real_f"], clip["fake_f"],
+                                                     tc.gan_mode)
+            loss_d = loss_d + loss
         temporal = []  # (spacing index, real stack, flows) usable at this T
+        real, fake, gt_flow = clip["real"], clip["fake"], clip["flow"]
         if self.DT and temporal_on:
             T, B = real.shape[1], real.shape[0]
             for si, sp in enumerate(self.DT.spacings):
@@ -365,13 +405,12 @@ class Trainer:
             logs["D"] = loss_d.item()
         return d_real, temporal, logs
 
-    def _loss_adversarial(self, labels_w, fake_w, d_real) -> tuple[torch.Tensor, dict]:
-        tc = self.tc
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-        d_fake = self.D(flat(labels_w), flat(fake_w))
-        g_adv = losses.g_adv_loss(d_fake, tc.gan_mode)
+    def _loss_gan(self, d, labels, fake, d_real, weight: float, names: tuple[str, str]) -> tuple[torch.Tensor, dict]:
+        """Adversarial loss x ``weight`` plus feature matching x w_fm of G's frames against one conditional D."""
+        d_fake = d(labels, fake)
+        g_adv = losses.g_adv_loss(d_fake, self.tc.gan_mode)
         g_fm = losses.feature_matching_loss(d_fake, d_real)
-        return tc.w_gan * g_adv + tc.w_fm * g_fm, {"G_adv": g_adv.item(), "G_fm": g_fm.item()}
+        return weight * g_adv + self.tc.w_fm * g_fm, {names[0]: g_adv.item(), names[1]: g_fm.item()}
 
     def _loss_temporal(self, fake, gt_flow, temporal) -> tuple[torch.Tensor, dict]:
         tc = self.tc
@@ -413,7 +452,8 @@ class Trainer:
         (self.out / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "train": dataclasses.asdict(tc)},
                                                          indent=2))
         tb = SummaryWriter(str(self.out / "tensorboard"))
-        augment = Augment() if tc.augment else None
+        augment = Augment(limb_drop_prob=tc.limb_drop_prob, head_jitter_px=tc.head_jitter_px,
+                          face_jitter_px=tc.face_jitter_px) if tc.augment else None
         history: list[dict] = []
         t0 = time.monotonic()
         bar = tqdm(total=tc.iterations, initial=self.iteration, disable=not self.progress, unit="it",
@@ -445,10 +485,9 @@ class Trainer:
         for group in self.opt_G.param_groups + (self.opt_D.param_groups if self.opt_D else []):
             group["lr"] = tc.lr_at(progress)
         clip = self._generate(progress, augment)
-        logs, d_real, temporal = {}, [], []
+        logs, d_real, temporal = {}, {}, []
         if tc.gan_on(progress) and self.opt_D:
-            d_real, temporal, logs = self._d_step(clip["labels_w"], clip["real_w"], clip["fake_w"], clip["real"],
-                                                  clip["fake"], clip["flow"], True)
+            d_real, temporal, logs = self._d_step(clip, True)
         logs.update(self._g_step(clip, d_real, temporal))
         return logs, clip
 
@@ -477,9 +516,12 @@ class Trainer:
         if "alpha" in clip:
             plate = self.data_plate.expand(*clip["real"].shape[:2], -1, -1, -1)
             clip["silhouette"] = silhouette(clip["real_w"], self._windows(plate, boxes))
+        if self.DF is not None:
+            for name, key in (("labels_f", "labels"), ("real_f", "real"), ("fake_f", "fake")):
+                clip[name] = self._heads(clip[key], landmarks, boxes)
         return clip
 
-    def _g_step(self, clip: dict, d_real: list, temporal: list) -> dict:
+    def _g_step(self, clip: dict, d_real: dict, temporal: list) -> dict:
         """Update G on the sum of its loss terms (each a small function returning (loss, logs)); EMA after."""
         self.opt_G.zero_grad(set_to_none=True)
         logs = {}
@@ -489,8 +531,16 @@ class Trainer:
         if self.cfg.is_temporal and clip["T"] > 1:
             terms.append(self._loss_flow_warp(clip["real_w"], clip["flow_G"], clip["flow_w"], clip["conf_w"]))
             logs["mask"] = clip["mask"][:, 1:].mean().item()
-        if d_real:
-            terms.append(self._loss_adversarial(clip["labels_w"], clip["fake_w"], d_real))
+        if self.tc.w_stable > 0 and clip["T"] > 1:
+            stable = losses.temporal_change_loss(clip["fake"], clip["real"], clip["flow"], clip["conf"])
+            terms.append((self.tc.w_stable * stable, {"stable": stable.item()}))
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        if "image" in d_real:
+            terms.append(self._loss_gan(self.D, flat(clip["labels_w"]), flat(clip["fake_w"]), d_real["image"],
+                                        self.tc.w_gan, ("G_adv", "G_fm")))
+        if "face" in d_real:
+            terms.append(self._loss_gan(self.DF, clip["labels_f"], clip["fake_f"], d_real["face"],
+                                        self.tc.w_face_gan, ("G_face", "G_face_fm")))
         if temporal:
             terms.append(self._loss_temporal(clip["fake"], clip["flow"], temporal))
         if self.teacher is not None:
