@@ -163,6 +163,7 @@ def test_eval_figures_of_a_perfect_copy_and_of_drawing_nothing(dancer):
     assert r["detect_rate"] == r["detect_rate_real"] > 0.9
     assert r["pose_error"] == pytest.approx(r["pose_error_real"]) and r["pose_error_ratio"] == pytest.approx(1.0)
     assert 0 < r["pose_error_real"] < 0.1
+    assert r["mirrored_rate"] == r["mirrored_rate_real"] < 0.5          # MediaPipe's own flips, the same frames
     # Drawing nothing (the plate every frame) scores the baseline, a long way below a copy.
     empty = Scorer("dance", plate, pose=False)
     empty.add_clip(torch.from_numpy(plate).permute(2, 0, 1).float().div(127.5).sub(1).expand(16, -1, -1, -1), clip)
@@ -197,3 +198,18 @@ def test_live_session_draws_exactly_what_the_rollout_draws(dancer, tmp_path):
             assert session.box == boxes[t]
             diff = np.abs(rgb.astype(int) - to_uint8(fake[t].numpy()).astype(int)).max()
             assert diff <= tol, (backend, t, diff)
+
+
+def test_a_mirrored_detection_is_told_from_a_noisy_one():
+    from trainer.evaluate import is_mirrored
+
+    pose = np.full((33, 3), np.nan, np.float32)
+    pose[[11, 12, 23, 24]] = [[0.6, 0.3, 1], [0.4, 0.3, 1], [0.57, 0.6, 1], [0.43, 0.6, 1]]  # facing the camera
+    noisy = pose.copy()
+    noisy[:, :2] += 0.03                                                # off, but the right way round
+    behind = pose.copy()
+    behind[[11, 12, 23, 24]] = pose[[12, 11, 24, 23]]                   # left and right exchanged: seen from behind
+    assert is_mirrored(noisy, pose) is False and is_mirrored(behind, pose) is True
+    hidden = behind.copy()
+    hidden[[11, 12, 23, 24], 2] = 0.1                                   # shoulders and hips not visible
+    assert is_mirrored(hidden, pose) is None

@@ -87,7 +87,8 @@ def test_eval_json_keys_and_ranges(trained):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"psnr", "ssim", "flicker", "flicker_real", "frames", "psnr_person", "ssim_person", "psnr_head",
             "psnr_background", "psnr_baseline", "psnr_person_baseline", "flicker_ratio", "pose_error",
-            "pose_error_real", "pose_error_ratio", "detect_rate", "detect_rate_real"} <= set(res)
+            "pose_error_real", "pose_error_ratio", "detect_rate", "detect_rate_real", "mirrored_rate",
+            "mirrored_rate_real"} <= set(res)
     assert res["frames"] == 20
     assert 5.0 < res["psnr"] < 60.0
     assert -1.0 <= res["ssim"] <= 1.0 and -1.0 <= res["ssim_person"] <= 1.0

@@ -25,6 +25,10 @@ to be exact cannot make a region's figure infinite):
     pose_error_real        the same on the real frames (MediaPipe's own error on this footage: the reference)
     pose_error_ratio       pose_error / pose_error_real
     detect_rate            fraction of generated frames in which MediaPipe finds the person (face)
+    mirrored_rate          dance models: fraction of the generated frames with a detection in which it is
+                             mirrored (left shoulder and hip read as the right ones: the person seen from behind,
+                             what a featureless face makes MediaPipe do); each such frame adds ~0.2 to pose_error
+    mirrored_rate_real     the same on the real frames
     detect_rate_real       the same on the real frames
     frames                 frames generated
 """
@@ -130,6 +134,29 @@ def landmark_error(kind: str, detected: np.ndarray, driving: np.ndarray) -> floa
     return float(np.mean(np.linalg.norm(d[ok, :2] - g[ok, :2], axis=1)))
 
 
+# Left/right pairs whose swap tells a mirrored detection: shoulders and hips.
+_MIRROR_PAIRS = ((11, 12), (23, 24))
+
+
+def is_mirrored(detected: np.ndarray, driving: np.ndarray) -> bool | None:
+    """True when a pose detection is the driving pose's mirror image: its shoulders and hips (both present in
+    both) lie nearer the driving ones swapped left for right than as they are; None when no pair is present."""
+    d, g = np.asarray(detected, np.float64), np.asarray(driving, np.float64)
+    straight = swapped = 0.0
+    n = 0
+    for a, b in _MIRROR_PAIRS:
+        rows = [a, b]
+        with np.errstate(invalid="ignore"):
+            ok = (np.isfinite(d[rows, :2]).all() and np.isfinite(g[rows, :2]).all()
+                  and (d[rows, 2] >= VISIBLE).all() and (g[rows, 2] >= VISIBLE).all())
+        if not ok:
+            continue
+        straight += np.linalg.norm(d[a, :2] - g[a, :2]) + np.linalg.norm(d[b, :2] - g[b, :2])
+        swapped += np.linalg.norm(d[a, :2] - g[b, :2]) + np.linalg.norm(d[b, :2] - g[a, :2])
+        n += 1
+    return None if not n else bool(swapped < straight)
+
+
 class _Mean:
     """Running mean of the values given (None skipped)."""
 
@@ -152,6 +179,7 @@ class _PoseProbe:
     def __init__(self, kind: str):
         self.kind = kind
         self.error, self.frames, self.found = _Mean(), 0, 0
+        self.mirrored = _Mean()
         self._extractor = None
 
     def begin_clip(self) -> None:
@@ -166,6 +194,9 @@ class _PoseProbe:
         if found is not None:
             self.found += 1
             self.error.add(landmark_error(self.kind, found, driving))
+            if self.kind == "dance":
+                flip = is_mirrored(found, driving)
+                self.mirrored.add(None if flip is None else float(flip))
 
     def rate(self) -> float:
         return self.found / self.frames if self.frames else 0.0
@@ -238,6 +269,8 @@ class Scorer:
             gen, real = self.probes["gen"], self.probes["real"]
             result.update({"pose_error": gen.error.value(), "pose_error_real": real.error.value(),
                            "detect_rate": gen.rate(), "detect_rate_real": real.rate()})
+            if self.kind == "dance":
+                result.update({"mirrored_rate": gen.mirrored.value(), "mirrored_rate_real": real.mirrored.value()})
             result["pose_error_ratio"] = _ratio(result["pose_error"], result["pose_error_real"])
         return result
 
@@ -301,4 +334,7 @@ def format_report(res: dict) -> str:
         lines.append(f"  pose check     error {f('pose_error', '{:.4f}')} of the frame side on generated frames, "
                      f"{f('pose_error_real', '{:.4f}')} on real ones (ratio {f('pose_error_ratio')}); "
                      f"detected in {f('detect_rate', '{:.0%}')} (real {f('detect_rate_real', '{:.0%}')})")
+    if "mirrored_rate" in res:
+        lines.append(f"  mirrored       {f('mirrored_rate', '{:.0%}')} of the detections read the person from behind "
+                     f"(real {f('mirrored_rate_real', '{:.0%}')})")
     return "\n".join(lines)
