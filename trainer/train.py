@@ -128,7 +128,8 @@ class TrainConfig:
 # held out with vid2vid's weights, 21.4 dB without; docs/performance.md).
 ARCH_TRAINING: dict[str, dict] = {
     "lite": {"w_gan": 0.2, "w_fm": 2.0, "w_temporal": 0.0, "gan_start": 0.75, "w_person": 3.0, "w_head": 3.0,
-             "w_limbs": 6.0, "w_features": 20.0, "w_alpha": 1.0, "ema_halflife": 100.0},
+             "w_limbs": 6.0, "w_features": 20.0, "w_alpha": 3.0, "w_stable": 10.0, "head_jitter_px": 0.0,
+             "ema_halflife": 100.0},
 }
 
 
