@@ -11,6 +11,11 @@ from models.warp import warp
 DOutput = list[list[torch.Tensor]]
 
 
+def flat_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) -> (B*T, ...): a batch of clips as one batch of frames."""
+    return x.reshape(-1, *x.shape[2:])
+
+
 def d_loss(real: DOutput, fake: DOutput, mode: str = "lsgan") -> torch.Tensor:
     """Discriminator loss, averaged over scales. lsgan: (D(x)-1)^2 + D(G)^2; hinge: relu(1-D(x)) + relu(1+D(G))."""
     total = 0.0
@@ -58,7 +63,7 @@ def temporal_change_loss(fake: torch.Tensor, real: torch.Tensor, flow: torch.Ten
     does not. fake, real (B, T, 3, H, W); flow (B, T, 2, H, W) backward flow t -> t-1; conf (B, T, 1, H, W)."""
     if fake.shape[1] < 2:
         return fake.new_zeros(())
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    flat = flat_frames
     f_now, r_now, fl = flat(fake[:, 1:]), flat(real[:, 1:]), flat(flow[:, 1:])
     change_fake = f_now - warp(flat(fake[:, :-1]), fl)
     change_real = r_now - warp(flat(real[:, :-1]), fl)

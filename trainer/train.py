@@ -81,10 +81,11 @@ class TrainConfig:
     teacher: str = ""                 # trained run (folder or generator .json) to distil from ("": none)
     w_distill: float = 10.0           # L1 to the teacher's frames (used only with a teacher)
     augment: bool = True              # limb dropout / landmark jitter on label maps
-    limb_drop_prob: float = 0.05      # pose: probability of dropping each limb from the label map (vid2vid: 0.05)
-    head_jitter_px: float = 1.0       # pose: Gaussian noise (px at the model size) on the head landmarks of the
-                                      #   label map; the frame is not moved, so features a few px wide blur with it
-    face_jitter_px: float = 0.5       # face: Gaussian noise (px) on every landmark of the label map
+    # Label-map augmentation (defaults: trainer/clips.Augment's).
+    limb_drop_prob: float = Augment.limb_drop_prob  # pose: probability of dropping each limb (vid2vid: 0.05)
+    head_jitter_px: float = Augment.head_jitter_px  # pose: Gaussian noise (px at the model size) on the head
+                                      #   landmarks; the frame is not moved, so features a few px wide blur with it
+    face_jitter_px: float = Augment.face_jitter_px  # face: Gaussian noise (px) on every landmark
     seed: int = 0
     device: str = "auto"              # "auto" (CUDA when present) | "cpu" | "cuda" | "cuda:N"
     log_every: int = 10               # iterations between TensorBoard scalar writes
@@ -354,7 +355,7 @@ class Trainer:
         """Flow L1 vs the ground truth and warp loss, in window coordinates, from the second frame on (frame 0
         of a clip is made from zero history: no flow target)."""
         tc = self.tc
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  (B, T, ...) -> (B*T, ...)
+        flat = losses.flat_frames
         w = conf_w[:, 1:]
         g_flow = losses.masked_l1(flow[:, 1:], gt_flow_w[:, 1:], w)
         warped_real = warp(flat(real_w[:, :-1]), flat(flow[:, 1:])).reshape(real_w[:, 1:].shape)
@@ -375,7 +376,7 @@ class Trainer:
         on full clips). Returns ({"image"/"face": features of the real inputs}, temporal inputs usable at this T,
         logs)."""
         tc = self.tc
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        flat = losses.flat_frames
         loss_d = torch.zeros((), device=self.device)
         d_real = {}
         if self.D:
@@ -535,7 +536,7 @@ class Trainer:
         if self.tc.w_stable > 0 and clip["T"] > 1:
             stable = losses.temporal_change_loss(clip["fake"], clip["real"], clip["flow"], clip["conf"])
             terms.append((self.tc.w_stable * stable, {"stable": stable.item()}))
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        flat = losses.flat_frames
         if "image" in d_real:
             terms.append(self._loss_gan(self.D, flat(clip["labels_w"]), flat(clip["fake_w"]), d_real["image"],
                                         self.tc.w_gan, ("G_adv", "G_fm")))
