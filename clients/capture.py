@@ -354,6 +354,11 @@ class CaptureClient:
             # anything else (a late frame of an old session, a pong): ignore
         return None
 
+    def hello_again(self) -> bool:
+        """Say hello again on the open connection (the server lost our session: it restarted, or expired it); the
+        Welcome comes back among the replies. False when the socket's queue is full."""
+        return self._send(P.Hello(client=self.client_name, versions=list(P.SUPPORTED_VERSIONS)))
+
     def close(self) -> None:
         """Say bye (frees the server session at once) and close the socket."""
         if self._sock is not None:
@@ -477,6 +482,7 @@ class _Run:
         self.aspect: float | None = None             # the source's width / height, fixed by the first frame
         self.reconnects_in_row = 0
         self.ping_since: float | None = None         # when the oldest unanswered ping went out
+        self.rehello_since: float | None = None      # when we said hello again on this connection (no welcome yet)
         self.wake_rx: zmq.Socket | None = None       # the source thread rings it when an item is queued
         self.saved_lms: list[np.ndarray | None] = []  # --save-landmarks: raw landmarks and capture times
         self.saved_ts: list[float] = []
@@ -561,11 +567,19 @@ class _Run:
             self._frame(msg, reply)
         elif isinstance(msg, P.Error):
             reason = f"{msg.code}: {msg.reason}"
-            self._log_error(self.ledger.record_error_reply(msg.seq, reason, time.monotonic()), reason, msg.seq)
-            if msg.code == P.ErrorCode.NO_SESSION:
+            now = time.monotonic()
+            first_loss = msg.code == P.ErrorCode.NO_SESSION and self.rehello_since is None
+            if first_loss:   # frames sent before this one went to a session that no longer exists
+                self.ledger.session_lost(msg.seq)
+            self._log_error(self.ledger.record_error_reply(msg.seq, reason, now), reason, msg.seq)
+            if first_loss:   # more no_session errors may follow (frames already on the wire): one hello is enough
                 self.log("the server lost our session; saying hello again")
-                self._reconnect(reason=None)
-        # a Welcome (a late answer to a hello), pongs and anything else: ignored
+                self.c.hello_again()
+                self.rehello_since, self.ping_since = now, None
+        elif isinstance(msg, P.Welcome) and self.rehello_since is not None:
+            self.rehello_since = None
+            self._adopt(msg)
+        # a late Welcome of an earlier hello, pongs and anything else: ignored
 
     def _error(self, reason: str, seq: int | None = None) -> None:
         """An error of the client's own (a reply it cannot use)."""
@@ -608,21 +622,29 @@ class _Run:
             self.recorder.write(view, time.monotonic())
 
     # -- server loss --------------------------------------------------------------------------------------
-    def _reconnect(self, reason: str | None) -> None:
+    def _reconnect(self, reason: str) -> None:
+        """A fresh connection and session (Lazy Pirate): what is outstanding is lost."""
         self.ledger.end_session()
+        self.ping_since = self.rehello_since = None
         self.reconnects_in_row += 1
-        self.stats.reconnects += 1
         if self.reconnects_in_row > self.c.retries:
             raise ServerLostError(f"the posecast server at {self.c.address} stopped answering; gave up after "
                                   f"{self.c.retries} reconnections")
-        if reason:
-            self.log(f"{reason}; reconnecting (attempt {self.reconnects_in_row}/{self.c.retries})")
+        self.log(f"{reason}; reconnecting (attempt {self.reconnects_in_row}/{self.c.retries})")
         old = self.c.welcome
         try:
             w = self.c.connect()
         except ConnectionError as e:
             raise ServerLostError(f"lost the posecast server at {self.c.address} and could not reconnect: {e}") \
                 from None
+        self.c.welcome = old
+        self._adopt(w)
+
+    def _adopt(self, w: P.Welcome) -> None:
+        """A new session after a lost one (one reconnect per outage, counted here): the same model, or give up."""
+        old = self.c.welcome
+        self.c.welcome = w
+        self.stats.reconnects += 1
         if (w.kind, w.num_landmarks) != (old.kind, old.num_landmarks):
             raise ServerLostError(f"the server at {self.c.address} came back with a different model "
                                   f"({w.kind}, {w.num_landmarks} landmarks; was {old.kind}, {old.num_landmarks})")
@@ -639,8 +661,9 @@ class _Run:
         if self.ledger.stalled(now, self.c.timeout_s):
             self._reconnect(f"no reply from {self.c.address} for {self.c.timeout_s:g} s with "
                             f"{self.ledger.outstanding} frame(s) outstanding — did the server go away?")
+        elif self.rehello_since is not None and now - self.rehello_since > self.c.timeout_s:
+            self._reconnect(f"no welcome from {self.c.address} for {self.c.timeout_s:g} s after saying hello again")
         elif self.ping_since is not None and now - self.ping_since > self.c.timeout_s:
-            self.ping_since = None
             self._reconnect(f"no pong from {self.c.address} for {self.c.timeout_s:g} s — did the server go away?")
         elif now - self.c.last_send >= 0.5 * self.c.welcome.heartbeat_s:
             if self.c.ping() and self.ping_since is None:

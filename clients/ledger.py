@@ -13,7 +13,10 @@ A frame is *outstanding* from :meth:`StreamLedger.record_send` until
 - the server's ``dropped`` count accounts for it: of the frames sent in this session, those neither answered
   nor counted as dropped are the only ones that can still be outstanding; or
 - the session ends (:meth:`StreamLedger.end_session`: the server went away, or the stream is over): what is
-  still outstanding is *lost*.
+  still outstanding is *lost*; or
+- the server answers ``no_session`` (it restarted, or expired the session: :meth:`StreamLedger.session_lost`):
+  the frames sent before that one went to a session that no longer exists and are *lost*; the ones after it are
+  still answered, one by one (more ``no_session`` errors, until the client's new hello is read).
 
 Counts, summed over sessions: ``sent = received + dropped + errors + lost`` for a well-behaved server (one
 reply or one drop per frame). Replies the server never sends break it, on purpose visibly: a duplicate reply
@@ -136,6 +139,17 @@ class StreamLedger:
         n = self.error_reasons.get(reason, 0)
         self.error_reasons[reason] = n + 1
         return n
+
+    def session_lost(self, seq: int | None) -> None:
+        """The server answered frame ``seq`` with ``no_session``: older outstanding frames belonged to the session
+        that is gone (lost); ``seq`` and newer ones will each get a reply of their own (call
+        :meth:`record_error_reply` for ``seq`` next). The old session's drop count is banked."""
+        if seq is not None:
+            while self.pending and next(iter(self.pending)) < seq:
+                self.pending.popitem(last=False)
+                self.lost += 1
+        self._dropped_before += self.sess_dropped
+        self.sess_sent, self.sess_answered, self.sess_dropped = len(self.pending), 0, 0
 
     def end_session(self) -> None:
         """The session is over (server lost, reconnecting, or the end of the run): outstanding frames are

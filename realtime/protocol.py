@@ -27,9 +27,10 @@ import numpy as np
 
 from models.landmarks import validate_landmarks
 
-PROTOCOL_VERSION = 2               # the newest version this module speaks
-SUPPORTED_VERSIONS = (2,)          # every version the server accepts in a hello (highest common one is used)
-MAX_MESSAGE_BYTES = 1 << 16        # server-side ZMQ_MAXMSGSIZE; a 478x3 float32 face is ~5.7 KiB
+PROTOCOL_VERSION = 3               # the newest version this module speaks
+SUPPORTED_VERSIONS = (2, 3)        # every version the server accepts in a hello (highest common one is used)
+MAX_MESSAGE_BYTES = 1 << 16        # the largest client message, in bytes; a 478x3 float32 face is ~5.7 KiB
+CURVE_OVERHEAD_BYTES = 33          # what CURVE adds to a message on the wire (MESSAGE command name, nonce, MAC, flags)
 MAX_LANDMARKS = 1024
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -75,7 +76,8 @@ def _message(direction: str):
 
 def _f(doc: str, default=dataclasses.MISSING, *, factory=dataclasses.MISSING, **rules):
     """A message field: its documentation and value rules (``min``, ``max``, ``len``, ``max_len``) live in its
-    metadata, where ``decode`` and ``schema`` read them."""
+    metadata, where ``decode`` and ``schema`` read them; ``since``: the protocol version that added it (``encode``
+    leaves it out of messages of older versions)."""
     return dataclasses.field(default=default, default_factory=factory, metadata={"doc": doc, **rules})
 
 
@@ -147,10 +149,19 @@ class Welcome:
                              max_len=16)
     heartbeat_s: float = _f("send something (a ping when idle) at least this often", 1.0, min=0.0)
     idle_timeout_s: float = _f("a session that sends nothing for this long is freed", 2.0, min=0.0)
-    max_message_bytes: int = _f("larger messages make ZeroMQ drop the connection", MAX_MESSAGE_BYTES, min=1)
-    rate_hz: float = _f("messages per second per connection (burst: rate_burst); excess dropped and counted",
-                        120.0, min=0.0)
-    rate_burst: int = _f("token-bucket size of the rate limit, in messages", 120, min=1)
+    max_message_bytes: int = _f("the largest message accepted (CURVE included); a larger one closes the connection "
+                                "or is answered bad_message", MAX_MESSAGE_BYTES, min=1)
+    rate_hz: float = _f("messages per second per connection (burst: rate_burst); a faster connection is read "
+                        "slower, nothing is dropped", 120.0, min=0.0)
+    rate_burst: int = _f("token-bucket size of the rate limit, in messages", 32, min=1)
+    reply_queue: int = _f("replies queued per connection for a client that does not read; more than rate_burst, "
+                          "so a burst within the rate is answered in full", 64, min=1, since=3)
+    max_clients: int = _f("live sessions the server holds, all clients together (more: server_busy)", 16, min=1,
+                          since=3)
+    sessions_per_key: int = _f("live sessions per CURVE key; a new one takes over the oldest", 4, min=1, since=3)
+    max_connections: int = _f("open connections; a newcomer beyond it closes the oldest one without a session",
+                              1024, min=1, since=3)
+    max_connections_per_address: int = _f("the same, per source address", 128, min=1, since=3)
 
 
 @_message("server")
@@ -181,9 +192,12 @@ class Pong:
 Message = Hello | Landmarks | Reset | Bye | Ping | Welcome | Frame | Error | Pong
 
 
-def encode(msg) -> bytes:
+def encode(msg, version: int = PROTOCOL_VERSION) -> bytes:
+    """One message as its wire bytes, for a session of protocol ``version`` (fields added later are left out)."""
     d = {"t": msg.TYPE}
     for f in dataclasses.fields(msg):
+        if f.metadata.get("since", 0) > version:
+            continue
         v = getattr(msg, f.name)
         d[f.name] = list(v) if isinstance(v, tuple) else v
     return msgpack.packb(d, use_bin_type=True)
@@ -332,7 +346,7 @@ def schema() -> dict:
                 spec["default"] = f.default_factory()
             else:
                 spec["required"] = True
-            for rule in ("min", "max", "len", "max_len"):
+            for rule in ("min", "max", "len", "max_len", "since"):
                 if rule in f.metadata:
                     spec[rule] = f.metadata[rule]
             fields[f.name] = spec

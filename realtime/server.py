@@ -1,30 +1,36 @@
 """The live server: many clients stream landmarks in over ZeroMQ, each gets generated JPEG frames back.
 
-One ROUTER socket, one worker thread (the engine is not shared between threads), one ``Session`` per client. A
+Two threads and one ROUTER socket. The **front** (realtime/front.py) owns the network: it accepts every
+connection, applies the connection limits and budgets, and relays each connection's bytes to the ROUTER over a
+private link that the ROUTER connects to under a routing id the server chose — so a peer can neither choose a
+routing id nor reach the libzmq states that abort a process (the front's docstring says which and why). The
+**session loop** (this module; the engine is not shared between threads) keeps one ``Session`` per client. A
 session belongs to one connection and, on a CURVE server, to one client key: identity comes from the key that
-ZeroMQ's ZAP handler authenticated (the ``User-Id`` of every message), never from the routing id, and a routing
-id is never enough to reach a session (no ``ROUTER_HANDOVER``; a session is freed when its connection closes and
-is never answered on another connection). Each loop iteration
+ZeroMQ's ZAP handler authenticated (the ``User-Id`` of every message) and from the connection, never from
+anything a peer says. Each loop iteration
 
-1. handles connection events (the socket monitor): connections are counted, capped (``max_connections``) and
-   closed when they hold no session for ``handshake_timeout_s``; a closed connection frees its sessions at once;
-2. drains at most ``max_drain`` messages without blocking. Each connection has a token bucket of ``rate_hz``
-   messages per second (``rate_burst`` deep): messages over it are dropped unread and counted. Control messages
-   (hello, reset, bye, ping) are handled at once and in order; of a client's landmarks only the newest is kept,
-   older ones are dropped and counted (**latest wins**: when the engine is slower than the camera, frames are
-   skipped instead of queued, so latency never piles up);
+1. takes the front's news: a new connection's link is connected (``ZMQ_CONNECT_ROUTING_ID``), a closed
+   connection's session is freed at once and its link dropped;
+2. drains at most ``max_drain`` messages without blocking. Control messages (hello, reset, bye, ping) are handled
+   at once and in order; of a client's landmarks only the newest is kept, older ones are dropped and counted
+   (**latest wins**: when the engine is slower than the camera, frames are skipped instead of queued, so latency
+   never piles up). A connection that sends faster than ``rate_hz`` is read slower by the front; nothing it sent
+   within its budget is ever dropped unread;
 3. frees sessions that sent nothing for ``idle_timeout_s`` (clients ping every ``heartbeat_s`` when idle);
 4. generates one frame per client with pending landmarks in one batched engine call (``max_batch`` sessions per
    call; ``Session.prepare`` / ``step_sessions`` / ``Session.finish``), replies round-robin (the first client
    of the round rotates), and never renders for a client whose reply queue is full: ``ROUTER_MANDATORY`` tells
    when a reply's routing-id frame cannot go out (``EAGAIN``); such a client is marked blocked, and from then on
    its routing frame is offered *before* its frame is rendered (alone), so its landmarks are dropped unrendered
-   while the queue stays full. The reply is ``Frame`` (``seq`` and ``capture_ts`` echoed, per-stage timings, the client's
-   cumulative drop count).
+   while the queue stays full. The reply is ``Frame`` (``seq`` and ``capture_ts`` echoed, per-stage timings, the
+   client's cumulative drop count).
 
-Bad input of any kind is answered with an ``Error`` (code + reason, + seq when known) and never touches another
-client's session; an unexpected exception on one client's message is answered ``internal`` and logged with its
-traceback, and the server goes on. See docs/protocol.md for the wire protocol.
+Every reply is delivered or counted: the reply queue (``send_hwm``) is deeper than the burst a connection may
+send at once (``rate_burst``), so a client that reads never loses one; a reply to landmarks that finds the queue
+full (a client that stopped reading) is counted in that client's ``dropped``. Bad input of any kind is answered
+with an ``Error`` (code + reason, + seq when known) and never touches another client's session; an unexpected
+exception on one client's message is answered ``internal`` and logged with its traceback, and the server goes on.
+See docs/protocol.md for the wire protocol.
 
     with Server(open_engine(model, "torch"), "tcp://127.0.0.1:5555") as server:
         server.serve_forever()          # until server.stop() from another thread or a signal handler
@@ -36,9 +42,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 
@@ -49,9 +53,13 @@ from zmq.utils.monitor import parse_monitor_message
 
 from models.landmarks import layout_of
 from realtime import protocol as P
+from realtime.front import Closed, Front, NewLink
+from realtime.limits import Limits
 from realtime.protocol import ErrorCode, ProtocolError
 from realtime.security import CurveConfig, CurveServer, check_bind
 from realtime.session import Session, open_session, step_sessions
+
+__all__ = ["DEFAULT_BIND", "LOGGER_NAME", "Limits", "Server", "raise_fd_limit", "serve", "short_id"]
 
 LOGGER_NAME = "posecast.server"
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -66,37 +74,6 @@ def short_id(rid: bytes) -> str:
     return hashlib.blake2s(rid, digest_size=4).hexdigest()
 
 
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Per-key, per-connection and overall limits of a server (the ones clients need are in the Welcome)."""
-    max_clients: int = 16             # live sessions, all clients together (more get server_busy)
-    sessions_per_key: int = 4         # live sessions per client key (CURVE); a new one takes over the oldest
-    max_connections: int = 256        # open connections; newer ones beyond it are closed at once
-    rate_hz: float = 120.0            # messages per second per connection (token bucket) ...
-    rate_burst: int = 120             # ... of this depth; messages over it are dropped unread and counted
-    heartbeat_s: float = 1.0          # clients send something (a ping when idle) at least this often
-    idle_timeout_s: float = 2.0       # a session silent for this long is freed (heartbeat + 1 s)
-    handshake_timeout_s: float = 5.0  # a connection without a session for this long is closed
-    recv_hwm: int = 100               # per-connection receive queue, messages (ZMQ_RCVHWM)
-    send_hwm: int = 32                # per-connection reply queue, messages (ZMQ_SNDHWM); full: frames not made
-    max_drain: int = 64               # messages read per loop iteration before the engine round
-    flood_close: int = 10             # a connection sending this many times its rate over it, within a second, is closed
-    sndbuf_bytes: int = 0             # kernel send buffer per connection (SO_SNDBUF; 0: the OS default)
-    max_batch: int = 16               # sessions per engine call (1: one call per session, as without batching)
-
-    def __post_init__(self):
-        for name in ("max_clients", "sessions_per_key", "max_connections", "rate_burst", "recv_hwm", "send_hwm",
-                     "max_drain", "max_batch", "flood_close"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rate_hz", "heartbeat_s", "idle_timeout_s", "handshake_timeout_s"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.idle_timeout_s <= self.heartbeat_s:
-            raise ValueError(f"idle_timeout_s ({self.idle_timeout_s}) must exceed heartbeat_s ({self.heartbeat_s}): "
-                             f"a client that pings on time must never expire")
-
-
 @dataclasses.dataclass
 class _Pending:
     seq: int
@@ -107,32 +84,26 @@ class _Pending:
 
 
 @dataclasses.dataclass
-class _Conn:
-    """One TCP (or ipc) connection, from the socket monitor and the ``SRCFD`` of its messages."""
-    fd: int
-    peer: object           # getpeername() at accept time: checked again before the fd is shut down
-    opened: float          # monotonic
-    tokens: float          # rate-limit bucket
-    refill_t: float
-    sessionless_since: float | None   # monotonic time since which it holds no session (None: it holds one)
-    limited: int = 0       # messages dropped over the rate
-    over: int = 0          # ... of them in the current one-second window (a flood closes the connection)
-    over_since: float = 0.0
+class _Link:
+    """One client connection, as the session loop sees it: the front's connection id and the link endpoint."""
+    conn: int
+    endpoint: str
+    peer: str              # the client's address (for logs)
 
 
 @dataclasses.dataclass
 class _Client:
-    rid: bytes
-    fd: int | None         # the connection the session belongs to
+    rid: bytes             # the routing id of its connection's link (chosen by the server, one per connection)
     key: str               # authenticated CURVE key (z85), "" without CURVE
     key_name: str          # the allow-list file name of the key, "" without CURVE
     name: str
     session: Session
     last_seen: float       # monotonic time of the client's last message
     created: float
+    version: int           # the protocol version of the session
     pending: _Pending | None = None
     blocked: bool = False  # the last reply found the client's queue full: offer before rendering
-    dropped: int = 0       # landmark messages that got no frame (superseded, reset away, rate, reply queue full)
+    dropped: int = 0       # landmark messages that got no frame (superseded, reset away, reply queue full)
     frames: int = 0        # frames sent
 
     @property
@@ -145,47 +116,24 @@ class _Client:
 
 
 _OK, _FULL = "ok", "full"
-_MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-
-
-def _peer_of(fd: int):
-    try:
-        with socket.socket(fileno=os.dup(fd)) as s:
-            return s.getpeername()
-    except OSError:
-        return None
-
-
-def _shutdown_fd(fd: int, peer) -> bool:
-    """Close a connection under libzmq's feet: shut its *read* side, so libzmq reads end-of-file exactly as if
-    the peer had closed it, and tears it down the normal way. (Shutting the write side too can fail a write
-    inside libzmq, which aborts on that: never do it.) Only when the fd still belongs to the same peer as when
-    it was accepted, so a reused fd number is never touched."""
-    try:
-        with socket.socket(fileno=os.dup(fd)) as s:
-            if peer is None or s.getpeername() != peer:
-                return False
-            s.shutdown(socket.SHUT_RD)
-            return True
-    except OSError:
-        return False
 
 
 class Server:
     """A posecast ZeroMQ server over one ``Engine``; see the module docstring.
 
-    ``limits`` (a :class:`Limits`; keyword overrides such as ``max_clients=2`` or ``idle_timeout_s=0.5`` are
-    applied on top). ``curve``: a :class:`~realtime.security.CurveConfig` (the server key pair and the folder of
-    allowed client keys) to require CURVE encryption and an allowed key of every client; without it the server
-    only binds loopback addresses unless ``insecure``. ``jpeg_quality`` 1-100; a stats line every
-    ``stats_interval_s`` (0: never) on ``log`` (default: the ``posecast.server`` logger); ``poll_interval_s``
-    bounds how long ``stop()`` takes. ``history``: where each session keeps its history ("auto": on the engine's
-    device when that is a CUDA GPU, else host memory; "host"; "device"; realtime/session.py ``open_session``).
+    ``limits`` (a :class:`~realtime.limits.Limits`; keyword overrides such as ``max_clients=2`` or
+    ``idle_timeout_s=0.5`` are applied on top). ``curve``: a :class:`~realtime.security.CurveConfig` (the server
+    key pair and the folder of allowed client keys) to require CURVE encryption and an allowed key of every
+    client; without it the server only binds loopback addresses unless ``insecure``. ``jpeg_quality`` 1-100; a
+    stats line every ``stats_interval_s`` (0: never) on ``log`` (default: the ``posecast.server`` logger);
+    ``poll_interval_s`` bounds how long ``stop()`` takes. ``history``: where each session keeps its history
+    ("auto": on the engine's device when that is a CUDA GPU, else host memory; "host"; "device";
+    realtime/session.py ``open_session``).
 
-    ``bind`` may use port 0 (or ``*``) for a free port; the actual address is ``server.endpoint``. The socket is
-    bound in the constructor (so a bad address fails early) and closed when ``serve_forever`` returns or on
-    ``close()``: a server serves once. ``stop()`` may be called from any thread or a signal handler.
+    ``bind`` (``tcp://HOST:PORT`` or ``ipc://PATH``) may use port 0 (or ``*``) for a free port; the actual
+    address is ``server.endpoint``. The address is bound in the constructor (so a bad one fails early) and closed
+    when ``serve_forever`` returns or on ``close()``: a server serves once. ``stop()`` may be called from any
+    thread or a signal handler.
     """
 
     def __init__(self, engine, bind: str = DEFAULT_BIND, *, limits: Limits | None = None,
@@ -217,13 +165,16 @@ class Server:
             subject_stats=meta.get("subject_stats") if isinstance(meta.get("subject_stats"), dict) else None,
             fps=float(fps) if type(fps) in (int, float) and np.isfinite(fps) and fps > 0 else 30.0,
             heartbeat_s=lim.heartbeat_s, idle_timeout_s=lim.idle_timeout_s, max_message_bytes=P.MAX_MESSAGE_BYTES,
-            rate_hz=lim.rate_hz, rate_burst=lim.rate_burst)
-        self._welcome_bytes = P.encode(self.welcome)
+            rate_hz=lim.rate_hz, rate_burst=lim.rate_burst, reply_queue=lim.reply_queue, max_clients=lim.max_clients,
+            sessions_per_key=lim.sessions_per_key, max_connections=lim.max_connections,
+            max_connections_per_address=lim.max_connections_per_address)
+        self._welcome_bytes = {v: P.encode(dataclasses.replace(self.welcome, version=v), v)
+                               for v in P.SUPPORTED_VERSIONS}
         self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
         self._bgr = np.empty((cfg.size, cfg.size, 3), np.uint8)
 
         self._clients: dict[bytes, _Client] = {}
-        self._conns: dict[int, _Conn] = {}
+        self._links: dict[bytes, _Link] = {}
         self._stop = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -232,11 +183,10 @@ class Server:
         self._thread: threading.Thread | None = None           # started by start()
         self._serving_thread: threading.Thread | None = None   # the thread inside serve_forever
         self._rr = 0
-        # Counters (cumulative) and the current stats interval.
+        # Counters (cumulative) and the current stats interval; the front adds its connection counters.
         self.counters = {"messages": 0, "frames": 0, "dropped": 0, "errors": 0, "send_failures": 0,
-                         "internal_errors": 0, "connects": 0, "disconnects": 0, "expired": 0, "rate_limited": 0,
-                         "not_rendered": 0, "undeliverable": 0, "takeovers": 0, "connections": 0, "connections_closed": 0,
-                         "connections_refused": 0, "floods_closed": 0, "auth_failures": 0, "orphans": 0, "rounds": 0}
+                         "internal_errors": 0, "connects": 0, "disconnects": 0, "expired": 0, "not_rendered": 0,
+                         "undeliverable": 0, "takeovers": 0, "auth_failures": 0, "orphans": 0, "rounds": 0}
         self._interval_frames = 0
         self._interval_dropped = 0
         self._interval_engine_ms: list[float] = []
@@ -244,6 +194,7 @@ class Server:
         self._ctx = zmq.Context()
         self._curve: CurveServer | None = None
         self._mon: zmq.Socket | None = None
+        self._front: Front | None = None
         sock = self._ctx.socket(zmq.ROUTER)
         try:
             if curve is not None:
@@ -251,25 +202,27 @@ class Server:
                 self._curve.apply(sock)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a full or vanished peer: EAGAIN / EHOSTUNREACH, never a block
-            sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
-            sock.setsockopt(zmq.SNDHWM, lim.send_hwm)
-            sock.setsockopt(zmq.RCVHWM, lim.recv_hwm)
-            if lim.sndbuf_bytes > 0:
+            # The announced limit holds under CURVE too: the ZMTP frame carries CURVE's own bytes besides.
+            sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES + (P.CURVE_OVERHEAD_BYTES if curve else 0))
+            sock.setsockopt(zmq.SNDHWM, lim.reply_queue)
+            sock.setsockopt(zmq.RCVHWM, 0)             # never stop reading a link (see realtime/front.py)
+            if lim.sndbuf_bytes > 0:                   # the link's kernel buffer too (the front sizes the client's)
                 sock.setsockopt(zmq.SNDBUF, lim.sndbuf_bytes)
+            sock.setsockopt(zmq.RECONNECT_IVL, -1)     # a link that closed is gone for good
             sock.setsockopt(zmq.HANDSHAKE_IVL, int(lim.handshake_timeout_s * 1000))
-            sock.setsockopt(zmq.HEARTBEAT_IVL, int(lim.heartbeat_s * 1000))      # ZMTP pings: a dead link closes
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(lim.idle_timeout_s * 1000))
-            self._mon = sock.get_monitor_socket(_MONITOR_EVENTS)
-            sock.bind(bind)
-        except (zmq.ZMQError, ValueError) as e:
+            self._mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            self._front = Front(bind, lim, log=self.log)
+        except (zmq.ZMQError, ValueError, OSError) as e:
             self._teardown(sock)
-            if isinstance(e, ValueError):
-                raise
-            raise OSError(f"cannot bind the posecast server to {bind!r}: {e}") from None
+            if isinstance(e, zmq.ZMQError):
+                raise OSError(f"cannot start the posecast server on {bind!r}: {e}") from None
+            raise
         self._sock = sock
-        self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint: str = self._front.endpoint
 
     def _teardown(self, sock: zmq.Socket) -> None:
+        if self._front is not None:
+            self._front.close()
         if self._mon is not None:
             with contextlib.suppress(zmq.ZMQError):
                 sock.disable_monitor()
@@ -297,10 +250,12 @@ class Server:
         return self._curve is not None
 
     def stats(self) -> dict:
-        """A snapshot of the cumulative counters plus the current session and connection counts."""
+        """A snapshot of the cumulative counters (the front's connection counters included) plus the current
+        session and connection counts."""
         d = dict(self.counters)
+        if self._front is not None:
+            d.update(self._front.stats())
         d["clients"] = len(self._clients)
-        d["open_connections"] = len(self._conns)
         return d
 
     def stop(self) -> None:
@@ -341,14 +296,17 @@ class Server:
             self._running = True
         self._serving_thread = threading.current_thread()
         log = self.log
+        front = self._front
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._mon, zmq.POLLIN)
+        poller.register(front.doorbell, zmq.POLLIN)
         lim = self.limits
-        log.info("serving %s on %s (%s; max %d clients, %d per key, %g msg/s per connection, idle timeout %.1fs)",
-                 self._describe_engine(), self.endpoint,
+        log.info("serving %s on %s (%s; max %d clients, %d per key, %d connections, %g msg/s per connection, "
+                 "idle timeout %.1fs)", self._describe_engine(), self.endpoint,
                  f"CURVE, {len(self._curve.names)} allowed key(s)" if self._curve else "no authentication",
-                 lim.max_clients, lim.sessions_per_key, lim.rate_hz, lim.idle_timeout_s)
+                 lim.max_clients, lim.sessions_per_key, lim.max_connections, lim.rate_hz, lim.idle_timeout_s)
+        front.start()
         now = time.monotonic()
         sweep_s = min(0.1, self.idle_timeout_s / 4)
         next_sweep = now + sweep_s
@@ -357,6 +315,8 @@ class Server:
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(0 if self._has_pending() else self.poll_ms))
+                if front.doorbell in events or front.doorbell.fileno() in events:
+                    self._front_news()
                 if self._mon in events:
                     self._monitor()
                 if self._sock in events:
@@ -395,61 +355,33 @@ class Server:
     def _has_pending(self) -> bool:
         return any(c.pending is not None for c in self._clients.values())
 
-    # connections ------------------------------------------------------------------------------------------
-    def _conn(self, fd: int | None) -> _Conn | None:
-        """The connection a message came from, or None when its fd is not (or no longer) an open connection."""
-        if fd is None or fd < 0:
-            return None
-        conn = self._conns.get(fd)
-        if conn is None:                 # its monitor event may not have been read yet
-            self._monitor()
-            conn = self._conns.get(fd)
-        return conn
+    # connections (the front's news) --------------------------------------------------------------------------
+    def _front_news(self) -> None:
+        for ev in self._front.events():
+            if isinstance(ev, NewLink):
+                self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, ev.rid)
+                try:
+                    self._sock.connect(ev.endpoint)
+                except zmq.ZMQError as e:   # cannot happen for an endpoint the front just made; refuse it cleanly
+                    self.log.error("cannot take connection %d over (%s): %s", ev.conn, ev.endpoint, e)
+                    self._front.close_connection(ev.conn, "the server could not take it over")
+                    continue
+                self._links[ev.rid] = _Link(ev.conn, ev.endpoint, ev.peer)
+            elif isinstance(ev, Closed):
+                self._free(ev.rid, "its connection closed")
+                link = self._links.pop(ev.rid, None)
+                if link is not None:
+                    with contextlib.suppress(zmq.ZMQError):   # already gone when libzmq saw the link close first
+                        self._sock.disconnect(link.endpoint)
 
     def _monitor(self) -> None:
-        now = time.monotonic()
         while True:
             try:
                 ev = parse_monitor_message(self._mon.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            event, fd = ev["event"], int(ev["value"])
-            if event == zmq.EVENT_ACCEPTED:
-                self._conns.pop(fd, None)
-                conn = self._conns[fd] = _Conn(fd, _peer_of(fd), now, float(self.limits.rate_burst), now, now)
-                self.counters["connections"] += 1
-                if len(self._conns) > self.limits.max_connections:
-                    self.counters["connections_refused"] += 1
-                    self._close_conn(conn, "over the connection limit")
-            elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
-                if self._conns.pop(fd, None) is not None:
-                    self.counters["connections_closed"] += 1
-                for rid, client in list(self._clients.items()):
-                    if client.fd == fd:
-                        self._free(rid, "its connection closed")
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.counters["auth_failures"] += 1
-
-    def _close_conn(self, conn: _Conn, why: str) -> None:
-        if _shutdown_fd(conn.fd, conn.peer):
-            self.log.debug("closing a connection (fd %d): %s", conn.fd, why)
-        self._conns.pop(conn.fd, None)        # its DISCONNECTED event will find nothing left to do
-
-    def _admit(self, conn: _Conn | None, now: float) -> bool:
-        """The connection's rate limit: take one token, or refuse the message."""
-        if conn is None:
-            return True
-        lim = self.limits
-        conn.tokens = min(float(lim.rate_burst), conn.tokens + (now - conn.refill_t) * lim.rate_hz)
-        conn.refill_t = now
-        if conn.tokens >= 1.0:
-            conn.tokens -= 1.0
-            return True
-        conn.limited += 1
-        if now - conn.over_since > 1.0:
-            conn.over, conn.over_since = 0, now
-        conn.over += 1
-        return False
 
     # messages ---------------------------------------------------------------------------------------------
     def _send(self, rid: bytes, payload: bytes) -> bool:
@@ -465,7 +397,7 @@ class Server:
 
         ``EHOSTUNREACH`` is not proof that the peer is gone: libzmq also reports it for a live peer whose pipe
         is between its high- and low-water marks. Both it and ``EAGAIN`` mean "not now" (``_FULL``); a peer that
-        is really gone is found by the connection monitor and the idle timeout.
+        is really gone is reported by the front.
         """
         try:
             self._sock.send(rid, zmq.SNDMORE | zmq.NOBLOCK)
@@ -481,7 +413,10 @@ class Server:
     def _error(self, rid: bytes, code: str, reason: str, seq: int | None = None, versions=None) -> None:
         self.counters["errors"] += 1
         self.log.debug("error to [%s]: %s: %s (seq %s)", short_id(rid), code, reason, seq)
-        self._send(rid, P.encode(P.Error(code=code, reason=reason, seq=seq, versions=versions)))
+        if not self._send(rid, P.encode(P.Error(code=code, reason=reason, seq=seq, versions=versions))):
+            client = self._clients.get(rid)
+            if client is not None and seq is not None:   # its landmarks got neither frame nor error: count them
+                self._drop(client)
 
     def _drain(self) -> None:
         sock, curve = self._sock, self._curve is not None
@@ -493,40 +428,19 @@ class Server:
             t_recv = time.perf_counter()
             now = time.monotonic()
             self.counters["messages"] += 1
-            rid, last = parts[0].bytes, parts[-1]
-            try:
-                fd = last.get(zmq.SRCFD)
-            except zmq.ZMQError:
-                fd = None
-            conn = self._conn(fd)
-            if conn is None and fd is not None and fd >= 0:
-                self.counters["orphans"] += 1      # from a connection already closed (refused, timed out)
-                continue
-            client = self._clients.get(rid)
-            if not self._admit(conn, now):
-                self.counters["rate_limited"] += 1
-                if client is not None and client.fd == fd:
-                    self._drop(client)
-                if conn.over > self.limits.flood_close * self.limits.rate_hz:   # 10x the rate, for a second
-                    self.counters["connections_closed"] += 1
-                    self.counters["floods_closed"] += 1
-                    for rid_, c in list(self._clients.items()):
-                        if c.fd == conn.fd:
-                            self._free(rid_, "its connection flooded the server")
-                    self._close_conn(conn, "flooding")
+            rid = parts[0].bytes
+            if rid not in self._links:
+                self.counters["orphans"] += 1      # from a connection already closed
                 continue
             key = ""
             if curve:
                 try:
-                    key = last.get("User-Id")
+                    key = parts[-1].get("User-Id")
                 except zmq.ZMQError:  # cannot happen on a CURVE socket; refuse rather than guess
                     continue
-            if client is not None and (client.fd != fd or client.key != key):
-                # Another connection claims this routing id: the session is not its to use.
-                self._free(rid, "its routing id arrived on another connection")
-                client = None
+            client = self._clients.get(rid)
             try:
-                self._handle(rid, client, conn, key, [p.bytes for p in parts[1:]], t_recv, now)
+                self._handle(rid, client, key, [p.bytes for p in parts[1:]], t_recv, now)
             except ProtocolError as e:
                 self._error(rid, e.code, e.reason, e.seq, e.versions)
             except Exception as e:  # noqa: BLE001 - one client's failure must not take the server down
@@ -534,8 +448,8 @@ class Server:
                 self.log.exception("internal error on a message from [%s]", short_id(rid))
                 self._error(rid, ErrorCode.INTERNAL, f"server error: {type(e).__name__}")
 
-    def _handle(self, rid: bytes, client: _Client | None, conn: _Conn | None, key: str, parts: list[bytes],
-                t_recv: float, now: float) -> None:
+    def _handle(self, rid: bytes, client: _Client | None, key: str, parts: list[bytes], t_recv: float,
+                now: float) -> None:
         if client is not None:
             client.last_seen = now
         if len(parts) != 1:
@@ -553,7 +467,7 @@ class Server:
                 self._drop(client)
             client.pending = _Pending(msg.seq, float(msg.capture_ts), arr, decode_ms, t_recv)
         elif isinstance(msg, P.Hello):
-            self._hello(rid, client, conn, key, msg, now)
+            self._hello(rid, client, key, msg, now)
         elif isinstance(msg, P.Ping):
             self._send(rid, P.encode(P.Pong(ts=msg.ts)))
         elif isinstance(msg, P.Reset):
@@ -581,18 +495,18 @@ class Server:
         self.counters["disconnects"] += 1
         if expired:
             self.counters["expired"] += 1
-        conn = self._conns.get(client.fd) if client.fd is not None else None
-        if conn is not None and not any(c.fd == client.fd for c in self._clients.values()):
-            conn.sessionless_since = time.monotonic()
+        link = self._links.get(rid)
+        if link is not None:
+            self._front.session(link.conn, False)
         self.log.info("client %s: session freed (%s) after %d frames (%d dropped); %d client(s)", client.label, why,
                       client.frames, client.dropped, len(self._clients))
 
-    def _hello(self, rid: bytes, client: _Client | None, conn: _Conn | None, key: str, msg: P.Hello,
-               now: float) -> None:
+    def _hello(self, rid: bytes, client: _Client | None, key: str, msg: P.Hello, now: float) -> None:
         version = P.negotiate(msg)
         name = msg.client[:256]
         if client is not None:  # hello again: start over with a fresh history and counters
             client.name = client.session.name = name
+            client.version = version
             client.pending = None
             client.dropped = client.frames = 0
             client.session.reset()
@@ -607,16 +521,13 @@ class Server:
                 raise ProtocolError(ErrorCode.SERVER_BUSY,
                                     f"server busy: {len(self._clients)} of {self.max_clients} clients connected")
             key_name = self._curve.names.get(key, "?") if (key and self._curve) else ""
-            client = _Client(rid=rid, fd=conn.fd if conn else None, key=key, key_name=key_name, name=name,
+            client = _Client(rid=rid, key=key, key_name=key_name, name=name, version=version,
                              session=open_session(self.engine, name, self.history), last_seen=now, created=now)
             self._clients[rid] = client
-            if conn is not None:
-                conn.sessionless_since = None
+            self._front.session(self._links[rid].conn, True)
             self.counters["connects"] += 1
             self.log.info("client %s connected; %d client(s)", client.label, len(self._clients))
-        welcome = self._welcome_bytes if version == self.welcome.version else \
-            P.encode(dataclasses.replace(self.welcome, version=version))
-        self._send(rid, welcome)
+        self._send(rid, self._welcome_bytes[version])
 
     def _generate(self) -> None:
         """One engine round: a frame for every client with pending landmarks and room for the reply.
@@ -723,21 +634,16 @@ class Server:
             idle = now - client.last_seen
             if idle > self.idle_timeout_s:
                 self._free(rid, f"expired after {idle:.1f}s without a message", expired=True)
-        limit = self.limits.handshake_timeout_s
-        for conn in list(self._conns.values()):
-            if conn.sessionless_since is not None and now - conn.sessionless_since > limit:
-                self.counters["connections_closed"] += 1
-                self._close_conn(conn, f"no session for {limit:g}s")
 
     def _log_stats(self, elapsed: float) -> None:
         frames, dropped, eng = self._interval_frames, self._interval_dropped, self._interval_engine_ms
         if frames or dropped or self._clients:
             p50 = float(np.median(eng)) if eng else float("nan")
-            c = self.counters
+            c = self.stats()
             self.log.info("stats: %d client(s), %d connection(s), %.1f frames/s, %d dropped, p50 engine %.1f ms, "
-                          "%d errors, %d rate-limited, %d auth failures total", len(self._clients), len(self._conns),
-                          frames / max(elapsed, 1e-9), dropped, p50, c["errors"], c["rate_limited"],
-                          c["auth_failures"])
+                          "%d errors, %d connections paused for their rate, %d auth failures total",
+                          len(self._clients), c["open_connections"], frames / max(elapsed, 1e-9), dropped, p50,
+                          c["errors"], c["paused"], c["auth_failures"])
         self._interval_frames = self._interval_dropped = 0
         self._interval_engine_ms = []
 

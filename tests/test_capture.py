@@ -46,7 +46,7 @@ class FakeServer(threading.Thread):
     ``garbage_seqs``: answer these with bytes that are no protocol message; ``bad_jpeg_seqs``: with a frame whose
     JPEG cannot be decoded; ``hello_error``: answer hellos with this error instead of a welcome; ``version``: the
     protocol version the welcome names; ``forget_after``: the first session is forgotten after this many frames
-    (later landmarks on it get a no_session error, as after a server restart).
+    (later landmarks get a no_session error until the next hello, as after a server restart).
     """
 
     def __init__(self, *, kind="dance", num_landmarks=33, subject_stats=None, drop=(), mute_after=None,
@@ -93,7 +93,7 @@ class FakeServer(threading.Thread):
                 if muted:
                     continue
                 self.received.append((msg.seq, msg.array()))
-                if (self.forget_after is not None and ident == self.sessions[0]
+                if (self.forget_after is not None and self.hellos == 1
                         and self._answered.get(ident, 0) >= self.forget_after):
                     self._reply(ident, P.Error(P.ErrorCode.NO_SESSION, "fake: no session", msg.seq))
                     continue
@@ -204,7 +204,7 @@ def test_connect_busy_refused_or_wrong_version_fails_clearly():
         assert srv.hellos == 1                              # refused: not tried again
     with FakeServer(version=99) as srv:
         c = CaptureClient(srv.address, timeout_s=2, retries=3, log=_quiet)
-        with pytest.raises(ConnectionError, match=r"speaks protocol version 99, this client \[2\]"):
+        with pytest.raises(ConnectionError, match=r"speaks protocol version 99, this client \[2, 3\]"):
             c.connect()
         assert srv.hellos == 1 and c.welcome is None
 

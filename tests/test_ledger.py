@@ -191,3 +191,23 @@ def test_totals_of_an_empty_run_and_of_replies_without_timings():
     t = led.totals()
     assert t["fps"] == 0.0                           # no time span to measure over
     assert set(t["stages"]) == {"capture_to_send", "normalize", "glass_to_glass"}
+
+
+def test_a_lost_session_loses_only_what_the_old_session_held():
+    """A server restart: the old server answered 0, 1, 3 (2 dropped); 4-6 died with it; the new server answers 7-9
+    with no_session (sent before the client's new hello was read), then the new session's frames."""
+    led = StreamLedger()
+    _send(led, range(10))
+    for seq in (0, 1):
+        _frame(led, seq)
+    _frame(led, 3, dropped=1)
+    led.session_lost(7)
+    assert list(led.pending) == [7, 8, 9] and led.lost == 3        # 4, 5, 6: the session that held them is gone
+    for s in (7, 8, 9):
+        led.record_error_reply(s, "no_session: x", now_s=60.0)
+    assert led.outstanding == 0 and led.errors == 3
+    _send(led, range(10, 14))                            # the new session: its drop count starts at 0 again
+    _frame(led, 10)
+    _frame(led, 13, dropped=2)
+    assert (led.sent, led.received, led.dropped, led.errors, led.lost, led.outstanding) == (14, 5, 3, 3, 3, 0)
+    assert _balanced(led)

@@ -18,7 +18,7 @@ from realtime.server import Server
 from test_server import K, Client, motion
 
 REPO = Path(__file__).resolve().parents[1]
-VECTORS = REPO / "tests" / "vectors" / "wire_v2.json"
+VECTORS = REPO / "tests" / "vectors" / "wire_v3.json"
 SCHEMA = REPO / "docs" / "protocol.schema.json"
 
 
@@ -79,11 +79,22 @@ def test_nested_values_are_plain_msgpack():
 
 def test_negotiate():
     assert P.negotiate(P.Hello(version=2)) == 2
+    assert P.negotiate(P.Hello()) == 3
     assert P.negotiate(P.Hello(version=5, versions=[1, 2, 5])) == 2
     assert P.negotiate(P.Hello(version=3, versions=[2, 3]), supported=(2, 3)) == 3
     with pytest.raises(P.ProtocolError) as e:
         P.negotiate(P.Hello(version=1))
-    assert (e.value.code, e.value.versions) == ("bad_version", [2])
+    assert (e.value.code, e.value.versions) == ("bad_version", [2, 3])
+
+
+def test_fields_of_later_versions_stay_out_of_older_sessions():
+    w = P.Welcome(2, "dance", 32, 2, 33, "x")
+    v2 = msgpack.unpackb(P.encode(w, version=2))
+    v3 = msgpack.unpackb(P.encode(w, version=3))
+    added = {"reply_queue", "max_clients", "sessions_per_key", "max_connections", "max_connections_per_address"}
+    assert set(v3) - set(v2) == added and "rate_burst" in v2
+    assert {f.name for f in dataclasses.fields(P.Welcome) if f.metadata.get("since") == 3} == added
+    assert P.decode(P.encode(w, version=2)) == w        # a v3 reader fills them in with their defaults
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Writes tests/vectors/wire_v2.json: wire test vectors of the posecast protocol, replayed by tests/test_protocol.py.
+"""Writes tests/vectors/wire_v3.json: wire test vectors of the posecast protocol, replayed by tests/test_protocol.py.
 
     python tests/vectors/make_vectors.py
 
@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 
 K = 33
-OUT = Path(__file__).with_name("wire_v2.json")
+OUT = Path(__file__).with_name("wire_v3.json")
 
 
 def pose(seed: int = 0, nan_rows=(), bad: float | None = None) -> bytes:
@@ -55,9 +55,14 @@ def vectors() -> list[dict]:
         v.append({"name": name, "session": session, "frames": frames, "expect": expect})
 
     # -- valid ------------------------------------------------------------------------------------------
-    add("hello", {"t": "hello", "version": 2, "client": "vectors"}, {"t": "welcome", "version": 2, "versions": [2]})
-    add("hello with defaults", {"t": "hello"}, {"t": "welcome", "version": 2})
-    add("hello offering versions 1-3 gets the highest common one", {"t": "hello", "version": 3, "versions": [1, 2, 3]},
+    add("hello", {"t": "hello", "version": 3, "client": "vectors"},
+        {"t": "welcome", "version": 3, "versions": [2, 3], "rate_burst": 32, "reply_queue": 64, "max_clients": 16})
+    add("hello with defaults", {"t": "hello"}, {"t": "welcome", "version": 3})
+    add("hello of a version-2 client gets a version-2 welcome", {"t": "hello", "version": 2},
+        {"t": "welcome", "version": 2, "versions": [2, 3]})
+    add("hello offering versions 1-4 gets the highest common one", {"t": "hello", "version": 4, "versions": [1, 2, 3, 4]},
+        {"t": "welcome", "version": 3})
+    add("hello offering versions 1, 2 and 4 gets 2", {"t": "hello", "version": 4, "versions": [1, 2, 4]},
         {"t": "welcome", "version": 2})
     add("ping", {"t": "ping", "ts": 1.5}, {"t": "pong", "ts": 1.5})
     add("ping: an integer is a valid float", {"t": "ping", "ts": 2}, {"t": "pong", "ts": 2.0})
@@ -86,9 +91,9 @@ def vectors() -> list[dict]:
     add("integer map keys", [msgpack.packb({"t": "ping", 1: 2}, strict_types=False).hex()], err("bad_message"))
     # -- invalid: field types (booleans are never integers, floats never integers, no ext values) ------------
     add("hello: bad version (none in common)", {"t": "hello", "version": 1},
-        err("bad_version", versions=[2]))
+        err("bad_version", versions=[2, 3]))
     add("hello: versions without a common one", {"t": "hello", "version": 9, "versions": [7, 8, 9]},
-        err("bad_version", versions=[2]))
+        err("bad_version", versions=[2, 3]))
     add("hello: version true", {"t": "hello", "version": True}, err("bad_message"))
     add("hello: version 2.0", {"t": "hello", "version": 2.0}, err("bad_message"))
     add("hello: versions holds a boolean", {"t": "hello", "versions": [True]}, err("bad_message"))
@@ -126,7 +131,7 @@ def vectors() -> list[dict]:
 
 
 def main() -> None:
-    doc = {"protocol": "posecast", "version": 2, "num_landmarks": K, "model_kind": "dance",
+    doc = {"protocol": "posecast", "version": 3, "num_landmarks": K, "model_kind": "dance",
            "about": __doc__.split("\n\n", 2)[2].strip(), "vectors": vectors()}
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {OUT} ({len(doc['vectors'])} vectors)")
