@@ -41,10 +41,13 @@ SOAK_ARGS ?= --clients 4 --fps 30 --seconds 120
 soak: venv
 	$(BIN)/python -m posecast.stress soak $(SOAK_ARGS)
 
-# fuzz: >= 100,000 malformed messages while a legitimate client streams.
+# fuzz: >= 100,000 malformed messages while a legitimate client streams, then the attacks of posecast/attack.py
+# (floods, idle and slowloris connections, pre-claimed routing ids, resets) with the figures the server must hold.
 FUZZ_ARGS ?= --messages 100000
+ATTACK_ARGS ?= --seconds 20
 fuzz: venv
 	$(BIN)/python -m posecast.stress fuzz $(FUZZ_ARGS)
+	$(BIN)/python -m posecast.attack $(ATTACK_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

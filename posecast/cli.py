@@ -129,8 +129,11 @@ def _cmd_serve(args) -> int:
     curve = CurveConfig(Path(args.keys), Path(args.allow)) if args.keys else None
     serve(args.model, args.bind, args.backend, engine_kwargs=engine_kwargs, curve=curve, insecure=args.insecure,
           max_clients=args.max_clients, sessions_per_key=args.sessions_per_key, rate_hz=args.rate,
-          rate_burst=max(1, int(round(args.rate))), idle_timeout_s=args.idle_timeout or args.heartbeat + 1.0, heartbeat_s=args.heartbeat,
-          max_batch=args.max_batch, history=args.history, jpeg_quality=args.jpeg_quality, stats_interval_s=args.stats_interval)
+          rate_burst=args.burst, max_connections=args.max_connections,
+          max_connections_per_address=args.max_connections_per_address,
+          idle_timeout_s=args.idle_timeout or args.heartbeat + 1.0, heartbeat_s=args.heartbeat,
+          max_batch=args.max_batch, history=args.history, jpeg_quality=args.jpeg_quality,
+          stats_interval_s=args.stats_interval)
     return 0
 
 
@@ -318,7 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-clients", type=int, default=16, help="concurrent sessions (default 16)")
     s.add_argument("--sessions-per-key", type=int, default=4,
                    help="concurrent sessions per client key (default 4); a new one takes over the oldest")
-    s.add_argument("--rate", type=float, default=120.0, help="messages per second per connection (default 120)")
+    s.add_argument("--rate", type=float, default=120.0,
+                   help="messages per second per connection (default 120); a faster client is read slower")
+    s.add_argument("--burst", type=int, default=32, help="messages a client may send at once (default 32)")
+    s.add_argument("--max-connections", type=int, default=1024,
+                   help="open connections (default 1024); a newcomer beyond it closes the oldest one without a session")
+    s.add_argument("--max-connections-per-address", type=int, default=128,
+                   help="open connections from one address (default 128), the same rule")
     s.add_argument("--heartbeat", type=float, default=1.0,
                    help="clients send something at least every S seconds (default 1)")
     s.add_argument("--idle-timeout", type=float, default=None,

@@ -68,6 +68,7 @@ READ_CHUNK = 64 * 1024
 LOOP_TICK_S = 0.02          # the loop wakes at least this often (budget refills, deadlines)
 ACCEPTS_PER_WAKE = 256      # connections accepted per readiness of the listening socket
 LISTEN_BACKLOG = 4096       # the kernel caps it at net.core.somaxconn
+DEFER_ACCEPT_S = 1          # TCP_DEFER_ACCEPT (Linux): silent connections reach accept() only after this
 
 
 class ZmtpError(ValueError):
@@ -245,6 +246,17 @@ def _endpoint_of(sock: socket.socket) -> str:
     return f"tcp://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"tcp://{host}:{port}"
 
 
+def _fd_room(reserve: int = 128, per_connection: int = 3) -> int:
+    """Connections the open-files limit leaves room for: each holds its client socket and both ends of its link
+    (the ROUTER's end is in this process too)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 1 << 30
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (1 << 30) if soft == resource.RLIM_INFINITY else max(16, (soft - reserve) // per_connection)
+
+
 def _peer_pid(sock: socket.socket) -> int | None:
     """The pid at the other end of a Unix socket (Linux SO_PEERCRED), or None where it cannot be read."""
     opt = getattr(socket, "SO_PEERCRED", None)
@@ -274,6 +286,9 @@ class Front:
                         os.unlink(addr)
             else:
                 lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # restart at once after a stop
+                if hasattr(socket, "TCP_DEFER_ACCEPT"):   # Linux: a connection that has not spoken yet is
+                    #                         handed to accept() only after about a second (ZMTP clients speak first)
+                    lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
             lsock.bind(addr)
             lsock.listen(LISTEN_BACKLOG)
             lsock.setblocking(False)
@@ -306,6 +321,12 @@ class Front:
         self._link_token = secrets.token_hex(6)
         self._link_dir = None if sys.platform.startswith("linux") else tempfile.mkdtemp(prefix="posecast-links-")
         self._accept_paused_until = 0.0
+        self.max_connections = min(limits.max_connections, _fd_room())
+        if self.max_connections < limits.max_connections:
+            self.log.warning("max_connections %d lowered to %d: the open-files limit (ulimit -n) leaves room for "
+                             "%d connections of 3 descriptors each", limits.max_connections, self.max_connections,
+                             self.max_connections)
+        self.max_per_address = min(limits.max_connections_per_address, self.max_connections)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -454,22 +475,29 @@ class Front:
             self._admit(sock, peer, now)
 
     def _admit(self, sock: socket.socket, peer, now: float) -> None:
+        """A new connection: one that already closed is dropped on the spot (a connect-and-close loop costs one
+        read); one that already sent its signature skips the idle state (so a flood of idle connections never
+        evicts it); the caps make room by evicting, or refuse."""
         lim = self.limits
-        addr = peer[0] if isinstance(peer, tuple) and peer else "local"
-        if self._per_addr[addr] >= lim.max_connections_per_address and not self._evict(addr):
-            self._refuse(sock)
-            return
-        if len(self._conns) >= lim.max_connections and not self._evict(None):
-            self._refuse(sock)
-            return
+        self.counters["connections"] += 1
         sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if lim.sndbuf_bytes:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, lim.sndbuf_bytes)
+        try:
+            first = sock.recv(ZMTP_SIGNATURE_BYTES)
+        except (BlockingIOError, InterruptedError):
+            first = None
+        except OSError:
+            first = b""
+        if first == b"":
+            self.counters["connections_closed"] += 1
+            sock.close()
+            return
+        addr = peer[0] if isinstance(peer, tuple) and peer else "local"
+        if self._per_addr[addr] >= self.max_per_address and not self._evict(addr):
+            self._refuse(sock)
+            return
+        if len(self._conns) >= self.max_connections and not self._evict(None):
+            self._refuse(sock)
+            return
         cid = self._next_id
         self._next_id += 1
         c = _Conn(id=cid, rid=self._rid_prefix + cid.to_bytes(8, "big"), sock=sock, addr=addr, opened=now,
@@ -480,8 +508,12 @@ class Front:
         self._new[cid] = c
         self._per_addr[addr] += 1
         self._by_fd[sock.fileno()] = (c, "client")
-        self.counters["connections"] += 1
-        self._sync(c)
+        if first:
+            c.bytes.tokens -= len(first)
+            c.allowance_bytes -= len(first)
+            self._greeting(c, first, now)
+        if c.id in self._conns:
+            self._sync(c)
 
     def _refuse(self, sock: socket.socket) -> None:
         self.counters["connections_refused"] += 1
@@ -504,6 +536,14 @@ class Front:
     # -- links -------------------------------------------------------------------------------------------------
     def _open_link(self, c: _Conn, now: float) -> None:
         """A listening socket only the server's ROUTER will connect to; the server is asked to connect."""
+        sock = c.sock
+        if sock.family in (socket.AF_INET, socket.AF_INET6):   # (set only now: idle connections cost less)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.limits.sndbuf_bytes:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.sndbuf_bytes)
         if self._link_dir is None and sys.platform.startswith("linux"):
             name = f"posecast-{os.getpid()}-{self._link_token}-{c.id}"
             ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -612,10 +652,12 @@ class Front:
         return data
 
     def _read_greeting(self, c: _Conn, now: float) -> None:
-        """The first bytes: once they are a valid ZMTP 3 signature, the server is asked to take the connection."""
         data = self._read(c, now, ZMTP_SIGNATURE_BYTES - len(c.pending))
-        if not data:
-            return
+        if data:
+            self._greeting(c, data, now)
+
+    def _greeting(self, c: _Conn, data: bytes, now: float) -> None:
+        """The first bytes: once they are a valid ZMTP 3 signature, the server is asked to take the connection."""
         c.pending += data
         probe = ZmtpMeter()
         probe.greeting += c.pending

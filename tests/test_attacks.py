@@ -24,6 +24,7 @@ import msgpack
 import pytest
 import zmq
 
+from posecast.attack import LIBZMQ_FIRST_ID, zmtp_frame, zmtp_greeting, zmtp_ready
 from realtime import protocol as P
 from realtime.protocol import ErrorCode
 
@@ -31,17 +32,18 @@ from test_security import KeyClient, curve_of, keys  # noqa: F401 - keys is a fi
 from test_server import K, REPO, Client, motion, wait_until
 
 SERVE = ("import sys, json; from realtime.server import serve; "
-         "serve(sys.argv[1], 'tcp://127.0.0.1:0', 'torch', stats_interval_s=0, **json.loads(sys.argv[2]))")
+         "serve(sys.argv[1], sys.argv[2], 'torch', stats_interval_s=0, **json.loads(sys.argv[3]))")
 
 
 @contextlib.contextmanager
-def server_child(model_dir, **limits):
+def server_child(model_dir, bind: str = "tcp://127.0.0.1:0", *, killed: bool = False, **limits):
     """``serve`` in a child process; yields (endpoint, process, its stderr lines so far). On leaving, the process
-    must still be running (it is then stopped with SIGTERM and must exit cleanly)."""
+    must still be running (it is then stopped with SIGTERM and must exit cleanly) unless ``killed`` (the test
+    kills it)."""
     limits.setdefault("idle_timeout_s", 30.0)            # the test clients do not heartbeat
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(model_dir), json.dumps(limits)], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(model_dir), bind, json.dumps(limits)], cwd=REPO,
+                            env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     endpoint = None
     try:
@@ -54,7 +56,8 @@ def server_child(model_dir, **limits):
         reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
         reader.start()
         yield endpoint, proc, lines
-        assert proc.poll() is None, "the server died:\n" + "".join(lines[-20:])
+        if not killed:
+            assert proc.poll() is None, "the server died:\n" + "".join(lines[-20:])
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -64,26 +67,7 @@ def server_child(model_dir, **limits):
             proc.kill()
             code = proc.wait()
     text = "".join(lines)
-    assert "Assertion failed" not in text and code == 0, text[-3000:]
-
-
-# -- ZMTP 3 spoken by hand (RFC 23/37): what a peer that is not libzmq can send ------------------------------
-def zmtp_greeting(mechanism: bytes = b"NULL") -> bytes:
-    return b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\0") + b"\0" + b"\0" * 31
-
-
-def zmtp_frame(body: bytes, command: bool = False) -> bytes:
-    flags = 0x04 if command else 0x00
-    if len(body) > 255:
-        return bytes([flags | 0x02]) + len(body).to_bytes(8, "big") + body
-    return bytes([flags, len(body)]) + body
-
-
-def zmtp_ready(identity: bytes | None = None) -> bytes:
-    body = b"\x05READY" + b"\x0bSocket-Type" + (6).to_bytes(4, "big") + b"DEALER"
-    if identity is not None:
-        body += b"\x08Identity" + len(identity).to_bytes(4, "big") + identity
-    return zmtp_frame(body, command=True)
+    assert "Assertion failed" not in text and (code == 0 or killed), text[-3000:]
 
 
 def raw_connect(endpoint: str) -> socket.socket:
@@ -134,7 +118,7 @@ class Streamers:
 def test_preclaimed_routing_ids_cannot_abort_the_server(model_dir):
     """libzmq's ROUTER invents ids 00 + rand() + n (the first is 006b8b4567 in every process) and aborted when a
     peer had claimed the next one. Here the server chooses every id: claims are ignored, even two equal ones."""
-    first = 0x6B8B4567
+    first = int.from_bytes(LIBZMQ_FIRST_ID[1:], "big")
     with server_child(model_dir) as (endpoint, proc, _), zmq.Context() as ctx:
         claimers = []
         for k in range(48):                              # the ids libzmq would make next, each claimed twice
@@ -143,7 +127,7 @@ def test_preclaimed_routing_ids_cannot_abort_the_server(model_dir):
                 c.send(P.Ping(ts=float(k)))
                 claimers.append((k, c))
         raw = raw_connect(endpoint)                      # the same claim, in a READY written by hand
-        raw.sendall(zmtp_greeting() + zmtp_ready(identity=bytes.fromhex("006b8b4567")))
+        raw.sendall(zmtp_greeting() + zmtp_ready(identity=LIBZMQ_FIRST_ID))
         for k, c in claimers:                            # every claimer is answered on its own connection
             assert c.recv(10) == P.Pong(ts=float(k))
         anonymous = [Client(ctx, endpoint, f"anon-{i}") for i in range(6)]   # peers without an id, after them
@@ -158,13 +142,19 @@ def test_preclaimed_routing_ids_cannot_abort_the_server(model_dir):
         assert proc.poll() is None
 
 
+@pytest.fixture(scope="module")
+def busy_model_dir(tmp_path_factory, tiny_checkpoint):
+    """A model whose frames take the engine a while (lite at 128 px): a server busy enough to fall behind."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("busy"), "lite", size=128)
+
+
 @pytest.mark.timeout(180)
-def test_resets_with_an_unread_backlog_under_load(model_dir):
-    """A connection sends 3,000 one-byte messages and resets while others stream: libzmq aborted when a reset
-    reached a connection it had stopped reading. Here nothing stops reading a link, and the server goes on."""
-    with server_child(model_dir) as (endpoint, proc, _), zmq.Context() as ctx:
-        streamers = Streamers(ctx, endpoint, 6)
-        for round_ in range(4):
+def test_resets_with_an_unread_backlog_under_load(busy_model_dir):
+    """A connection sends 3,000 one-byte messages and resets while a dozen sessions stream: libzmq aborted when a
+    reset reached a connection it had stopped reading. Here nothing stops reading a link, and the server goes on."""
+    with server_child(busy_model_dir) as (endpoint, proc, _), zmq.Context() as ctx:
+        streamers = Streamers(ctx, endpoint, 12)
+        for round_ in range(6):
             d = ctx.socket(zmq.DEALER)                   # as the issue found it: pyzmq, LINGER 0
             d.setsockopt(zmq.LINGER, 0)
             d.setsockopt(zmq.SNDHWM, 0)
@@ -194,7 +184,7 @@ def test_resets_with_an_unread_backlog_under_load(model_dir):
 # -- getting in ------------------------------------------------------------------------------------------------
 @pytest.mark.timeout(120)
 def test_idle_connections_held_and_reopened_never_lock_a_newcomer_out(model_dir):
-    with server_child(model_dir, max_connections=64, greeting_timeout_s=30.0) as (endpoint, proc, _), \
+    with server_child(model_dir, max_connections=64, greeting_timeout_s=3.0) as (endpoint, proc, _), \
             zmq.Context() as ctx:
         held = [raw_connect(endpoint) for _ in range(200)]   # never say a word
         stop = threading.Event()
@@ -209,6 +199,7 @@ def test_idle_connections_held_and_reopened_never_lock_a_newcomer_out(model_dir)
         t = threading.Thread(target=churn, daemon=True)
         t.start()
         try:
+            time.sleep(1.5)                              # (until the silent ones reach the server: not an assertion)
             newcomers = [Client(ctx, endpoint, f"newcomer-{i}") for i in range(3)]
             for i, c in enumerate(newcomers):
                 assert isinstance(c.hello(), P.Welcome)
@@ -216,13 +207,11 @@ def test_idle_connections_held_and_reopened_never_lock_a_newcomer_out(model_dir)
         finally:
             stop.set()
             t.join(10)
-        closed = 0
-        for s in held:                                   # the oldest idle ones made room (EOF), none was refused
-            s.settimeout(0.2)
-            with contextlib.suppress(OSError):
-                closed += s.recv(1) == b""
+        for s in held:                                   # every idle one is closed: evicted, or timed out
+            s.settimeout(15)
+            assert s.recv(1) == b""
             s.close()
-        assert closed >= 200 - 64 and churned[0] > 0
+        assert churned[0] > 0 and newcomers[0].frame(1, motion(0, 2)[1]).seq == 1
         assert proc.poll() is None
 
 
@@ -323,45 +312,40 @@ def test_before_hello_a_connection_may_send_only_a_few_frames(make_server, ctx):
 
 
 # -- a server restart, as the capture client sees it ----------------------------------------------------------------
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("outage_s", [0.5, 2.5])
-def test_the_capture_clients_books_balance_across_a_server_restart(engine, outage_s):
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("client_timeout_s", [10.0, 1.0], ids=["back-before-the-timeout", "back-after-it"])
+def test_the_capture_clients_books_balance_across_a_server_restart(model_dir, client_timeout_s):
+    """The server is killed (SIGKILL: whatever it held is gone) and started again on the same address while a
+    capture client streams. Back before the client's timeout, the client finds its session gone (no_session) and
+    says hello again on the same connection; back after it, the client reconnects. Either way: one reconnect, and
+    sent = received + dropped + errors + lost."""
     from clients.capture import CaptureClient
     from clients.sources import open_source
-    from realtime.server import Server
 
-    first = Server(engine, "tcp://127.0.0.1:0", stats_interval_s=0)
-    endpoint = first.endpoint
-    first.start()
     logs: list[str] = []
     result: dict = {}
+    with server_child(model_dir, killed=True) as (endpoint, first, _):
+        def run():
+            c = CaptureClient(endpoint, timeout_s=client_timeout_s, retries=10, normalize="off", log=logs.append)
+            try:
+                c.connect()
+                result["stats"] = c.run(open_source("synthetic:3", "dance", realtime=True, default_fps=30.0),
+                                        headless=True, max_frames=300)
+            except Exception as e:  # noqa: BLE001 - reported below
+                result["error"] = e
+            finally:
+                c.close()
 
-    def run():
-        c = CaptureClient(endpoint, timeout_s=1.0, retries=5, normalize="off", log=logs.append)
-        try:
-            c.connect()
-            result["stats"] = c.run(open_source("synthetic:3", "dance", realtime=True, default_fps=30.0),
-                                    headless=True, max_frames=150)
-        except Exception as e:  # noqa: BLE001 - reported below
-            result["error"] = e
-        finally:
-            c.close()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert wait_until(lambda: first.stats()["frames"] >= 20, 30)
-    first.close()                                        # the server dies...
-    time.sleep(outage_s)                                 # (the length of the outage, not a timing claim)
-    second = Server(engine, endpoint, stats_interval_s=0)   # ... and comes back on the same address
-    second.start()
-    try:
-        t.join(60)
-        assert "error" not in result, result.get("error")
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        time.sleep(2.0)                                  # streaming (not a timing claim: counted below)
+        first.kill()
+        first.wait()
+    with server_child(model_dir, endpoint) as (_, second, lines):   # the same address, a fresh process
+        t.join(120)
+        assert "error" not in result, (result.get("error"), logs)
         st = result["stats"]
-        assert st.frames_sent == 150 and second.stats()["frames"] > 0
+        assert st.frames_sent == 300 and st.frames_received > 60
         assert st.frames_sent == st.frames_received + st.dropped + st.errors + st.lost, st
         assert st.reconnects == 1, (st, logs)            # one outage, one reconnect
-        assert st.lost <= 40 and set(st.error_reasons) <= {f"{ErrorCode.NO_SESSION}: no session: send hello first "
-                                                            "(or again, if it expired)"}
-    finally:
-        second.close()
+        assert any("connected" in line for line in lines)

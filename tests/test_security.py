@@ -306,9 +306,10 @@ def test_connections_without_a_session_are_closed(servers, ctx):
         assert r.recv(4096) == b""
         r.close()
     assert wait_until(lambda: srv.stats()["greeting_timeouts"] == 3, 5)
-    assert wait_until(lambda: srv.stats()["handshake_timeouts"] == 1, 5)
+    assert wait_until(lambda: srv.stats()["handshake_timeouts"] >= 1, 5)   # (ZeroMQ reconnects it: closed again)
+    pinger.close()
     assert keep.frame(0, motion(6, 1)[0]).seq == 0
-    assert srv.stats()["open_connections"] == 1
+    assert wait_until(lambda: srv.stats()["open_connections"] == 1, 5)
 
 
 @pytest.mark.timeout(60)
@@ -320,7 +321,7 @@ def test_idle_connections_never_lock_a_newcomer_out(servers, ctx, per_address):
     keep = Client(ctx, srv.endpoint, "keep")             # holds a session: never evicted
     keep.hello()
     idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
-    assert wait_until(lambda: srv.stats()["connections"] == 41, 5)
+    assert wait_until(lambda: srv.stats()["connections"] == 41, 15)   # (silent ones reach accept() after ~1 s)
     st = srv.stats()
     assert st["open_connections"] == 8 and st["evicted"] == 33 and st["connections_refused"] == 0
     newcomer = Client(ctx, srv.endpoint, "newcomer")
@@ -328,7 +329,7 @@ def test_idle_connections_never_lock_a_newcomer_out(servers, ctx, per_address):
     assert keep.frame(0, motion(6, 1)[0]).seq == 0
     closed = 0
     for r in idle:                                       # the oldest idle ones were closed to make room
-        r.settimeout(0.05 if closed >= 34 else 5)
+        r.settimeout(0.2)
         try:
             closed += r.recv(1) == b""
         except (TimeoutError, socket.timeout):
