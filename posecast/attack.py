@@ -18,8 +18,9 @@ attackers as separate processes, all on this machine's cores together:
 * ``reset``: 12 sessions stream while connections send 3,000 one-byte messages and reset, again and again (it
   aborted on that too): the server must stay up and the streams go on.
 * ``restart``: the server is killed (SIGKILL) while a capture client streams and started again on the same
-  address a second later: the client's books (sent = received + dropped + errors + lost), its reconnects (one)
-  and how long after the new server was up the first frame came back.
+  address a second later (plus its start-up), once with the client's timeout longer than the outage and once
+  shorter: the client's books (sent = received + dropped + errors + lost), its reconnects (one) and how long
+  after the new server was up the first frame came back.
 
 The ZMTP 3 helpers (``zmtp_greeting``, ``zmtp_frame``, ``zmtp_ready``) speak the wire protocol by hand, as a
 peer that is not libzmq can; tests/test_attacks.py uses them too.
@@ -306,8 +307,9 @@ def _serve(model, address: str, threads: int | None) -> subprocess.Popen:
     return proc
 
 
-def _restart(model, seconds: float, threads: int | None, outage_s: float = 1.0) -> dict:
-    """A capture client streams; the server is killed, and started again on the same address ``outage_s`` later."""
+def _restart(model, seconds: float, threads: int | None, client_timeout_s: float, outage_s: float = 1.0) -> dict:
+    """A capture client streams; the server is killed, and started again on the same address ``outage_s`` later
+    (plus its start-up)."""
     from clients.capture import CaptureClient
     from clients.sources import open_source
 
@@ -327,7 +329,7 @@ def _restart(model, seconds: float, threads: int | None, outage_s: float = 1.0) 
                 yield m
 
     def stream():
-        c = Stamping(address, timeout_s=5.0, retries=5, normalize="off", log=lambda m: None)
+        c = Stamping(address, timeout_s=client_timeout_s, retries=5, normalize="off", log=lambda m: None)
         c.connect()
         src = open_source("synthetic:0", "dance", realtime=True, default_fps=30.0)
         try:
@@ -350,7 +352,7 @@ def _restart(model, seconds: float, threads: int | None, outage_s: float = 1.0) 
     second.terminate()
     second.wait(20)
     back = [x for x in frames_at if x > up]
-    out = dict(result, outage_s=round(up - killed, 2),
+    out = dict(result, client_timeout_s=client_timeout_s, outage_s=round(up - killed, 2),
                resumed_after_ms=round((back[0] - up) * 1e3, 1) if back else None)
     out["balanced"] = bool(result) and result["sent"] == (result["received"] + result["dropped"] + result["errors"]
                                                           + result["lost"])
@@ -364,10 +366,11 @@ def run_case(case: str, *, seconds: float = 20.0, model=None, threads: int | Non
 
     if case not in CASES:
         raise ValueError(f"unknown attack {case!r}: one of {', '.join(CASES)}")
-    if case == "restart":
-        res = _restart(model or DEFAULT_MODEL, seconds, threads)
-        return {"what": "attack", "case": case, "seconds": seconds, **res,
-                "ok": res["balanced"] and res.get("reconnects") == 1 and res["resumed_after_ms"] is not None}
+    if case == "restart":   # the server back before the client's timeout (same connection), and after it
+        runs = [_restart(model or DEFAULT_MODEL, seconds, threads, t) for t in (15.0, 2.0)]
+        return {"what": "attack", "case": case, "seconds": seconds, "runs": runs,
+                "ok": all(r["balanced"] and r.get("reconnects") == 1 and r["resumed_after_ms"] is not None
+                          for r in runs)}
     info: dict = {}
     out: dict = {"what": "attack", "case": case, "seconds": seconds}
     with server_process(model or DEFAULT_MODEL, "onnxruntime", threads=threads, info=info) as address:

@@ -225,9 +225,8 @@ def _fuzz_worker(address: str, messages: int, connections: int, seed: int) -> No
     for s in socks:  # a last ping each: its pong means the server has read everything this connection sent
         s.send(msgpack.packb({"t": "ping", "ts": -1.0}))
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and s.poll(1000):
-            raw = s.recv()
-            if raw == P.encode(P.Pong(ts=-1.0)):
+        while time.monotonic() < deadline:
+            if s.poll(1000) and s.recv() == P.encode(P.Pong(ts=-1.0)):
                 break
     print(sent, flush=True)
     for s in socks + [big]:

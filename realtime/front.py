@@ -76,14 +76,26 @@ class ZmtpError(ValueError):
 
 
 class ZmtpMeter:
-    """Walks a connection's ZMTP 3 byte stream (RFC 37: a 64-byte greeting, then frames of flags + 1- or 8-byte
-    size + body) and tells how many bytes may go on when at most ``max_frames`` new frames may start, without
-    buffering anything. Commands count as frames: a CURVE message is one MESSAGE command."""
+    """Walks a connection's ZMTP 3 byte stream (RFC 23/37: a 64-byte greeting, then frames of flags + 1- or 8-byte
+    size + body) without buffering it, and tells how many bytes may go on when at most ``max_frames`` new frames
+    and ``max_data`` new message frames may start.
+
+    Every frame counts against ``max_frames`` (commands too: the handshake's, heartbeats). *Message* frames — what
+    reaches the server as (a part of) a message: a data frame, or a CURVE ``MESSAGE`` command (or ``SUBSCRIBE`` /
+    ``CANCEL``, which libzmq passes on too) — also count against ``max_data``, the connection's window of messages
+    the server has not read yet. A command is charged as a message when it starts and refunded once its name
+    shows it is not one, so the window is never overrun waiting for a name."""
+
+    _MESSAGE_COMMANDS = (b"\x07MESSAGE", b"\x09SUBSCRIBE", b"\x06CANCEL")
+    _NAME_BYTES = max(map(len, _MESSAGE_COMMANDS))
 
     def __init__(self):
         self.greeting = bytearray()     # the greeting bytes seen so far (up to 64)
         self.header = bytearray()       # a frame header split across reads
         self.body_left = 0              # bytes of the current frame's body still to come
+        self.command = False            # the current frame is a command (its name decides whether it is a message)
+        self.name = bytearray()         # the start of the current command's body, while its name is being read
+        self.naming = False
         self.frames = 0                 # frames started
         self.largest = 0                # the largest frame size announced so far
 
@@ -101,10 +113,17 @@ class ZmtpMeter:
         if len(g) > ZMTP_SIGNATURE_BYTES and g[10] < 3:
             raise ZmtpError(f"ZMTP version {g[10]}: this server speaks ZMTP 3 (libzmq 4 or newer)")
 
-    def scan(self, data, max_frames: int) -> tuple[int, int]:
-        """(bytes of ``data`` that may go on, frames started in them), starting at most ``max_frames`` frames;
-        stops just before the flags byte of the first frame over the allowance."""
-        n, pos, started = len(data), 0, 0
+    def _named(self) -> int:
+        """The current command's name is complete (or its body ended): -1 to refund its charge if it is not a
+        message, else 0."""
+        self.naming = False
+        name = bytes(self.name)
+        return 0 if any(name.startswith(m) for m in self._MESSAGE_COMMANDS) else -1
+
+    def scan(self, data, max_frames: int, max_data: int) -> tuple[int, int, int, str | None]:
+        """(bytes of ``data`` that may go on, frames started, net message frames charged, why it stopped early:
+        None, "frames" or "data"). Stops just before the flags byte of the first frame over an allowance."""
+        n, pos, started, charged, stop = len(data), 0, 0, 0, None
         if self.in_greeting:
             take = min(n, ZMTP_GREETING_BYTES - len(self.greeting))
             self.greeting += bytes(data[:take])
@@ -113,14 +132,25 @@ class ZmtpMeter:
         while pos < n:
             if self.body_left:
                 step = min(self.body_left, n - pos)
+                if self.naming:
+                    take = min(step, self._NAME_BYTES - len(self.name))
+                    self.name += bytes(data[pos:pos + take])
+                    if len(self.name) == self._NAME_BYTES or take == self.body_left:
+                        charged += self._named()
                 self.body_left -= step
                 pos += step
                 continue
             if not self.header:
                 if started >= max_frames:
+                    stop = "frames"
+                    break
+                if charged >= max_data:
+                    stop = "data"
                     break
                 started += 1
+                charged += 1
                 self.frames += 1
+                self.command = bool(data[pos] & 0x04)
             self.header.append(data[pos])
             pos += 1
             need = 9 if self.header[0] & 0x02 else 2
@@ -129,7 +159,12 @@ class ZmtpMeter:
                 self.largest = max(self.largest, size)
                 self.body_left = size
                 self.header.clear()
-        return pos, started
+                if self.command:
+                    self.name.clear()
+                    self.naming = True
+                    if size == 0:
+                        charged += self._named()
+        return pos, started, charged, stop
 
 
 class _Bucket:
@@ -177,8 +212,10 @@ class _Conn:
     allowance_frames: int = 0       # frames / bytes it may still send without a session
     allowance_bytes: int = 0
     sent_frames: int = 0            # frames relayed so far (session-less fairness: who sent least goes first)
+    inflight: int = 0               # message frames relayed that the server has not read yet (its window)
     resume_at: float | None = None  # not read until then (a budget refills); FOREVER: until it holds a session
     starved: bool = False           # waiting for the session-less pool
+    awaiting_reads: bool = False    # its window is full: waiting for the server to read
     masks: tuple[int, int] = (0, 0)  # what the selector watches on (client, link)
 
 
@@ -356,6 +393,11 @@ class Front:
 
     def close_connection(self, conn: int, why: str) -> None:
         self._command(("close", conn, why))
+
+    def consumed(self, reads: dict[int, int]) -> None:
+        """The server read ``reads[conn]`` message frames of each connection (its windows open again)."""
+        if reads:
+            self._command(("read", None, reads))
 
     def stats(self) -> dict:
         d = dict(self.counters)
@@ -670,13 +712,16 @@ class Front:
         if len(c.pending) >= ZMTP_SIGNATURE_BYTES:
             self._open_link(c, now)
 
+    def _window(self, c: _Conn) -> int:
+        return self.limits.recv_window if c.has_session else self.limits.sessionless_window
+
     def _clear(self, c: _Conn, now: float) -> bool:
-        """Let pending bytes through the frame budget; False when none could go (``c`` is then paused)."""
+        """Let pending bytes through the budgets; False when none could go (``c`` is then paused)."""
         allow = int(c.frames.refill(now))
         if not c.has_session:
             allow = min(allow, c.allowance_frames, int(self._pool.refill(now)))
         try:
-            n, started = c.meter.scan(memoryview(c.pending), allow)
+            n, started, charged, stop = c.meter.scan(memoryview(c.pending), allow, self._window(c) - c.inflight)
         except ZmtpError as e:
             self.counters["not_zmtp"] += 1
             self._drop(c, str(e))
@@ -686,6 +731,7 @@ class Front:
             self._drop(c, f"a {c.meter.largest}-byte message before hello (the limit without a session is "
                           f"{self.limits.sessionless_max_message_bytes})")
             return False
+        c.inflight += charged
         if started:
             c.frames.tokens -= started
             c.sent_frames += started
@@ -696,8 +742,11 @@ class Front:
         del c.pending[:n]
         if not c.pending:
             return True
-        # out of frames: wait for its rate bucket, for a session (allowance spent), or for the pool (fair share)
-        if c.frames.tokens < 1:
+        # stopped: wait for the server to read (window), its rate bucket, a session (allowance spent), or the pool
+        if stop == "data":
+            c.awaiting_reads = True
+            self.counters["paused"] += 1
+        elif c.frames.tokens < 1:
             self._pause(c, now + c.frames.wait_s(1))
         elif not c.has_session and c.allowance_frames < 1:
             self._pause(c, FOREVER)
@@ -719,7 +768,7 @@ class Front:
             heapq.heappush(self._starved, (c.sent_frames, c.id, c))
 
     def _wake(self, c: _Conn, now: float) -> None:
-        c.resume_at, c.starved = None, False
+        c.resume_at, c.starved, c.awaiting_reads = None, False, False
         if c.id in self._conns:
             self._pump_in(c, now)
             if c.id in self._conns:
@@ -775,7 +824,7 @@ class Front:
         reading while the reply buffer has room, for writing while client bytes wait for it."""
         if c.id not in self._conns:
             return
-        idle = c.resume_at is None and not c.starved
+        idle = c.resume_at is None and not c.starved and not c.awaiting_reads
         want_read = idle and (c.state == NEW or (c.state == OPEN and not c.pending and not c.cleared))
         client = (selectors.EVENT_READ if want_read else 0) | (selectors.EVENT_WRITE if c.out else 0)
         link = 0
@@ -801,6 +850,9 @@ class Front:
         now = time.monotonic()
         while self._commands:
             cmd, cid, arg = self._commands.popleft()
+            if cmd == "read":
+                self._credit(arg, now)
+                continue
             c = self._conns.get(cid)
             if c is None:
                 continue
@@ -812,9 +864,20 @@ class Front:
                     lim = self.limits
                     c.sessionless_since = now
                     c.allowance_frames, c.allowance_bytes = lim.sessionless_frames, lim.sessionless_bytes
-                if c.resume_at == FOREVER or (arg and c.starved):   # it was waiting for a session, or the pool
+                if (c.resume_at == FOREVER or (arg and c.starved)   # it was waiting for a session, or the pool,
+                        or (c.awaiting_reads and c.inflight < self._window(c))):   # or a wider window
                     self._wake(c, now)
                 self._sync(c)
+
+    def _credit(self, reads: dict, now: float) -> None:
+        """The server read these many message frames of these connections: their windows open again."""
+        for cid, n in reads.items():
+            c = self._conns.get(cid)
+            if c is None:
+                continue
+            c.inflight = max(0, c.inflight - n)
+            if c.awaiting_reads and c.inflight < self._window(c):
+                self._wake(c, now)
 
     def _sweep(self, now: float) -> None:
         lim = self.limits
@@ -837,7 +900,7 @@ class Front:
         if self._conns.pop(c.id, None) is None:
             return
         self._new.pop(c.id, None)
-        c.resume_at, c.starved = None, False
+        c.resume_at, c.starved, c.awaiting_reads = None, False, False
         self._per_addr[c.addr] -= 1
         if self._per_addr[c.addr] <= 0:
             del self._per_addr[c.addr]

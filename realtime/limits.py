@@ -36,6 +36,9 @@ class Limits:
     rate_burst: int = 32                   # ... of this depth; a connection over it is read slower, nothing dropped
     bytes_per_s: float = 1.0 * MIB         # bytes per second per connection (token bucket) ...
     bytes_burst: int = 256 * KIB           # ... of this depth (>= 4 messages of the largest size)
+    recv_window: int = 64                  # messages of a connection on their way to the session loop, unread;
+    #                                        beyond it the connection is not read (what RCVHWM did, minus the abort)
+    sessionless_window: int = 8            # ... of a connection without a session
     sessionless_frames: int = 64           # frames a connection may send before it holds a session (hello, and a
     #                                        client's backlog after a server restart); refilled when it loses one
     sessionless_bytes: int = 512 * KIB     # ... bytes likewise
@@ -49,7 +52,7 @@ class Limits:
 
     def __post_init__(self):
         for name in ("max_clients", "sessions_per_key", "max_connections", "max_connections_per_address",
-                     "rate_burst", "reply_queue", "max_drain", "max_batch", "bytes_burst", "sessionless_frames",
+                     "rate_burst", "reply_queue", "recv_window", "sessionless_window", "max_drain", "max_batch", "bytes_burst", "sessionless_frames",
                      "sessionless_bytes", "sessionless_max_message_bytes", "out_buffer_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -419,34 +419,47 @@ class Server:
                 self._drop(client)
 
     def _drain(self) -> None:
-        sock, curve = self._sock, self._curve is not None
-        for _ in range(self.limits.max_drain):
+        """Read and handle up to ``max_drain`` messages; tell the front how many of each connection were read
+        (its window of unread messages opens again)."""
+        reads: dict[int, int] = {}
+        try:
+            for _ in range(self.limits.max_drain):
+                if not self._drain_one(reads):
+                    return
+        finally:
+            self._front.consumed(reads)
+
+    def _drain_one(self, reads: dict[int, int]) -> bool:
+        sock = self._sock
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        t_recv = time.perf_counter()
+        now = time.monotonic()
+        self.counters["messages"] += 1
+        rid = parts[0].bytes
+        link = self._links.get(rid)
+        if link is None:
+            self.counters["orphans"] += 1      # from a connection already closed
+            return True
+        reads[link.conn] = reads.get(link.conn, 0) + len(parts) - 1
+        key = ""
+        if self._curve is not None:
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            t_recv = time.perf_counter()
-            now = time.monotonic()
-            self.counters["messages"] += 1
-            rid = parts[0].bytes
-            if rid not in self._links:
-                self.counters["orphans"] += 1      # from a connection already closed
-                continue
-            key = ""
-            if curve:
-                try:
-                    key = parts[-1].get("User-Id")
-                except zmq.ZMQError:  # cannot happen on a CURVE socket; refuse rather than guess
-                    continue
-            client = self._clients.get(rid)
-            try:
-                self._handle(rid, client, key, [p.bytes for p in parts[1:]], t_recv, now)
-            except ProtocolError as e:
-                self._error(rid, e.code, e.reason, e.seq, e.versions)
-            except Exception as e:  # noqa: BLE001 - one client's failure must not take the server down
-                self.counters["internal_errors"] += 1
-                self.log.exception("internal error on a message from [%s]", short_id(rid))
-                self._error(rid, ErrorCode.INTERNAL, f"server error: {type(e).__name__}")
+                key = parts[-1].get("User-Id")
+            except zmq.ZMQError:  # cannot happen on a CURVE socket; refuse rather than guess
+                return True
+        client = self._clients.get(rid)
+        try:
+            self._handle(rid, client, key, [p.bytes for p in parts[1:]], t_recv, now)
+        except ProtocolError as e:
+            self._error(rid, e.code, e.reason, e.seq, e.versions)
+        except Exception as e:  # noqa: BLE001 - one client's failure must not take the server down
+            self.counters["internal_errors"] += 1
+            self.log.exception("internal error on a message from [%s]", short_id(rid))
+            self._error(rid, ErrorCode.INTERNAL, f"server error: {type(e).__name__}")
+        return True
 
     def _handle(self, rid: bytes, client: _Client | None, key: str, parts: list[bytes], t_recv: float,
                 now: float) -> None:
