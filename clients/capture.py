@@ -568,11 +568,19 @@ class _Run:
         elif isinstance(msg, P.Error):
             reason = f"{msg.code}: {msg.reason}"
             now = time.monotonic()
+            if msg.code == P.ErrorCode.SERVER_BUSY and self.rehello_since is not None:
+                # the answer to our hello, not to a frame: reconnect, waiting for a free session as connect() does
+                self._reconnect(f"the server at {self.c.address} is busy ({msg.reason})")
+                return
             first_loss = msg.code == P.ErrorCode.NO_SESSION and self.rehello_since is None
             if first_loss:   # frames sent before this one went to a session that no longer exists
                 self.ledger.session_lost(msg.seq)
             self._log_error(self.ledger.record_error_reply(msg.seq, reason, now), reason, msg.seq)
             if first_loss:   # more no_session errors may follow (frames already on the wire): one hello is enough
+                self.reconnects_in_row += 1
+                if self.reconnects_in_row > self.c.retries:
+                    raise ServerLostError(f"the posecast server at {self.c.address} keeps losing our session; "
+                                          f"gave up after {self.c.retries} tries")
                 self.log("the server lost our session; saying hello again")
                 self.c.hello_again()
                 self.rehello_since, self.ping_since = now, None

@@ -69,6 +69,8 @@ LOOP_TICK_S = 0.02          # the loop wakes at least this often (budget refills
 ACCEPTS_PER_WAKE = 256      # connections accepted per readiness of the listening socket
 LISTEN_BACKLOG = 4096       # the kernel caps it at net.core.somaxconn
 DEFER_ACCEPT_S = 1          # TCP_DEFER_ACCEPT (Linux): silent connections reach accept() only after this
+MIN_PAUSE_S = 0.001         # the shortest pause of a connection over its budget
+ACCEPT_PAUSE_S = 0.05       # out of file descriptors: accept() is tried again after this
 
 
 class ZmtpError(ValueError):
@@ -456,11 +458,14 @@ class Front:
                 except Exception:  # noqa: BLE001 - one connection's failure must never stop the front
                     self.log.exception("front: internal error on a connection")
                     item = self._by_fd.get(key.fd)
-                    if item is not None:
+                    if item is not None and key.fileobj in (item[0].sock, item[0].link, item[0].link_listener):
                         self._drop(item[0], "internal error")
             self._take_commands()
             now = time.monotonic()
             self._resume(now)
+            if self._accept_paused_until and now >= self._accept_paused_until:
+                self._accept_paused_until = 0.0
+                self._sel.register(self._listener, selectors.EVENT_READ, "listen")
             if now >= next_sweep:
                 self._sweep(now)
                 next_sweep = now + LOOP_TICK_S * 5
@@ -476,7 +481,7 @@ class Front:
                     pass
             return
         c, role = self._by_fd.get(key.fd, (None, None))
-        if c is None:
+        if c is None or key.fileobj not in (c.sock, c.link, c.link_listener):   # a stale event of a reused fd
             return
         if role == "link-listener":
             self._link_accept(c)
@@ -496,8 +501,6 @@ class Front:
     # -- accepting ---------------------------------------------------------------------------------------------
     def _accept(self) -> None:
         now = time.monotonic()
-        if now < self._accept_paused_until:
-            return
         for _ in range(ACCEPTS_PER_WAKE):
             try:
                 sock, peer = self._listener.accept()
@@ -505,11 +508,11 @@ class Front:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # out of file descriptors: make room by closing an idle connection, and try again shortly
-                    if self._new:
-                        self._drop(next(iter(self._new.values())), "evicted: out of file descriptors")
-                        self.counters["evicted"] += 1
-                    self._accept_paused_until = now + 0.05
+                    # out of file descriptors: make room by closing an idle connection, and stop watching the
+                    # listener for a moment (it stays readable: watching it would spin)
+                    self._evict(None)
+                    self._accept_paused_until = now + ACCEPT_PAUSE_S
+                    self._sel.unregister(self._listener)
                     return
                 if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR):
                     continue
@@ -566,9 +569,9 @@ class Front:
         """Close the oldest connection without a session (one that never sent a byte first) of ``addr``
         (None: of any address); False when every one of them holds a session."""
         victim = next((c for c in self._new.values() if addr is None or c.addr == addr), None)
-        if victim is None:
-            victim = next((c for c in self._conns.values()
-                           if not c.has_session and (addr is None or c.addr == addr)), None)
+        if victim is None:   # the one without a session for longest (not a client that just lost one)
+            victim = min((c for c in self._conns.values() if not c.has_session and (addr is None or c.addr == addr)),
+                         key=lambda c: c.sessionless_since, default=None)
         if victim is None:
             return False
         self.counters["evicted"] += 1
@@ -586,22 +589,26 @@ class Front:
         if self.limits.sndbuf_bytes:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.sndbuf_bytes)
-        if self._link_dir is None and sys.platform.startswith("linux"):
-            name = f"posecast-{os.getpid()}-{self._link_token}-{c.id}"
-            ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            ls.bind("\0" + name)
-            endpoint = f"ipc://@{name}"
-        elif hasattr(socket, "AF_UNIX"):
-            path = os.path.join(self._link_dir, f"{c.id}")
-            ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            ls.bind(path)
-            c.link_path, endpoint = path, f"ipc://{path}"
-        else:  # no Unix sockets: a loopback port (any local process could race the ROUTER to it)
-            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            ls.bind(("127.0.0.1", 0))
-            endpoint = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
-        ls.listen(4)
-        ls.setblocking(False)
+        unix = hasattr(socket, "AF_UNIX")
+        ls = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if unix and self._link_dir is None:   # Linux: an abstract socket (nothing on disk)
+                name = f"posecast-{os.getpid()}-{self._link_token}-{c.id}"
+                ls.bind("\0" + name)
+                endpoint = f"ipc://@{name}"
+            elif unix:
+                path = os.path.join(self._link_dir, f"{c.id}")
+                ls.bind(path)
+                c.link_path, endpoint = path, f"ipc://{path}"
+            else:  # no Unix sockets: a loopback port (any local process could race the ROUTER to it)
+                ls.bind(("127.0.0.1", 0))
+                endpoint = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
+            ls.listen(4)
+            ls.setblocking(False)
+        except OSError as e:
+            ls.close()
+            self._drop(c, f"cannot open a link: {e}")
+            return
         c.link_listener, c.state, c.linking_since = ls, LINKING, now
         self._new.pop(c.id, None)
         self._by_fd[ls.fileno()] = (c, "link-listener")
@@ -757,6 +764,7 @@ class Front:
     def _pause(self, c: _Conn, until: float) -> None:
         if c.resume_at is None and not c.starved:
             self.counters["paused"] += 1
+        until = max(until, time.monotonic() + MIN_PAUSE_S)   # a budget a hair short waits a real while
         c.resume_at = until
         if until != FOREVER:
             heapq.heappush(self._timers, (until, c.id, c))
@@ -780,9 +788,12 @@ class Front:
         return self._timers[0][0] if self._timers else None
 
     def _resume(self, now: float) -> None:
+        due = []                                      # (those paused again while waking wait for the next pass)
         while (t := self._next_timer()) is not None and t <= now:
-            _, _, c = heapq.heappop(self._timers)
-            self._wake(c, now)
+            due.append(heapq.heappop(self._timers)[2])
+        for c in due:
+            if c.resume_at is not None and c.resume_at <= now:
+                self._wake(c, now)
         while self._starved and self._pool.refill(now) >= 1:
             _, _, c = heapq.heappop(self._starved)
             if c.starved:
@@ -864,6 +875,7 @@ class Front:
                     lim = self.limits
                     c.sessionless_since = now
                     c.allowance_frames, c.allowance_bytes = lim.sessionless_frames, lim.sessionless_bytes
+                    c.meter.largest = 0       # (the size limit without a session counts from now)
                 if (c.resume_at == FOREVER or (arg and c.starved)   # it was waiting for a session, or the pool,
                         or (c.awaiting_reads and c.inflight < self._window(c))):   # or a wider window
                     self._wake(c, now)

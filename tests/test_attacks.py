@@ -299,6 +299,22 @@ def test_a_big_message_before_hello_closes_the_connection(make_server, ctx):
 
 
 @pytest.mark.timeout(60)
+def test_a_big_message_in_an_earlier_session_does_not_count_against_the_next_hello(make_server, ctx):
+    srv = make_server(stats_interval_s=0)
+    c = Client(ctx, srv.endpoint, "big")
+    c.hello()
+    c.send_raw(b"\x00" * (4 * srv.limits.sessionless_max_message_bytes))   # fine with a session: a bad message
+    assert c.recv().code == ErrorCode.BAD_MESSAGE
+    c.send(P.Bye())                                      # no session now; then hello again on the same connection
+    assert wait_until(lambda: srv.session_count == 0, 5)
+    time.sleep(0.2)                                      # (the front hears of it: a wait, not an assertion)
+    c.send(P.Ping(ts=3.0))
+    assert c.recv() == P.Pong(ts=3.0)
+    assert isinstance(c.hello(), P.Welcome) and c.frame(0, motion(0, 1)[0]).seq == 0
+    assert srv.stats()["oversized_sessionless"] == 0
+
+
+@pytest.mark.timeout(60)
 def test_before_hello_a_connection_may_send_only_a_few_frames(make_server, ctx):
     srv = make_server(stats_interval_s=0, sessionless_frames=10, handshake_timeout_s=1.0)
     c = Client(ctx, srv.endpoint, "chatty")
