@@ -178,31 +178,36 @@ def _slowloris(address: str, connections: int, seconds: float) -> dict:
     return {"opened": opened, "closed_by_server": closed_by_server}
 
 
+def reset_round(ctx: zmq.Context, address: str, hello: bool, settle_s: float = 0.2) -> None:
+    """One round of the reset attack: 3,000 one-byte messages, then close with LINGER 0 (as the issue found it:
+    pyzmq, a session or not); then the same by hand, ending in a TCP reset with thousands of frames unread."""
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.SNDHWM, 0)
+    d.connect(address)
+    if hello:
+        d.send(P.encode(P.Hello(client="reset")))
+    for _ in range(3000):
+        d.send(b"x")
+    time.sleep(settle_s)
+    d.close(0)
+    junk = zmtp_greeting() + zmtp_ready() + zmtp_frame(P.encode(P.Hello(client="reset"))) + zmtp_frame(b"x") * 3000
+    with contextlib.suppress(OSError):
+        raw = socket.create_connection(_host_port(address), timeout=2)
+        raw.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            raw.send(junk)
+        time.sleep(settle_s)
+        _reset(raw)
+
+
 def _resets(address: str, seconds: float) -> dict:
-    """3,000 one-byte messages and a reset, again and again: pyzmq with LINGER 0, and a raw TCP reset."""
+    """:func:`reset_round`, again and again."""
     ctx = zmq.Context()
-    host, port = _host_port(address)
     rounds = 0
     t0 = time.monotonic()
-    junk = zmtp_greeting() + zmtp_ready() + zmtp_frame(P.encode(P.Hello(client="reset"))) + zmtp_frame(b"x") * 3000
     while time.monotonic() - t0 < seconds:
-        d = ctx.socket(zmq.DEALER)
-        d.setsockopt(zmq.LINGER, 0)
-        d.setsockopt(zmq.SNDHWM, 0)
-        d.connect(address)
-        if rounds % 2:
-            d.send(P.encode(P.Hello(client="reset")))
-        for _ in range(3000):
-            d.send(b"x")
-        time.sleep(0.2)
-        d.close(0)
-        with contextlib.suppress(OSError):
-            raw = socket.create_connection((host, port), timeout=2)
-            raw.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                raw.send(junk)
-            time.sleep(0.2)
-            _reset(raw)
+        reset_round(ctx, address, hello=bool(rounds % 2))
         rounds += 1
     ctx.term()
     return {"rounds": rounds}

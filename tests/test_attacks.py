@@ -14,7 +14,6 @@ import json
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -24,12 +23,12 @@ import msgpack
 import pytest
 import zmq
 
-from posecast.attack import LIBZMQ_FIRST_ID, zmtp_frame, zmtp_greeting, zmtp_ready
+from posecast.attack import LIBZMQ_FIRST_ID, reset_round, zmtp_greeting, zmtp_ready
 from realtime import protocol as P
 from realtime.protocol import ErrorCode
 
 from test_security import KeyClient, curve_of, keys  # noqa: F401 - keys is a fixture
-from test_server import K, REPO, Client, motion, wait_until
+from test_server import REPO, Client, motion, wait_until
 
 SERVE = ("import sys, json; from realtime.server import serve; "
          "serve(sys.argv[1], sys.argv[2], 'torch', stats_interval_s=0, **json.loads(sys.argv[3]))")
@@ -73,12 +72,6 @@ def server_child(model_dir, bind: str = "tcp://127.0.0.1:0", *, killed: bool = F
 def raw_connect(endpoint: str) -> socket.socket:
     host, port = endpoint.rsplit("/", 1)[1].rsplit(":", 1)
     return socket.create_connection((host, int(port)), timeout=5)
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with a TCP reset (SO_LINGER 0), whatever is still unread or unsent."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 class Streamers:
@@ -155,23 +148,7 @@ def test_resets_with_an_unread_backlog_under_load(busy_model_dir):
     with server_child(busy_model_dir) as (endpoint, proc, _), zmq.Context() as ctx:
         streamers = Streamers(ctx, endpoint, 12)
         for round_ in range(6):
-            d = ctx.socket(zmq.DEALER)                   # as the issue found it: pyzmq, LINGER 0
-            d.setsockopt(zmq.LINGER, 0)
-            d.setsockopt(zmq.SNDHWM, 0)
-            d.connect(endpoint)
-            if round_ % 2:
-                d.send(P.encode(P.Hello(client="flood")))
-            for _ in range(3000):
-                d.send(b"x")
-            time.sleep(0.3)
-            d.close(0)
-            raw = raw_connect(endpoint)                  # by hand: a TCP reset with thousands of frames unread
-            raw.setblocking(False)
-            junk = zmtp_greeting() + zmtp_ready() + zmtp_frame(P.encode(P.Hello(client="raw"))) + zmtp_frame(b"x") * 3000
-            with contextlib.suppress(BlockingIOError):
-                raw.send(junk)
-            time.sleep(0.3)
-            reset(raw)
+            reset_round(ctx, endpoint, hello=bool(round_ % 2), settle_s=0.3)
         streamers.stop()
         assert not streamers.wrong, streamers.wrong
         assert all(n >= 5 for n in streamers.frames), streamers.frames
