@@ -61,7 +61,7 @@ def _cmd_train(args) -> int:
     fields = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, device=args.device,
                   seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
                   checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, gan_mode=args.gan_mode,
-                  threads=args.threads,
+                  threads=args.threads, precision=args.precision,
                   frame_range=parse_frame_range(args.frames))
     if args.teacher:
         fields["teacher"] = args.teacher
@@ -186,22 +186,32 @@ def _cmd_bench(args) -> int:
                   f"{row['frames_per_s']:8.1f} frames/s ({row['streams_at_30fps']} streams at 30 fps), "
                   f"p50 {row['p50_ms']:.2f} ms per call", flush=True)
         elif row["what"] == "train":
-            print(f"train {row['preset']:>14} {row['size']:>4}px T={row['clip_frames']}: {row['it_per_s']} it/s "
-                  f"({row['s_per_it']} s/it on {row['device']})", flush=True)
+            stages = ", ".join(f"{k[:-3]} {row[k]:.0f}" for k in row if k.endswith("_ms"))
+            print(f"train {row['preset']:>8} {row['size']:>4}px {row['phase']:>11} {row['precision_used']:>4} "
+                  f"T={row['clip_frames']}: {row['it_per_s']:6.3f} it/s on {row['device']} (ms/it: {stages})",
+                  flush=True)
         else:
             print(f"stream {row['preset']} {row['backend']} {row['size']}px x{row['clients']}: {row['fps']} fps, "
                   f"latency p50 {row['latency_p50_ms']} ms p99 {row['latency_p99_ms']} ms, server overhead "
                   f"{row['server_overhead_ms']} ms/frame (engine {row['engine_ms']} ms)", flush=True)
 
-    run_bench(plan, emit)
-    if args.train:
+    if not args.only_train:
+        run_bench(plan, emit)
+    if args.train or args.only_train:
+        import tempfile
+
         from models.presets import get_preset
-        from trainer.bench import bench_train
+        from trainer.bench import PHASES, bench_data, bench_train
 
         # Training is timed on the synthetic dancer, so only presets of the dance kind.
-        for preset in [p for p in plan.presets if get_preset(p).kind == "dance"]:
+        with tempfile.TemporaryDirectory() as tmp:
             for size in plan.sizes:
-                emit(bench_train(preset, size))
+                data = bench_data(size, tmp)
+                for preset in [p for p in plan.presets if get_preset(p).kind == "dance"]:
+                    for phase in PHASES:
+                        for precision in args.precisions.split(","):
+                            emit(bench_train(preset, size, phase=phase, precision=precision, data=data,
+                                             iterations=args.train_iterations, device=args.train_device))
     return 0
 
 
@@ -267,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
     s.add_argument("--sample-every", type=int, default=200, help="iterations between TensorBoard sample grids")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="the networks' forward passes: fp32 (default); auto: bf16 where the CPU (AVX512-BF16/AMX) or "
+                        "GPU does it natively, fp16 on older GPUs, else fp32; losses, optimiser and EMA stay fp32")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--resume", action="store_true", help="continue from RUN/latest.*")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -388,7 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-sizes", default="1,2,4,8",
                    help="batched-engine throughput at these batch sizes, '' for none (default 1,2,4,8)")
     s.add_argument("--device", default="cpu", help="engine device of the batch figures: cpu (default) or cuda")
-    s.add_argument("--train", action="store_true", help="also time training (it/s per preset and size)")
+    s.add_argument("--train", action="store_true",
+                   help="also time the real training loop (per preset, size, phase and precision: it/s and ms per "
+                        "stage)")
+    s.add_argument("--only-train", action="store_true", help="time only the training loop")
+    s.add_argument("--precisions", default="fp32,auto", help="training precisions to time (default fp32,auto)")
+    s.add_argument("--train-iterations", type=int, default=5,
+                   help="timed training iterations per figure, after a warm-up one (default 5)")
+    s.add_argument("--train-device", default="cpu", help="training device of the figures (default cpu)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(fn=_cmd_bench)
     return p

@@ -37,3 +37,21 @@ def test_bench_stream_accounts_for_every_frame():
     assert row["what"] == "stream" and row["clients"] == 2
     assert row["frames_sent"] == 80 and row["frames_received"] + row["dropped"] == 80
     assert row["fps"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p99_ms"] and row["server_overhead_ms"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_bench_train_times_the_real_loop_stage_by_stage(tmp_path):
+    from trainer.bench import bench_data, bench_train
+    from trainer.clock import STAGES
+
+    data = bench_data(32, tmp_path, frames=16)
+    rows = {phase: bench_train("lite", 32, phase=phase, iterations=2, clip_frames=4, data=data)
+            for phase in ("regression", "adversarial")}
+    for phase, r in rows.items():
+        assert (r["what"], r["preset"], r["size"], r["phase"], r["precision"], r["precision_used"]) == \
+            ("train", "lite", 32, phase, "fp32", "fp32")
+        assert {f"{s}_ms" for s in STAGES} | {"it_per_s", "other_ms"} <= set(r) and r["it_per_s"] > 0
+        assert r["generator_ms"] > 0 and r["backward_ms"] > 0 and r["data_ms"] > 0
+    assert rows["regression"]["discriminators_ms"] == 0 < rows["adversarial"]["discriminators_ms"]
+    with pytest.raises(ValueError, match="phase must be one of"):
+        bench_train("lite", 32, phase="both", data=data)

@@ -433,3 +433,20 @@ def test_temporal_change_loss_costs_flicker_not_motion_or_a_steady_offset():
     conf[:, 2:] = 0.0                                                   # where the flow is not trusted: not judged
     assert float(temporal_change_loss(flicker, real, flow, conf)) == 0.0
     assert temporal_change_loss(real[:, :1], real[:, :1], flow[:, :1], conf[:, :1]) == 0  # one frame: no change
+
+
+def test_bf16_training_keeps_losses_weights_and_optimiser_in_fp32_and_records_it(trained, tmp_path):
+    from trainer.train import train_config_for
+
+    lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
+    tc = train_config_for(lite, iterations=3, clip_frames_start=4, clip_frames_max=4, gan_start=0.0,
+                          checkpoint_every=10**6, precision="bf16")
+    trainer = Trainer(lite, tc, trained["train"], tmp_path / "bf16", progress=False)
+    result = trainer.run()
+    assert trainer.precision == "bf16" and len(result["history"]) == 3
+    assert all(np.isfinite(v) for row in result["history"] for v in row.values())
+    assert all(p.dtype == torch.float32 for p in trainer.G.parameters())
+    assert all(v.dtype == torch.float32 for st in trainer.opt_G.state.values() for v in st.values()
+               if torch.is_tensor(v) and v.is_floating_point())
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    assert read_checkpoint(tmp_path / "bf16" / "latest.json")[2]["precision"] == "bf16"

@@ -39,7 +39,9 @@ from models.warp import compose_flows, warp
 
 from . import losses
 from .clips import Augment, ClipSource
+from .clock import NoClock
 from .dataset import Dataset
+from .precision import autocast, grad_scaler, resolve_precision
 
 
 @dataclasses.dataclass
@@ -94,6 +96,10 @@ class TrainConfig:
     time_limit_s: float = 0.0         # stop (and checkpoint) after this many seconds (0: no limit); the
                                       #   schedules (lr decay, clip growth, GAN phase) then follow the time used
     threads: int = 0                  # torch CPU threads (0: torch's default)
+    channels_last: bool = True        # the generator in NHWC memory (oneDNN's and tensor cores' own layout; measured:
+                                      #   lite's real loop 1.14x faster on this CPU in fp32, 1.25x with bf16)
+    precision: str = "fp32"           # the forward passes': "auto" (bf16 where the CPU/GPU does it natively, fp16 on
+                                      #   older GPUs, else fp32) | "fp32" | "bf16" | "fp16" (CUDA); trainer/precision.py
     frame_range: tuple | None = None  # only train on dataset frames [start, stop)
 
     def progress(self, it: int, elapsed_s: float = 0.0) -> float:
@@ -184,9 +190,11 @@ class Trainer:
         self.out = Path(out)
         self.progress = progress
         self.on_iteration = on_iteration  # called as (iteration, scalar losses) after each update
+        self.clock = NoClock()            # where an iteration's time goes (trainer/clock.py; the benchmark sets one)
         if train.w_face_gan > 0 and model.kind != "dance":
             raise ValueError(f"w_face_gan judges the head window of a body pose; a {model.kind!r} model has none")
         self.device = pick_device(train.device)
+        self.precision, self.precision_why = resolve_precision(train.precision, self.device)
         if train.threads:
             torch.set_num_threads(train.threads)
         self.dataset = Dataset(data)
@@ -226,10 +234,15 @@ class Trainer:
         self.DT = TemporalDiscriminator(model).to(dev) if model.is_temporal and train.w_temporal > 0 else None
         self.DF = FaceDiscriminator(model).to(dev) if train.w_face_gan > 0 else None
         self.face_side = model.head_side or max(16, model.size // 8)
+        if train.channels_last:   # (the generator only: the discriminators measured slower in NHWC on this CPU)
+            for net in (self.G, self.G_ema):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
         betas = (train.beta1, train.beta2)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=betas)
         d_params = [p for d in (self.D, self.DT, self.DF) if d is not None for p in d.parameters()]
         self.opt_D = torch.optim.Adam(d_params, lr=train.lr, betas=betas) if d_params else None
+        self.scaler_G, self.scaler_D = grad_scaler(self.precision, dev), grad_scaler(self.precision, dev)
         self.teacher = self._load_teacher(train.teacher) if train.teacher else None
         self.iteration = 0
         self.subject_stats = self.dataset.subject_stats   # computed once, when the dataset was written
@@ -261,7 +274,7 @@ class Trainer:
     # -- Checkpoints -----------------------------------------------------------------------------------
     def _meta(self) -> dict:
         tc = dataclasses.asdict(self.tc)
-        return {"iteration": self.iteration, "train": tc, "dataset": str(self.dataset.path),
+        return {"iteration": self.iteration, "train": tc, "precision": self.precision, "dataset": str(self.dataset.path),
                 "dataset_fps": self.dataset.manifest.fps, "subject_stats": self.subject_stats}
 
     def _generator_checkpoint(self) -> tuple[dict, ModelConfig, dict]:
@@ -310,6 +323,12 @@ class Trainer:
             _load_optim(self.opt_D, tensors, "optD", meta["optim"]["optD"])
         self.iteration = int(meta["iteration"])
         self.rng.bit_generator.state = meta["rng"]
+
+    def _forward(self, net, *args, **kwargs):
+        """``net(*args, **kwargs)`` in the run's precision; what comes out is fp32 (the losses stay fp32)."""
+        with autocast(self.precision, self.device):
+            out = net(*args, **kwargs)
+        return _to_float(out)
 
     def _temporal_inputs(self, frames: torch.Tensor, gt_flow: torch.Tensor, spacing: int):
         """K frames spaced ``spacing`` apart, ending at the clip's last frame, and the GT flows between them."""
@@ -362,12 +381,11 @@ class Trainer:
         g_warp = losses.masked_l1(warped_real, real_w[:, 1:], w)
         return tc.w_flow * g_flow + tc.w_warp * g_warp, {"flow": g_flow.item(), "warp": g_warp.item()}
 
-    @staticmethod
-    def _d_real_fake(d, labels: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, mode: str):
+    def _d_real_fake(self, d, labels: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, mode: str):
         """One conditional discriminator on real and (detached) fake at once -> (its features of the real
         inputs, its loss)."""
         n = labels.shape[0]
-        out = d(labels.repeat(2, 1, 1, 1), torch.cat((real, fake.detach())))
+        out = self._forward(d, labels.repeat(2, 1, 1, 1), torch.cat((real, fake.detach())))
         real_feats = [[f[:n] for f in sc] for sc in out]
         return real_feats, losses.d_loss(real_feats, [[f[n:] for f in sc] for sc in out], mode)
 
@@ -396,20 +414,21 @@ class Trainer:
                     temporal.append((si, *self._temporal_inputs(real, gt_flow, sp)))
             for si, real_stack, tflow in temporal:
                 fake_stack = self._temporal_inputs(fake.detach(), gt_flow, self.DT.spacings[si])[0]
-                out = self.DT(torch.cat((real_stack, fake_stack)), tflow.repeat(2, 1, 1, 1), si)
+                out = self._forward(self.DT, torch.cat((real_stack, fake_stack)), tflow.repeat(2, 1, 1, 1), si)
                 loss_d = loss_d + losses.d_loss([[f[:B] for f in sc] for sc in out],
                                                 [[f[B:] for f in sc] for sc in out], tc.gan_mode) / len(temporal)
         logs = {}
         if loss_d.requires_grad:
             self.opt_D.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_D.step()
+            self.scaler_D.scale(loss_d).backward()
+            self.scaler_D.step(self.opt_D)
+            self.scaler_D.update()
             logs["D"] = loss_d.item()
         return d_real, temporal, logs
 
     def _loss_gan(self, d, labels, fake, d_real, weight: float, names: tuple[str, str]) -> tuple[torch.Tensor, dict]:
         """Adversarial loss x ``weight`` plus feature matching x w_fm of G's frames against one conditional D."""
-        d_fake = d(labels, fake)
+        d_fake = self._forward(d, labels, fake)
         g_adv = losses.g_adv_loss(d_fake, self.tc.gan_mode)
         g_fm = losses.feature_matching_loss(d_fake, d_real)
         return weight * g_adv + self.tc.w_fm * g_fm, {names[0]: g_adv.item(), names[1]: g_fm.item()}
@@ -419,16 +438,16 @@ class Trainer:
         g_t = 0.0
         for si, real_stack, tflow in temporal:
             fake_stack = self._temporal_inputs(fake, gt_flow, self.DT.spacings[si])[0]
-            out_fake = self.DT(fake_stack, tflow, si)
+            out_fake = self._forward(self.DT, fake_stack, tflow, si)
             with torch.no_grad():
-                out_real = self.DT(real_stack, tflow, si)
+                out_real = self._forward(self.DT, real_stack, tflow, si)
             g_t = g_t + (losses.g_adv_loss(out_fake, tc.gan_mode)
                          + tc.w_fm * losses.feature_matching_loss(out_fake, out_real)) / len(temporal)
         return tc.w_temporal * g_t, {"G_temporal": float(g_t.detach())}
 
     def _loss_distill(self, fake, labels, landmarks) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
-            target = self.teacher.rollout(labels, landmarks=landmarks)[0]
+            target = self._forward(self.teacher.rollout, labels, landmarks=landmarks)[0]
         g_distill = (fake - target).abs().mean()
         return self.tc.w_distill * g_distill, {"distill": g_distill.item()}
 
@@ -451,8 +470,8 @@ class Trainer:
 
         cfg, tc = self.cfg, self.tc
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "train": dataclasses.asdict(tc)},
-                                                         indent=2))
+        (self.out / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "train": dataclasses.asdict(tc),
+                                                          "precision": self.precision}, indent=2))
         tb = SummaryWriter(str(self.out / "tensorboard"))
         augment = Augment(limb_drop_prob=tc.limb_drop_prob, head_jitter_px=tc.head_jitter_px,
                           face_jitter_px=tc.face_jitter_px) if tc.augment else None
@@ -460,6 +479,10 @@ class Trainer:
         t0 = time.monotonic()
         bar = tqdm(total=tc.iterations, initial=self.iteration, disable=not self.progress, unit="it",
                    desc=f"train {cfg.name} {cfg.size}px", dynamic_ncols=True)
+        precision = f"precision {self.precision} ({self.precision_why}) on {self.device}"
+        tb.add_text("train/precision", precision, self.iteration)
+        if self.progress:
+            bar.write(precision)
         try:
             while self.iteration < tc.iterations:
                 progress = tc.progress(self.iteration, time.monotonic() - t0)
@@ -489,7 +512,8 @@ class Trainer:
         clip = self._generate(progress, augment)
         logs, d_real, temporal = {}, {}, []
         if tc.gan_on(progress) and self.opt_D:
-            d_real, temporal, logs = self._d_step(clip, True)
+            with self.clock("discriminators"):
+                d_real, temporal, logs = self._d_step(clip, True)
         logs.update(self._g_step(clip, d_real, temporal))
         return logs, clip
 
@@ -497,20 +521,28 @@ class Trainer:
         """Sample a clip of the scheduled length, roll G over it from zero history, and cut every frame to the
         generator's windows. Returns the batch's tensors plus fake, flow_G, mask, boxes and *_w windows."""
         T = min(self.tc.clip_frames(progress, self.min_frames), self.source.longest_clip())
-        batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment)
-        landmarks = batch.pop("landmarks")
-        clip = {k: v.to(self.device) for k, v in batch.items()}
+        with self.clock("data"):
+            batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment)
+            landmarks = batch.pop("landmarks")
+            clip = {k: v.to(self.device) for k, v in batch.items()}
+        with self.clock("generator"):
+            return self._rollout(clip, landmarks, T)
+
+    def _rollout(self, clip: dict, landmarks: torch.Tensor, T: int) -> dict:
+        """Roll G over the clip from zero history (in the run's precision) and cut every frame to its windows."""
         clip["real"], clip["landmarks"], clip["T"] = clip["frames"], landmarks, T
         record = self.tc.w_alpha > 0 and hasattr(self.G, "record_alpha") and self.data_plate is not None
         if record:
             self.G.record_alpha = []
         try:
-            clip["fake"], clip["flow_G"], clip["mask"] = self.G.rollout(clip["labels"], landmarks=landmarks)
+            out = self._forward(self.G.rollout, clip["labels"], landmarks=landmarks)
+            # (back to NCHW: an NHWC input would drag the discriminators into NHWC, measured slower here)
+            clip["fake"], clip["flow_G"], clip["mask"] = (x.contiguous() for x in out)
         finally:
             if record:
                 alphas, self.G.record_alpha = self.G.record_alpha, None
         if record:
-            clip["alpha"] = torch.stack(alphas, 1)                                 # (B, T, 1, h, w)
+            clip["alpha"] = torch.stack(alphas, 1).float()                         # (B, T, 1, h, w)
         boxes = self.G.track_boxes(landmarks, clip["labels"].shape[0], T)
         for name, key in (("labels_w", "labels"), ("real_w", "real"), ("fake_w", "fake"), ("flow_w", "flow"),
                           ("conf_w", "conf")):
@@ -526,6 +558,23 @@ class Trainer:
     def _g_step(self, clip: dict, d_real: dict, temporal: list) -> dict:
         """Update G on the sum of its loss terms (each a small function returning (loss, logs)); EMA after."""
         self.opt_G.zero_grad(set_to_none=True)
+        with self.clock("losses"):
+            terms, logs = self._g_terms(clip, d_real, temporal)
+            loss_g = sum(t[0] for t in terms)
+        with self.clock("backward"):
+            self.scaler_G.scale(loss_g).backward()
+        with self.clock("optimizer"):
+            self.scaler_G.step(self.opt_G)
+            self.scaler_G.update()
+            if self.G_ema is not None:
+                self._update_ema(self.iteration + 1)
+        for _, part in terms:
+            logs.update(part)
+        logs["G"] = loss_g.item()
+        return logs
+
+    def _g_terms(self, clip: dict, d_real: dict, temporal: list) -> tuple[list, dict]:
+        """G's loss terms, each (loss, scalar logs), and logs of their own."""
         logs = {}
         terms = [self._loss_l1(clip["fake"], clip["real"], clip)]
         if "alpha" in clip:
@@ -547,15 +596,7 @@ class Trainer:
             terms.append(self._loss_temporal(clip["fake"], clip["flow"], temporal))
         if self.teacher is not None:
             terms.append(self._loss_distill(clip["fake"], clip["labels"], clip["landmarks"]))
-        loss_g = sum(t[0] for t in terms)
-        for _, part in terms:
-            logs.update(part)
-        loss_g.backward()
-        self.opt_G.step()
-        if self.G_ema is not None:
-            self._update_ema(self.iteration + 1)
-        logs["G"] = loss_g.item()
-        return logs
+        return terms, logs
 
     def _report(self, logs: dict, clip: dict, progress: float, tb, bar) -> None:
         """Progress bar, the on_iteration hook, TensorBoard scalars and sample grids."""
@@ -590,3 +631,12 @@ class Trainer:
                              to_uint8(fake[i].detach().cpu().numpy()),
                              to_uint8(real[i].detach().cpu().numpy())) for i in idx]
         return np.concatenate(rows, 0)
+
+
+def _to_float(x):
+    """Every floating tensor in ``x`` (a tensor, or nested tuples/lists of them) as fp32."""
+    if torch.is_tensor(x):
+        return x.float() if x.is_floating_point() and x.dtype != torch.float32 else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float(v) for v in x)
+    return x
