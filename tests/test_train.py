@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -260,6 +261,19 @@ def test_cli_training_overrides_and_teacher_errors(trained, tmp_path):
     out = train("--teacher", str(tmp_path / "no-such-run"))
     assert out.returncode == 2 and "posecast train: error:" in out.stderr and "no-such-run" in out.stderr
     assert "Traceback" not in out.stderr
+    out = train("--train-set", "gan_mode=hinje")                  # a mistyped value fails before iteration 1
+    assert out.returncode == 2 and "gan_mode = 'hinje' is not one of lsgan, hinge" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("gan_mode", "hinje", "is not one of lsgan, hinge"), ("precision", "fp8", "is not one of auto"),
+    ("lr", 0.0, "must be > 0"), ("w_l1", -1.0, "must be >= 0"), ("w_gan", float("nan"), "finite"),
+    ("iterations", 0, "integer >= 1"), ("batch_size", 1.5, "integer >= 1"), ("beta1", 1.5, "in [0, 1]"),
+    ("device", "gpu", "auto, cpu, cuda"), ("frame_range", (5, 2), "start < stop")])
+def test_training_config_names_a_bad_value_when_it_is_made(field, value, rule):
+    with pytest.raises(ValueError, match=f"training config: {field} = .* {re.escape(rule)}"):
+        TrainConfig(**{field: value})
 
 
 def test_lite_trains_in_its_person_crop_then_adversarially_and_saves_the_ema(trained, tmp_path):
@@ -450,3 +464,24 @@ def test_bf16_training_keeps_losses_weights_and_optimiser_in_fp32_and_records_it
                if torch.is_tensor(v) and v.is_floating_point())
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
     assert read_checkpoint(tmp_path / "bf16" / "latest.json")[2]["precision"] == "bf16"
+
+
+def test_the_progress_bar_follows_the_time_limit():
+    import io
+
+    from tqdm import tqdm
+
+    from trainer.train import _time_limited_total
+
+    tc = TrainConfig(iterations=100_000, time_limit_s=60.0)
+    with tqdm(total=tc.iterations, file=io.StringIO()) as bar:
+        bar.update(10)
+        _time_limited_total(bar, 10, 5.0, tc)          # 2 it/s with 55 s left: 110 more
+        assert bar.total == 120
+        _time_limited_total(bar, 10, 70.0, tc)         # past the limit: this iteration is the last
+        assert bar.total == 11
+    short = TrainConfig(iterations=50, time_limit_s=3600.0)
+    with tqdm(total=short.iterations, file=io.StringIO()) as bar:
+        bar.update(10)
+        _time_limited_total(bar, 10, 1.0, short)       # the iterations bind first
+        assert bar.total == 50

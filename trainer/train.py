@@ -102,6 +102,39 @@ class TrainConfig:
                                       #   older GPUs, else fp32) | "fp32" | "bf16" | "fp16" (CUDA); trainer/precision.py
     frame_range: tuple | None = None  # only train on dataset frames [start, stop)
 
+    GAN_MODES = ("lsgan", "hinge")
+
+    def __post_init__(self):
+        """Every value checked when the config is made, so a mistyped one fails before iteration 1, named."""
+        from .precision import PRECISIONS
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"training config: {name} = {getattr(self, name)!r} {rule}")
+
+        need(self.gan_mode in self.GAN_MODES, "gan_mode", f"is not one of {', '.join(self.GAN_MODES)}")
+        need(self.precision in PRECISIONS, "precision", f"is not one of {', '.join(PRECISIONS)}")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+             "is not auto, cpu, cuda or cuda:N")
+        for name in ("iterations", "batch_size", "clip_frames_start", "clip_frames_max", "log_every", "sample_every",
+                     "checkpoint_every"):
+            need(type(getattr(self, name)) is int and getattr(self, name) >= 1, name, "must be an integer >= 1")
+        for name in ("clip_double_every", "threads", "seed"):
+            need(type(getattr(self, name)) is int and getattr(self, name) >= 0, name, "must be an integer >= 0")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "float" and not (type(v) in (int, float) and math.isfinite(v)):
+                need(False, f.name, "must be a finite number")
+            if f.name.startswith("w_") or f.name in ("ema_halflife", "time_limit_s", "head_jitter_px",
+                                                     "face_jitter_px", "gan_start"):
+                need(v >= 0, f.name, "must be >= 0")
+        need(self.lr > 0, "lr", "must be > 0")
+        for name in ("beta1", "beta2", "decay_start", "limb_drop_prob"):
+            need(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]")
+        if self.frame_range is not None:
+            need(len(self.frame_range) == 2 and 0 <= self.frame_range[0] < self.frame_range[1], "frame_range",
+                 "must be (start, stop) with 0 <= start < stop")
+
     def progress(self, it: int, elapsed_s: float = 0.0) -> float:
         """How far through the run, in [0, 1]: the iterations done, or the time used of ``time_limit_s`` when
         that is further along (a time-limited run then gets its whole schedule in the time it has)."""
@@ -483,6 +516,7 @@ class Trainer:
         tb.add_text("train/precision", precision, self.iteration)
         if self.progress:
             bar.write(precision)
+        first = self.iteration
         try:
             while self.iteration < tc.iterations:
                 progress = tc.progress(self.iteration, time.monotonic() - t0)
@@ -490,6 +524,8 @@ class Trainer:
                 self.iteration += 1
                 history.append(logs)
                 self._report(logs, clip, progress, tb, bar)
+                if tc.time_limit_s:
+                    _time_limited_total(bar, self.iteration - first, time.monotonic() - t0, tc)
                 self._checkpoints(tc.gan_on(progress), tc.progress(self.iteration, time.monotonic() - t0))
                 if tc.time_limit_s and time.monotonic() - t0 > tc.time_limit_s:
                     bar.write(f"time limit of {tc.time_limit_s:.0f}s reached at iteration {self.iteration}")
@@ -640,3 +676,13 @@ def _to_float(x):
     if isinstance(x, (list, tuple)):
         return type(x)(_to_float(v) for v in x)
     return x
+
+
+def _time_limited_total(bar, done: int, elapsed_s: float, tc: TrainConfig) -> None:
+    """With a time limit, the progress bar's total (and so its ETA) is what the time left allows at the pace so
+    far, not ``iterations``."""
+    reachable = bar.n + max(0.0, tc.time_limit_s - elapsed_s) * done / max(elapsed_s, 1e-9)
+    total = min(tc.iterations, max(bar.n + 1, int(reachable)))
+    if total != bar.total:
+        bar.total = total
+        bar.refresh()
