@@ -325,7 +325,8 @@ def test_limb_weight_lifts_the_l1_on_the_limbs_only(trained):
     real = batch["frames"]
     on_limbs = real + 0.5 * batch["limbs"]                               # the same error budget, placed on the limbs
     off_limbs = real + 0.5 * (batch["limbs"].sum() / (1 - batch["limbs"]).sum()) * (1 - batch["limbs"])
-    assert trainer._loss_l1(on_limbs, real, batch)[0] > 2 * trainer._loss_l1(off_limbs, real, batch)[0]
+    regions = {k: batch[k] for k in ("person", "head", "limbs", "features")}
+    assert trainer._loss_l1(on_limbs, real, **regions)[0] > 2 * trainer._loss_l1(off_limbs, real, **regions)[0]
 
 
 def test_silhouette_is_where_the_frame_differs_from_the_plate():

@@ -151,3 +151,41 @@ class ClipSource:
             raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
         picks = [self.load(*wins[rng.integers(len(wins))], rng=rng, augment=augment) for _ in range(batch)]
         return {k: torch.stack([p[k] for p in picks]) for k in picks[0]}
+
+
+@dataclasses.dataclass
+class Clip:
+    """One iteration's clips on the training device, (B, T, ...), as the training step uses them: the data
+    (:meth:`ClipSource.sample_batch`), what the generator made of it, and both cut to the generator's windows
+    (``*_w``, (B, T, ., h, w)) and, with a face discriminator, to the head windows (``*_f``, (B*T, ., side, side))."""
+    T: int
+    labels: torch.Tensor                       # (B, T, C, S, S) label maps (augmented)
+    real: torch.Tensor                         # (B, T, 3, S, S) frames in [-1, 1]
+    flow: torch.Tensor                         # (B, T, 2, S, S) ground-truth backward flow, pixels
+    conf: torch.Tensor                         # (B, T, 1, S, S) its confidence in [0, 1]
+    person: torch.Tensor                       # (B, T, 1, S, S) {0, 1}: the regions the L1 weights (models/crop.py)
+    head: torch.Tensor
+    limbs: torch.Tensor
+    features: torch.Tensor
+    landmarks: torch.Tensor                    # (B, T, K, 3) on the CPU (the windows are placed from them)
+    fake: torch.Tensor | None = None           # (B, T, 3, S, S) generated frames
+    flow_G: torch.Tensor | None = None         # (B, T, 2, h, w) the generator's flow, window coordinates
+    mask: torch.Tensor | None = None           # (B, T, 1, h, w) its occlusion mask
+    alpha: torch.Tensor | None = None          # (B, T, 1, h, w) compositing alpha (plate generators, with w_alpha)
+    silhouette: torch.Tensor | None = None     # (B, T, 1, h, w) {0, 1}: where the real frame differs from the plate
+    labels_w: torch.Tensor | None = None
+    real_w: torch.Tensor | None = None
+    fake_w: torch.Tensor | None = None
+    flow_w: torch.Tensor | None = None
+    conf_w: torch.Tensor | None = None
+    labels_f: torch.Tensor | None = None
+    real_f: torch.Tensor | None = None
+    fake_f: torch.Tensor | None = None
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, torch.Tensor], T: int, device: torch.device) -> "Clip":
+        """The data of a :meth:`ClipSource.sample_batch` on ``device`` (the landmarks stay on the CPU)."""
+        on = {k: v.to(device) for k, v in batch.items() if k != "landmarks"}
+        return cls(T=T, labels=on["labels"], real=on["frames"], flow=on["flow"], conf=on["conf"],
+                   person=on["person"], head=on["head"], limbs=on["limbs"], features=on["features"],
+                   landmarks=batch["landmarks"])

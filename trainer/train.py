@@ -38,7 +38,7 @@ from models.visualize import label_preview, side_by_side, to_uint8
 from models.warp import compose_flows, warp
 
 from . import losses
-from .clips import Augment, ClipSource
+from .clips import Augment, Clip, ClipSource
 from .clock import NoClock
 from .dataset import Dataset
 from .precision import autocast, grad_scaler, resolve_precision
@@ -390,10 +390,10 @@ class Trainer:
                 out.append(x[b, t, :, y0:y0 + side, x0:x0 + side])
         return torch.stack(out)
 
-    def _loss_l1(self, fake, real, batch) -> tuple[torch.Tensor, dict]:
+    def _loss_l1(self, fake, real, *, person, head, limbs, features) -> tuple[torch.Tensor, dict]:
+        """L1 to the real frames, weighted up on the person, head, limbs and face features (their {0, 1} maps)."""
         tc = self.tc
-        weight = (1.0 + tc.w_person * batch["person"] + tc.w_head * batch["head"] + tc.w_limbs * batch["limbs"]
-                  + tc.w_features * batch["features"])
+        weight = 1.0 + tc.w_person * person + tc.w_head * head + tc.w_limbs * limbs + tc.w_features * features
         l1 = ((fake - real).abs() * weight).mean() / weight.mean()
         return tc.w_l1 * l1, {"L1": l1.item()}
 
@@ -422,7 +422,7 @@ class Trainer:
         real_feats = [[f[:n] for f in sc] for sc in out]
         return real_feats, losses.d_loss(real_feats, [[f[n:] for f in sc] for sc in out], mode)
 
-    def _d_step(self, clip: dict, temporal_on: bool) -> tuple[dict, list, dict]:
+    def _d_step(self, clip: Clip, temporal_on: bool) -> tuple[dict, list, dict]:
         """Update the discriminators (image D on the generator's windows, face D on the head windows, temporal D
         on full clips). Returns ({"image"/"face": features of the real inputs}, temporal inputs usable at this T,
         logs)."""
@@ -431,15 +431,14 @@ class Trainer:
         loss_d = torch.zeros((), device=self.device)
         d_real = {}
         if self.D:
-            d_real["image"], loss = self._d_real_fake(self.D, flat(clip["labels_w"]), flat(clip["real_w"]),
-                                                      flat(clip["fake_w"]), tc.gan_mode)
+            d_real["image"], loss = self._d_real_fake(self.D, flat(clip.labels_w), flat(clip.real_w),
+                                                      flat(clip.fake_w), tc.gan_mode)
             loss_d = loss_d + loss
         if self.DF:
-            d_real["face"], loss = self._d_real_fake(self.DF, clip["labels_f"], clip["real_f"], clip["fake_f"],
-                                                     tc.gan_mode)
+            d_real["face"], loss = self._d_real_fake(self.DF, clip.labels_f, clip.real_f, clip.fake_f, tc.gan_mode)
             loss_d = loss_d + loss
         temporal = []  # (spacing index, real stack, flows) usable at this T
-        real, fake, gt_flow = clip["real"], clip["fake"], clip["flow"]
+        real, fake, gt_flow = clip.real, clip.fake, clip.flow
         if self.DT and temporal_on:
             T, B = real.shape[1], real.shape[0]
             for si, sp in enumerate(self.DT.spacings):
@@ -540,7 +539,7 @@ class Trainer:
                 "it_per_s": len(history) / seconds if seconds else 0.0,
                 "history": history, "checkpoint": str(self.out / "generator.json")}
 
-    def _iteration(self, progress: float, augment: Augment | None) -> tuple[dict, dict]:
+    def _iteration(self, progress: float, augment: Augment | None) -> tuple[dict, Clip]:
         """One update of D (in the adversarial phase) and G at ``progress``. Returns (scalar logs, the clip)."""
         tc = self.tc
         for group in self.opt_G.param_groups + (self.opt_D.param_groups if self.opt_D else []):
@@ -553,45 +552,43 @@ class Trainer:
         logs.update(self._g_step(clip, d_real, temporal))
         return logs, clip
 
-    def _generate(self, progress: float, augment: Augment | None) -> dict:
+    def _generate(self, progress: float, augment: Augment | None) -> Clip:
         """Sample a clip of the scheduled length, roll G over it from zero history, and cut every frame to the
-        generator's windows. Returns the batch's tensors plus fake, flow_G, mask, boxes and *_w windows."""
+        generator's windows."""
         T = min(self.tc.clip_frames(progress, self.min_frames), self.source.longest_clip())
         with self.clock("data"):
-            batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment)
-            landmarks = batch.pop("landmarks")
-            clip = {k: v.to(self.device) for k, v in batch.items()}
+            clip = Clip.from_batch(self.source.sample_batch(T, self.tc.batch_size, self.rng, augment), T,
+                                   self.device)
         with self.clock("generator"):
-            return self._rollout(clip, landmarks, T)
+            self._rollout(clip)
+        return clip
 
-    def _rollout(self, clip: dict, landmarks: torch.Tensor, T: int) -> dict:
+    def _rollout(self, clip: Clip) -> None:
         """Roll G over the clip from zero history (in the run's precision) and cut every frame to its windows."""
-        clip["real"], clip["landmarks"], clip["T"] = clip["frames"], landmarks, T
+        landmarks, T = clip.landmarks, clip.T
         record = self.tc.w_alpha > 0 and hasattr(self.G, "record_alpha") and self.data_plate is not None
         if record:
             self.G.record_alpha = []
         try:
-            out = self._forward(self.G.rollout, clip["labels"], landmarks=landmarks)
+            out = self._forward(self.G.rollout, clip.labels, landmarks=landmarks)
             # (back to NCHW: an NHWC input would drag the discriminators into NHWC, measured slower here)
-            clip["fake"], clip["flow_G"], clip["mask"] = (x.contiguous() for x in out)
+            clip.fake, clip.flow_G, clip.mask = (x.contiguous() for x in out)
         finally:
             if record:
                 alphas, self.G.record_alpha = self.G.record_alpha, None
         if record:
-            clip["alpha"] = torch.stack(alphas, 1).float()                         # (B, T, 1, h, w)
-        boxes = self.G.track_boxes(landmarks, clip["labels"].shape[0], T)
-        for name, key in (("labels_w", "labels"), ("real_w", "real"), ("fake_w", "fake"), ("flow_w", "flow"),
-                          ("conf_w", "conf")):
-            clip[name] = self._windows(clip[key], boxes)
-        if "alpha" in clip:
-            plate = self.data_plate.expand(*clip["real"].shape[:2], -1, -1, -1)
-            clip["silhouette"] = silhouette(clip["real_w"], self._windows(plate, boxes))
+            clip.alpha = torch.stack(alphas, 1).float()                            # (B, T, 1, h, w)
+        boxes = self.G.track_boxes(landmarks, clip.labels.shape[0], T)
+        for key in ("labels", "real", "fake", "flow", "conf"):
+            setattr(clip, f"{key}_w", self._windows(getattr(clip, key), boxes))
+        if clip.alpha is not None:
+            plate = self.data_plate.expand(*clip.real.shape[:2], -1, -1, -1)
+            clip.silhouette = silhouette(clip.real_w, self._windows(plate, boxes))
         if self.DF is not None:
-            for name, key in (("labels_f", "labels"), ("real_f", "real"), ("fake_f", "fake")):
-                clip[name] = self._heads(clip[key], landmarks, boxes)
-        return clip
+            for key in ("labels", "real", "fake"):
+                setattr(clip, f"{key}_f", self._heads(getattr(clip, key), landmarks, boxes))
 
-    def _g_step(self, clip: dict, d_real: dict, temporal: list) -> dict:
+    def _g_step(self, clip: Clip, d_real: dict, temporal: list) -> dict:
         """Update G on the sum of its loss terms (each a small function returning (loss, logs)); EMA after."""
         self.opt_G.zero_grad(set_to_none=True)
         with self.clock("losses"):
@@ -609,46 +606,47 @@ class Trainer:
         logs["G"] = loss_g.item()
         return logs
 
-    def _g_terms(self, clip: dict, d_real: dict, temporal: list) -> tuple[list, dict]:
+    def _g_terms(self, clip: Clip, d_real: dict, temporal: list) -> tuple[list, dict]:
         """G's loss terms, each (loss, scalar logs), and logs of their own."""
         logs = {}
-        terms = [self._loss_l1(clip["fake"], clip["real"], clip)]
-        if "alpha" in clip:
-            terms.append(self._loss_alpha(clip["alpha"], clip["silhouette"]))
-        if self.cfg.is_temporal and clip["T"] > 1:
-            terms.append(self._loss_flow_warp(clip["real_w"], clip["flow_G"], clip["flow_w"], clip["conf_w"]))
-            logs["mask"] = clip["mask"][:, 1:].mean().item()
-        if self.tc.w_stable > 0 and clip["T"] > 1:
-            stable = losses.temporal_change_loss(clip["fake"], clip["real"], clip["flow"], clip["conf"])
+        terms = [self._loss_l1(clip.fake, clip.real, person=clip.person, head=clip.head, limbs=clip.limbs,
+                               features=clip.features)]
+        if clip.alpha is not None:
+            terms.append(self._loss_alpha(clip.alpha, clip.silhouette))
+        if self.cfg.is_temporal and clip.T > 1:
+            terms.append(self._loss_flow_warp(clip.real_w, clip.flow_G, clip.flow_w, clip.conf_w))
+            logs["mask"] = clip.mask[:, 1:].mean().item()
+        if self.tc.w_stable > 0 and clip.T > 1:
+            stable = losses.temporal_change_loss(clip.fake, clip.real, clip.flow, clip.conf)
             terms.append((self.tc.w_stable * stable, {"stable": stable.item()}))
         flat = losses.flat_frames
         if "image" in d_real:
-            terms.append(self._loss_gan(self.D, flat(clip["labels_w"]), flat(clip["fake_w"]), d_real["image"],
+            terms.append(self._loss_gan(self.D, flat(clip.labels_w), flat(clip.fake_w), d_real["image"],
                                         self.tc.w_gan, ("G_adv", "G_fm")))
         if "face" in d_real:
-            terms.append(self._loss_gan(self.DF, clip["labels_f"], clip["fake_f"], d_real["face"],
+            terms.append(self._loss_gan(self.DF, clip.labels_f, clip.fake_f, d_real["face"],
                                         self.tc.w_face_gan, ("G_face", "G_face_fm")))
         if temporal:
-            terms.append(self._loss_temporal(clip["fake"], clip["flow"], temporal))
+            terms.append(self._loss_temporal(clip.fake, clip.flow, temporal))
         if self.teacher is not None:
-            terms.append(self._loss_distill(clip["fake"], clip["labels"], clip["landmarks"]))
+            terms.append(self._loss_distill(clip.fake, clip.labels, clip.landmarks))
         return terms, logs
 
-    def _report(self, logs: dict, clip: dict, progress: float, tb, bar) -> None:
+    def _report(self, logs: dict, clip: Clip, progress: float, tb, bar) -> None:
         """Progress bar, the on_iteration hook, TensorBoard scalars and sample grids."""
         tc, it = self.tc, self.iteration
         if self.on_iteration:
             self.on_iteration(it, logs)
         bar.update(1)
-        bar.set_postfix(T=clip["T"], G=f"{logs['G']:.3f}", D=f"{logs.get('D', 0.0):.3f}", L1=f"{logs['L1']:.3f}")
+        bar.set_postfix(T=clip.T, G=f"{logs['G']:.3f}", D=f"{logs.get('D', 0.0):.3f}", L1=f"{logs['L1']:.3f}")
         if it % tc.log_every == 0:
             for k, v in logs.items():
                 tb.add_scalar(f"loss/{k}", v, it)
-            tb.add_scalar("train/clip_frames", clip["T"], it)
+            tb.add_scalar("train/clip_frames", clip.T, it)
             tb.add_scalar("train/lr", tc.lr_at(progress), it)
             tb.add_scalar("train/progress", progress, it)
         if it % tc.sample_every == 0:
-            tb.add_image("samples", self._sample_grid(clip["labels"][0], clip["fake"][0], clip["real"][0]), it,
+            tb.add_image("samples", self._sample_grid(clip.labels[0], clip.fake[0], clip.real[0]), it,
                          dataformats="HWC")
 
     def _checkpoints(self, was_adversarial: bool, progress_now: float) -> None:
