@@ -187,3 +187,29 @@ class Generator(SequentialGenerator):
         frame = mask * warped + (1 - mask) * hallucinated
         return frame, flow, mask
 
+
+def grown_config(coarse: ModelConfig) -> ModelConfig:
+    """vid2vid's coarse-to-fine step: the config of a model at twice ``coarse``'s resolution whose global trunk
+    (and local levels) are ``coarse``'s, with one new local enhancer on top (``Generator.grow_from``)."""
+    if coarse.arch != "vid2vid":
+        raise ValueError(f"only vid2vid generators grow coarse-to-fine; this one is {coarse.arch!r}")
+    return coarse.replace(size=coarse.size * 2, n_local=coarse.n_local + 1)
+
+
+def grow_from(G: "Generator", coarse_cfg: ModelConfig, coarse_state: dict) -> list[str]:
+    """Load a trained lower-resolution generator into ``G`` (built from ``grown_config(coarse_cfg)``) as its
+    coarse stages: the global trunk and the local levels it had. Its output heads are not carried over (the new
+    finest level makes the output). Returns the names of the tensors loaded."""
+    want = grown_config(coarse_cfg)
+    if G.cfg != want:
+        diff = [f"{f}: {getattr(G.cfg, f)!r} here, {getattr(want, f)!r} grown from that run"
+                for f in ("kind", "size", "history_frames", "ngf", "n_downsample", "n_blocks", "n_blocks_flow",
+                          "max_ngf", "norm", "n_local", "flow_max_px") if getattr(G.cfg, f) != getattr(want, f)]
+        raise ValueError("--grow-from: the model is not that run grown by one level (" + "; ".join(diff) + ")")
+    own = G.state_dict()
+    taken = {k: v for k, v in coarse_state.items() if k.startswith(("trunk.", "locals."))}
+    missing = [k for k, v in taken.items() if k not in own or own[k].shape != v.shape]
+    if missing or not taken:
+        raise ValueError(f"--grow-from: the coarse generator's tensors do not fit ({missing[:3] or 'none found'})")
+    G.load_state_dict(taken, strict=False)
+    return sorted(taken)

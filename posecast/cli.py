@@ -49,15 +49,70 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+def _without_option(argv: list[str], flag: str) -> list[str]:
+    """``argv`` less ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """``torchrun --standalone --nproc_per_node N -m posecast ARGV`` (``posecast train --nproc N``); a failed
+    rank ends the run with a message naming it."""
+    import re
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+           "-m", "posecast", *argv]
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    if not proc.returncode:
+        sys.stderr.write(proc.stderr)
+        return 0
+    # The ranks' own one-line errors (and tracebacks' last lines), not torchrun's traceback around them.
+    lines = proc.stderr.splitlines()
+    errors = [ln for ln in lines if "error:" in ln or (ln and not ln.startswith((" ", "[", "Traceback", "=")) and
+                                                         "Error" in ln.split(":")[0])]
+    sys.stderr.write("\n".join(dict.fromkeys(errors or lines[-20:])) + "\n")
+    if proc.returncode:
+        failed = sorted(set(re.findall(r"rank\s*:\s*(\d+)", proc.stderr)), key=int)
+        who = f"rank {', '.join(failed)}" if failed else "a process"
+        raise RuntimeError(f"distributed training failed: {who} of {nproc} ended the run (torchrun exit "
+                           f"{proc.returncode}; the failing rank's error is above)")
+    return 0
+
+
 def _cmd_train(args) -> int:
     from models.presets import get_preset, parse_overrides
     from trainer.clips import parse_frame_range
+    from trainer.distributed import init_from_env, shutdown
     from trainer.train import TrainConfig, Trainer, train_config_for
 
+    if args.nproc > 1:   # torchrun this very command on N processes
+        if args.batch_size % args.nproc:
+            raise ValueError(f"--batch-size {args.batch_size} must divide among the {args.nproc} processes (each "
+                             f"trains on batch_size / {args.nproc} clips an iteration)")
+        return _torchrun(args.nproc, _without_option(args.argv, "--nproc"))
+
     overrides = parse_overrides(args.set or [])
-    if args.size:
-        overrides["size"] = args.size
-    cfg = get_preset(args.preset, **overrides)
+    if args.grow_from:   # vid2vid's coarse-to-fine: that run's model, twice the resolution, one more local level
+        from models.checkpoint import read_checkpoint
+        from models.generator import grown_config
+
+        cfg = grown_config(read_checkpoint(args.grow_from)[0])
+        if args.size and args.size != cfg.size:
+            raise ValueError(f"--grow-from {args.grow_from}: that run is {cfg.size // 2}px, so this one is "
+                             f"{cfg.size}px, not --size {args.size}")
+        cfg = cfg.replace(**overrides) if overrides else cfg
+    else:
+        if args.size:
+            overrides["size"] = args.size
+        cfg = get_preset(args.preset, **overrides)
     fields = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, device=args.device,
                   seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
                   checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, gan_mode=args.gan_mode,
@@ -67,12 +122,20 @@ def _cmd_train(args) -> int:
         fields["teacher"] = args.teacher
     if args.init:
         fields["init"] = args.init
+    if args.grow_from:
+        fields["grow_from"] = args.grow_from
     fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_range",)))
     tc = train_config_for(cfg, **fields)
-    trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet)
-    result = trainer.run()
-    print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
-          f"({result['it_per_s']:.2f} it/s on {trainer.device}); checkpoint {result['checkpoint']}")
+    dist = init_from_env(tc.device)
+    try:
+        trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet, dist=dist)
+        result = trainer.run()
+    finally:
+        shutdown()
+    if dist.main:
+        print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
+              f"({result['it_per_s']:.2f} it/s on {trainer.device}"
+              f"{f' x {dist.world} processes' if dist.on else ''}); checkpoint {result['checkpoint']}")
     return 0
 
 
@@ -264,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", default=None, metavar="RUN",
                    help="start from this trained run's generator weights (same preset and size; a fresh schedule, "
                         "unlike --resume), e.g. fine-tune models/default")
+    s.add_argument("--grow-from", default=None, metavar="RUN",
+                   help="vid2vid's coarse-to-fine: train a dance/face model at twice RUN's resolution with RUN's "
+                        "generator as its coarse stages and one new local enhancer (the preset and size follow RUN)")
     s.add_argument("--iterations", type=int, default=2000, help="generator updates (default 2000)")
     s.add_argument("--batch-size", type=int, default=1, help="clips per iteration (default 1)")
     s.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
@@ -277,11 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
     s.add_argument("--sample-every", type=int, default=200, help="iterations between TensorBoard sample grids")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
-                   help="the networks' forward passes: fp32 (default); auto: bf16 where the CPU (AVX512-BF16/AMX) or "
-                        "GPU does it natively, fp16 on older GPUs, else fp32; losses, optimiser and EMA stay fp32")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="the networks' forward passes: auto (default): bf16 where the CPU (AVX512-BF16/AMX) or GPU "
+                        "does it natively, fp16 on older GPUs, else fp32; losses, optimiser and EMA stay fp32")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--resume", action="store_true", help="continue from RUN/latest.*")
+    s.add_argument("--nproc", type=int, default=1,
+                   help="processes (one per GPU; gloo on a CPU): runs torchrun --nproc_per_node N on this command; "
+                        "--batch-size is the total, split among them")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_train)
 
@@ -416,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_generator, read_checkpoint
+from models.checkpoint import CheckpointError, load_generator, read_checkpoint, subdict
 from models.presets import get_preset
 from trainer.clips import ClipSource
 from trainer.dataset import Dataset, DatasetError, DatasetWriter
@@ -486,3 +486,23 @@ def test_the_progress_bar_follows_the_time_limit():
         bar.update(10)
         _time_limited_total(bar, 10, 1.0, short)       # the iterations bind first
         assert bar.total == 50
+
+
+def test_grow_from_loads_a_trained_run_as_the_coarse_stage_of_a_twice_larger_model(trained, tmp_path):
+    from models.generator import grow_from, grown_config
+
+    coarse, tensors, _ = read_checkpoint(trained["run"] / "generator.json")
+    cfg = grown_config(coarse)
+    assert (cfg.size, cfg.n_local, cfg.ngf) == (2 * SIZE, coarse.n_local + 1, coarse.ngf)
+    tc = TrainConfig(iterations=2, clip_frames_start=3, clip_frames_max=3, w_temporal=0.0, checkpoint_every=10**6,
+                     grow_from=str(trained["run"]))
+    trainer = Trainer(cfg, tc, trained["train"], tmp_path / "grown", progress=False)
+    state = trainer.G.state_dict()
+    trunk = [k for k in state if k.startswith("trunk.")]
+    assert trunk and all(torch.equal(state[k], tensors[f"G.{k}"]) for k in trunk)   # the coarse stage, loaded
+    assert any(k.startswith("locals.0.") for k in state)                            # the new finest level
+    assert len(trainer.run()["history"]) == 2
+    with pytest.raises(ValueError, match=r"not that run grown by one level \(size: 256 here, 128"):
+        grow_from(trainer.G.__class__(cfg.replace(size=256, n_local=2)), coarse, subdict(tensors, "G"))
+    with pytest.raises(ValueError, match="only vid2vid generators grow"):
+        grown_config(get_preset("lite", size=SIZE))

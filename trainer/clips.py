@@ -143,13 +143,18 @@ class ClipSource:
             plate = cv2.inpaint(plate, hole, 3, cv2.INPAINT_TELEA)
         return torch.from_numpy(plate).permute(2, 0, 1).float() / 127.5 - 1.0
 
-    def sample_batch(self, length: int, batch: int, rng: np.random.Generator,
-                     augment: Augment | None = None) -> dict[str, torch.Tensor]:
-        """``batch`` random windows of ``length`` frames, stacked: (B, T, ...)."""
+    def sample_batch(self, length: int, batch: int, rng: np.random.Generator, augment: Augment | None = None,
+                     part: range | None = None) -> dict[str, torch.Tensor]:
+        """``batch`` random windows of ``length`` frames, stacked: (B, T, ...). ``part``: load only these of the
+        ``batch`` clips (a rank's share of a distributed iteration: every rank draws the same windows from the same
+        ``rng``, and each clip is augmented from a seed of its own, so how a batch is split never changes it)."""
         wins = self.windows(length)
         if not wins:
             raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
-        picks = [self.load(*wins[rng.integers(len(wins))], rng=rng, augment=augment) for _ in range(batch)]
+        starts = [wins[rng.integers(len(wins))] for _ in range(batch)]
+        seed = int(rng.integers(1 << 62))
+        picks = [self.load(*starts[k], rng=np.random.default_rng([seed, k]), augment=augment)
+                 for k in (range(batch) if part is None else part)]
         return {k: torch.stack([p[k] for p in picks]) for k in picks[0]}
 
 

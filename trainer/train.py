@@ -41,6 +41,7 @@ from . import losses
 from .clips import Augment, Clip, ClipSource
 from .clock import NoClock
 from .dataset import Dataset
+from .distributed import Dist, Rollout, TemporalAll, synced
 from .precision import autocast, grad_scaler, resolve_precision
 
 
@@ -80,6 +81,8 @@ class TrainConfig:
                                       #   (0: no EMA, the raw weights are saved); ramps up over the first 10%
     init: str = ""                    # trained run (folder or generator .json) whose generator weights this run
                                       #   starts from (fine-tuning; a fresh schedule, unlike --resume) ("": none)
+    grow_from: str = ""               # trained run at half this resolution whose generator becomes this one's coarse
+                                      #   stages (vid2vid's coarse-to-fine: models.generator.grow_from) ("": none)
     teacher: str = ""                 # trained run (folder or generator .json) to distil from ("": none)
     w_distill: float = 10.0           # L1 to the teacher's frames (used only with a teacher)
     augment: bool = True              # limb dropout / landmark jitter on label maps
@@ -98,7 +101,7 @@ class TrainConfig:
     threads: int = 0                  # torch CPU threads (0: torch's default)
     channels_last: bool = True        # the generator in NHWC memory (oneDNN's and tensor cores' own layout; measured:
                                       #   lite's real loop 1.14x faster on this CPU in fp32, 1.25x with bf16)
-    precision: str = "fp32"           # the forward passes': "auto" (bf16 where the CPU/GPU does it natively, fp16 on
+    precision: str = "auto"           # the forward passes': "auto" (bf16 where the CPU/GPU does it natively, fp16 on
                                       #   older GPUs, else fp32) | "fp32" | "bf16" | "fp16" (CUDA); trainer/precision.py
     frame_range: tuple | None = None  # only train on dataset frames [start, stop)
 
@@ -219,14 +222,20 @@ class Trainer:
 
     def __init__(self, model: ModelConfig, train: TrainConfig, data: str | os.PathLike, out: str | os.PathLike,
                  *, resume: bool = False, progress: bool = True,
-                 on_iteration: Callable[[int, dict], None] | None = None):
+                 on_iteration: Callable[[int, dict], None] | None = None, dist: Dist | None = None):
         self.out = Path(out)
-        self.progress = progress
+        self.dist = dist = dist or Dist()  # this process's rank of a multi-process run (trainer/distributed.py)
+        self.progress = progress and dist.main
         self.on_iteration = on_iteration  # called as (iteration, scalar losses) after each update
         self.clock = NoClock()            # where an iteration's time goes (trainer/clock.py; the benchmark sets one)
         if train.w_face_gan > 0 and model.kind != "dance":
             raise ValueError(f"w_face_gan judges the head window of a body pose; a {model.kind!r} model has none")
         self.device = pick_device(train.device)
+        if dist.on and self.device.type == "cuda":
+            self.device = torch.device("cuda", dist.local_rank)
+        if train.batch_size % dist.world:
+            raise ValueError(f"batch_size {train.batch_size} must divide among the {dist.world} processes (each "
+                             f"trains on batch_size / {dist.world} clips an iteration)")
         self.precision, self.precision_why = resolve_precision(train.precision, self.device)
         if train.threads:
             torch.set_num_threads(train.threads)
@@ -256,6 +265,11 @@ class Trainer:
         self.G = build_generator(model).to(dev)
         # The data's background plate (the room with the person masked out): what the silhouette is measured against.
         self.data_plate = self.source.background_plate().to(dev) if self.G.uses_background_plate else None
+        if train.grow_from and not resume:
+            from models.generator import grow_from
+
+            coarse_cfg, tensors, _ = read_checkpoint(train.grow_from)
+            grow_from(self.G, coarse_cfg, subdict(tensors, "G"))
         if init:
             self._init_from(train.init, *init)
         elif self.G.uses_background_plate and not resume:
@@ -271,6 +285,11 @@ class Trainer:
             for net in (self.G, self.G_ema):
                 if net is not None:
                     net.to(memory_format=torch.channels_last)
+        # What the step calls: the networks themselves, or wrapped in DDP on a multi-process run.
+        self.G_run = synced(Rollout(self.G), dist, dev)
+        self.D_run = synced(self.D, dist, dev) if self.D is not None else None
+        self.DF_run = synced(self.DF, dist, dev) if self.DF is not None else None
+        self.DT_run = synced(TemporalAll(self.DT), dist, dev, unused=True) if self.DT is not None else None
         betas = (train.beta1, train.beta2)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=train.lr, betas=betas)
         d_params = [p for d in (self.D, self.DT, self.DF) if d is not None for p in d.parameters()]
@@ -431,11 +450,12 @@ class Trainer:
         loss_d = torch.zeros((), device=self.device)
         d_real = {}
         if self.D:
-            d_real["image"], loss = self._d_real_fake(self.D, flat(clip.labels_w), flat(clip.real_w),
+            d_real["image"], loss = self._d_real_fake(self.D_run, flat(clip.labels_w), flat(clip.real_w),
                                                       flat(clip.fake_w), tc.gan_mode)
             loss_d = loss_d + loss
         if self.DF:
-            d_real["face"], loss = self._d_real_fake(self.DF, clip.labels_f, clip.real_f, clip.fake_f, tc.gan_mode)
+            d_real["face"], loss = self._d_real_fake(self.DF_run, clip.labels_f, clip.real_f, clip.fake_f,
+                                                     tc.gan_mode)
             loss_d = loss_d + loss
         temporal = []  # (spacing index, real stack, flows) usable at this T
         real, fake, gt_flow = clip.real, clip.fake, clip.flow
@@ -444,9 +464,9 @@ class Trainer:
             for si, sp in enumerate(self.DT.spacings):
                 if self.DT.clip_span(si) <= T:
                     temporal.append((si, *self._temporal_inputs(real, gt_flow, sp)))
-            for si, real_stack, tflow in temporal:
-                fake_stack = self._temporal_inputs(fake.detach(), gt_flow, self.DT.spacings[si])[0]
-                out = self._forward(self.DT, torch.cat((real_stack, fake_stack)), tflow.repeat(2, 1, 1, 1), si)
+            items = [(si, torch.cat((real_stack, self._temporal_inputs(fake.detach(), gt_flow, self.DT.spacings[si])[0])),
+                      tflow.repeat(2, 1, 1, 1)) for si, real_stack, tflow in temporal]
+            for out in (self._forward(self.DT_run, items) if items else []):
                 loss_d = loss_d + losses.d_loss([[f[:B] for f in sc] for sc in out],
                                                 [[f[B:] for f in sc] for sc in out], tc.gan_mode) / len(temporal)
         logs = {}
@@ -500,38 +520,46 @@ class Trainer:
         from tqdm import tqdm
         from torch.utils.tensorboard import SummaryWriter
 
-        cfg, tc = self.cfg, self.tc
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "train": dataclasses.asdict(tc),
-                                                          "precision": self.precision}, indent=2))
-        tb = SummaryWriter(str(self.out / "tensorboard"))
+        cfg, tc, main = self.cfg, self.tc, self.dist.main
+        if main:   # rank 0 alone writes (a single process is rank 0)
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(
+                {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "precision": self.precision,
+                 "processes": self.dist.world}, indent=2))
+        tb = SummaryWriter(str(self.out / "tensorboard")) if main else _NoWriter()
         augment = Augment(limb_drop_prob=tc.limb_drop_prob, head_jitter_px=tc.head_jitter_px,
                           face_jitter_px=tc.face_jitter_px) if tc.augment else None
         history: list[dict] = []
         t0 = time.monotonic()
+        # The schedules follow rank 0's clock, so that every rank takes the same step.
+        elapsed = lambda: self.dist.from_main(time.monotonic() - t0)  # noqa: E731
         bar = tqdm(total=tc.iterations, initial=self.iteration, disable=not self.progress, unit="it",
                    desc=f"train {cfg.name} {cfg.size}px", dynamic_ncols=True)
-        precision = f"precision {self.precision} ({self.precision_why}) on {self.device}"
+        precision = f"precision {self.precision} ({self.precision_why}) on {self.device}" + \
+            (f", {self.dist.world} processes" if self.dist.on else "")
         tb.add_text("train/precision", precision, self.iteration)
         if self.progress:
             bar.write(precision)
         first = self.iteration
         try:
             while self.iteration < tc.iterations:
-                progress = tc.progress(self.iteration, time.monotonic() - t0)
+                progress = tc.progress(self.iteration, elapsed())
                 logs, clip = self._iteration(progress, augment)
                 self.iteration += 1
                 history.append(logs)
                 self._report(logs, clip, progress, tb, bar)
+                now = elapsed()
                 if tc.time_limit_s:
-                    _time_limited_total(bar, self.iteration - first, time.monotonic() - t0, tc)
-                self._checkpoints(tc.gan_on(progress), tc.progress(self.iteration, time.monotonic() - t0))
-                if tc.time_limit_s and time.monotonic() - t0 > tc.time_limit_s:
-                    bar.write(f"time limit of {tc.time_limit_s:.0f}s reached at iteration {self.iteration}")
+                    _time_limited_total(bar, self.iteration - first, now, tc)
+                if main:
+                    self._checkpoints(tc.gan_on(progress), tc.progress(self.iteration, now))
+                if tc.time_limit_s and now > tc.time_limit_s:
+                    if self.progress:
+                        bar.write(f"time limit of {tc.time_limit_s:.0f}s reached at iteration {self.iteration}")
                     break
         finally:
             bar.close()
-            if self.iteration:
+            if self.iteration and main:
                 self.save()
             tb.close()
         seconds = time.monotonic() - t0
@@ -557,8 +585,9 @@ class Trainer:
         generator's windows."""
         T = min(self.tc.clip_frames(progress, self.min_frames), self.source.longest_clip())
         with self.clock("data"):
-            clip = Clip.from_batch(self.source.sample_batch(T, self.tc.batch_size, self.rng, augment), T,
-                                   self.device)
+            batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment,
+                                             part=self.dist.share(self.tc.batch_size))
+            clip = Clip.from_batch(batch, T, self.device)
         with self.clock("generator"):
             self._rollout(clip)
         return clip
@@ -570,7 +599,7 @@ class Trainer:
         if record:
             self.G.record_alpha = []
         try:
-            out = self._forward(self.G.rollout, clip.labels, landmarks=landmarks)
+            out = self._forward(self.G_run, clip.labels, landmarks=landmarks)
             # (back to NCHW: an NHWC input would drag the discriminators into NHWC, measured slower here)
             clip.fake, clip.flow_G, clip.mask = (x.contiguous() for x in out)
         finally:
@@ -591,11 +620,18 @@ class Trainer:
     def _g_step(self, clip: Clip, d_real: dict, temporal: list) -> dict:
         """Update G on the sum of its loss terms (each a small function returning (loss, logs)); EMA after."""
         self.opt_G.zero_grad(set_to_none=True)
-        with self.clock("losses"):
-            terms, logs = self._g_terms(clip, d_real, temporal)
-            loss_g = sum(t[0] for t in terms)
-        with self.clock("backward"):
-            self.scaler_G.scale(loss_g).backward()
+        discriminators = [d for d in (self.D, self.DT, self.DF) if d is not None]
+        for d in discriminators:   # G's losses need gradients through D, not D's own (D has its own step)
+            d.requires_grad_(False)
+        try:
+            with self.clock("losses"):
+                terms, logs = self._g_terms(clip, d_real, temporal)
+                loss_g = sum(t[0] for t in terms)
+            with self.clock("backward"):
+                self.scaler_G.scale(loss_g).backward()
+        finally:
+            for d in discriminators:
+                d.requires_grad_(True)
         with self.clock("optimizer"):
             self.scaler_G.step(self.opt_G)
             self.scaler_G.update()
@@ -684,3 +720,15 @@ def _time_limited_total(bar, done: int, elapsed_s: float, tc: TrainConfig) -> No
     if total != bar.total:
         bar.total = total
         bar.refresh()
+
+
+class _NoWriter:
+    """What ranks other than 0 log to: nothing."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    add_image = add_text = add_scalar
+
+    def close(self) -> None:
+        pass
