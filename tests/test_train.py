@@ -149,6 +149,7 @@ def test_training_recipe_follows_the_architecture():
     assert (lite.w_gan, lite.w_fm, lite.w_temporal, lite.iterations) == (0.2, 3.0, 0.0, 7)
     assert (lite.gan_start, lite.w_person, lite.w_head, lite.ema_halflife) == (0.75, 3.0, 3.0, 100.0)
     assert (lite.w_stable, lite.w_alpha, lite.head_jitter_px) == (10.0, 3.0, 0.0)   # the eyes stay where drawn
+    assert lite.channels_last and not TrainConfig().channels_last     # NHWC where it measured faster
     # The recipe belongs to the generator, whatever the preset is called.
     assert train_config_for(get_preset("dance", arch="lite")).gan_start == 0.75
 

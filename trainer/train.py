@@ -99,8 +99,9 @@ class TrainConfig:
     time_limit_s: float = 0.0         # stop (and checkpoint) after this many seconds (0: no limit); the
                                       #   schedules (lr decay, clip growth, GAN phase) then follow the time used
     threads: int = 0                  # torch CPU threads (0: torch's default)
-    channels_last: bool = True        # the generator in NHWC memory (oneDNN's and tensor cores' own layout; measured:
-                                      #   lite's real loop 1.14x faster on this CPU in fp32, 1.25x with bf16)
+    channels_last: bool = False       # the generator in NHWC memory (oneDNN's and tensor cores' own layout). Measured
+                                      #   on this CPU: lite's loop 1.07x faster in fp32, 1.35x in bf16 (on in its
+                                      #   recipe); vid2vid's dance generator 0.85x in fp32, 1.04x in bf16 (off)
     precision: str = "auto"           # the forward passes': "auto" (bf16 where the CPU/GPU does it natively, fp16 on
                                       #   older GPUs, else fp32) | "fp32" | "bf16" | "fp16" (CUDA); trainer/precision.py
     frame_range: tuple | None = None  # only train on dataset frames [start, stop)
@@ -172,7 +173,7 @@ class TrainConfig:
 ARCH_TRAINING: dict[str, dict] = {
     "lite": {"w_gan": 0.2, "w_fm": 2.0, "w_temporal": 0.0, "gan_start": 0.75, "w_person": 3.0, "w_head": 3.0,
              "w_limbs": 6.0, "w_features": 20.0, "w_alpha": 3.0, "w_stable": 10.0, "head_jitter_px": 0.0,
-             "ema_halflife": 100.0},
+             "ema_halflife": 100.0, "channels_last": True},
 }
 
 
