@@ -75,8 +75,8 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
         sys.stderr.write(proc.stderr)
         return 0
     # The ranks' own one-line errors (and tracebacks' last lines), not torchrun's traceback around them.
-    lines = proc.stderr.splitlines()
-    errors = [ln for ln in lines if "error:" in ln or (ln and not ln.startswith((" ", "[", "Traceback", "=")) and
+    lines = [re.sub(r"^\[rank\d+\]:", "", ln) for ln in proc.stderr.splitlines()]   # the ranks' own lines
+    errors = [ln for ln in lines if "error:" in ln or (ln and not ln.startswith((" ", "Traceback", "=")) and
                                                          "Error" in ln.split(":")[0])]
     sys.stderr.write("\n".join(dict.fromkeys(errors or lines[-20:])) + "\n")
     if proc.returncode:
