@@ -79,12 +79,10 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
     errors = [ln for ln in lines if "error:" in ln or (ln and not ln.startswith((" ", "Traceback", "=")) and
                                                          "Error" in ln.split(":")[0])]
     sys.stderr.write("\n".join(dict.fromkeys(errors or lines[-20:])) + "\n")
-    if proc.returncode:
-        failed = sorted(set(re.findall(r"rank\s*:\s*(\d+)", proc.stderr)), key=int)
-        who = f"rank {', '.join(failed)}" if failed else "a process"
-        raise RuntimeError(f"distributed training failed: {who} of {nproc} ended the run (torchrun exit "
-                           f"{proc.returncode}; the failing rank's error is above)")
-    return 0
+    failed = sorted(set(re.findall(r"rank\s*:\s*(\d+)", proc.stderr)), key=int)
+    who = f"rank {', '.join(failed)}" if failed else "a process"
+    raise RuntimeError(f"distributed training failed: {who} of {nproc} ended the run (torchrun exit "
+                       f"{proc.returncode}; the failing rank's error is above)")
 
 
 def _cmd_train(args) -> int:

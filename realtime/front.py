@@ -227,7 +227,6 @@ class NewLink:
     conn: int
     rid: bytes
     endpoint: str
-    peer: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -615,7 +614,7 @@ class Front:
         self._sel.register(ls, selectors.EVENT_READ, None)
         c.link_endpoint = endpoint
         self.counters["links"] += 1
-        self._tell_server(NewLink(c.id, c.rid, endpoint, c.addr))
+        self._tell_server(NewLink(c.id, c.rid, endpoint))
 
     def _link_accept(self, c: _Conn) -> None:
         while True:

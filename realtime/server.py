@@ -88,7 +88,6 @@ class _Link:
     """One client connection, as the session loop sees it: the front's connection id and the link endpoint."""
     conn: int
     endpoint: str
-    peer: str              # the client's address (for logs)
 
 
 @dataclasses.dataclass
@@ -366,7 +365,7 @@ class Server:
                     self.log.error("cannot take connection %d over (%s): %s", ev.conn, ev.endpoint, e)
                     self._front.close_connection(ev.conn, "the server could not take it over")
                     continue
-                self._links[ev.rid] = _Link(ev.conn, ev.endpoint, ev.peer)
+                self._links[ev.rid] = _Link(ev.conn, ev.endpoint)
             elif isinstance(ev, Closed):
                 self._free(ev.rid, "its connection closed")
                 link = self._links.pop(ev.rid, None)

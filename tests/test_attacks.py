@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from realtime import protocol as P
 from realtime.protocol import ErrorCode
 
 from test_security import KeyClient, curve_of, keys  # noqa: F401 - keys is a fixture
-from test_server import REPO, Client, motion, wait_until
+from test_server import REPO, Client, motion, served_endpoint, wait_until
 
 SERVE = ("import sys, json; from realtime.server import serve; "
          "serve(sys.argv[1], sys.argv[2], 'torch', stats_interval_s=0, **json.loads(sys.argv[3]))")
@@ -44,14 +43,8 @@ def server_child(model_dir, bind: str = "tcp://127.0.0.1:0", *, killed: bool = F
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(model_dir), bind, json.dumps(limits)], cwd=REPO,
                             env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    endpoint = None
     try:
-        while endpoint is None:
-            line = proc.stderr.readline()
-            assert line, "the server exited early:\n" + "".join(lines)
-            lines.append(line)
-            m = re.search(r"serving .* on (tcp://\S+)", line)
-            endpoint = m and m.group(1)
+        endpoint = served_endpoint(proc, lines)
         reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
         reader.start()
         yield endpoint, proc, lines

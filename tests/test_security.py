@@ -11,7 +11,6 @@ import functools
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import zmq

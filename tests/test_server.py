@@ -101,6 +101,17 @@ def rgb(frame: P.Frame) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def served_endpoint(proc: subprocess.Popen, lines: list[str]) -> str:
+    """The address a ``serve`` child process logs once it serves (its stderr lines so far go to ``lines``)."""
+    while True:
+        line = proc.stderr.readline()
+        assert line, "the server exited early:\n" + "".join(lines)
+        lines.append(line)
+        m = re.search(r"serving .* on (tcp://\S+)", line)
+        if m:
+            return m.group(1)
+
+
 def wait_until(cond, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -453,14 +464,7 @@ def test_serve_shuts_down_cleanly_on_sigterm(model_dir, ctx):
                             stderr=subprocess.PIPE, text=True)
     lines = []
     try:
-        endpoint = None
-        while endpoint is None:
-            line = proc.stderr.readline()
-            assert line, "server exited early:\n" + "".join(lines)
-            lines.append(line)
-            m = re.search(r"serving .* on (tcp://\S+)", line)
-            endpoint = m and m.group(1)
-        c = Client(ctx, endpoint)
+        c = Client(ctx, served_endpoint(proc, lines))
         assert c.hello().size == SIZE
         c.frame(0, motion(10, 1)[0])
         proc.send_signal(signal.SIGTERM)
