@@ -67,10 +67,13 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
     rank ends the run with a message naming it."""
     import re
     import subprocess
+    import tempfile
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
-           "-m", "posecast", *argv]
-    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    # (torchrun's own per-attempt folders go to a temporary folder removed after the run, not left in /tmp)
+    with tempfile.TemporaryDirectory(prefix="posecast-torchrun-") as logs:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+               f"--log-dir={logs}", "-m", "posecast", *argv]
+        proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
     if not proc.returncode:
         sys.stderr.write(proc.stderr)
         return 0

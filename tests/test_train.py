@@ -271,7 +271,7 @@ def test_cli_training_overrides_and_teacher_errors(trained, tmp_path):
     ("gan_mode", "hinje", "is not one of lsgan, hinge"), ("precision", "fp8", "is not one of auto"),
     ("lr", 0.0, "must be > 0"), ("w_l1", -1.0, "must be >= 0"), ("w_gan", float("nan"), "finite"),
     ("iterations", 0, "integer >= 1"), ("batch_size", 1.5, "integer >= 1"), ("beta1", 1.5, "in [0, 1]"),
-    ("device", "gpu", "auto, cpu, cuda"), ("frame_range", (5, 2), "start < stop")])
+    ("device", "gpu", "auto, cpu, cuda"), ("frame_range", (5, 2), "start < stop"), ("d_frames", -1, "integer >= 0")])
 def test_training_config_names_a_bad_value_when_it_is_made(field, value, rule):
     with pytest.raises(ValueError, match=f"training config: {field} = .* {re.escape(rule)}"):
         TrainConfig(**{field: value})
@@ -400,6 +400,38 @@ def test_subject_stats_are_computed_once_when_the_dataset_is_written(tmp_path):
     assert Dataset(path).subject_stats == stored
 
 
+def test_the_discriminators_judge_d_frames_random_frames_of_each_clip(trained, tmp_path):
+    """d_frames = K: the image and face discriminators see K frames of each clip (vid2vid's phi_I samples one), a
+    new draw every iteration, in both D's step and G's adversarial loss; the rest of G's losses see every frame."""
+    from trainer.clips import Clip
+    from trainer.train import train_config_for
+
+    lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
+    tc = train_config_for(lite, iterations=4, batch_size=2, clip_frames_start=4, clip_frames_max=4, gan_start=0.0,
+                          d_frames=2, w_face_gan=1.0, checkpoint_every=10**6)
+    trainer = Trainer(lite, tc, trained["train"], tmp_path / "run", progress=False)
+    seen = {"D": [], "DF": []}
+    trainer.D.register_forward_hook(lambda m, args, out: seen["D"].append(args[1].shape[0]))
+    trainer.DF.register_forward_hook(lambda m, args, out: seen["DF"].append(args[1].shape[0]))
+    draws = []
+    for _ in range(4):
+        _, clip = trainer._iteration(0.5, None)
+        assert clip.fake.shape[:2] == (2, 4) and clip.judged.shape == (2, 2)
+        for row in clip.judged.tolist():
+            assert row == sorted(set(row)) and all(0 <= t < 4 for t in row)
+        draws.append(clip.judged.tolist())
+        # what is judged is those frames: frame t of clip b carries the value 10 b + t
+        marked = (10 * torch.arange(2)[:, None] + torch.arange(4)[None]).float()[..., None, None, None]
+        picked = clip.judged_frames(marked.expand(2, 4, 1, 3, 3))[:, 0, 0, 0]
+        assert picked.tolist() == [10 * b + t for b, row in enumerate(clip.judged.tolist()) for t in row]
+    assert seen["D"] == [2 * 2 * 2, 2 * 2] * 4 and seen["DF"] == [2 * 2 * 2, 2 * 2] * 4  # real + fake, then G's
+    assert len({str(d) for d in draws}) > 1                                             # a new draw each time
+    everything = Clip(T=3, labels=torch.zeros(1), real=torch.zeros(1), flow=torch.zeros(1), conf=torch.zeros(1),
+                      person=torch.zeros(1), head=torch.zeros(1), limbs=torch.zeros(1), features=torch.zeros(1),
+                      landmarks=torch.zeros(1))
+    assert everything.judged_frames(torch.arange(6.0).reshape(2, 3)).tolist() == list(range(6))  # d_frames 0: all
+
+
 def test_face_gan_judges_the_head_window_and_resumes(trained, tmp_path):
     from trainer.train import train_config_for
 
@@ -417,8 +449,8 @@ def test_face_gan_judges_the_head_window_and_resumes(trained, tmp_path):
     frames = torch.zeros(1, 1, 1, SIZE, SIZE)
     frames[0, 0, 0, int(centre[1]), int(centre[0])] = 1.0
     heads = trainer._heads(frames, landmarks, boxes)
-    assert heads.shape == (1, 1, side, side) and heads.sum() == 1.0
-    ys, xs = torch.nonzero(heads[0, 0], as_tuple=True)
+    assert heads.shape == (1, 1, 1, side, side) and heads.sum() == 1.0
+    ys, xs = torch.nonzero(heads[0, 0, 0], as_tuple=True)
     assert abs(int(ys[0]) - side / 2) <= 1.5 and abs(int(xs[0]) - side / 2) <= 1.5
     result = trainer.run()
     assert [("G_face" in row, "G_adv" in row) for row in result["history"]] == [(False, False)] * 2 + [(True, True)] * 2

@@ -162,7 +162,7 @@ class ClipSource:
 class Clip:
     """One iteration's clips on the training device, (B, T, ...), as the training step uses them: the data
     (:meth:`ClipSource.sample_batch`), what the generator made of it, and both cut to the generator's windows
-    (``*_w``, (B, T, ., h, w)) and, with a face discriminator, to the head windows (``*_f``, (B*T, ., side, side))."""
+    (``*_w``, (B, T, ., h, w)) and, with a face discriminator, to the head windows (``*_f``, (B, T, ., side, side))."""
     T: int
     labels: torch.Tensor                       # (B, T, C, S, S) label maps (augmented)
     real: torch.Tensor                         # (B, T, 3, S, S) frames in [-1, 1]
@@ -183,9 +183,17 @@ class Clip:
     fake_w: torch.Tensor | None = None
     flow_w: torch.Tensor | None = None
     conf_w: torch.Tensor | None = None
-    labels_f: torch.Tensor | None = None
+    labels_f: torch.Tensor | None = None       # (B, T, ., side, side)
     real_f: torch.Tensor | None = None
     fake_f: torch.Tensor | None = None
+    judged: torch.Tensor | None = None         # (B, K) the frames the image and face discriminators judge (None: all)
+
+    def judged_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (B*K, ...): the frames the discriminators judge this iteration, as one batch (all T
+        frames without ``judged``)."""
+        if self.judged is not None:
+            x = torch.stack([x[b, idx] for b, idx in enumerate(self.judged)])
+        return x.reshape(-1, *x.shape[2:])
 
     @classmethod
     def from_batch(cls, batch: dict[str, torch.Tensor], T: int, device: torch.device) -> "Clip":

@@ -2,7 +2,8 @@
 
 Per iteration: sample B clips of T frames, generate them sequentially from an all-zero history (so inference
 needs no real frames), then update the discriminators and the generator. T grows during training
-(progressive temporal training).
+(progressive temporal training). The image discriminator judges every frame of a clip, or ``d_frames`` of them
+drawn at random (vid2vid's objective samples one frame, its phi_I).
 
 Generator loss  = w_gan * adv_image + w_fm * FM_image + w_l1 * L1(frame, real)
                 + w_flow * |flow - flow_gt|_conf + w_warp * |warp(real_{t-1}, flow) - real_t|_conf
@@ -63,6 +64,8 @@ class TrainConfig:
     w_flow: float = 10.0              # flow L1 vs ground truth, masked by confidence (vid2vid: 10)
     w_warp: float = 10.0              # warp loss (vid2vid: 10)
     w_temporal: float = 1.0           # temporal GAN (vid2vid: 1)
+    d_frames: int = 0                 # frames of each clip the image (and face) discriminator judge, drawn at random
+                                      #   every iteration (0: all T; vid2vid's objective samples one, its phi_I)
     w_person: float = 0.0             # extra L1 weight inside the person's region (1 + w_person there)
     w_head: float = 0.0               # extra L1 weight inside the head region, on top (detail where people look)
     w_limbs: float = 0.0              # extra L1 weight on a band along arms, legs, hands and feet, on top (the thin
@@ -123,7 +126,7 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "clip_frames_start", "clip_frames_max", "log_every", "sample_every",
                      "checkpoint_every"):
             need(type(getattr(self, name)) is int and getattr(self, name) >= 1, name, "must be an integer >= 1")
-        for name in ("clip_double_every", "threads", "seed"):
+        for name in ("clip_double_every", "threads", "seed", "d_frames"):
             need(type(getattr(self, name)) is int and getattr(self, name) >= 0, name, "must be an integer >= 0")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -173,7 +176,7 @@ class TrainConfig:
 ARCH_TRAINING: dict[str, dict] = {
     "lite": {"w_gan": 0.2, "w_fm": 2.0, "w_temporal": 0.0, "gan_start": 0.75, "w_person": 3.0, "w_head": 3.0,
              "w_limbs": 6.0, "w_features": 20.0, "w_alpha": 3.0, "w_stable": 10.0, "head_jitter_px": 0.0,
-             "ema_halflife": 100.0, "channels_last": True},
+             "ema_halflife": 100.0, "channels_last": True, "d_frames": 2},
 }
 
 
@@ -399,16 +402,15 @@ class Trainer:
                             for b, row in enumerate(boxes)])
 
     def _heads(self, x: torch.Tensor, landmarks: torch.Tensor, boxes: list) -> torch.Tensor:
-        """(B, T, C, S, S) -> (B*T, C, side, side): every frame's head window (``models.crop.head_box``, placed in
+        """(B, T, C, S, S) -> (B, T, C, side, side): every frame's head window (``models.crop.head_box``, placed in
         the generator's window exactly as the head branch's), cut from the full frames."""
         side, size = self.face_side, self.cfg.size
-        out = []
-        for b, row in enumerate(boxes):
-            for t, bx in enumerate(row):
-                hx, hy = head_box(landmarks[b, t].cpu().numpy(), bx, size, side)
-                x0, y0 = bx.x0 + hx, bx.y0 + hy
-                out.append(x[b, t, :, y0:y0 + side, x0:x0 + side])
-        return torch.stack(out)
+
+        def cut(b, t, bx):
+            hx, hy = head_box(landmarks[b, t].cpu().numpy(), bx, size, side)
+            x0, y0 = bx.x0 + hx, bx.y0 + hy
+            return x[b, t, :, y0:y0 + side, x0:x0 + side]
+        return torch.stack([torch.stack([cut(b, t, bx) for t, bx in enumerate(row)]) for b, row in enumerate(boxes)])
 
     def _loss_l1(self, fake, real, *, person, head, limbs, features) -> tuple[torch.Tensor, dict]:
         """L1 to the real frames, weighted up on the person, head, limbs and face features (their {0, 1} maps)."""
@@ -450,13 +452,14 @@ class Trainer:
         flat = losses.flat_frames
         loss_d = torch.zeros((), device=self.device)
         d_real = {}
+        judged = clip.judged_frames
         if self.D:
-            d_real["image"], loss = self._d_real_fake(self.D_run, flat(clip.labels_w), flat(clip.real_w),
-                                                      flat(clip.fake_w), tc.gan_mode)
+            d_real["image"], loss = self._d_real_fake(self.D_run, judged(clip.labels_w), judged(clip.real_w),
+                                                      judged(clip.fake_w), tc.gan_mode)
             loss_d = loss_d + loss
         if self.DF:
-            d_real["face"], loss = self._d_real_fake(self.DF_run, clip.labels_f, clip.real_f, clip.fake_f,
-                                                     tc.gan_mode)
+            d_real["face"], loss = self._d_real_fake(self.DF_run, judged(clip.labels_f), judged(clip.real_f),
+                                                     judged(clip.fake_f), tc.gan_mode)
             loss_d = loss_d + loss
         temporal = []  # (spacing index, real stack, flows) usable at this T
         real, fake, gt_flow = clip.real, clip.fake, clip.flow
@@ -586,9 +589,13 @@ class Trainer:
         generator's windows."""
         T = min(self.tc.clip_frames(progress, self.min_frames), self.source.longest_clip())
         with self.clock("data"):
-            batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment,
-                                             part=self.dist.share(self.tc.batch_size))
+            part = self.dist.share(self.tc.batch_size)
+            batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment, part=part)
             clip = Clip.from_batch(batch, T, self.device)
+            if 0 < self.tc.d_frames < T and (self.D is not None or self.DF is not None):
+                # (drawn for the whole batch on every rank, so the ranks' generators stay in step)
+                judged = [np.sort(self.rng.choice(T, self.tc.d_frames, replace=False)) for _ in range(self.tc.batch_size)]
+                clip.judged = torch.as_tensor(np.stack([judged[k] for k in part]))
         with self.clock("generator"):
             self._rollout(clip)
         return clip
@@ -656,12 +663,12 @@ class Trainer:
         if self.tc.w_stable > 0 and clip.T > 1:
             stable = losses.temporal_change_loss(clip.fake, clip.real, clip.flow, clip.conf)
             terms.append((self.tc.w_stable * stable, {"stable": stable.item()}))
-        flat = losses.flat_frames
+        judged = clip.judged_frames
         if "image" in d_real:
-            terms.append(self._loss_gan(self.D, flat(clip.labels_w), flat(clip.fake_w), d_real["image"],
+            terms.append(self._loss_gan(self.D, judged(clip.labels_w), judged(clip.fake_w), d_real["image"],
                                         self.tc.w_gan, ("G_adv", "G_fm")))
         if "face" in d_real:
-            terms.append(self._loss_gan(self.DF, clip.labels_f, clip.fake_f, d_real["face"],
+            terms.append(self._loss_gan(self.DF, judged(clip.labels_f), judged(clip.fake_f), d_real["face"],
                                         self.tc.w_face_gan, ("G_face", "G_face_fm")))
         if temporal:
             terms.append(self._loss_temporal(clip.fake, clip.flow, temporal))
