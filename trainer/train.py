@@ -449,7 +449,6 @@ class Trainer:
         on full clips). Returns ({"image"/"face": features of the real inputs}, temporal inputs usable at this T,
         logs)."""
         tc = self.tc
-        flat = losses.flat_frames
         loss_d = torch.zeros((), device=self.device)
         d_real = {}
         judged = clip.judged_frames
