@@ -293,6 +293,8 @@ def crop_batch(xs: torch.Tensor | list[torch.Tensor], boxes: list) -> torch.Tens
     """(B, C, S, S) -> (B, C, h, w): each item's own window (boxes: B CropBoxes of one size). A list of
     (B, C_i, S, S) tensors gives their windows concatenated along the channels, (B, sum C_i, h, w)."""
     xs = [xs] if torch.is_tensor(xs) else xs
+    if len(boxes) != len(xs[0]):
+        raise ValueError(f"{len(boxes)} windows for a batch of {len(xs[0])}")
     if len(boxes) == 1:
         ys, xw = boxes[0].slices()
         return torch.cat([x[:, :, ys, xw] for x in xs], 1)

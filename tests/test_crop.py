@@ -200,6 +200,29 @@ def test_live_session_draws_exactly_what_the_rollout_draws(dancer, tmp_path):
             assert diff <= tol, (backend, t, diff)
 
 
+def test_a_batch_of_clips_rolls_out_as_each_clip_alone(dancer):
+    """Two clips in one rollout, each with its own moving window (training's batches), draw what each draws alone."""
+    clip, src = dancer["clip"], dancer["source"]
+    h, w = crop_size_for(np.asarray(src.ds.landmarks), SIZE)
+    cfg = get_preset("lite", size=SIZE, ngf=8, crop_height=h, crop_width=w)
+    torch.manual_seed(0)
+    G = build_generator(cfg).eval()
+    G.set_background(src.background_plate())
+    labels, landmarks = clip["labels"][:6], clip["landmarks"][:6]
+    other_labels, other_landmarks = clip["labels"][10:].flip(0), clip["landmarks"][10:].flip(0)
+    with torch.no_grad():
+        both = G.rollout(torch.stack((labels, other_labels)), landmarks=torch.stack((landmarks, other_landmarks)))
+        alone = [G.rollout(lab[None], landmarks=lm[None]) for lab, lm in ((labels, landmarks),
+                                                                           (other_labels, other_landmarks))]
+    boxes = G.track_boxes(torch.stack((landmarks, other_landmarks)), 2, 6)
+    assert boxes[0] != boxes[1]                                                     # two different windows
+    for b in range(2):
+        for got, want in zip(both, alone[b]):
+            torch.testing.assert_close(got[b], want[0], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="1 windows for a batch of 2"):
+        crop_batch(torch.zeros(2, 3, SIZE, SIZE), boxes[0][:1])
+
+
 def test_a_mirrored_detection_is_told_from_a_noisy_one():
     from trainer.evaluate import is_mirrored
 

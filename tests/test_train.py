@@ -426,6 +426,12 @@ def test_the_discriminators_judge_d_frames_random_frames_of_each_clip(trained, t
         assert picked.tolist() == [10 * b + t for b, row in enumerate(clip.judged.tolist()) for t in row]
     assert seen["D"] == [2 * 2 * 2, 2 * 2] * 4 and seen["DF"] == [2 * 2 * 2, 2 * 2] * 4  # real + fake, then G's
     assert len({str(d) for d in draws}) > 1                                             # a new draw each time
+    _, clip = trainer._iteration(0.5, None)
+    assert clip.judged is not None
+    trainer.tc.gan_start = 0.9                                                          # the regression phase:
+    calls = len(seen["D"])                                                              # no draw, no D
+    _, clip = trainer._iteration(0.5, None)
+    assert clip.judged is None and len(seen["D"]) == calls
     everything = Clip(T=3, labels=torch.zeros(1), real=torch.zeros(1), flow=torch.zeros(1), conf=torch.zeros(1),
                       person=torch.zeros(1), head=torch.zeros(1), limbs=torch.zeros(1), features=torch.zeros(1),
                       landmarks=torch.zeros(1))

@@ -192,7 +192,8 @@ class Clip:
         """(B, T, ...) -> (B*K, ...): the frames the discriminators judge this iteration, as one batch (all T
         frames without ``judged``)."""
         if self.judged is not None:
-            x = torch.stack([x[b, idx] for b, idx in enumerate(self.judged)])
+            j = self.judged.to(x.device)
+            x = x[torch.arange(len(j), device=x.device)[:, None], j]
         return x.reshape(-1, *x.shape[2:])
 
     @classmethod

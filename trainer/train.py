@@ -591,8 +591,10 @@ class Trainer:
             part = self.dist.share(self.tc.batch_size)
             batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment, part=part)
             clip = Clip.from_batch(batch, T, self.device)
-            if 0 < self.tc.d_frames < T and (self.D is not None or self.DF is not None):
-                # (drawn for the whole batch on every rank, so the ranks' generators stay in step)
+            if 0 < self.tc.d_frames < T and (self.D is not None or self.DF is not None) and self.tc.gan_on(progress):
+                # (drawn for the whole batch on every rank, so that the ranks' random streams, and with them the
+                # clips they sample next, stay the same; only in the adversarial phase, so that a regression phase
+                # draws the same clips whatever d_frames is)
                 judged = [np.sort(self.rng.choice(T, self.tc.d_frames, replace=False)) for _ in range(self.tc.batch_size)]
                 clip.judged = torch.as_tensor(np.stack([judged[k] for k in part]))
         with self.clock("generator"):
