@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .crop import CropBox
 from .layers import ResBlock, assert_shape, conv_block, decoder, encoder
 from .presets import ModelConfig
 from .warp import warp
+from .window import Placement, Placer, place_clips
 
 
 class _Trunk(nn.Module):
@@ -104,10 +104,16 @@ class SequentialGenerator(nn.Module):
         return (torch.zeros(batch, L * cfg.label_nc, S, S, device=device),
                 torch.zeros(batch, L * 3, S, S, device=device))
 
+    def placements(self, landmarks: torch.Tensor | None, batch: int, frames: int,
+                   head_side: int | None = None) -> list[list[Placement]]:
+        """Where each of (B, T) frames is drawn (models/window.py): the window (the whole frame, or a person crop
+        placed from the landmarks (B, T, K, 3) exactly as a live session places it, from the clip's first frame on)
+        and the head window in it. ``head_side`` overrides the model's own head window (0: none)."""
+        return place_clips(Placer.of(self.cfg, head_side), landmarks, batch, frames)
+
     def track_boxes(self, landmarks: torch.Tensor | None, batch: int, frames: int) -> list[list]:
-        """The (B, T) windows the generator draws in (models/crop.py CropBox): here the whole frame."""
-        S = self.cfg.size
-        return [[CropBox(0, 0, S, S)] * frames for _ in range(batch)]
+        """The (B, T) windows (models/window.py CropBox) the generator draws in."""
+        return [[p.box for p in row] for row in self.placements(landmarks, batch, frames, head_side=0)]
 
     def rollout(self, labels: torch.Tensor, landmarks: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,8 +4,8 @@ Same temporal contract as the vid2vid generator (label maps of frames t-L..t and
 frames -> hallucinated frame + backward flow + occlusion mask, blended with the one warp op), with three changes
 of where the pixels come from:
 
-* **A person crop.** The network runs inside a fixed-size window that follows the person (models/crop.py:
-  ``BoxTracker``; ``ModelConfig.crop_height`` x ``crop_width`` pixels of the model frame, sized from the
+* **A person crop.** The network runs inside a fixed-size window that follows the person (models/window.py:
+  ``Placer``; ``ModelConfig.crop_height`` x ``crop_width`` pixels of the model frame, sized from the
   training data). Its inputs are that window of the full-frame label maps and of the previous full frames; its
   output is composited into the window of a **background plate** (the static room, estimated from the training
   frames with the person masked out, then learned) with a predicted soft alpha that fades to zero at the window's
@@ -24,7 +24,7 @@ of where the pixels come from:
 Inputs of ``forward`` (window coordinates; h x w = ``cfg.crop_hw``):
     labels   (B, (L+1)*C, h, w)   previous (B, L*3, h, w)   plate (B, 3, h, w) in [-1, 1]
 ``plate=None`` uses the model's own plate (only when the window is the whole frame); ``head`` (B, 2) is the head
-window's (x0, y0) in the window (``models.crop.head_box``; None: its top centre). ``rollout`` places the
+window's (x0, y0) in the window (``models.window.head_box``; None: its top centre). ``rollout`` places the
 window frame by frame from the landmarks and returns full frames, exactly as a live session does.
 """
 
@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .crop import BoxTracker, head_box
 from .generator import SequentialGenerator
 from .presets import ModelConfig
 from .warp import warp
+from .window import CropBox, cut_batch, head_box, paste_batch
 
 # The flow branch shares the decoder's features; at full strength its losses (flow L1 and warp, x10 each in
 # vid2vid) swamp what those few channels learn about the image (held-out PSNR fell from 21.7 to 19.2 dB in a
@@ -227,46 +227,24 @@ class LiteGenerator(SequentialGenerator):
     def _refine(self, frame, current, head):
         if self.head_branch is None:
             return frame
-        if head is None:  # no head landmarks given: the window's top centre, as models.crop.head_box places it
-            side, w = self.head_branch.side, frame.shape[-1]
-            head = frame.new_tensor([[min(max(round(w / 2 - side / 2), 0), w - side), 0.0]]).expand(len(frame), 2)
+        if head is None:  # no head landmarks given: where models.window.head_box places it without them
+            h, w = frame.shape[-2:]
+            xy = head_box(None, CropBox(0, 0, h, w), self.cfg.size, self.head_branch.side)
+            head = frame.new_tensor([xy], dtype=torch.float32).expand(len(frame), 2)
         return self.head_branch(frame, current, head)
 
-    def head_input(self, landmarks: torch.Tensor | None, boxes: list) -> torch.Tensor | None:
-        """(B, 2) float (x0, y0) of each item's head window in its generator window, or None without a head
-        branch. landmarks (B, K, 3) of one frame; boxes: B CropBoxes."""
-        if self.head_branch is None:
-            return None
-        cfg = self.cfg
-        return torch.tensor([head_box(None if landmarks is None else landmarks[b].cpu().numpy(), bx, cfg.size,
-                                      cfg.head_side) for b, bx in enumerate(boxes)], dtype=torch.float32)
-
     # -- whole clips, as a live session runs them ---------------------------------------------------------
-    def track_boxes(self, landmarks: torch.Tensor | None, batch: int, frames: int) -> list[list]:
-        """The window of every frame, (B, T) CropBoxes, placed by ``BoxTracker`` from landmarks (B, T, K, 3)
-        exactly as a live session places it (from the clip's first frame on)."""
-        cfg = self.cfg
-        h, w = cfg.crop_hw
-        if (h, w) != (cfg.size, cfg.size) and landmarks is None:
-            raise ValueError("a lite model with a person crop places its window by the landmarks: pass them")
-        out = []
-        for b in range(batch):
-            tracker = BoxTracker(cfg.size, h, w)
-            out.append([tracker.update(None if landmarks is None else landmarks[b, t].cpu().numpy())
-                        for t in range(frames)])
-        return out
-
     def rollout(self, labels: torch.Tensor, landmarks: torch.Tensor | None = None):
         """Generate a clip from zero history, placing the window by the landmarks as a live session does.
 
         labels (B, T, C, S, S) full-frame label maps; landmarks (B, T, K, 3) (required with a person crop).
         -> frames (B, T, 3, S, S) full frames; flows (B, T, 2, h, w) and masks (B, T, 1, h, w) in the
-        coordinates of each frame's window (``track_boxes``).
+        coordinates of each frame's window (``placements``).
         """
         cfg = self.cfg
         B, T = labels.shape[:2]
         S, L, C = cfg.size, cfg.history_frames, cfg.label_nc
-        boxes = self.track_boxes(landmarks, B, T)
+        places = self.placements(landmarks, B, T)
         plate = self.plate().expand(B, -1, -1, -1)
         # The history as lists of full frames, each cut to the current window only: no full-frame concatenation
         # (measured: the rollout 13 % faster forward, 11 % backward at 256² in bf16).
@@ -275,10 +253,11 @@ class LiteGenerator(SequentialGenerator):
         frames, flows, masks = [], [], []
         for t in range(T):
             lab = labels[:, t]
-            step = [boxes[b][t] for b in range(B)]
-            head = self.head_input(None if landmarks is None else landmarks[:, t], step)
-            out, flow, mask = self(crop_batch(label_hist + [lab], step), crop_batch(frame_hist, step) if L else None,
-                                   crop_batch([plate], step), None if head is None else head.to(lab.device))
+            step = [places[b][t].box for b in range(B)]
+            head = (torch.tensor([places[b][t].head for b in range(B)], dtype=torch.float32, device=lab.device)
+                    if self.head_branch is not None else None)
+            out, flow, mask = self(cut_batch(label_hist + [lab], step), cut_batch(frame_hist, step) if L else None,
+                                   cut_batch([plate], step), head)
             full = paste_batch(plate, out, step)
             frames.append(full)
             flows.append(flow)
@@ -287,25 +266,3 @@ class LiteGenerator(SequentialGenerator):
                 label_hist = label_hist[1:] + [lab]
                 frame_hist = frame_hist[1:] + [full.detach()]
         return torch.stack(frames, 1), torch.stack(flows, 1), torch.stack(masks, 1)
-
-
-def crop_batch(xs: torch.Tensor | list[torch.Tensor], boxes: list) -> torch.Tensor:
-    """(B, C, S, S) -> (B, C, h, w): each item's own window (boxes: B CropBoxes of one size). A list of
-    (B, C_i, S, S) tensors gives their windows concatenated along the channels, (B, sum C_i, h, w)."""
-    xs = [xs] if torch.is_tensor(xs) else xs
-    if len(boxes) != len(xs[0]):
-        raise ValueError(f"{len(boxes)} windows for a batch of {len(xs[0])}")
-    if len(boxes) == 1:
-        ys, xw = boxes[0].slices()
-        return torch.cat([x[:, :, ys, xw] for x in xs], 1)
-    return torch.stack([torch.cat([x[i, :, b.slices()[0], b.slices()[1]] for x in xs], 0)
-                        for i, b in enumerate(boxes)])
-
-
-def paste_batch(canvas: torch.Tensor, windows: torch.Tensor, boxes: list) -> torch.Tensor:
-    """A copy of ``canvas`` (B, C, S, S) with each item's window replaced by ``windows`` (B, C, h, w)."""
-    out = canvas.clone()
-    for i, b in enumerate(boxes):
-        ys, xs = b.slices()
-        out[i, :, ys, xs] = windows[i]
-    return out

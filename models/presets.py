@@ -15,6 +15,7 @@ import math
 from typing import Callable
 
 from .render import label_channels
+from .window import default_head_side
 
 _PRESETS: dict[str, Callable[[], "ModelConfig"]] = {}
 
@@ -42,13 +43,14 @@ class ModelConfig:
     flow_max_px: float = 0.0          # |flow| bound in pixels via tanh (0: unbounded, linear head)
     n_local: int = 0                  # coarse-to-fine local enhancers (0: global generator only)
     # Person crop (arch "lite"): the generator draws inside a crop_height x crop_width window of the frame that
-    # follows the person (models/crop.py) and composites it onto the background plate. 0 = the whole frame;
+    # follows the person (models/window.py) and composites it onto the background plate. 0 = the whole frame;
     # with person_crop the trainer sizes the window from the training data's landmarks before training.
     person_crop: bool = False
     crop_height: int = 0              # window height in pixels of the model frame (0: size)
     crop_width: int = 0               # window width in pixels of the model frame (0: size)
     head_crop: int = 0                # side in pixels of the head window refined by lite's head branch
-                                      #   (0: no head branch; -1: size / 8, rounded down to a multiple of 8)
+                                      #   (0: no head branch; -1: models.window.default_head_side, size / 8 in
+                                      #   multiples of 8, at least 16)
     # Discriminators.
     ndf: int = 32                     # first-layer channels of every PatchGAN (vid2vid: 64)
     d_layers: int = 3                 # stride-2 layers per PatchGAN
@@ -70,7 +72,7 @@ class ModelConfig:
     def head_side(self) -> int:
         """Side of the head window in pixels (0: no head branch)."""
         if self.head_crop == -1:
-            return max(8, self.size // 8 // 8 * 8)
+            return default_head_side(self.size)
         return self.head_crop
 
     @property

@@ -25,7 +25,7 @@ def random_checkpoint(preset: str, size: int, folder: str | os.PathLike, seed: i
     import torch
 
     from models.checkpoint import save_checkpoint
-    from models.crop import typical_crop
+    from models.window import typical_crop
     from models.presets import get_preset
     from models.registry import build_generator
 

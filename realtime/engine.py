@@ -106,13 +106,13 @@ class Engine(abc.ABC):
         return io_shapes(self.cfg)[0]
 
     def zero_inputs(self) -> dict[str, np.ndarray]:
-        """Feeds of the first step from zero history, with the plate's window of a centred crop."""
+        """Feeds of the first step from zero history, with the plate's window where a window stands before a person
+        is seen (models/window.py)."""
         feeds = {name: np.zeros(shape, np.float32) for name, shape in self.input_shapes.items()}
         if "plate" in feeds and self.plate is not None:
-            S = self.cfg.size
-            h, w = self.cfg.crop_hw
-            y0, x0 = (S - h) // 2, (S - w) // 2
-            feeds["plate"][0] = self.plate[:, y0:y0 + h, x0:x0 + w]
+            from models.window import Placer, cut
+
+            feeds["plate"][0] = cut(self.plate, Placer.of(self.cfg).first().box)
         return feeds
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

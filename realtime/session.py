@@ -2,8 +2,8 @@
 
 A ``Session`` turns one client's landmark stream into frames, exactly like ``Generator.rollout`` does at training
 time: history starts at zero (and returns to zero on ``reset()``), each step renders the current full-frame label
-map with the training renderer (``models.render``), places the generator's window (the whole frame, or for
-person-crop models the ``models.crop.BoxTracker`` box that follows the person), and feeds the engine that window of
+map with the training renderer (``models.render``), places the generator's window (``models.window.Placer``: the
+whole frame, or for person-crop models the box that follows the person), and feeds the engine that window of
 
     labels   (1, (L+1)*C, S, S)  the label maps of frames t-L..t, oldest first
     previous (1, L*3, S, S)      the L previously generated full frames in [-1, 1], oldest first
@@ -32,10 +32,10 @@ import time
 
 import numpy as np
 
-from models.crop import BoxTracker, CropBox, head_box
 from models.landmarks import LandmarkError, layout_of, validate_landmarks
 from models.render import render_labels
 from models.visualize import to_uint8
+from models.window import Placer, cut, paste
 from realtime.protocol import ErrorCode, ProtocolError
 
 # Landmark values whose magnitude exceeds this are rejected (x, y are normalised to [0, 1]; the renderer already
@@ -80,9 +80,7 @@ class Session:
         self._previous = np.zeros((1, L * 3, S, S), np.float32) if L else None
         self._frame = np.zeros((3, S, S), np.float32)               # the full frame being made
         self._feeds = engine.zero_inputs()                          # the engine's input buffers (window-sized)
-        h, w = cfg.crop_hw
-        self._tracker = BoxTracker(S, h, w) if (h, w) != (S, S) else None
-        self._whole = CropBox(0, 0, S, S)
+        self._placer = Placer.of(cfg)                                # where each frame is drawn (models/window.py)
         self._plate = engine.plate
         if cfg.has_plate_input and self._plate is None:
             raise ValueError(f"the {cfg.name} model draws on a background plate but its engine has none")
@@ -91,7 +89,7 @@ class Session:
         self._rgb = np.empty((S, S, 3), np.uint8)
         self.frames = 0                                              # frames generated since start / reset
         self.box = None                                              # the window of the last frame (CropBox)
-        self._box_next: CropBox | None = None                        # the window of the frame being made
+        self._box_next = None                                        # the window of the frame being made
 
     # -- validation --------------------------------------------------------------------------------------
     def check(self, landmarks, seq: int | None = None) -> np.ndarray:
@@ -112,16 +110,16 @@ class Session:
         lm = self.check(landmarks, seq)
         S, L = self.size, self.history_frames
         render_labels(self.kind, lm, S, S, out=self._current)
-        box = self._tracker.update(lm) if self._tracker else None
-        ys, xs = box.slices() if box else (slice(None), slice(None))
+        place = self._placer.update(lm)
+        box = place.box
         feeds = self._feeds
-        feeds["labels"][0] = self._labels[0, :, ys, xs]
+        feeds["labels"][0] = cut(self._labels[0], box)
         if L:
-            feeds["previous"][0] = self._previous[0, :, ys, xs]
+            feeds["previous"][0] = cut(self._previous[0], box)
         if "plate" in feeds:
-            feeds["plate"][0] = self._plate[:, ys, xs]
+            feeds["plate"][0] = cut(self._plate, box)
         if "head" in feeds:
-            feeds["head"][0] = head_box(lm, box or self._whole, S, self.engine.cfg.head_side)
+            feeds["head"][0] = place.head
         self._box_next = box
         return feeds
 
@@ -130,12 +128,11 @@ class Session:
         the frame to uint8 RGB and shift the histories. Returns the RGB frame (a buffer this session owns)."""
         L, C = self.history_frames, self.label_nc
         box = self._box_next
-        ys, xs = box.slices() if box else (slice(None), slice(None))
         frame = self._frame
-        if box is not None:
+        if self._placer.follows:
             frame[:] = self._plate
-        frame[:, ys, xs] = np.asarray(window, np.float32)
-        self.box = box
+        paste(frame, np.asarray(window, np.float32), box)
+        self.box = box if self._placer.follows else None
         to_uint8(frame, out=self._rgb, scratch=(self._planes_f, self._planes_u8))
         if L:
             _shift_history(self._labels[0], self._previous[0], frame, L, C)
@@ -162,8 +159,7 @@ class Session:
         self._labels.fill(0.0)
         if self._previous is not None:
             self._previous.fill(0.0)
-        if self._tracker is not None:
-            self._tracker.reset()
+        self._placer.reset()
         self.frames = 0
         self.box = None
 
@@ -195,16 +191,15 @@ class DeviceSession(Session):
         torch, S, L, C = self._torch, self.size, self.history_frames, self.label_nc
         render_labels(self.kind, lm, S, S, out=self._current)
         self._t_labels[L * C:].copy_(self._host_current, non_blocking=True)
-        box = self._tracker.update(lm) if self._tracker else None
-        ys, xs = box.slices() if box else (slice(None), slice(None))
-        feeds = {"labels": self._t_labels[None, :, ys, xs]}
+        place = self._placer.update(lm)
+        box = place.box
+        feeds = {"labels": cut(self._t_labels, box)[None]}
         if L:
-            feeds["previous"] = self._t_previous[None, :, ys, xs]
+            feeds["previous"] = cut(self._t_previous, box)[None]
         if self.engine.cfg.has_plate_input:
-            feeds["plate"] = self._t_plate[None, :, ys, xs]
+            feeds["plate"] = cut(self._t_plate, box)[None]
         if "head" in self._feeds:
-            head = head_box(lm, box or self._whole, S, self.engine.cfg.head_side)
-            feeds["head"] = torch.from_numpy(np.asarray(head, np.float32))[None].to(self.device)
+            feeds["head"] = torch.from_numpy(np.asarray(place.head, np.float32))[None].to(self.device)
         self._box_next = box
         return feeds
 
@@ -212,12 +207,11 @@ class DeviceSession(Session):
         """``window``: the engine's (3, h, w) tensor on this session's device. Returns the uint8 RGB frame."""
         torch, L, C = self._torch, self.history_frames, self.label_nc
         box = self._box_next
-        ys, xs = box.slices() if box else (slice(None), slice(None))
         frame = self._t_frame
-        if box is not None:
+        if self._placer.follows:
             frame.copy_(self._t_plate)
-        frame[:, ys, xs] = window
-        self.box = box
+        paste(frame, window, box)
+        self.box = box if self._placer.follows else None
         # models.visualize.to_uint8 in the same float32 operations: clip((x + 1) * 127.5 + 0.5, 0, 255), truncated.
         rgb = frame.add(1.0).mul_(127.5).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).permute(1, 2, 0)
         self._host_rgb.copy_(rgb)                                     # the one device -> host copy of a step

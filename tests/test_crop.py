@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.crop import (FACE_FEATURES, BoxTracker, CropBox, crop_size_for, feature_region, head_region, limb_region,
-                         person_region)
-from models.lite import crop_batch, paste_batch
+from models.crop import FACE_FEATURES, feature_region, head_region, limb_region, person_region
 from models.presets import get_preset
 from models.registry import build_generator
 from models.render import render_labels
 from models.visualize import to_uint8
+from models.window import BoxTracker, CropBox, crop_size_for, cut_batch, paste_batch
 from trainer.clips import ClipSource
 from trainer.dataset import Dataset
 from trainer.evaluate import Scorer, _Pooled, masked_psnr, masked_sse, masked_ssim
@@ -119,7 +118,7 @@ def test_crop_and_composite_round_trip_reproduces_the_real_frame(dancer):
     plate = src.background_plate()[None]
     for t in (0, 8, 15):
         real = clip["frames"][t][None]
-        out = paste_batch(plate, crop_batch(real, [boxes[t]]), [boxes[t]])
+        out = paste_batch(plate, cut_batch(real, [boxes[t]]), [boxes[t]])
         person = clip["person"][t, 0].bool()
         ys, xs = boxes[t].slices()
         inside = torch.zeros(SIZE, SIZE, dtype=torch.bool)
@@ -189,12 +188,16 @@ def test_live_session_draws_exactly_what_the_rollout_draws(dancer, tmp_path):
             p.add_(torch.randn_like(p) * 0.05)                                     # not just the init
         fake = G.rollout(clip["labels"][None], landmarks=clip["landmarks"][None])[0][0]
     save_checkpoint(tmp_path / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg, {})
-    boxes = G.track_boxes(clip["landmarks"][None], 1, 16)[0]
+    places = G.placements(clip["landmarks"][None], 1, 16)[0]
+    boxes = [p.box for p in places]
     assert len({(b.x0, b.y0) for b in boxes}) > 1                                   # the window really moves
+    assert len({p.head for p in places}) > 1 and cfg.head_side                       # and so does the head window
     for backend, tol in (("torch", 0), ("onnxruntime", 2)):
         session = Session(open_engine(tmp_path, backend))
         for t in range(16):
-            rgb, _ = session.step(clip["landmarks"][t].numpy())
+            feeds = session.prepare(clip["landmarks"][t].numpy())
+            assert tuple(feeds["head"][0]) == places[t].head                         # placed as in training
+            rgb = session.finish(np.asarray(session.engine.step(feeds))[0])
             assert session.box == boxes[t]
             diff = np.abs(rgb.astype(int) - to_uint8(fake[t].numpy()).astype(int)).max()
             assert diff <= tol, (backend, t, diff)
@@ -220,7 +223,7 @@ def test_a_batch_of_clips_rolls_out_as_each_clip_alone(dancer):
         for got, want in zip(both, alone[b]):
             torch.testing.assert_close(got[b], want[0], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="1 windows for a batch of 2"):
-        crop_batch(torch.zeros(2, 3, SIZE, SIZE), boxes[0][:1])
+        cut_batch(torch.zeros(2, 3, SIZE, SIZE), boxes[0][:1])
 
 
 def test_a_mirrored_detection_is_told_from_a_noisy_one():

@@ -77,7 +77,7 @@ def test_generator_and_discriminators_forward_backward(name, n_local):
 
 
 def test_lite_in_its_person_crop_is_fifty_times_cheaper():
-    from models.crop import typical_crop
+    from models.window import typical_crop
     from models.flops import count_macs
 
     dance = get_preset("dance", size=256)

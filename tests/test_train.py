@@ -450,11 +450,11 @@ def test_face_gan_judges_the_head_window_and_resumes(trained, tmp_path):
     # The head window is cut where the head landmarks are: a marker at their centre lands in the window's middle.
     clip = trainer.source.load(0, 1)
     landmarks = clip["landmarks"][None]
-    boxes = trainer.G.track_boxes(landmarks, 1, 1)
+    places = trainer.G.placements(landmarks, 1, 1)
     centre = np.nanmean(landmarks[0, 0, :11, :2].numpy(), axis=0) * SIZE
     frames = torch.zeros(1, 1, 1, SIZE, SIZE)
     frames[0, 0, 0, int(centre[1]), int(centre[0])] = 1.0
-    heads = trainer._heads(frames, landmarks, boxes)
+    heads = trainer._heads(frames, places)
     assert heads.shape == (1, 1, 1, side, side) and heads.sum() == 1.0
     ys, xs = torch.nonzero(heads[0, 0, 0], as_tuple=True)
     assert abs(int(ys[0]) - side / 2) <= 1.5 and abs(int(xs[0]) - side / 2) <= 1.5

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 
 from models.checkpoint import (CheckpointError, load_generator, load_state, read_checkpoint, save_checkpoint,
                                subdict)
-from models.crop import crop_size_for, head_box
 from models.discriminators import FaceDiscriminator, ImageDiscriminator, TemporalDiscriminator
 from models.presets import ModelConfig
 from models.registry import build_generator
 from models.visualize import label_preview, side_by_side, to_uint8
 from models.warp import compose_flows, warp
+from models.window import crop_size_for, cut, cut_clips, default_head_side
 
 from . import losses
 from .clips import Augment, Clip, ClipSource
@@ -284,7 +284,7 @@ class Trainer:
         self.D = ImageDiscriminator(model).to(dev) if train.w_gan > 0 or train.w_fm > 0 else None
         self.DT = TemporalDiscriminator(model).to(dev) if model.is_temporal and train.w_temporal > 0 else None
         self.DF = FaceDiscriminator(model).to(dev) if train.w_face_gan > 0 else None
-        self.face_side = model.head_side or max(16, model.size // 8)
+        self.face_side = model.head_side or default_head_side(model.size)   # the face D's window
         if train.channels_last:   # (the generator only: the discriminators measured slower in NHWC on this CPU)
             for net in (self.G, self.G_ema):
                 if net is not None:
@@ -396,21 +396,12 @@ class Trainer:
         return stack, torch.cat(flows, 1)
 
     # -- Losses of one iteration, each a small function returning (loss, logs) ----------------------------
-    def _windows(self, x: torch.Tensor, boxes: list) -> torch.Tensor:
-        """(B, T, C, S, S) -> (B, T, C, h, w): every frame's generator window (the whole frame for most models)."""
-        return torch.stack([torch.stack([x[b, t, :, bx.slices()[0], bx.slices()[1]] for t, bx in enumerate(row)])
-                            for b, row in enumerate(boxes)])
-
-    def _heads(self, x: torch.Tensor, landmarks: torch.Tensor, boxes: list) -> torch.Tensor:
-        """(B, T, C, S, S) -> (B, T, C, side, side): every frame's head window (``models.crop.head_box``, placed in
+    def _heads(self, x: torch.Tensor, places: list) -> torch.Tensor:
+        """(B, T, C, S, S) -> (B, T, C, side, side): every frame's head window (``models.window.head_box``, placed in
         the generator's window exactly as the head branch's), cut from the full frames."""
-        side, size = self.face_side, self.cfg.size
-
-        def cut(b, t, bx):
-            hx, hy = head_box(landmarks[b, t].cpu().numpy(), bx, size, side)
-            x0, y0 = bx.x0 + hx, bx.y0 + hy
-            return x[b, t, :, y0:y0 + side, x0:x0 + side]
-        return torch.stack([torch.stack([cut(b, t, bx) for t, bx in enumerate(row)]) for b, row in enumerate(boxes)])
+        side = self.face_side
+        return torch.stack([torch.stack([cut(x[b, t], p.head_window(side)) for t, p in enumerate(row)])
+                            for b, row in enumerate(places)])
 
     def _loss_l1(self, fake, real, *, person, head, limbs, features) -> tuple[torch.Tensor, dict]:
         """L1 to the real frames, weighted up on the person, head, limbs and face features (their {0, 1} maps)."""
@@ -616,15 +607,17 @@ class Trainer:
                 alphas, self.G.record_alpha = self.G.record_alpha, None
         if record:
             clip.alpha = torch.stack(alphas, 1).float()                            # (B, T, 1, h, w)
-        boxes = self.G.track_boxes(landmarks, clip.labels.shape[0], T)
+        places = self.G.placements(landmarks, clip.labels.shape[0], T,
+                                   head_side=self.face_side if self.DF is not None else 0)
+        boxes = [[p.box for p in row] for row in places]
         for key in ("labels", "real", "fake", "flow", "conf"):
-            setattr(clip, f"{key}_w", self._windows(getattr(clip, key), boxes))
+            setattr(clip, f"{key}_w", cut_clips(getattr(clip, key), boxes))
         if clip.alpha is not None:
             plate = self.data_plate.expand(*clip.real.shape[:2], -1, -1, -1)
-            clip.silhouette = silhouette(clip.real_w, self._windows(plate, boxes))
+            clip.silhouette = silhouette(clip.real_w, cut_clips(plate, boxes))
         if self.DF is not None:
             for key in ("labels", "real", "fake"):
-                setattr(clip, f"{key}_f", self._heads(getattr(clip, key), landmarks, boxes))
+                setattr(clip, f"{key}_f", self._heads(getattr(clip, key), places))
 
     def _g_step(self, clip: Clip, d_real: dict, temporal: list) -> dict:
         """Update G on the sum of its loss terms (each a small function returning (loss, logs)); EMA after."""

@@ -1,0 +1,91 @@
+"""Where a generator draws (models/window.py): one placement, one head-window size, one cut and paste — for
+training, evaluation and the live session alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.presets import get_preset
+from models.registry import build_generator
+from models.window import (CropBox, Placer, cut, cut_batch, cut_clips, default_head_side, paste, paste_batch,
+                           place_clips)
+
+
+def _pose(x: float, y: float) -> np.ndarray:
+    """A 33-landmark pose around (x, y): the head landmarks (0-10) above, the rest below."""
+    lm = np.zeros((33, 3), np.float32)
+    lm[:, 0] = x + np.linspace(-0.1, 0.1, 33)
+    lm[:11, 1] = y - 0.1
+    lm[11:, 1] = y + np.linspace(-0.1, 0.2, 22)
+    lm[:, 2] = 1.0
+    return lm
+
+
+@pytest.mark.parametrize("size, side", [(16, 16), (64, 16), (96, 16), (128, 16), (200, 24), (256, 32), (512, 64)])
+def test_one_head_window_size_for_the_head_branch_and_the_face_discriminator(size, side):
+    assert default_head_side(size) == side
+    assert get_preset("lite", size=size, head_crop=-1).head_side == side if size % 16 == 0 else True
+    assert Placer.of(get_preset("dance", size=128), head_side=default_head_side(size)).head_side == side
+
+
+def test_cut_then_paste_gives_back_the_frame_in_numpy_and_torch():
+    rng = np.random.default_rng(0)
+    frame = rng.random((3, 32, 40)).astype(np.float32)
+    box = CropBox(4, 8, 16, 20)
+    for x in (frame.copy(), torch.from_numpy(frame.copy())):
+        window = cut(x, box)
+        assert tuple(window.shape) == (3, 16, 20) and float(window[0, 0, 0]) == frame[0, 8, 4]
+        canvas = x * 0
+        paste(canvas, window, box)
+        assert float(np.asarray(canvas).sum()) == pytest.approx(float(np.asarray(window).sum()))
+        paste(canvas, x, CropBox(0, 0, 32, 40))
+        assert np.array_equal(np.asarray(canvas), frame)
+    batch = torch.from_numpy(rng.random((2, 3, 32, 32)).astype(np.float32))
+    boxes = [CropBox(0, 0, 16, 16), CropBox(12, 4, 16, 16)]
+    windows = cut_batch(batch, boxes)
+    assert torch.equal(paste_batch(batch * 0, windows, boxes)[1, :, 4:20, 12:28], batch[1, :, 4:20, 12:28])
+    clips = batch[:, None].expand(2, 3, 3, 32, 32)
+    assert torch.equal(cut_clips(clips, [[b] * 3 for b in boxes])[1, 2], windows[1])
+
+
+def test_a_placer_follows_the_person_smoothly_and_places_the_head_on_the_head():
+    placer = Placer(128, (64, 48), head_side=16)
+    first = placer.first()
+    assert first.box == CropBox(40, 32, 64, 48) and first.head == (16, 0)   # the frame's centre; the top centre
+    start = placer.update(_pose(0.7, 0.5))                                   # the first sight: straight there
+    places = [placer.update(_pose(0.3, 0.5)) for _ in range(12)]            # then the person moves left
+    xs = [start.box.x0] + [p.box.x0 for p in places]
+    assert xs == sorted(xs, reverse=True) and xs[0] - xs[1] < xs[0] - xs[-1]  # follows gradually
+    assert all(p.box.x0 % 4 == 0 and p.box.y0 % 4 == 0 for p in places)     # snapped to the input stride
+    head = places[-1].head_window(16)
+    centre = np.mean(_pose(0.3, 0.5)[:11, :2], 0) * 128
+    assert abs(head.x0 + 8 - centre[0]) <= 1 and abs(head.y0 + 8 - centre[1]) <= 1
+    placer.reset()
+    assert placer.update(None) == first                                      # a reset starts the stream over
+    whole = Placer(64, (64, 64))
+    assert not whole.follows and whole.update(_pose(0.3, 0.5)).box == CropBox(0, 0, 64, 64)
+
+
+def test_clips_are_placed_from_their_first_frame_each_and_need_landmarks_with_a_crop():
+    placer = Placer(128, (64, 48))
+    lm = np.stack([np.stack([_pose(0.3, 0.5)] * 4), np.stack([_pose(0.7, 0.5)] * 4)])
+    rows = place_clips(placer, lm, 2, 4)
+    alone = place_clips(placer, lm[1:], 1, 4)
+    assert rows[1] == alone[0] and rows[0] != rows[1]                       # the second clip starts afresh
+    with pytest.raises(ValueError, match="places its window by the landmarks"):
+        place_clips(placer, None, 1, 4)
+
+
+def test_the_engine_starts_where_a_window_stands_before_a_person(tmp_path):
+    from models.checkpoint import save_checkpoint
+    from realtime.engine import open_engine
+
+    cfg = get_preset("lite", size=64, ngf=8, crop_height=48, crop_width=32)
+    G = build_generator(cfg).eval()
+    G.set_background(torch.linspace(-1, 1, 3 * 64 * 64).reshape(3, 64, 64))
+    save_checkpoint(tmp_path / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg, {})
+    engine = open_engine(tmp_path, "torch")
+    box = Placer.of(cfg).first().box
+    assert np.array_equal(engine.zero_inputs()["plate"][0], cut(engine.plate, box))
