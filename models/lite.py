@@ -41,10 +41,9 @@ from .window import CropBox, cut_batch, head_box, paste_batch
 
 # The flow branch shares the decoder's features; at full strength its losses (flow L1 and warp, x10 each in
 # vid2vid) swamp what those few channels learn about the image (held-out PSNR fell from 21.7 to 19.2 dB in a
-# 300-iteration probe; 21.4 dB with this scale), so their gradient into the shared features is scaled by this factor.
-FLOW_GRAD_SCALE = 0.1
+# 300-iteration probe; 21.4 dB with 0.1), so their gradient into the shared features is scaled by
+# ``cfg.flow_grad_scale``. The alpha fades to zero over ``cfg.window_border_px`` pixels at the window's border.
 SHUFFLE = 4        # space-to-depth factor at the input (stride-4 conv)
-BORDER_PX = 6      # alpha fades to zero over this many pixels at the window's border
 
 
 def _act() -> nn.Module:
@@ -110,7 +109,7 @@ class HeadBranch(nn.Module):
         return (frame + rows @ residual @ cols.transpose(2, 3)).clamp(-1.0, 1.0)
 
 
-def border_window(height: int, width: int, border_px: int = BORDER_PX) -> torch.Tensor:
+def border_window(height: int, width: int, border_px: int) -> torch.Tensor:
     """(1, 1, h, w) weights: 0 on the outermost pixel ring, rising linearly to 1 at ``border_px`` inside."""
     def ramp(n):
         i = torch.arange(n, dtype=torch.float32)
@@ -124,8 +123,6 @@ class LiteGenerator(SequentialGenerator):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
-        if cfg.n_local:
-            raise ValueError("the lite generator has no local enhancer (n_local must be 0)")
         h, w = cfg.crop_hw
         if h % (SHUFFLE * 4) or w % (SHUFFLE * 4):
             raise ValueError(f"lite needs a crop (and size) divisible by {SHUFFLE * 4}, got {h}x{w}")
@@ -155,7 +152,7 @@ class LiteGenerator(SequentialGenerator):
         # The static background of the whole frame, stored before a tanh (grey until set_background() gives it
         # the data's estimate).
         self.background = nn.Parameter(torch.zeros(1, 3, cfg.size, cfg.size))
-        self.register_buffer("window", border_window(h, w), persistent=False)
+        self.register_buffer("window", border_window(h, w, cfg.window_border_px), persistent=False)
         self.flow_scale = h / 64.0
 
     @torch.no_grad()
@@ -216,7 +213,7 @@ class LiteGenerator(SequentialGenerator):
             zeros = torch.zeros_like(hallucinated[:, :1])
             return self._refine(hallucinated, current, head), torch.cat((zeros, zeros), 1), zeros
         if self.training:  # the flow/warp losses reach the shared features 10x weaker (forward unchanged)
-            y = y * FLOW_GRAD_SCALE + y.detach() * (1.0 - FLOW_GRAD_SCALE)
+            y = y * cfg.flow_grad_scale + y.detach() * (1.0 - cfg.flow_grad_scale)
         fm = F.interpolate(self.flow_head(self.flow_body(y)), scale_factor=float(SHUFFLE), mode="bilinear",
                            align_corners=False)
         flow = fm[:, :2] * self.flow_scale

@@ -26,6 +26,17 @@ _BOUNDS = {"size": (16, 4096), "history_frames": (0, 16), "ngf": (1, 1024), "max
            "ndf": (1, 1024), "d_layers": (1, 8), "d_scales": (1, 8), "temporal_frames": (2, 16)}
 
 
+# The generator fields each architecture reads; the rest of ModelConfig (kind, size, history, the discriminators)
+# every model reads. A config keeps the other architecture's fields at their defaults (``validate`` refuses a value
+# that would be silently ignored) and does not save them.
+ARCH_FIELDS: dict[str, tuple[str, ...]] = {
+    "vid2vid": ("ngf", "n_downsample", "n_blocks", "n_blocks_flow", "max_ngf", "norm", "flow_max_px", "n_local"),
+    "lite": ("ngf", "n_blocks", "person_crop", "crop_height", "crop_width", "head_crop", "window_smoothing",
+             "window_border_px", "flow_grad_scale"),
+}
+LITE_STRIDE = 16    # lite's frame (and window) sides are multiples of this (a stride-4 input, then two stride-2 steps)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str                         # preset name this config came from
@@ -51,6 +62,9 @@ class ModelConfig:
     head_crop: int = 0                # side in pixels of the head window refined by lite's head branch
                                       #   (0: no head branch; -1: models.window.default_head_side, size / 8 in
                                       #   multiples of 8, at least 16)
+    window_smoothing: float = 0.6     # lite: weight of the window's previous centre in its per-frame moving average
+    window_border_px: int = 6         # lite: the compositing alpha fades to zero over this many pixels at the border
+    flow_grad_scale: float = 0.1      # lite: the flow/warp losses' gradient into the features the image shares
     # Discriminators.
     ndf: int = 32                     # first-layer channels of every PatchGAN (vid2vid: 64)
     d_layers: int = 3                 # stride-2 layers per PatchGAN
@@ -84,18 +98,29 @@ class ModelConfig:
     def is_temporal(self) -> bool:
         return self.history_frames > 0
 
+    @staticmethod
+    def unread_fields(arch: str) -> set[str]:
+        """The generator fields an ``arch`` generator does not read (the other architectures')."""
+        every = {f for fields in ARCH_FIELDS.values() for f in fields}
+        return every - set(ARCH_FIELDS.get(arch, every))
+
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        """The fields this model reads (what is saved with its weights)."""
+        unread = self.unread_fields(self.arch)
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in unread}
         d["temporal_spacings"] = list(self.temporal_spacings)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """A saved config; fields its architecture does not read (saved by older versions, which kept every
+        field) are dropped."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")
-        d = dict(d)
+        unread = cls.unread_fields(d.get("arch", "vid2vid"))
+        d = {k: v for k, v in d.items() if k not in unread}
         if "temporal_spacings" in d:
             d["temporal_spacings"] = tuple(int(s) for s in d["temporal_spacings"])
         cfg = cls(**d)
@@ -119,10 +144,26 @@ class ModelConfig:
                 raise ValueError(f"field {name!r} must be in [{lo}, {hi}], got {getattr(self, name)}")
         if self.kind not in ("dance", "face"):
             raise ValueError(f"kind must be 'dance' or 'face', got {self.kind!r}")
-        step = 2 ** (self.n_downsample + self.n_local)
+        if self.arch not in ARCH_FIELDS:
+            raise ValueError(f"arch must be one of {', '.join(ARCH_FIELDS)}, got {self.arch!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        ignored = [f"{n}={getattr(self, n)!r}" for n in sorted(self.unread_fields(self.arch))
+                   if getattr(self, n) != defaults[n]]
+        if ignored:
+            raise ValueError(f"a {self.arch!r} generator does not read {', '.join(ignored)} (its fields: "
+                             f"{', '.join(ARCH_FIELDS[self.arch])}): leave them out")
+        if self.arch == "lite":
+            step, why = LITE_STRIDE, "lite's input strides"
+        else:
+            step, why = 2 ** (self.n_downsample + self.n_local), "2^(n_downsample + n_local)"
         if self.size < 16 or self.size % step:
-            raise ValueError(f"size {self.size} must be >= 16 and a multiple of {step} "
-                             f"(2^(n_downsample + n_local))")
+            raise ValueError(f"size {self.size} must be >= 16 and a multiple of {step} ({why})")
+        if not 0.0 <= self.window_smoothing < 1.0:
+            raise ValueError(f"window_smoothing must be in [0, 1), got {self.window_smoothing}")
+        if not 1 <= self.window_border_px <= min(self.crop_hw) // 2:
+            raise ValueError(f"window_border_px {self.window_border_px} must be between 1 and half the window")
+        if not 0.0 <= self.flow_grad_scale <= 1.0:
+            raise ValueError(f"flow_grad_scale must be in [0, 1], got {self.flow_grad_scale}")
         if self.history_frames < 0:
             raise ValueError("history_frames must be >= 0")
         if self.norm not in ("instance", "batch", "none"):
@@ -136,8 +177,6 @@ class ModelConfig:
         if self.head_crop < -1 or self.head_side > min(self.crop_hw):
             raise ValueError(f"head_crop {self.head_crop} must be -1 (auto), 0 (none) or a side that fits the "
                              f"{self.crop_hw[0]}x{self.crop_hw[1]} window")
-        if (self.crop_height or self.crop_width or self.head_crop) and self.arch != "lite":
-            raise ValueError(f"a person crop (crop_height/crop_width) needs arch 'lite', not {self.arch!r}")
 
 
 def register_preset(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
@@ -220,5 +259,5 @@ def _face() -> ModelConfig:
 @register_preset
 def _lite() -> ModelConfig:
     """CPU real-time dance model (models/lite.py): same temporal design, drawn in a person crop on a plate."""
-    return ModelConfig(name="lite", kind="dance", arch="lite", size=256, history_frames=2, ngf=32, n_downsample=4,
-                       n_blocks=4, n_blocks_flow=0, norm="none", person_crop=True, head_crop=-1)
+    return ModelConfig(name="lite", kind="dance", arch="lite", size=256, history_frames=2, ngf=32, n_blocks=4,
+                       person_crop=True, head_crop=-1)

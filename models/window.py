@@ -28,6 +28,7 @@ from .crop import VISIBLE, _head_points
 
 CROP_STRIDE = 4              # window positions are multiples of this many pixels (lite's stride-4 input conv)
 SMOOTHING = 0.6              # the window's centre: weight of its previous position in the per-frame moving average
+                             #   (a model's own: ModelConfig.window_smoothing)
 
 
 def default_head_side(size: int) -> int:
@@ -131,17 +132,17 @@ class Placer:
     the whole frame; a crop smaller than the frame follows the person (``BoxTracker``); ``head_side`` > 0 also
     places the head window. ``reset()`` starts the stream over (a new clip, a session's reset)."""
 
-    def __init__(self, size: int, crop_hw: tuple[int, int], head_side: int = 0):
-        self.size, self.crop_hw, self.head_side = size, tuple(crop_hw), head_side
+    def __init__(self, size: int, crop_hw: tuple[int, int], head_side: int = 0, smoothing: float = SMOOTHING):
+        self.size, self.crop_hw, self.head_side, self.smoothing = size, tuple(crop_hw), head_side, smoothing
         self.follows = self.crop_hw != (size, size)    # a person crop (else the window is the whole frame)
-        self._tracker = BoxTracker(size, *self.crop_hw) if self.follows else None
+        self._tracker = BoxTracker(size, *self.crop_hw, smoothing=smoothing) if self.follows else None
         self._whole = CropBox(0, 0, size, size)
 
     @classmethod
     def of(cls, cfg, head_side: int | None = None) -> "Placer":
         """The placer of a model config (models.presets.ModelConfig); ``head_side`` overrides the model's own
         (the face discriminator's window on models without a head branch)."""
-        return cls(cfg.size, cfg.crop_hw, cfg.head_side if head_side is None else head_side)
+        return cls(cfg.size, cfg.crop_hw, cfg.head_side if head_side is None else head_side, cfg.window_smoothing)
 
     def reset(self) -> None:
         if self._tracker is not None:
@@ -154,7 +155,7 @@ class Placer:
 
     def first(self) -> Placement:
         """Where a stream's window stands before any person was seen (a fresh placer's, left unchanged)."""
-        return Placer(self.size, self.crop_hw, self.head_side).update(None)
+        return Placer(self.size, self.crop_hw, self.head_side, self.smoothing).update(None)
 
 
 def place_clips(placer: Placer, landmarks, batch: int, frames: int) -> list[list[Placement]]:

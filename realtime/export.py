@@ -149,9 +149,9 @@ def config_from_metadata(meta: Mapping[str, str], where: str = "ONNX file") -> M
 
 def metadata_matches(meta: Mapping[str, str], cfg: ModelConfig, sha: str) -> bool:
     """True when ONNX metadata says: this config, these weights, this export format version."""
-    try:
-        same_cfg = json.loads(meta.get(META_CONFIG, "null")) == cfg.to_dict()
-    except ValueError:
+    try:   # (read as a config: one saved by an older version, with the fields its architecture does not read, matches)
+        same_cfg = ModelConfig.from_dict(json.loads(meta.get(META_CONFIG, "null"))) == cfg
+    except (ValueError, TypeError, AttributeError):
         return False
     return same_cfg and meta.get(META_WEIGHTS) == sha and meta.get(META_VERSION) == str(EXPORT_VERSION)
 

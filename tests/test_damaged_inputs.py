@@ -71,7 +71,7 @@ def test_train_cli_on_a_damaged_manifest(dataset, tmp_path, edit, message):
     ("size", True, "field 'size' must be int, got True"),
     ("ngf", 10**6, "field 'ngf' must be in [1, 1024]"),
     ("history_frames", 10**6, "field 'history_frames'"),
-    ("flow_max_px", float("nan"), "field 'flow_max_px' must be float"),
+    ("window_smoothing", float("nan"), "field 'window_smoothing' must be float"),
 ])
 def test_damaged_generator_json_is_one_clear_error_before_allocating(tmp_path, tiny_checkpoint, field, value,
                                                                      message):

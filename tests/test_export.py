@@ -101,7 +101,7 @@ def test_onnx_metadata_carries_config_and_weights_hash(exported):
     assert X.config_from_metadata(meta) == G.cfg
     assert meta["posecast.weights_sha256"] == X.weights_sha256(G.state_dict()) == res.weights_sha256
     assert X.onnx_is_current(res.onnx_path, G.cfg, res.weights_sha256)
-    assert not X.onnx_is_current(res.onnx_path, G.cfg.replace(flow_max_px=3.0), res.weights_sha256)
+    assert not X.onnx_is_current(res.onnx_path, G.cfg.replace(ngf=G.cfg.ngf * 2), res.weights_sha256)
     assert not X.onnx_is_current(res.onnx_path, G.cfg, "0" * 64)
 
 

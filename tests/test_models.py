@@ -16,6 +16,7 @@ from models.generator import Generator
 from models.presets import ModelConfig, get_preset, list_presets, parse_overrides
 from models.registry import ARCHITECTURES, build_generator
 from models.warp import compose_flows, warp
+from shared_data import REPO
 
 SMALL = dict(size=32, ngf=8, ndf=8)
 
@@ -89,15 +90,33 @@ def test_lite_in_its_person_crop_is_fifty_times_cheaper():
                            torch.rand(1, 3, h, w), torch.tensor([[40.0, 8.0]]))
     assert (h, w) == (256, 208)
     assert macs_lite * 50 < macs_dance
-    with pytest.raises(ValueError, match="no local enhancer"):
-        build_generator(get_preset("lite", n_local=1))
-    with pytest.raises(ValueError, match="needs arch 'lite'"):
-        get_preset("dance", crop_height=128)
 
 
-def test_lite_flow_branch_reaches_shared_features_scaled_down(monkeypatch):
-    import models.lite as lite
 
+@pytest.mark.parametrize("preset, field, value", [
+    ("lite", "n_downsample", 2), ("lite", "n_blocks_flow", 1), ("lite", "max_ngf", 64), ("lite", "norm", "batch"),
+    ("lite", "flow_max_px", 4.0), ("lite", "n_local", 1), ("dance", "crop_height", 128),
+    ("dance", "person_crop", True), ("face", "head_crop", -1), ("dance", "window_border_px", 3)])
+def test_a_config_refuses_a_field_its_architecture_would_ignore(preset, field, value):
+    arch = get_preset(preset).arch
+    with pytest.raises(ValueError, match=f"a '{arch}' generator does not read {field}={value!r}"):
+        get_preset(preset, **{field: value})
+
+
+def test_a_config_saves_the_fields_its_architecture_reads_and_loads_older_files():
+    lite = get_preset("lite", size=128)
+    saved = lite.to_dict()
+    assert "n_downsample" not in saved and "norm" not in saved and saved["window_smoothing"] == 0.6
+    assert "crop_height" not in get_preset("dance").to_dict()
+    assert ModelConfig.from_dict(saved) == lite
+    older = {**saved, "n_downsample": 4, "n_blocks_flow": 0, "max_ngf": 512, "norm": "none", "flow_max_px": 0.0}
+    del older["window_smoothing"], older["window_border_px"], older["flow_grad_scale"]
+    assert ModelConfig.from_dict(older) == lite            # written by an older version: every field, no constants
+    bundled = json.loads((REPO / "models" / "default" / "generator.json").read_text())["config"]
+    assert ModelConfig.from_dict(bundled).arch == "lite"
+
+
+def test_lite_flow_branch_reaches_shared_features_scaled_down():
     cfg = get_preset("lite", size=32, ngf=8)
     torch.manual_seed(0)
     G = build_generator(cfg)
@@ -111,11 +130,11 @@ def test_lite_flow_branch_reaches_shared_features_scaled_down(monkeypatch):
         assert torch.allclose(a, b, atol=1e-6)
 
     def shared_grad(scale: float) -> torch.Tensor:
-        monkeypatch.setattr(lite, "FLOW_GRAD_SCALE", scale)
-        G.zero_grad()
-        _, flow, mask = G(labels, prev)
+        g = build_generator(cfg.replace(flow_grad_scale=scale)).train()   # the config's constant, same weights
+        g.load_state_dict(G.state_dict())
+        _, flow, mask = g(labels, prev)
         (flow.square().sum() + mask.sum()).backward()
-        return G.fuse.pw.weight.grad.clone(), G.flow_head.weight.grad.clone()
+        return g.fuse.pw.weight.grad.clone(), g.flow_head.weight.grad.clone()
 
     full, branch_full = shared_grad(1.0)
     scaled, branch_scaled = shared_grad(0.1)
