@@ -12,7 +12,6 @@ Imports numpy and cv2 only (loaded by the live server).
 
 from __future__ import annotations
 
-import dataclasses
 
 import cv2
 import numpy as np
