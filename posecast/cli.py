@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,15 +20,20 @@ def _cmd_synth(args) -> int:
     return 0
 
 
-def _cmd_prepare(args) -> int:
-    from trainer.prepare import prepare_video
-
+@contextlib.contextmanager
+def _plain_warnings():
+    """The library's warnings are for this user: one plain line each on stderr, no source line."""
     import warnings
 
-    from trainer.prepare import format_clip_table
-
-    with warnings.catch_warnings():  # prepare's warnings are for this user: one plain line each, no source line
+    with warnings.catch_warnings():
         warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+        yield
+
+
+def _cmd_prepare(args) -> int:
+    from trainer.prepare import format_clip_table, prepare_video
+
+    with _plain_warnings():
         report = prepare_video(args.video, args.out, kind=args.kind, size=args.size, start=args.start,
                                max_frames=args.max_frames, overwrite=args.overwrite, progress=not args.quiet,
                                person=args.person, max_people=args.max_people,
@@ -88,9 +94,19 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
                        f"{proc.returncode}; the failing rank's error is above)")
 
 
+def _selection_options(s, verb: str) -> None:
+    """--clips / --identity / --frames: which of a dataset's frames a command uses (``Dataset.select``)."""
+    s.add_argument("--clips", default=None, metavar="N,N", help=f"{verb} these clips only (the numbers of the clip "
+                   "table posecast prepare printed, e.g. 0,2)")
+    s.add_argument("--identity", default=None, metavar="ID", help=f"{verb} the clips of this identity only (the "
+                   "clip table's letter, e.g. A)")
+    s.add_argument("--frames", default=None, metavar="START:STOP[,START:STOP]",
+                   help=f"{verb} these dataset frame ranges only (within the clips chosen)")
+
+
 def _cmd_train(args) -> int:
     from models.presets import get_preset, parse_overrides
-    from trainer.clips import parse_frame_range
+    from trainer.clips import parse_clip_numbers, parse_frame_ranges
     from trainer.distributed import init_from_env, shutdown
     from trainer.train import TrainConfig, Trainer, train_config_for
 
@@ -118,18 +134,22 @@ def _cmd_train(args) -> int:
                   seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
                   checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, gan_mode=args.gan_mode,
                   threads=args.threads, precision=args.precision,
-                  frame_range=parse_frame_range(args.frames))
+                  frame_ranges=parse_frame_ranges(args.frames), identity=args.identity or "")
+    clips = parse_clip_numbers(args.clips)
+    if clips is not None:
+        fields["clips"] = tuple(clips)
     if args.teacher:
         fields["teacher"] = args.teacher
     if args.init:
         fields["init"] = args.init
     if args.grow_from:
         fields["grow_from"] = args.grow_from
-    fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_range",)))
+    fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_ranges", "clips", "identity")))
     tc = train_config_for(cfg, **fields)
     dist = init_from_env(tc.device)
     try:
-        trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet, dist=dist)
+        with _plain_warnings():
+            trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet, dist=dist)
         result = trainer.run()
     finally:
         shutdown()
@@ -141,11 +161,12 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from trainer.clips import parse_frame_range
+    from trainer.clips import parse_clip_numbers, parse_frame_ranges
     from trainer.evaluate import evaluate, format_report
 
     video = None if args.no_video else (args.video or str(Path(args.run) / "eval.mp4"))
-    res = evaluate(args.run, args.data, frame_range=parse_frame_range(args.frames), video=video,
+    res = evaluate(args.run, args.data, clips=parse_clip_numbers(args.clips), identity=args.identity,
+                   frame_ranges=parse_frame_ranges(args.frames), video=video,
                    max_frames=args.max_frames, device=args.device, pose=not args.no_pose,
                    progress=not (args.quiet or args.json))
     if args.json:
@@ -336,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
     s.add_argument("--max-clip-frames", type=int, default=8, help="clip length T grows up to this (default 8)")
     s.add_argument("--gan-mode", choices=["lsgan", "hinge"], default="lsgan", help="GAN loss (default lsgan)")
-    s.add_argument("--frames", default=None, metavar="START:STOP", help="train on these dataset frames only")
+    _selection_options(s, "train on")
     s.add_argument("--time-limit", type=float, default=0.0,
                    help="stop after this many seconds (default: none); lr decay, clip growth and the GAN phase then "
                         "follow the time used, so the whole schedule fits in the time given")
@@ -359,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and the full frame, pose re-detected on the output, flicker, baselines")
     s.add_argument("run", help="run folder or checkpoint .json")
     s.add_argument("--data", required=True, help="dataset folder with held-out clips")
-    s.add_argument("--frames", default=None, metavar="START:STOP", help="evaluate on these dataset frames only")
+    _selection_options(s, "evaluate on")
     s.add_argument("--max-frames", type=int, default=None, help="evaluate at most this many frames")
     s.add_argument("--video", default=None, help="side-by-side mp4 path (default RUN/eval.mp4)")
     s.add_argument("--no-video", action="store_true", help="do not write the side-by-side video")

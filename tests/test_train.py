@@ -271,7 +271,8 @@ def test_cli_training_overrides_and_teacher_errors(trained, tmp_path):
     ("gan_mode", "hinje", "is not one of lsgan, hinge"), ("precision", "fp8", "is not one of auto"),
     ("lr", 0.0, "must be > 0"), ("w_l1", -1.0, "must be >= 0"), ("w_gan", float("nan"), "finite"),
     ("iterations", 0, "integer >= 1"), ("batch_size", 1.5, "integer >= 1"), ("beta1", 1.5, "in [0, 1]"),
-    ("device", "gpu", "auto, cpu, cuda"), ("frame_range", (5, 2), "start < stop"), ("d_frames", -1, "integer >= 0")])
+    ("device", "gpu", "auto, cpu, cuda"), ("frame_ranges", ((5, 2),), "start < stop"),
+    ("clips", (-1,), "clip numbers >= 0"), ("d_frames", -1, "integer >= 0")])
 def test_training_config_names_a_bad_value_when_it_is_made(field, value, rule):
     with pytest.raises(ValueError, match=f"training config: {field} = .* {re.escape(rule)}"):
         TrainConfig(**{field: value})
@@ -545,3 +546,62 @@ def test_grow_from_loads_a_trained_run_as_the_coarse_stage_of_a_twice_larger_mod
         grow_from(trainer.G.__class__(cfg.replace(size=256, n_local=2)), coarse, subdict(tensors, "G"))
     with pytest.raises(ValueError, match="only vid2vid generators grow"):
         grown_config(get_preset("lite", size=SIZE))
+
+
+@pytest.fixture(scope="module")
+def two_people(tmp_path_factory):
+    """A synthetic dataset of 4 clips whose clip table (what posecast prepare stores) says A B A B."""
+    path = synthesize(tmp_path_factory.mktemp("ids") / "d", seed=4, num_frames=48, size=SIZE, clip_frames=12,
+                      progress=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["clips"] == [[0, 12], [12, 24], [24, 36], [36, 48]]
+    manifest["extra"]["clip_table"] = [
+        {"start": 100 * k, "end": 100 * k + 12, "length": 12, "reason": "cut", "identity": "AB"[k % 2],
+         "dataset": clip} for k, clip in enumerate(manifest["clips"])]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_frames_are_chosen_by_clip_identity_and_range(two_people):
+    from trainer.clips import parse_clip_numbers, parse_frame_ranges
+
+    ds = Dataset(two_people)
+    assert ds.clip_identities() == ["A", "B", "A", "B"]
+    a = ds.select(identity="A")
+    assert a.ranges == ((0, 12), (24, 36)) and a.clips == (0, 2) and a.identities == ("A",) and a.mixed() is None
+    part = ds.select(clips=[0, 2], frames=[(0, 30)])                       # clip 0 and the first half of clip 2
+    assert part.ranges == ((0, 12), (24, 30)) and part.frames == 18
+    both = ds.select(clips=[1, 2])
+    assert both.identities == ("A", "B") and "span identities A, B" in both.mixed()
+    assert ds.select().frames == 48
+    for kwargs, message in ((dict(clips=[7]), "no clip 7 (clips 0-3)"), (dict(identity="C"), "no clip of identity "
+                            "'C' (the clip table has A, B)"), (dict(clips=[0], frames=[(30, 40)]), "no frames")):
+        with pytest.raises(DatasetError, match=re.escape(message)):
+            ds.select(**kwargs)
+    assert parse_frame_ranges(":200,400:450") == ((0, 200), (400, 450)) and parse_frame_ranges("") is None
+    assert parse_clip_numbers("0,2") == [0, 2]
+    with pytest.raises(ValueError, match="START:STOP"):
+        parse_frame_ranges("5")
+
+
+def test_a_run_keeps_the_statistics_of_its_own_frames_and_warns_of_mixed_identities(two_people, tmp_path):
+    from trainer.dataset import subject_stats_for
+    from trainer.train import MixedIdentityWarning
+
+    cfg = get_preset("dance", **TINY)
+    ds = Dataset(two_people)
+    tc = TrainConfig(iterations=1, identity="A", frame_ranges=((0, 30),), checkpoint_every=10**6)
+    trainer = Trainer(cfg, tc, two_people, tmp_path / "a", progress=False)
+    rows = np.r_[0:12, 24:30]
+    want = subject_stats_for("dance", np.asarray(ds.landmarks[rows]), ds.manifest.extra, ds.manifest.fps)
+    assert trainer.subject_stats == want and trainer.subject_stats != ds.subject_stats
+    assert trainer.source.clips == [(0, 12), (24, 30)]
+    with pytest.warns(MixedIdentityWarning, match=r"18 training frames \(clips 0, 1\) span identities A, B"):
+        Trainer(cfg, TrainConfig(iterations=1, clips=(0, 1), frame_ranges=((0, 18),)), two_people, tmp_path / "b",
+                progress=False)
+    out = subprocess.run([sys.executable, "-m", "posecast", "train", "--data", str(two_people), "--preset", "dance",
+                          "--size", str(SIZE), "--out", str(tmp_path / "c"), "--clips", "1,2", "--iterations", "1",
+                          "--quiet", *[a for k, v in TINY.items() if k != "size" for a in ("--set", f"{k}={v}")]],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "warning: the 24 training frames (clips 1, 2) span identities A, B" in out.stderr

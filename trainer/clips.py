@@ -25,33 +25,48 @@ class Augment:
     face_jitter_px: float = 0.5    # face: Gaussian noise on every landmark, pixels
 
 
-def parse_frame_range(text: str | None) -> tuple[int, int] | None:
-    """``"200:270"`` -> (200, 270); ``":200"`` -> (0, 200); None/empty -> None (all frames)."""
+def parse_frame_ranges(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    """``"200:270"`` -> ((200, 270),); ``":200,400:"`` -> ((0, 200), (400, <end>)); None/empty -> None (all)."""
     if not text:
         return None
-    a, sep, b = text.partition(":")
-    if not sep:
-        raise ValueError(f"frame range {text!r} must look like START:STOP")
-    start = int(a) if a else 0
-    stop = int(b) if b else 1 << 62
-    if start < 0 or stop <= start:
-        raise ValueError(f"frame range {text!r} is empty or negative")
-    return start, stop
+    out = []
+    for part in text.split(","):
+        a, sep, b = part.strip().partition(":")
+        if not sep:
+            raise ValueError(f"frame range {part!r} must look like START:STOP")
+        try:
+            start = int(a) if a else 0
+            stop = int(b) if b else 1 << 62
+        except ValueError:
+            raise ValueError(f"frame range {part!r} must look like START:STOP (integers)") from None
+        if start < 0 or stop <= start:
+            raise ValueError(f"frame range {part!r} is empty or negative")
+        out.append((start, stop))
+    return tuple(out)
+
+
+def parse_clip_numbers(text: str | None) -> list[int] | None:
+    """``"0,2"`` -> [0, 2]; None/empty -> None (every clip)."""
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--clips {text!r} must be clip numbers separated by commas (e.g. 0,2)") from None
 
 
 class ClipSource:
     """Frames, label maps and ground-truth flow of a dataset, resized to ``size``×``size``."""
 
-    def __init__(self, dataset: Dataset, size: int, frame_range: tuple[int, int] | None = None):
+    def __init__(self, dataset: Dataset, size: int, frame_ranges: tuple[tuple[int, int], ...] | None = None):
         self.ds = dataset
         self.size = size
         self.kind = dataset.kind
         clips = dataset.clips
-        if frame_range is not None:
-            a, b = frame_range
-            clips = [(max(s, a), min(e, b)) for s, e in clips if min(e, b) > max(s, a)]
+        if frame_ranges is not None:
+            clips = [(max(s, a), min(e, b)) for s, e in clips for a, b in frame_ranges if min(e, b) > max(s, a)]
         if not clips:
-            raise DatasetError(f"{dataset.path}: no frames in the selected range {frame_range}")
+            raise DatasetError(f"{dataset.path}: no frames in the selected ranges {frame_ranges}")
         self.clips = clips
         m = dataset.manifest
         self._scale = (size / m.width, size / m.height)

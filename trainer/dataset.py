@@ -76,6 +76,23 @@ class DatasetError(ValueError):
     """A dataset folder is missing, incomplete or inconsistent."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The frames a run trains on (``Dataset.select``)."""
+    ranges: tuple[tuple[int, int], ...]   # [start, stop) dataset frame ranges, each inside one clip
+    clips: tuple[int, ...]                # the clips they come from
+    identities: tuple[str, ...]           # the identities of those clips (from the clip table; empty: unknown)
+    frames: int
+
+    def mixed(self) -> str | None:
+        """A warning when the frames span more than one identity, else None."""
+        if len(self.identities) < 2:
+            return None
+        return (f"the {self.frames} training frames (clips {', '.join(map(str, self.clips))}) span identities "
+                f"{', '.join(self.identities)}: a model of one person trains on one (--identity "
+                f"{self.identities[0]}); the faces will be mixed")
+
+
 @dataclasses.dataclass
 class DatasetManifest:
     kind: str                      # "dance" (33 MediaPipe pose landmarks) or "face" (468/478 face-mesh landmarks)
@@ -286,6 +303,54 @@ class Dataset:
 
     def __len__(self) -> int:
         return self.manifest.num_frames
+
+    def clip_identities(self) -> list[str]:
+        """The identity of each clip (``clips`` order) from the clip table ``posecast prepare`` stored ("" where
+        the dataset has none: a synthetic one, or one written by hand)."""
+        extra = self.manifest.extra if isinstance(self.manifest.extra, dict) else {}
+        table = extra.get("clip_table") if isinstance(extra.get("clip_table"), list) else []
+        kept = {tuple(r["dataset"]): str(r.get("identity") or "") for r in table
+                if isinstance(r, dict) and isinstance(r.get("dataset"), list) and len(r["dataset"]) == 2}
+        return [kept.get(c, "") for c in self.clips]
+
+    def select(self, clips: list[int] | None = None, identity: str | None = None,
+               frames: list[tuple[int, int]] | None = None) -> "Selection":
+        """The frames to train on: the clips numbered ``clips`` (the clip table's numbers) and/or of ``identity``,
+        within the dataset frame ranges ``frames`` (each [start, stop)); None: no restriction. Errors name what
+        does not exist; nothing selected is an error."""
+        ranges = self.clips
+        ids = self.clip_identities()
+        chosen = list(range(len(ranges)))
+        if clips is not None:
+            bad = [c for c in clips if not 0 <= c < len(ranges)]
+            if bad:
+                raise DatasetError(f"{self.path}: no clip {', '.join(map(str, bad))} (clips 0-{len(ranges) - 1})")
+            chosen = [c for c in chosen if c in set(clips)]
+        if identity is not None:
+            known = sorted({i for i in ids if i})
+            if identity not in known:
+                raise DatasetError(f"{self.path}: no clip of identity {identity!r} (the clip table has "
+                                   f"{', '.join(known) if known else 'no identities'})")
+            chosen = [c for c in chosen if ids[c] == identity]
+        picked = []
+        for c in chosen:
+            a, b = ranges[c]
+            for fa, fb in frames or [(a, b)]:
+                if min(b, fb) > max(a, fa):
+                    picked.append((c, max(a, fa), min(b, fb)))
+        if not picked:
+            raise DatasetError(f"{self.path}: no frames selected (clips {clips}, identity {identity}, frames "
+                               f"{frames})")
+        return Selection(tuple((a, b) for _, a, b in picked), tuple(sorted({c for c, _, _ in picked})),
+                         tuple(sorted({ids[c] for c, _, _ in picked if ids[c]})), sum(b - a for _, a, b in picked))
+
+    def subject_stats_of(self, ranges: tuple[tuple[int, int], ...] | None) -> dict | None:
+        """The subject's statistics over the frames of ``ranges`` only (all frames: the stored ones)."""
+        if ranges is None or sorted(ranges) == sorted(self.clips):
+            return self.subject_stats
+        rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+        extra = self.manifest.extra if isinstance(self.manifest.extra, dict) else {}
+        return subject_stats_for(self.kind, np.asarray(self.landmarks[rows]), extra, self.manifest.fps)
 
     @property
     def subject_stats(self) -> dict | None:

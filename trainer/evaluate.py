@@ -276,11 +276,13 @@ class Scorer:
 
 
 @torch.no_grad()
-def evaluate(run: str | os.PathLike, data: str | os.PathLike, *, frame_range: tuple[int, int] | None = None,
+def evaluate(run: str | os.PathLike, data: str | os.PathLike, *, clips: list[int] | None = None,
+             identity: str | None = None, frame_ranges: tuple[tuple[int, int], ...] | None = None,
              video: str | os.PathLike | None = None, max_frames: int | None = None, device: str = "cpu",
              pose: bool = True, progress: bool = True) -> dict:
     """Evaluate the generator of ``run`` on ``data`` (see the module docstring for the figures); optionally write
-    a label | generated | real video. ``pose=False`` skips the MediaPipe figures."""
+    a label | generated | real video. ``clips``, ``identity``, ``frame_ranges``: only those frames
+    (``Dataset.select``). ``pose=False`` skips the MediaPipe figures."""
     from tqdm import tqdm
 
     G, _ = load_generator(run, device)
@@ -288,7 +290,7 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike, *, frame_range: tu
     ds = Dataset(data)
     if ds.kind != cfg.kind:
         raise ValueError(f"{data} is a {ds.kind!r} dataset but the model in {run} is a {cfg.kind!r} model")
-    source = ClipSource(ds, cfg.size, frame_range)
+    source = ClipSource(ds, cfg.size, ds.select(clips, identity, frame_ranges).ranges)
     total = source.num_frames if max_frames is None else min(max_frames, source.num_frames)
     scorer = Scorer(cfg.kind, to_uint8(source.background_plate().numpy()), pose=pose)
     writer = VideoWriter(video, fps=ds.manifest.fps or 30.0) if video else None

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +45,10 @@ from .clock import NoClock
 from .dataset import Dataset
 from .distributed import Dist, Rollout, TemporalAll, synced
 from .precision import autocast, grad_scaler, resolve_precision
+
+
+class MixedIdentityWarning(UserWarning):
+    """The training frames span more than one identity of the dataset's clip table."""
 
 
 @dataclasses.dataclass
@@ -107,7 +112,9 @@ class TrainConfig:
                                       #   recipe); vid2vid's dance generator 0.85x in fp32, 1.04x in bf16 (off)
     precision: str = "auto"           # the forward passes': "auto" (bf16 where the CPU/GPU does it natively, fp16 on
                                       #   older GPUs, else fp32) | "fp32" | "bf16" | "fp16" (CUDA); trainer/precision.py
-    frame_range: tuple | None = None  # only train on dataset frames [start, stop)
+    clips: tuple | None = None        # train on these clips only (the clip table's numbers; None: every clip)
+    identity: str = ""                # train on the clips of this identity only (the clip table's letter; "": any)
+    frame_ranges: tuple | None = None # and within these dataset frame ranges only, ((start, stop), ...) (None: all)
 
     GAN_MODES = ("lsgan", "hinge")
 
@@ -138,9 +145,12 @@ class TrainConfig:
         need(self.lr > 0, "lr", "must be > 0")
         for name in ("beta1", "beta2", "decay_start", "limb_drop_prob"):
             need(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]")
-        if self.frame_range is not None:
-            need(len(self.frame_range) == 2 and 0 <= self.frame_range[0] < self.frame_range[1], "frame_range",
-                 "must be (start, stop) with 0 <= start < stop")
+        if self.frame_ranges is not None:
+            need(len(self.frame_ranges) > 0 and all(len(r) == 2 and 0 <= r[0] < r[1] for r in self.frame_ranges),
+                 "frame_ranges", "must be ((start, stop), ...) with 0 <= start < stop")
+        if self.clips is not None:
+            need(len(self.clips) > 0 and all(type(c) is int and c >= 0 for c in self.clips), "clips",
+                 "must be clip numbers >= 0")
 
     def progress(self, it: int, elapsed_s: float = 0.0) -> float:
         """How far through the run, in [0, 1]: the iterations done, or the time used of ``time_limit_s`` when
@@ -250,13 +260,18 @@ class Trainer:
         init = read_checkpoint(train.init) if train.init and not resume else None
         if init and model.person_crop and not (model.crop_height or model.crop_width):
             model = model.replace(crop_height=init[0].crop_height, crop_width=init[0].crop_width)
+        # The frames to train on (clips, identity, frame ranges), and a warning when they span several people.
+        self.selection = self.dataset.select(None if train.clips is None else list(train.clips),
+                                             train.identity or None, train.frame_ranges)
+        if self.selection.mixed() and dist.main:
+            warnings.warn(self.selection.mixed(), MixedIdentityWarning, stacklevel=2)
+        rows = np.concatenate([np.arange(a, b) for a, b in self.selection.ranges])
         if model.person_crop and not (model.crop_height or model.crop_width):
-            # Size the person window from this data's landmarks; it is saved with the model config.
-            rows = slice(*train.frame_range) if train.frame_range else slice(None)
+            # Size the person window from the training frames' landmarks; it is saved with the model config.
             h, w = crop_size_for(np.asarray(self.dataset.landmarks[rows]), model.size)
             model = model.replace(crop_height=h, crop_width=w)
         self.cfg, self.tc = model, train
-        self.source = ClipSource(self.dataset, model.size, train.frame_range)
+        self.source = ClipSource(self.dataset, model.size, self.selection.ranges)
         L = model.history_frames
         self.min_frames = max(L + 2, 2)
         if self.source.longest_clip() < self.min_frames:
@@ -301,7 +316,7 @@ class Trainer:
         self.scaler_G, self.scaler_D = grad_scaler(self.precision, dev), grad_scaler(self.precision, dev)
         self.teacher = self._load_teacher(train.teacher) if train.teacher else None
         self.iteration = 0
-        self.subject_stats = self.dataset.subject_stats   # computed once, when the dataset was written
+        self.subject_stats = self.dataset.subject_stats_of(self.selection.ranges)   # of the training frames only
         if resume:
             self._resume()
 
