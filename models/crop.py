@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.landmarks import POSE_HEAD_LANDMARKS, POSE_LAYOUT, POSE_LIMB_NAMES, POSE_LIMBS
+from models.landmarks import FACE_NUM_LANDMARKS, POSE_HEAD_LANDMARKS, POSE_LAYOUT, POSE_LIMB_NAMES, POSE_LIMBS
 
 PERSON_MARGIN = 0.09         # person region: hull of the label map grown by this fraction of the frame side
 HEAD_MARGIN = 0.05           # head region: hull of the head landmarks grown by this fraction of the frame side
@@ -109,4 +109,16 @@ def feature_region(landmarks: np.ndarray, height: int, width: int, radius: float
         x, y, v = lm[i]
         if v >= VISIBLE and np.isfinite(x) and np.isfinite(y):
             cv2.circle(mask, (round(float(x) * width - 0.5), round(float(y) * height - 0.5)), r, 1, -1)
+    return mask
+
+
+def face_region(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W) mask of a face frame's face: the filled convex hull of its face-mesh points (the 468 mesh
+    points; the irises of a 478-point mesh lie inside). Empty without finite points."""
+    lm = np.asarray(landmarks, np.float32)[:FACE_NUM_LANDMARKS, :2]
+    lm = lm[np.isfinite(lm).all(1)]
+    mask = np.zeros((height, width), np.uint8)
+    if len(lm) >= 3:
+        pts = np.round(lm * np.float32((width, height)) - 0.5).astype(np.int32)
+        cv2.fillConvexPoly(mask, cv2.convexHull(pts), 1)
     return mask

@@ -185,6 +185,9 @@ FACE_POINTS: MappingProxyType = MappingProxyType({
     "right_eye_outer": 33, "right_eye_inner": 133,
     "left_eye_outer": 263, "left_eye_inner": 362,
     "right_cheek": 234, "left_cheek": 454,   # the face oval's widest points
+    "upper_lip_inner": 13, "lower_lip_inner": 14,             # the mouth's opening
+    "right_eye_top": 159, "right_eye_bottom": 145,            # the eyes' openings (upper and lower lid)
+    "left_eye_top": 386, "left_eye_bottom": 374,
 })
 
 

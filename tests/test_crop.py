@@ -239,3 +239,25 @@ def test_a_mirrored_detection_is_told_from_a_noisy_one():
     hidden = behind.copy()
     hidden[[11, 12, 23, 24], 2] = 0.1                                   # shoulders and hips not visible
     assert is_mirrored(hidden, pose) is None
+
+
+def test_face_openings_and_their_correlation_on_known_answers():
+    from models.crop import face_region
+    from models.landmarks import FACE_POINTS as P
+    from trainer.evaluate import correlation, face_openings
+
+    mesh = np.full((478, 3), 0.5, np.float32)
+    mesh[P["right_eye_outer"], :2], mesh[P["left_eye_outer"], :2] = (0.3, 0.4), (0.7, 0.4)   # 0.4 apart
+    mesh[P["upper_lip_inner"], :2], mesh[P["lower_lip_inner"], :2] = (0.5, 0.70), (0.5, 0.80)
+    mesh[P["right_eye_top"], :2], mesh[P["right_eye_bottom"], :2] = (0.35, 0.38), (0.35, 0.42)
+    mesh[P["left_eye_top"], :2], mesh[P["left_eye_bottom"], :2] = (0.65, 0.39), (0.65, 0.41)
+    mouth, eyes = face_openings(mesh)
+    assert mouth == pytest.approx(0.1 / 0.4) and eyes == pytest.approx(0.5 * (0.04 + 0.02) / 0.4)
+    broken = mesh.copy()
+    broken[P["lower_lip_inner"]] = np.nan
+    assert face_openings(broken) is None and face_openings(mesh[:33]) is None
+    assert correlation([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
+    assert correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert correlation([1, 2], [1, 2]) is None and correlation([1, 1, 1], [1, 2, 3]) is None
+    region = face_region(mesh, 100, 100)                                  # the hull of the mesh's points
+    assert region[40, 50] == 1 and region[75, 50] == 1 and region[10, 10] == 0 and region[90, 50] == 0

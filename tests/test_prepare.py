@@ -327,3 +327,26 @@ def test_mediapipe_log_lines_stay_off_the_console():
     loud = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**env, "POSECAST_MEDIAPIPE_LOGS": "1"})
     assert loud.returncode == 0 and "TensorFlow Lite" in loud.stderr and len(loud.stderr.splitlines()) > 2
+
+
+@needs_megamind
+@pytest.mark.timeout(300)
+def test_face_eval_figures_are_exact_on_the_real_frames_fed_back(tmp_path):
+    """posecast eval's face figures on known answers: the real frames scored as if generated give a mouth and an
+    eye correlation of 1, a landmark-error ratio of 1 and an exact face region."""
+    import torch
+
+    from trainer.clips import ClipSource
+    from trainer.evaluate import Scorer
+
+    prepare_video(MEGAMIND, tmp_path / "face", kind="face", size=128, max_frames=40, progress=False)
+    src = ClipSource(Dataset(tmp_path / "face"), 128)
+    scorer = Scorer("face", np.zeros((128, 128, 3), np.uint8))
+    for a, b in src.clips:
+        clip = src.load(a, b)
+        scorer.add_clip(clip["frames"].clone(), clip)
+    res = scorer.result()
+    assert res["frames"] >= 30 and res["detect_rate"] == res["detect_rate_real"] > 0.9
+    assert res["mouth_correlation"] == pytest.approx(1.0) and res["eye_correlation"] == pytest.approx(1.0)
+    assert res["pose_error_ratio"] == pytest.approx(1.0) and res["psnr_face"] == float("inf")
+    assert res["psnr_head"] is None and torch.isfinite(torch.tensor(res["pose_error"]))

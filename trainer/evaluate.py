@@ -30,6 +30,11 @@ to be exact cannot make a region's figure infinite):
                              what a featureless face makes MediaPipe do); each such frame adds ~0.2 to pose_error
     mirrored_rate_real     the same on the real frames
     detect_rate_real       the same on the real frames
+    psnr_face              face models: PSNR inside the face (the filled hull of the driving face mesh)
+    mouth_correlation      face models: Pearson correlation, over the frames where face mesh finds a face in both
+                             the generated and the real frame, of the mouth's opening in the two (inner lips 13-14
+                             over the outer eye corners' distance): does the mouth follow? (1: exactly)
+    eye_correlation        the same for the eyes' opening (lids 159-145 and 386-374, mean of both eyes)
     frames                 frames generated
 """
 
@@ -43,8 +48,8 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_generator
-from models.crop import VISIBLE
-from models.landmarks import FACE_NUM_LANDMARKS
+from models.crop import VISIBLE, face_region
+from models.landmarks import FACE_NUM_LANDMARKS, FACE_POINTS
 from models.visualize import VideoWriter, label_preview, side_by_side, to_uint8
 from models.warp import warp
 
@@ -134,6 +139,29 @@ def landmark_error(kind: str, detected: np.ndarray, driving: np.ndarray) -> floa
     return float(np.mean(np.linalg.norm(d[ok, :2] - g[ok, :2], axis=1)))
 
 
+def face_openings(landmarks: np.ndarray) -> tuple[float, float] | None:
+    """(mouth, eyes) opening of a face mesh: the inner lips' distance and the mean of the two eyes' lid distances,
+    each over the distance between the outer eye corners (scale-free); None when a point is missing."""
+    p = np.asarray(landmarks, np.float64)[:, :2]
+    if len(p) < FACE_NUM_LANDMARKS:
+        return None
+    f = FACE_POINTS
+    dist = lambda a, b: float(np.linalg.norm(p[f[a]] - p[f[b]]))  # noqa: E731
+    scale = dist("right_eye_outer", "left_eye_outer")
+    values = (dist("upper_lip_inner", "lower_lip_inner") / max(scale, 1e-9),
+              0.5 * (dist("right_eye_top", "right_eye_bottom") + dist("left_eye_top", "left_eye_bottom")) /
+              max(scale, 1e-9))
+    return values if scale > 0 and np.isfinite(values).all() else None
+
+
+def correlation(a: list[float], b: list[float]) -> float | None:
+    """Pearson correlation of two equally long series; None with fewer than 3 values or one constant."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 # Left/right pairs whose swap tells a mirrored detection: shoulders and hips.
 _MIRROR_PAIRS = ((11, 12), (23, 24))
 
@@ -188,7 +216,8 @@ class _PoseProbe:
         self.close()
         self._extractor = LandmarkExtractor(self.kind)
 
-    def add(self, rgb: np.ndarray, driving: np.ndarray) -> None:
+    def add(self, rgb: np.ndarray, driving: np.ndarray) -> np.ndarray | None:
+        """Detect on ``rgb``, score against ``driving``; returns the detection (None: none)."""
         found = self._extractor(rgb)
         self.frames += 1
         if found is not None:
@@ -197,6 +226,7 @@ class _PoseProbe:
             if self.kind == "dance":
                 flip = is_mirrored(found, driving)
                 self.mirrored.add(None if flip is None else float(flip))
+        return found
 
     def rate(self) -> float:
         return self.found / self.frames if self.frames else 0.0
@@ -219,7 +249,9 @@ class Scorer:
     def __init__(self, kind: str, plate: np.ndarray, *, pose: bool = True):
         self.kind, self.plate = kind, plate
         self.m = {k: _Mean() for k in ("psnr", "ssim", "ssim_person", "psnr_baseline")}
-        self.m.update({k: _Pooled() for k in ("psnr_person", "psnr_head", "psnr_background", "psnr_person_baseline")})
+        self.m.update({k: _Pooled() for k in ("psnr_person", "psnr_head", "psnr_face", "psnr_background",
+                                              "psnr_person_baseline")})
+        self.openings: list[tuple] = []    # face: (generated's (mouth, eyes), real's) of frames found in both
         self.fl, self.fl_real = [0.0, 0.0], [0.0, 0.0]
         self.probes = {"gen": _PoseProbe(kind), "real": _PoseProbe(kind)} if pose else {}
         self.frames = 0
@@ -244,9 +276,14 @@ class Scorer:
                 m["psnr_person_baseline"].add(masked_sse(plate, real, person))
                 if self.kind == "dance":
                     m["psnr_head"].add(masked_sse(gen, real, clip["head"][t, 0].numpy()))
+                else:
+                    m["psnr_face"].add(masked_sse(gen, real, face_region(lm, *real.shape[:2])))
                 if self.probes:
-                    self.probes["gen"].add(gen, lm)
-                    self.probes["real"].add(real, lm)
+                    found = self.probes["gen"].add(gen, lm), self.probes["real"].add(real, lm)
+                    if self.kind == "face" and found[0] is not None and found[1] is not None:
+                        pair = face_openings(found[0]), face_openings(found[1])
+                        if None not in pair:
+                            self.openings.append(pair)
                 if writer:
                     writer.write(side_by_side(label_preview(clip["labels"][t].numpy()), gen, real))
                 self.frames += 1
@@ -271,6 +308,10 @@ class Scorer:
                            "detect_rate": gen.rate(), "detect_rate_real": real.rate()})
             if self.kind == "dance":
                 result.update({"mirrored_rate": gen.mirrored.value(), "mirrored_rate_real": real.mirrored.value()})
+            else:
+                pairs = self.openings
+                result["mouth_correlation"] = correlation([g[0] for g, _ in pairs], [r[0] for _, r in pairs])
+                result["eye_correlation"] = correlation([g[1] for g, _ in pairs], [r[1] for _, r in pairs])
             result["pose_error_ratio"] = _ratio(result["pose_error"], result["pose_error_real"])
         return result
 
@@ -330,12 +371,17 @@ def format_report(res: dict) -> str:
              f"(drawing nothing: {f('psnr_person_baseline', unit=' dB')})"]
     if res.get("psnr_head") is not None:
         lines.append(f"  head region    PSNR {f('psnr_head', unit=' dB')}")
+    if res.get("psnr_face") is not None:
+        lines.append(f"  face           PSNR {f('psnr_face', unit=' dB')}")
     lines.append(f"  room           PSNR {f('psnr_background', unit=' dB')}")
     lines.append(f"  flicker        {f('flicker')} (real clip {f('flicker_real')}, ratio {f('flicker_ratio')})")
     if "pose_error" in res:
         lines.append(f"  pose check     error {f('pose_error', '{:.4f}')} of the frame side on generated frames, "
                      f"{f('pose_error_real', '{:.4f}')} on real ones (ratio {f('pose_error_ratio')}); "
                      f"detected in {f('detect_rate', '{:.0%}')} (real {f('detect_rate_real', '{:.0%}')})")
+    if "mouth_correlation" in res:
+        lines.append(f"  mouth, eyes    their opening follows the real frames' with correlation "
+                     f"{f('mouth_correlation')} (mouth), {f('eye_correlation')} (eyes)")
     if "mirrored_rate" in res:
         lines.append(f"  mirrored       {f('mirrored_rate', '{:.0%}')} of the detections read the person from behind "
                      f"(real {f('mirrored_rate_real', '{:.0%}')})")
