@@ -16,7 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.landmarks import FACE_NUM_LANDMARKS, POSE_HEAD_LANDMARKS, POSE_LAYOUT, POSE_LIMB_NAMES, POSE_LIMBS
+from models.landmarks import (FACE_CONTOURS, FACE_NUM_LANDMARKS, POSE_HEAD_LANDMARKS, POSE_LAYOUT, POSE_LIMB_NAMES,
+                              POSE_LIMBS)
 
 PERSON_MARGIN = 0.09         # person region: hull of the label map grown by this fraction of the frame side
 HEAD_MARGIN = 0.05           # head region: hull of the head landmarks grown by this fraction of the frame side
@@ -99,10 +100,28 @@ FACE_FEATURES: tuple[int, ...] = tuple(POSE_LAYOUT.index(n) for n in
                                        ("nose", "left_eye", "right_eye", "mouth_left", "mouth_right"))
 
 
-def feature_region(landmarks: np.ndarray, height: int, width: int, radius: float = FEATURE_RADIUS) -> np.ndarray:
-    """uint8 (H, W) mask of a dance frame's face features: a disk of ``radius`` x the frame side around each
-    visible eye, the nose and the mouth corners. Empty when none is visible."""
+# Face-mesh groups whose pixels say most about a face's expression: the eyes and the mouth.
+FACE_FEATURE_GROUPS: tuple[str, ...] = ("left_eye", "right_eye", "lips_outer")
+FACE_FEATURE_POINTS: dict[str, tuple[int, ...]] = {
+    g: tuple(sorted({i for line in FACE_CONTOURS[g] for i in line})) for g in FACE_FEATURE_GROUPS}
+FACE_DETAIL_POINTS: tuple[int, ...] = tuple(sorted({i for pts in FACE_FEATURE_POINTS.values() for i in pts}))
+
+
+def feature_region(landmarks: np.ndarray, height: int, width: int, radius: float = FEATURE_RADIUS,
+                   kind: str = "dance") -> np.ndarray:
+    """uint8 (H, W) mask of a frame's face features. dance: a disk of ``radius`` x the frame side around each
+    visible eye, the nose and the mouth corners; face: the hull of each eye and of the lips, grown by ``radius``
+    x the side. Empty when none is visible."""
     lm = np.asarray(landmarks, np.float32)
+    if kind == "face":
+        mask = np.zeros((height, width), np.uint8)
+        for pts in FACE_FEATURE_POINTS.values():
+            p = lm[list(pts), :2] if len(lm) >= FACE_NUM_LANDMARKS else np.empty((0, 2), np.float32)
+            p = p[np.isfinite(p).all(1)]
+            if len(p) >= 3:
+                mask |= hull_mask(p * np.float32((width, height)) - 0.5, height, width,
+                                  round(radius * min(height, width)))
+        return mask
     mask = np.zeros((height, width), np.uint8)
     r = max(1, round(radius * min(height, width)))
     for i in FACE_FEATURES:

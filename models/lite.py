@@ -226,7 +226,7 @@ class LiteGenerator(SequentialGenerator):
             return frame
         if head is None:  # no head landmarks given: where models.window.head_box places it without them
             h, w = frame.shape[-2:]
-            xy = head_box(None, CropBox(0, 0, h, w), self.cfg.size, self.head_branch.side)
+            xy = head_box(None, CropBox(0, 0, h, w), self.cfg.size, self.head_branch.side, self.cfg.kind)
             head = frame.new_tensor([xy], dtype=torch.float32).expand(len(frame), 2)
         return self.head_branch(frame, current, head)
 

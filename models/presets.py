@@ -60,8 +60,8 @@ class ModelConfig:
     crop_height: int = 0              # window height in pixels of the model frame (0: size)
     crop_width: int = 0               # window width in pixels of the model frame (0: size)
     head_crop: int = 0                # side in pixels of the head window refined by lite's head branch
-                                      #   (0: no head branch; -1: models.window.default_head_side, size / 8 in
-                                      #   multiples of 8, at least 16)
+                                      #   (0: no head branch; -1: models.window.default_head_side: size / 8
+                                      #   for a body's head, 3/8 for a face's eyes and lips)
     window_smoothing: float = 0.6     # lite: weight of the window's previous centre in its per-frame moving average
     window_border_px: int = 6         # lite: the compositing alpha fades to zero over this many pixels at the border
     flow_grad_scale: float = 0.1      # lite: the flow/warp losses' gradient into the features the image shares
@@ -86,7 +86,7 @@ class ModelConfig:
     def head_side(self) -> int:
         """Side of the head window in pixels (0: no head branch)."""
         if self.head_crop == -1:
-            return default_head_side(self.size)
+            return default_head_side(self.size, self.kind)
         return self.head_crop
 
     @property
@@ -158,6 +158,9 @@ class ModelConfig:
             step, why = 2 ** (self.n_downsample + self.n_local), "2^(n_downsample + n_local)"
         if self.size < 16 or self.size % step:
             raise ValueError(f"size {self.size} must be >= 16 and a multiple of {step} ({why})")
+        if self.person_crop and self.kind == "face":
+            raise ValueError("person_crop follows a body in the frame; a face dataset's frames are the stabilised "
+                             "face crop already (the face-lite preset draws in them)")
         if not 0.0 <= self.window_smoothing < 1.0:
             raise ValueError(f"window_smoothing must be in [0, 1), got {self.window_smoothing}")
         if not 1 <= self.window_border_px <= min(self.crop_hw) // 2:
@@ -254,6 +257,14 @@ def _face() -> ModelConfig:
     """Talking-face model: face-mesh edge + distance-transform labels."""
     return ModelConfig(name="face", kind="face", size=256, history_frames=2, ngf=32, n_downsample=3,
                        n_blocks=6, n_blocks_flow=2)
+
+
+@register_preset
+def _face_lite() -> ModelConfig:
+    """CPU real-time face model (models/lite.py): lite's generator on the stabilised face crop (the whole frame of a
+    face dataset), its head branch a full-resolution detail window on the eyes and mouth."""
+    return ModelConfig(name="face-lite", kind="face", arch="lite", size=256, history_frames=2, ngf=32, n_blocks=4,
+                       head_crop=-1)
 
 
 @register_preset

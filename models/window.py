@@ -5,8 +5,8 @@ home, used by training, evaluation and the live session alike, so that all three
   whole frame; person-crop generators (models/lite.py) in a fixed-size window that follows the person, composited
   onto the background plate. Its position is snapped to ``CROP_STRIDE`` pixels (the generator's input stride, so
   a move shifts its features by whole cells) and smoothed over time (``BoxTracker``).
-* **The head window**: a ``head_side`` x ``head_side`` square inside the window, on the head landmarks
-  (``head_box``): what lite's head branch refines and the face discriminator judges. One size rule,
+* **The head window**: a ``head_side`` x ``head_side`` square inside the window, on a pose's head or a face's
+  eyes and lips (``head_box``): what lite's head branch refines and the face discriminator judges. One size rule,
   ``default_head_side``.
 * **Placement** (``Placer``): both, frame by frame, for one stream (a training clip or a live session);
   ``place_clips`` for a batch of clips.
@@ -24,17 +24,31 @@ import dataclasses
 
 import numpy as np
 
-from .crop import VISIBLE, _head_points
+from .crop import FACE_DETAIL_POINTS, VISIBLE, _head_points
+from .landmarks import FACE_NUM_LANDMARKS
 
 CROP_STRIDE = 4              # window positions are multiples of this many pixels (lite's stride-4 input conv)
 SMOOTHING = 0.6              # the window's centre: weight of its previous position in the per-frame moving average
                              #   (a model's own: ModelConfig.window_smoothing)
 
 
-def default_head_side(size: int) -> int:
-    """Side in pixels of the head window of a ``size`` px model: size / 8 rounded down to a multiple of 8, at
-    least 16 (a PatchGAN with two strided layers still sees a 4 x 4 grid)."""
-    return max(16, size // 8 // 8 * 8)
+def default_head_side(size: int, kind: str = "dance") -> int:
+    """Side in pixels of the head window of a ``size`` px model, a multiple of 8, at least 16 (a PatchGAN with two
+    strided layers still sees a 4 x 4 grid): dance, the head of a body: size / 8; face, the eyes and the mouth of
+    a face crop: 3/8 of the size."""
+    return max(16, (size * 3 // 8 if kind == "face" else size // 8) // 8 * 8)
+
+
+def detail_points(kind: str, landmarks: np.ndarray) -> np.ndarray | None:
+    """(N, 2) normalised points the head window centres on: the visible head landmarks of a pose (0-10), the
+    eyes and lips of a face mesh; None when there are none."""
+    if kind == "face":
+        lm = np.asarray(landmarks, np.float32)
+        pts = lm[list(FACE_DETAIL_POINTS), :2] if len(lm) >= FACE_NUM_LANDMARKS else None
+    else:
+        pts = _head_points("dance", landmarks)
+    pts = None if pts is None else pts[np.isfinite(pts).all(1)]
+    return pts if pts is not None and len(pts) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +112,13 @@ class BoxTracker:
         return self._box(self._centre if self._centre is not None else np.full(2, self.frame_size / 2.0))
 
 
-def head_box(landmarks: np.ndarray | None, window: CropBox, frame_size: int, side: int) -> tuple[int, int]:
-    """(x0, y0) in ``window`` pixels of the ``side`` x ``side`` head window: centred on the visible head landmarks
-    (pose 0-10), clamped inside ``window``; at its top centre when no head landmark is visible. Stateless, so the
-    live session and training place it identically."""
-    pts = None if landmarks is None else _head_points("dance", landmarks)
-    pts = None if pts is None else pts[np.isfinite(pts).all(1)]
-    if pts is None or not len(pts):
+def head_box(landmarks: np.ndarray | None, window: CropBox, frame_size: int, side: int,
+             kind: str = "dance") -> tuple[int, int]:
+    """(x0, y0) in ``window`` pixels of the ``side`` x ``side`` head window: centred on ``detail_points`` (a
+    pose's head, a face's eyes and lips), clamped inside ``window``; at its top centre when there are none.
+    Stateless, so the live session and training place it identically."""
+    pts = None if landmarks is None else detail_points(kind, landmarks)
+    if pts is None:
         cx, cy = window.width / 2.0, side / 2.0
     else:
         c = pts.mean(0) * frame_size
@@ -132,8 +146,10 @@ class Placer:
     the whole frame; a crop smaller than the frame follows the person (``BoxTracker``); ``head_side`` > 0 also
     places the head window. ``reset()`` starts the stream over (a new clip, a session's reset)."""
 
-    def __init__(self, size: int, crop_hw: tuple[int, int], head_side: int = 0, smoothing: float = SMOOTHING):
+    def __init__(self, size: int, crop_hw: tuple[int, int], head_side: int = 0, smoothing: float = SMOOTHING,
+                 kind: str = "dance"):
         self.size, self.crop_hw, self.head_side, self.smoothing = size, tuple(crop_hw), head_side, smoothing
+        self.kind = kind
         self.follows = self.crop_hw != (size, size)    # a person crop (else the window is the whole frame)
         self._tracker = BoxTracker(size, *self.crop_hw, smoothing=smoothing) if self.follows else None
         self._whole = CropBox(0, 0, size, size)
@@ -142,7 +158,8 @@ class Placer:
     def of(cls, cfg, head_side: int | None = None) -> "Placer":
         """The placer of a model config (models.presets.ModelConfig); ``head_side`` overrides the model's own
         (the face discriminator's window on models without a head branch)."""
-        return cls(cfg.size, cfg.crop_hw, cfg.head_side if head_side is None else head_side, cfg.window_smoothing)
+        return cls(cfg.size, cfg.crop_hw, cfg.head_side if head_side is None else head_side, cfg.window_smoothing,
+                   cfg.kind)
 
     def reset(self) -> None:
         if self._tracker is not None:
@@ -150,12 +167,12 @@ class Placer:
 
     def update(self, landmarks: np.ndarray | None) -> Placement:
         box = self._tracker.update(landmarks) if self._tracker is not None else self._whole
-        head = head_box(landmarks, box, self.size, self.head_side) if self.head_side else None
+        head = head_box(landmarks, box, self.size, self.head_side, self.kind) if self.head_side else None
         return Placement(box, head)
 
     def first(self) -> Placement:
         """Where a stream's window stands before any person was seen (a fresh placer's, left unchanged)."""
-        return Placer(self.size, self.crop_hw, self.head_side, self.smoothing).update(None)
+        return Placer(self.size, self.crop_hw, self.head_side, self.smoothing, self.kind).update(None)
 
 
 def place_clips(placer: Placer, landmarks, batch: int, frames: int) -> list[list[Placement]]:

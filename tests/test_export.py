@@ -21,7 +21,8 @@ from realtime.engine import EngineError, TorchEngine, open_engine
 from realtime.export import ExportError, export, export_onnx
 
 SMALL = dict(size=32, ngf=8, ndf=8)
-CASES = [("dance", 0), ("dance-perframe", 0), ("face", 0), ("dance", 1), ("lite", 0), ("lite-crop", 0)]
+CASES = [("dance", 0), ("dance-perframe", 0), ("face", 0), ("dance", 1), ("lite", 0), ("lite-crop", 0),
+         ("face-lite", 0)]
 # lite in a person crop smaller than the frame, with its head branch.
 VARIANT = {"lite-crop": ("lite", dict(size=48, crop_height=32, crop_width=16, head_crop=8))}
 HAS_CUDA = torch.cuda.is_available()

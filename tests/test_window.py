@@ -89,3 +89,52 @@ def test_the_engine_starts_where_a_window_stands_before_a_person(tmp_path):
     engine = open_engine(tmp_path, "torch")
     box = Placer.of(cfg).first().box
     assert np.array_equal(engine.zero_inputs()["plate"][0], cut(engine.plate, box))
+
+
+def _face_mesh(rng: np.random.Generator, centre: tuple[float, float]) -> np.ndarray:
+    """A 478-point 'mesh' scattered around ``centre`` (what the placement and the renderer need of one)."""
+    lm = np.zeros((478, 3), np.float32)
+    lm[:, :2] = np.asarray(centre, np.float32) + rng.uniform(-0.2, 0.2, (478, 2)).astype(np.float32)
+    return lm
+
+
+def test_face_lite_draws_the_whole_face_crop_with_a_detail_window_on_the_eyes_and_mouth(tmp_path):
+    """face-lite: lite's generator on a face crop; its head window follows the eyes and lips, and the live session
+    places it and draws exactly as the training rollout does."""
+    from models.checkpoint import save_checkpoint
+    from models.crop import FACE_DETAIL_POINTS
+    from models.render import render_labels
+    from models.visualize import to_uint8
+    from realtime.engine import open_engine
+    from realtime.session import Session
+
+    cfg = get_preset("face-lite", size=64, ngf=8)
+    assert cfg.crop_hw == (64, 64) and cfg.head_side == default_head_side(64, "face") == 24 and cfg.label_nc == 9
+    rng = np.random.default_rng(0)
+    meshes = np.stack([_face_mesh(rng, (0.45 + 0.02 * t, 0.5)) for t in range(5)])
+    labels = torch.from_numpy(np.stack([render_labels("face", m, 64, 64) for m in meshes]))[None]
+    torch.manual_seed(0)
+    G = build_generator(cfg).eval()
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        fake = G.rollout(labels, landmarks=torch.from_numpy(meshes)[None])[0][0]
+    places = G.placements(torch.from_numpy(meshes)[None], 1, 5)[0]
+    for p, m in zip(places, meshes):
+        centre = m[list(FACE_DETAIL_POINTS), :2].mean(0) * 64
+        assert p.box == CropBox(0, 0, 64, 64)
+        assert abs(p.head[0] + 12 - centre[0]) <= 1 and abs(p.head[1] + 12 - centre[1]) <= 1
+    save_checkpoint(tmp_path / "generator", {f"G.{k}": v for k, v in G.state_dict().items()}, cfg, {})
+    session = Session(open_engine(tmp_path, "torch"))
+    for t in range(5):
+        feeds = session.prepare(meshes[t])
+        assert tuple(feeds["head"][0]) == places[t].head
+        rgb = session.finish(np.asarray(session.engine.step(feeds))[0])
+        assert np.array_equal(rgb, to_uint8(fake[t].numpy()))
+    from models.crop import FACE_FEATURE_POINTS, feature_region
+
+    features = feature_region(meshes[0], 64, 64, kind="face")          # what the L1 weights up: eyes and lips
+    lips = np.round(meshes[0][list(FACE_FEATURE_POINTS["lips_outer"]), :2] * 64 - 0.5).astype(int).clip(0, 63)
+    assert features.any() and features[lips[:, 1], lips[:, 0]].all()
+    with pytest.raises(ValueError, match="face dataset's frames are the stabilised face crop already"):
+        get_preset("lite", kind="face")

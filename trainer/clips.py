@@ -103,7 +103,7 @@ class ClipSource:
         labels (T, C, S, S) [0,1]; frames (T, 3, S, S) [-1,1]; flow (T, 2, S, S) px; conf (T, 1, S, S) [0,1];
         landmarks (T, K, 3) as stored (normalised to the frame; what crop-aware generators place their crop by);
         person, head, limbs, features (T, 1, S, S) {0, 1}: the person's, head's, limbs' and face features' regions
-        (models/crop.py; all but person are empty for face data), from the unaugmented labels (what the losses weight and eval scores)."""
+        (models/crop.py; head and limbs are empty for face data, whose features are its eyes and lips), from the unaugmented labels (what the losses weight and eval scores)."""
         ds = self.ds
         frames, flows, confs, labels, person, head, limbs, features = [], [], [], [], [], [], [], []
         sx, sy = self._scale
@@ -119,7 +119,7 @@ class ClipSource:
             lm = np.asarray(ds.landmarks[i])
             head.append(head_region(self.kind, lm, self.size, self.size) if self.kind == "dance" else empty)
             limbs.append(limb_region(lm, self.size, self.size) if self.kind == "dance" else empty)
-            features.append(feature_region(lm, self.size, self.size) if self.kind == "dance" else empty)
+            features.append(feature_region(lm, self.size, self.size, kind=self.kind))
         frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return {
             "labels": torch.from_numpy(np.stack(labels)),

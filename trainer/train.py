@@ -242,8 +242,9 @@ class Trainer:
         self.progress = progress and dist.main
         self.on_iteration = on_iteration  # called as (iteration, scalar losses) after each update
         self.clock = NoClock()            # where an iteration's time goes (trainer/clock.py; the benchmark sets one)
-        if train.w_face_gan > 0 and model.kind != "dance":
-            raise ValueError(f"w_face_gan judges the head window of a body pose; a {model.kind!r} model has none")
+        if train.w_face_gan > 0 and model.kind != "dance" and not model.head_side:
+            raise ValueError(f"w_face_gan judges the head window (a body's head, a face model's eyes and mouth); "
+                             f"this {model.kind!r} model has none (head_crop 0)")
         self.device = pick_device(train.device)
         if dist.on and self.device.type == "cuda":
             self.device = torch.device("cuda", dist.local_rank)
@@ -299,7 +300,7 @@ class Trainer:
         self.D = ImageDiscriminator(model).to(dev) if train.w_gan > 0 or train.w_fm > 0 else None
         self.DT = TemporalDiscriminator(model).to(dev) if model.is_temporal and train.w_temporal > 0 else None
         self.DF = FaceDiscriminator(model).to(dev) if train.w_face_gan > 0 else None
-        self.face_side = model.head_side or default_head_side(model.size)   # the face D's window
+        self.face_side = model.head_side or default_head_side(model.size, model.kind)   # the face D's window
         if train.channels_last:   # (the generator only: the discriminators measured slower in NHWC on this CPU)
             for net in (self.G, self.G_ema):
                 if net is not None:
