@@ -54,7 +54,7 @@ def person_region(label_map: np.ndarray, margin: float = PERSON_MARGIN) -> np.nd
     return hull_mask(pts.reshape(-1, 2), h, w, round(margin * min(h, w)))
 
 
-def _head_points(kind: str, landmarks: np.ndarray) -> np.ndarray:
+def head_points(kind: str, landmarks: np.ndarray) -> np.ndarray:
     lm = np.asarray(landmarks, np.float32)
     if kind == "dance":
         head = lm[list(POSE_HEAD_LANDMARKS)]
@@ -68,7 +68,7 @@ def head_region(kind: str, landmarks: np.ndarray, height: int, width: int,
                 margin: float = HEAD_MARGIN) -> np.ndarray:
     """uint8 (H, W) mask of the head: the hull of the head landmarks (pose 0-10; every face-mesh point) grown by
     ``margin`` x the frame side. Empty when no head landmark is present."""
-    pts = _head_points(kind, landmarks) * np.float32((width, height)) - 0.5
+    pts = head_points(kind, landmarks) * np.float32((width, height)) - 0.5
     return hull_mask(pts, height, width, round(margin * min(height, width)))
 
 

@@ -35,6 +35,8 @@ ARCH_FIELDS: dict[str, tuple[str, ...]] = {
              "window_border_px", "flow_grad_scale"),
 }
 LITE_STRIDE = 16    # lite's frame (and window) sides are multiples of this (a stride-4 input, then two stride-2 steps)
+# What the lite preset set vid2vid's fields to before configs held only their architecture's (older files hold them).
+_OLD_LITE_VALUES = {"n_downsample": 4, "n_blocks_flow": 0, "norm": "none"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +117,20 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         """A saved config; fields its architecture does not read (saved by older versions, which kept every
         field) are dropped."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a model config is a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")
-        unread = cls.unread_fields(d.get("arch", "vid2vid"))
-        d = {k: v for k, v in d.items() if k not in unread}
+        arch = d.get("arch", "vid2vid")
+        if isinstance(arch, str) and arch in ARCH_FIELDS:
+            # Older files saved every field: the other architecture's at their defaults (or, for lite, at what its
+            # preset set them to). Those go; any other value stays, for validate() to refuse.
+            defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+            harmless = {**defaults, **(_OLD_LITE_VALUES if arch == "lite" else {})}
+            d = {k: v for k, v in d.items()
+                 if k not in cls.unread_fields(arch) or (v != harmless[k] and v != defaults[k])}
         if "temporal_spacings" in d:
             d["temporal_spacings"] = tuple(int(s) for s in d["temporal_spacings"])
         cfg = cls(**d)
@@ -158,8 +168,12 @@ class ModelConfig:
             step, why = 2 ** (self.n_downsample + self.n_local), "2^(n_downsample + n_local)"
         if self.size < 16 or self.size % step:
             raise ValueError(f"size {self.size} must be >= 16 and a multiple of {step} ({why})")
-        if self.person_crop and self.kind == "face":
-            raise ValueError("person_crop follows a body in the frame; a face dataset's frames are the stabilised "
+        for name in ("crop_height", "crop_width"):
+            v = getattr(self, name)
+            if not 0 <= v <= self.size:
+                raise ValueError(f"{name} {v} must be between 0 (the whole frame) and size {self.size}")
+        if (self.person_crop or self.crop_height or self.crop_width) and self.kind == "face":
+            raise ValueError("a person crop follows a body in the frame; a face dataset's frames are the stabilised "
                              "face crop already (the face-lite preset draws in them)")
         if not 0.0 <= self.window_smoothing < 1.0:
             raise ValueError(f"window_smoothing must be in [0, 1), got {self.window_smoothing}")
@@ -173,10 +187,6 @@ class ModelConfig:
             raise ValueError(f"norm must be instance|batch|none, got {self.norm!r}")
         if self.temporal_frames < 2:
             raise ValueError("temporal_frames must be >= 2")
-        for name in ("crop_height", "crop_width"):
-            v = getattr(self, name)
-            if not 0 <= v <= self.size:
-                raise ValueError(f"{name} {v} must be between 0 (the whole frame) and size {self.size}")
         if self.head_crop < -1 or self.head_side > min(self.crop_hw):
             raise ValueError(f"head_crop {self.head_crop} must be -1 (auto), 0 (none) or a side that fits the "
                              f"{self.crop_hw[0]}x{self.crop_hw[1]} window")

@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from .crop import FACE_DETAIL_POINTS, VISIBLE, _head_points
+from .crop import FACE_DETAIL_POINTS, VISIBLE, head_points
 from .landmarks import FACE_NUM_LANDMARKS
 
 CROP_STRIDE = 4              # window positions are multiples of this many pixels (lite's stride-4 input conv)
@@ -33,10 +33,9 @@ SMOOTHING = 0.6              # the window's centre: weight of its previous posit
 
 
 def default_head_side(size: int, kind: str = "dance") -> int:
-    """Side in pixels of the head window of a ``size`` px model, a multiple of 8, at least 16 (a PatchGAN with two
-    strided layers still sees a 4 x 4 grid): dance, the head of a body: size / 8; face, the eyes and the mouth of
-    a face crop: 3/8 of the size."""
-    return max(16, (size * 3 // 8 if kind == "face" else size // 8) // 8 * 8)
+    """Side in pixels of the head window of a ``size`` px model, a multiple of 8, at least 8: dance, the head of a
+    body: size / 8; face, the eyes and the mouth of a face crop: 3/8 of the size."""
+    return max(8, (size * 3 // 8 if kind == "face" else size // 8) // 8 * 8)
 
 
 def detail_points(kind: str, landmarks: np.ndarray) -> np.ndarray | None:
@@ -46,7 +45,7 @@ def detail_points(kind: str, landmarks: np.ndarray) -> np.ndarray | None:
         lm = np.asarray(landmarks, np.float32)
         pts = lm[list(FACE_DETAIL_POINTS), :2] if len(lm) >= FACE_NUM_LANDMARKS else None
     else:
-        pts = _head_points("dance", landmarks)
+        pts = head_points("dance", landmarks)
     pts = None if pts is None else pts[np.isfinite(pts).all(1)]
     return pts if pts is not None and len(pts) else None
 

@@ -112,8 +112,18 @@ def test_a_config_saves_the_fields_its_architecture_reads_and_loads_older_files(
     older = {**saved, "n_downsample": 4, "n_blocks_flow": 0, "max_ngf": 512, "norm": "none", "flow_max_px": 0.0}
     del older["window_smoothing"], older["window_border_px"], older["flow_grad_scale"]
     assert ModelConfig.from_dict(older) == lite            # written by an older version: every field, no constants
-    bundled = json.loads((REPO / "models" / "default" / "generator.json").read_text())["config"]
-    assert ModelConfig.from_dict(bundled).arch == "lite"
+    bundled = ModelConfig.from_dict(json.loads((REPO / "models" / "default" / "generator.json").read_text())["config"])
+    assert bundled == get_preset("lite").replace(crop_height=256, crop_width=208) and bundled.head_side == 32
+    hostile = {**get_preset("dance").to_dict(), "crop_height": 128}      # not a leftover default: refused
+    with pytest.raises(ValueError, match="does not read crop_height=128"):
+        ModelConfig.from_dict(hostile)
+    for bad in ([], ["name"], "lite"):
+        with pytest.raises(ValueError, match="a model config is a JSON object"):
+            ModelConfig.from_dict(bad)
+    with pytest.raises(ValueError, match="crop_height -16 must be between 0"):   # bounds before what uses them
+        get_preset("lite", crop_height=-16)
+    with pytest.raises(ValueError, match="face crop already"):
+        get_preset("face-lite", crop_height=128, crop_width=128)
 
 
 def test_lite_flow_branch_reaches_shared_features_scaled_down():

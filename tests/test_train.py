@@ -574,6 +574,8 @@ def test_frames_are_chosen_by_clip_identity_and_range(two_people):
     both = ds.select(clips=[1, 2])
     assert both.identities == ("A", "B") and "span identities A, B" in both.mixed()
     assert ds.select().frames == 48
+    overlap = ds.select(frames=[(0, 8), (4, 10), (10, 12), (30, 40)])    # overlapping, touching: merged
+    assert overlap.ranges == ((0, 12), (30, 36), (36, 40)) and overlap.frames == 22
     for kwargs, message in ((dict(clips=[7]), "no clip 7 (clips 0-3)"), (dict(identity="C"), "no clip of identity "
                             "'C' (the clip table has A, B)"), (dict(clips=[0], frames=[(30, 40)]), "no frames")):
         with pytest.raises(DatasetError, match=re.escape(message)):

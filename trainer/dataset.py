@@ -310,7 +310,8 @@ class Dataset:
         extra = self.manifest.extra if isinstance(self.manifest.extra, dict) else {}
         table = extra.get("clip_table") if isinstance(extra.get("clip_table"), list) else []
         kept = {tuple(r["dataset"]): str(r.get("identity") or "") for r in table
-                if isinstance(r, dict) and isinstance(r.get("dataset"), list) and len(r["dataset"]) == 2}
+                if isinstance(r, dict) and isinstance(r.get("dataset"), list) and len(r["dataset"]) == 2
+                and all(type(v) is int for v in r["dataset"])}
         return [kept.get(c, "") for c in self.clips]
 
     def select(self, clips: list[int] | None = None, identity: str | None = None,
@@ -335,9 +336,14 @@ class Dataset:
         picked = []
         for c in chosen:
             a, b = ranges[c]
-            for fa, fb in frames or [(a, b)]:
-                if min(b, fb) > max(a, fa):
-                    picked.append((c, max(a, fa), min(b, fb)))
+            parts = sorted((max(a, fa), min(b, fb)) for fa, fb in frames or [(a, b)] if min(b, fb) > max(a, fa))
+            merged: list[list[int]] = []
+            for pa, pb in parts:   # overlapping or touching ranges are one: no frame twice, no clip cut in two
+                if merged and pa <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], pb)
+                else:
+                    merged.append([pa, pb])
+            picked += [(c, pa, pb) for pa, pb in merged]
         if not picked:
             raise DatasetError(f"{self.path}: no frames selected (clips {clips}, identity {identity}, frames "
                                f"{frames})")

@@ -77,8 +77,8 @@ class TrainConfig:
                                       #   parts a regression blurs first; what pose re-detection looks at)
     w_alpha: float = 0.0              # BCE of a plate-compositing generator's alpha against the person's silhouette
                                       #   (pixels that differ from the data's background plate): the person opaque
-    w_features: float = 0.0           # extra L1 weight on disks around the eyes, nose and mouth, on top (the few
-                                      #   pixels that say which way the person faces)
+    w_features: float = 0.0           # extra L1 weight on the face's features, on top: disks around a body's eyes,
+                                      #   nose and mouth (which way the person faces); a face mesh's eyes and lips
     w_stable: float = 0.0             # temporal change: |(f_t - warp f_t-1) - (r_t - warp r_t-1)| along the data's
                                       #   flow (losses.temporal_change_loss): flicker, penalised directly
     w_face_gan: float = 0.0           # face GAN (Everybody Dance Now): adversarial loss of a PatchGAN of its own on
@@ -266,9 +266,9 @@ class Trainer:
                                              train.identity or None, train.frame_ranges)
         if self.selection.mixed() and dist.main:
             warnings.warn(self.selection.mixed(), MixedIdentityWarning, stacklevel=2)
-        rows = np.concatenate([np.arange(a, b) for a, b in self.selection.ranges])
         if model.person_crop and not (model.crop_height or model.crop_width):
             # Size the person window from the training frames' landmarks; it is saved with the model config.
+            rows = np.concatenate([np.arange(a, b) for a, b in self.selection.ranges])
             h, w = crop_size_for(np.asarray(self.dataset.landmarks[rows]), model.size)
             model = model.replace(crop_height=h, crop_width=w)
         self.cfg, self.tc = model, train
