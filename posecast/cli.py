@@ -165,10 +165,11 @@ def _cmd_eval(args) -> int:
     from trainer.evaluate import evaluate, format_report
 
     video = None if args.no_video else (args.video or str(Path(args.run) / "eval.mp4"))
-    res = evaluate(args.run, args.data, clips=parse_clip_numbers(args.clips), identity=args.identity,
-                   frame_ranges=parse_frame_ranges(args.frames), video=video,
-                   max_frames=args.max_frames, device=args.device, pose=not args.no_pose,
-                   progress=not (args.quiet or args.json))
+    with _plain_warnings():
+        res = evaluate(args.run, args.data, clips=parse_clip_numbers(args.clips), identity=args.identity,
+                       frame_ranges=parse_frame_ranges(args.frames), video=video,
+                       max_frames=args.max_frames, device=args.device, pose=not args.no_pose,
+                       progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(res))
     else:
@@ -218,7 +219,7 @@ def _cmd_serve(args) -> int:
           max_connections_per_address=args.max_connections_per_address,
           idle_timeout_s=args.idle_timeout or args.heartbeat + 1.0, heartbeat_s=args.heartbeat,
           max_batch=args.max_batch, history=args.history, jpeg_quality=args.jpeg_quality,
-          stats_interval_s=args.stats_interval)
+          stats_interval_s=args.stats_interval, recalibrate=args.recalibrate)
     return 0
 
 
@@ -437,8 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--idle-timeout", type=float, default=None,
                    help="free a silent client's session after S seconds (default: heartbeat + 1)")
     s.add_argument("--max-batch", type=int, default=0,
-                   help="sessions per batched engine call (default 0: the fastest size up to 16, measured at start; "
-                        "1: one call per session)")
+                   help="sessions per batched engine call (default 0: the fastest size up to 16, measured at the "
+                        "first start and kept per model, engine and machine in ~/.cache/posecast; 1: one call per "
+                        "session)")
+    s.add_argument("--recalibrate", action="store_true",
+                   help="measure the fastest batch size again instead of using the one measured before")
     s.add_argument("--history", choices=["auto", "device", "host"], default="auto",
                    help="where each client's history frames live (default auto: on the GPU when the engine runs on "
                         "CUDA, so only the label map goes in and the uint8 frame comes out per step; else host memory)")

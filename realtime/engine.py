@@ -25,7 +25,9 @@ Loading never imports trainer/: the model is rebuilt from its checkpoint (models
 from __future__ import annotations
 
 import abc
+import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -432,6 +434,69 @@ def open_engine(model: str | os.PathLike, backend: str = "onnxruntime", **kwargs
     if backend not in _BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; available: {', '.join(list_backends())}")
     return _BACKENDS[backend](model, **kwargs)
+
+
+def calibration_cache_path() -> Path:
+    """Where measured batch sizes are kept: ``$POSECAST_CACHE_DIR`` or ``$XDG_CACHE_HOME/posecast`` (default
+    ``~/.cache/posecast``), file ``batch-calibration.json``."""
+    root = os.environ.get("POSECAST_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "posecast")
+    return Path(root) / "batch-calibration.json"
+
+
+def calibration_key(model: str | os.PathLike, engine: "Engine", limit: int) -> str:
+    """What a measured batch size depends on: the model's weights and config, the engine (backend, device,
+    threads), the machine (CPU model, core count, host name, GPU) and the size limit."""
+    import hashlib
+    import platform
+
+    from models.checkpoint import resolve
+
+    stem = resolve(model)
+    digest = hashlib.sha256()
+    for part in (stem.with_suffix(".json"), stem.with_suffix(".safetensors")):
+        digest.update(part.read_bytes() if part.is_file() else b"")
+    cpu = ""
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    machine = f"{platform.node()}|{platform.machine()}|{cpu}|{os.cpu_count()}"
+    parts = [digest.hexdigest()[:16], engine.backend, str(engine.device), str(getattr(engine, "threads", "")),
+             machine, str(int(limit))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def cached_calibration(model: str | os.PathLike, engine: "Engine", limit: int, *, recalibrate: bool = False,
+                       log=None) -> tuple[int, dict, bool]:
+    """``calibrate_batch`` once per model, engine and machine: the result is kept in ``calibration_cache_path()``
+    and read back on the next start. Returns (size, {size: frames/s}, whether it came from the cache). A cache that
+    cannot be read or written is measured around (and said so in ``log``), never fatal."""
+    path = calibration_cache_path()
+    key = calibration_key(model, engine, limit)
+    cache: dict = {}
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError) as e:
+        if log:
+            log.warning("batch calibration cache %s unreadable (%s): measuring again", path, e)
+    hit = cache.get(key)
+    if not recalibrate and isinstance(hit, dict) and type(hit.get("max_batch")) is int and hit["max_batch"] >= 1:
+        return hit["max_batch"], {int(k): v for k, v in dict(hit.get("fps") or {}).items()}, True
+    best, fps = calibrate_batch(engine, limit)
+    cache[key] = {"max_batch": best, "fps": {str(k): v for k, v in fps.items()}, "model": str(model),
+                  "backend": engine.backend, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        if log:
+            log.warning("batch calibration cache %s not written (%s)", path, e)
+    return best, fps, False
 
 
 def calibrate_batch(engine: Engine, limit: int = 16, *, runs: int = 5, gain: float = 1.05) -> tuple[int, dict]:

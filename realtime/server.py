@@ -675,17 +675,18 @@ def raise_fd_limit(want: int = 1 << 16) -> int:
 
 
 def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine_kwargs: dict | None = None,
-          warmup: bool = True, configure_logging: bool = True, **server_kwargs) -> dict:
+          warmup: bool = True, configure_logging: bool = True, recalibrate: bool = False, **server_kwargs) -> dict:
     """``posecast serve MODEL --bind ADDR``: load ``model`` on ``backend`` and serve until SIGINT/SIGTERM.
 
     ``backend`` defaults to onnxruntime when that backend is available, else torch. ``server_kwargs`` go to
     ``Server`` (curve, insecure, limits, max_clients, idle_timeout_s, jpeg_quality, stats_interval_s, ...).
     The bind address is checked (loopback, or CURVE keys, or ``insecure``) before the model is loaded.
-    ``max_batch=0`` measures the best batch size on this machine (``engine.calibrate_batch``). Installs
+    ``max_batch=0`` uses the best batch size on this machine (``engine.calibrate_batch``, measured once per model,
+    engine and machine and kept in ``engine.calibration_cache_path()``; ``recalibrate`` measures again). Installs
     SIGINT/SIGTERM handlers (when called on the main thread) that stop the server cleanly, and restores the
     previous ones on return. Returns the server's final counters.
     """
-    from realtime.engine import calibrate_batch, list_backends, open_engine
+    from realtime.engine import cached_calibration, list_backends, open_engine
 
     log = server_kwargs.get("log") or logging.getLogger(LOGGER_NAME)
     if configure_logging and not logging.getLogger().handlers:
@@ -702,9 +703,11 @@ def serve(model, bind: str = DEFAULT_BIND, backend: str | None = None, *, engine
         engine.step(engine.zero_inputs())
         log.info("engine warm-up: %.0f ms", _ms(t0, time.perf_counter()))
     if server_kwargs.get("max_batch") == 0:  # auto: the batch size that makes the most frames/s on this machine
-        limit = server_kwargs.get("max_clients", Limits.max_clients)
-        server_kwargs["max_batch"], fps = calibrate_batch(engine, min(limit, Limits.max_batch))
-        log.info("batch calibration (frames/s per batch size): %s; max batch %d", fps, server_kwargs["max_batch"])
+        limit = min(server_kwargs.get("max_clients", Limits.max_clients), Limits.max_batch)
+        server_kwargs["max_batch"], fps, cached = cached_calibration(model, engine, limit, recalibrate=recalibrate,
+                                                                     log=log)
+        log.info("batch calibration (frames/s per batch size): %s; max batch %d%s", fps, server_kwargs["max_batch"],
+                 " (measured before on this machine; --recalibrate measures again)" if cached else "")
 
     server = Server(engine, bind, **server_kwargs)
     installed = {}

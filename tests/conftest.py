@@ -10,6 +10,12 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+# Measured batch sizes (posecast serve) go to a cache folder of this test session, not the user's ~/.cache.
+if "POSECAST_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["POSECAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="posecast-test-cache-")
+
 import torch  # noqa: E402 - after the thread settings
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

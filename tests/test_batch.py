@@ -126,6 +126,38 @@ def test_calibrate_batch_picks_the_fastest_size():
     assert calibrate_batch(Timed(), 4, runs=2)[0] == 1
 
 
+def test_the_batch_size_is_measured_once_per_model_engine_and_machine(run, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from realtime.engine import cached_calibration, calibration_cache_path
+
+    monkeypatch.setenv("POSECAST_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    class Counted:
+        input_shapes = {"labels": (1, 1, 2, 2)}
+        backend, device, threads = "fake", "cpu", 2
+
+        def step_batch(self, feeds):
+            calls.append(len(feeds["labels"]))
+
+    log = logging.getLogger("test-calibration")
+    first = cached_calibration(run, Counted(), 4, log=log)
+    assert first[2] is False and calls and calibration_cache_path() == tmp_path / "cache" / "batch-calibration.json"
+    measured = len(calls)
+    again = cached_calibration(run, Counted(), 4, log=log)
+    assert again == (first[0], first[1], True) and len(calls) == measured        # read back, not measured
+    assert cached_calibration(run, Counted(), 2, log=log)[2] is False               # another limit: measured
+    assert cached_calibration(run, Counted(), 4, recalibrate=True, log=log)[2] is False
+    Counted.threads = 1                                                              # another engine set-up
+    assert cached_calibration(run, Counted(), 4, log=log)[2] is False
+    calibration_cache_path().write_text("{not json")
+    with caplog.at_level(logging.WARNING, "test-calibration"):
+        assert cached_calibration(run, Counted(), 4, log=log)[2] is False            # measured around, not fatal
+    assert "unreadable" in caplog.text
+    assert cached_calibration(run, Counted(), 4, log=log)[2] is True                # and the cache is whole again
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_device_history_makes_the_host_sessions_frames(run, backend):
     """A DeviceSession (history as torch tensors on the engine's device; here the CPU) makes the same frames as the

@@ -108,6 +108,7 @@ def test_eval_json_keys_and_ranges(trained):
     assert text.returncode == 0, text.stderr
     assert "person region  PSNR" in text.stdout and "drawing nothing" in text.stdout
     assert "pose check" not in text.stdout
+    assert "warning: only 20 frames to score: figures from fewer than 30 frames mean little" in text.stderr
 
 
 @pytest.mark.timeout(300)

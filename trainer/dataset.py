@@ -166,7 +166,7 @@ class DatasetWriter:
                  num_landmarks: int, source: str = "", overwrite: bool = False):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} already exists (pass overwrite=True / --overwrite to replace it)")
+            raise FileExistsError(f"{self.path} already exists (--overwrite replaces it)")
         self.manifest = DatasetManifest(kind=kind, height=height, width=width, fps=float(fps),
                                         num_landmarks=num_landmarks, source=source)
         self._tmp = self.path.with_name(self.path.name + ".partial")

@@ -41,6 +41,7 @@ to be exact cannot make a region's figure infinite):
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -57,6 +58,7 @@ from .clips import ClipSource
 from .dataset import Dataset
 
 CONFIDENT = 0.5  # flow confidence above which a pixel counts for flicker
+FEW_FRAMES = 30  # an evaluation of fewer frames warns that its figures mean little
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -333,6 +335,10 @@ def evaluate(run: str | os.PathLike, data: str | os.PathLike, *, clips: list[int
         raise ValueError(f"{data} is a {ds.kind!r} dataset but the model in {run} is a {cfg.kind!r} model")
     source = ClipSource(ds, cfg.size, ds.select(clips, identity, frame_ranges).ranges)
     total = source.num_frames if max_frames is None else min(max_frames, source.num_frames)
+    if total < FEW_FRAMES:
+        warnings.warn(f"only {total} frames to score: figures from fewer than {FEW_FRAMES} frames mean little "
+                      "(flicker, the correlations and the region PSNRs move by whole units between short clips)",
+                      stacklevel=2)
     scorer = Scorer(cfg.kind, to_uint8(source.background_plate().numpy()), pose=pose)
     writer = VideoWriter(video, fps=ds.manifest.fps or 30.0) if video else None
     bar = tqdm(total=total, disable=not progress, unit="frame", desc="eval")

@@ -804,7 +804,7 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
     _check_args(kind, size, start, max_frames, min_clip_frames)
     size, start = int(size), int(start)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise FileExistsError(f"{out} already exists (--overwrite replaces it)")
     src = _Source(video, _probe(video), kind, start, max_frames, progress)
     notes: list[str] = []
 
