@@ -5,6 +5,7 @@ Tests on real footage read ``$POSECAST_SHARED_DATA`` (default ``<repo>/../shared
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -350,3 +351,20 @@ def test_face_eval_figures_are_exact_on_the_real_frames_fed_back(tmp_path):
     assert res["mouth_correlation"] == pytest.approx(1.0) and res["eye_correlation"] == pytest.approx(1.0)
     assert res["pose_error_ratio"] == pytest.approx(1.0) and res["psnr_face"] == float("inf")
     assert res["psnr_head"] is None and torch.isfinite(torch.tensor(res["pose_error"]))
+
+
+def test_a_chosen_person_never_usable_is_named_with_the_reasons():
+    from pathlib import Path
+
+    from trainer.prepare import PrepareError, _Source, _subject_present
+
+    src = _Source(Path("street.mp4"), None, "dance", 0, None, False)
+    lms = [None] * 6
+    why = {0: "no person", 1: "people crossing", 2: "people crossing", 3: "person lost", 4: "people crossing",
+           5: "no person"}
+    with pytest.raises(PrepareError, match=re.escape("street.mp4: person 17 is usable in none of the 6 frames read "
+                                                     "(from frame 0: people crossing in 3, no person in 2, person lost"
+                                                     " in 1); choose another with --person N")):
+        _subject_present(lms, np.zeros(6, bool), src, 17, why)
+    with pytest.raises(PrepareError, match="no pose detected in any of the 6 frames"):
+        _subject_present(lms, np.zeros(6, bool), src)

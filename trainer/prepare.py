@@ -594,12 +594,22 @@ def _shot_cuts(scan: _Scan) -> np.ndarray:
     return cuts
 
 
-def _subject_present(lms: list[np.ndarray | None], cuts: np.ndarray, src: _Source) -> np.ndarray:
+def _subject_present(lms: list[np.ndarray | None], cuts: np.ndarray, src: _Source, subject: int | None = None,
+                     missing_why: dict[int, str] | None = None) -> np.ndarray:
     """Boolean per frame read: the subject was found. Keeps in ``cuts`` only the cuts inside a run of detections
-    (the only ones that split a clip, and the ones reported). Raises :class:`PrepareError` if never found."""
+    (the only ones that split a clip, and the ones reported). Raises :class:`PrepareError` if never found: for a
+    chosen dance ``subject``, saying why its frames are not usable (``missing_why``)."""
     present = np.array([lm is not None for lm in lms])
     cuts[1:] &= present[1:] & present[:-1]  # only cuts that split a run of detections matter (and are reported)
     if not present.any():
+        if subject is not None and missing_why:
+            counts: dict[str, int] = {}
+            for why in missing_why.values():
+                counts[why] = counts.get(why, 0) + 1
+            raise PrepareError(f"{src.video}: person {subject} is usable in none of the {len(lms)} frames read "
+                               f"(from frame {src.start}: " + ", ".join(f"{why} in {k}" for why, k in
+                                                                       sorted(counts.items(), key=lambda c: -c[1]))
+                               + "); choose another with --person N")
         what = "pose" if src.kind == "dance" else "face"
         raise PrepareError(f"{src.video}: no {what} detected in any of the {len(lms)} frames read "
                            f"(from frame {src.start}); is this the right --kind?")
@@ -816,7 +826,7 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
     if kind == "dance":
         people, subject = _choose_subject(src, scan, person, notes, log)
         lms, missing_why = _subject_landmarks(scan.dets, subject)
-    present = _subject_present(lms, cuts, src)
+    present = _subject_present(lms, cuts, src, subject, missing_why)
 
     # ---- clips and crops ----
     face_cfg = None
