@@ -54,6 +54,22 @@ def _set_log_levels() -> None:
 # absl/glog lines ("W0000 00:00:1796112419.927693    7088 file.cc:114] ...") and TFLite's ("INFO: ...").
 NATIVE_LOG_LINE = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] |INFO: |WARNING: All log "
                              rb"messages before absl::InitializeLog)")
+# A glog line's header anywhere in a line: MediaPipe's threads write whole lines, but the console line they land on
+# may already hold another writer's unfinished text (a progress bar redrawn with \r and no newline).
+NATIVE_LOG_HEADER = re.compile(rb"[IWEF]\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] ")
+
+
+def filter_native_lines(lines: list[bytes]) -> bytes:
+    """What of these complete lines (without their newlines) goes to the console: every line but the native log
+    lines; a native line written after another writer's unfinished text leaves that text, without a newline."""
+    out = []
+    for line in lines:
+        hit = NATIVE_LOG_HEADER.search(line)
+        if hit:
+            out.append(line[:hit.start()])
+        elif not NATIVE_LOG_LINE.match(line):
+            out.append(line + b"\n")
+    return b"".join(out)
 
 
 class NativeLogFilter:
@@ -132,10 +148,10 @@ class NativeLogFilter:
                 break
             buf += chunk
             *lines, buf = buf.split(b"\n")
-            keep = b"".join(line + b"\n" for line in lines if not NATIVE_LOG_LINE.match(line))
+            keep = filter_native_lines(lines)
             if keep:
                 _write_all(out, keep)
-        if buf and not NATIVE_LOG_LINE.match(buf):
+        if buf and not NATIVE_LOG_LINE.match(buf) and not NATIVE_LOG_HEADER.search(buf):
             _write_all(out, buf)
         os.close(read)
 

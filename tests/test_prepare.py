@@ -330,6 +330,17 @@ def test_mediapipe_log_lines_stay_off_the_console():
     assert loud.returncode == 0 and "TensorFlow Lite" in loud.stderr and len(loud.stderr.splitlines()) > 2
 
 
+def test_a_native_log_line_after_an_unfinished_progress_bar_is_dropped_and_the_bar_kept():
+    from models.detect import filter_native_lines
+
+    bar = b"\rprepare face: 1/2 landmarks:   5%|  | 1/20"
+    native = (b"W0000 00:00:1796351122.472245    6661 landmark_projection_calculator.cc:186] Using NORM_RECT "
+              b"without IMAGE_DIMENSIONS is only supported for the square ROI.")
+    assert filter_native_lines([bar + native]) == bar                 # seen in prepare's output before
+    assert filter_native_lines([native, b"a line of our own", b"INFO: Created TensorFlow Lite XNNPACK delegate"]) \
+        == b"a line of our own\n"
+
+
 @needs_megamind
 @pytest.mark.timeout(300)
 def test_face_eval_figures_are_exact_on_the_real_frames_fed_back(tmp_path):
