@@ -172,17 +172,24 @@ def test_eval_figures_of_a_perfect_copy_and_of_drawing_nothing(dancer):
     assert e["psnr_person"] < e["psnr"] - 3 and "pose_error" not in e
 
 
+def _crop_lite(dancer) -> torch.nn.Module:
+    """A lite generator (seed 0, eval mode) in the person crop the dancer's landmarks size, on its plate."""
+    src = dancer["source"]
+    h, w = crop_size_for(np.asarray(src.ds.landmarks), SIZE)
+    torch.manual_seed(0)
+    G = build_generator(get_preset("lite", size=SIZE, ngf=8, crop_height=h, crop_width=w)).eval()
+    G.set_background(src.background_plate())
+    return G
+
+
 def test_live_session_draws_exactly_what_the_rollout_draws(dancer, tmp_path):
     """The person crop follows the person the same way in training/eval (rollout) and live (Session)."""
     from realtime.engine import open_engine
     from realtime.session import Session
 
-    clip, src = dancer["clip"], dancer["source"]
-    h, w = crop_size_for(np.asarray(src.ds.landmarks), SIZE)
-    cfg = get_preset("lite", size=SIZE, ngf=8, crop_height=h, crop_width=w)
-    torch.manual_seed(0)
-    G = build_generator(cfg).eval()
-    G.set_background(src.background_plate())
+    clip = dancer["clip"]
+    G = _crop_lite(dancer)
+    cfg = G.cfg
     with torch.no_grad():
         for p in G.parameters():
             p.add_(torch.randn_like(p) * 0.05)                                     # not just the init
@@ -205,12 +212,8 @@ def test_live_session_draws_exactly_what_the_rollout_draws(dancer, tmp_path):
 
 def test_a_batch_of_clips_rolls_out_as_each_clip_alone(dancer):
     """Two clips in one rollout, each with its own moving window (training's batches), draw what each draws alone."""
-    clip, src = dancer["clip"], dancer["source"]
-    h, w = crop_size_for(np.asarray(src.ds.landmarks), SIZE)
-    cfg = get_preset("lite", size=SIZE, ngf=8, crop_height=h, crop_width=w)
-    torch.manual_seed(0)
-    G = build_generator(cfg).eval()
-    G.set_background(src.background_plate())
+    clip = dancer["clip"]
+    G = _crop_lite(dancer)
     labels, landmarks = clip["labels"][:6], clip["landmarks"][:6]
     other_labels, other_landmarks = clip["labels"][10:].flip(0), clip["landmarks"][10:].flip(0)
     with torch.no_grad():
