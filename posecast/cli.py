@@ -271,6 +271,10 @@ def _cmd_bench(args) -> int:
             print(f"batch {row['preset']:>14} {row['backend']:>12} {row['size']:>4}px on {row['device']} x{row['batch']:<3}: "
                   f"{row['frames_per_s']:8.1f} frames/s ({row['streams_at_30fps']} streams at 30 fps), "
                   f"p50 {row['p50_ms']:.2f} ms per call", flush=True)
+        elif row["what"] == "forecast":
+            print(f"forecast {row['forecaster']:>17} smoothing {row['smoothing']:>8} {row['horizon_ms']:>4} ms ahead "
+                  f"(seed {row['seed']}): display-time error {row['error']:.4f} of the frame side, jitter "
+                  f"{row['jitter']:.4f} (raw stream {row['jitter_raw']:.4f})", flush=True)
         elif row["what"] == "train":
             stages = ", ".join(f"{k[:-3]} {row[k]:.0f}" for k in row if k.endswith("_ms"))
             print(f"train {row['preset']:>8} {row['size']:>4}px {row['phase']:>11} {row['precision_used']:>4} "
@@ -281,6 +285,12 @@ def _cmd_bench(args) -> int:
                   f"latency p50 {row['latency_p50_ms']} ms p99 {row['latency_p99_ms']} ms, server overhead "
                   f"{row['server_overhead_ms']} ms/frame (engine {row['engine_ms']} ms)", flush=True)
 
+    if args.forecast:   # the forecasters' figures only (models/forecast.py)
+        from models.forecast import bench_forecast
+
+        for row in bench_forecast(args.seed):
+            emit(row)
+        return 0
     if not args.only_train:
         run_bench(plan, emit)
     if args.train or args.only_train:
@@ -500,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the real training loop (per preset, size, phase and precision: it/s and ms per "
                         "stage)")
     s.add_argument("--only-train", action="store_true", help="time only the training loop")
+    s.add_argument("--forecast", action="store_true",
+                   help="only the pose forecasters' display-time error and jitter at 50/100/150 ms ahead, on the "
+                        "synthetic dancer's motion of --seed (models/forecast.py)")
+    s.add_argument("--seed", type=int, default=7, help="motion seed of the --forecast figures (default 7)")
     s.add_argument("--precisions", default="fp32,auto", help="training precisions to time (default fp32,auto)")
     s.add_argument("--train-iterations", type=int, default=5,
                    help="timed training iterations per figure, after a warm-up one (default 5)")
