@@ -139,12 +139,89 @@ class ConstantVelocity(Forecaster):
         return out
 
 
+class LearnedForecaster(Forecaster):
+    """A small MLP, shared by every landmark (so one model serves poses and face meshes): from a landmark's last
+    ``history`` positions (relative to the newest, at the stream's frame rate ``fps``) and the horizon, its
+    displacement at that horizon. Landmarks without the whole history present fall back to constant velocity
+    (or stay as they came). Weights: ``load_forecaster`` (safetensors + JSON, made by trainer/forecast.py);
+    inference is numpy matrix products (~0.1 ms for 33 landmarks)."""
+
+    name = "learned"
+
+    def __init__(self, weights: dict[str, np.ndarray], config: dict, has_visibility: bool = True):
+        self.w = [(np.asarray(weights[f"layers.{i}.weight"], np.float32).T,
+                   np.asarray(weights[f"layers.{i}.bias"], np.float32)) for i in range(config["layers"])]
+        self.history, self.fps, self.scale = int(config["history"]), float(config["fps"]), float(config["scale"])
+        self.config = dict(config)
+        self._fallback = ConstantVelocity(has_visibility)
+        super().__init__(has_visibility)
+
+    def reset(self) -> None:
+        super().reset()
+        self._samples: list[tuple[float, np.ndarray]] = []
+        if hasattr(self, "_fallback"):
+            self._fallback.reset()
+
+    def update(self, t: float, landmarks: np.ndarray) -> None:
+        super().update(t, landmarks)
+        self._fallback.update(t, landmarks)
+        self._samples = (self._samples + [(float(t), self._last[1])])[-self.history:]
+
+    def features(self, horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """((K, in) MLP inputs, (K,) which landmarks have the whole history present)."""
+        stack = np.stack([lm for _, lm in self._samples])                        # (N, K, 3), oldest first
+        ok = np.all([_present(lm, self.has_visibility) for lm in stack], axis=0) if len(stack) == self.history \
+            else np.zeros(stack.shape[1], bool)
+        rel = (stack[:-1, :, :2] - stack[-1:, :, :2]) * self.scale               # (N-1, K, 2)
+        x = np.concatenate([rel.transpose(1, 0, 2).reshape(len(ok), -1),
+                            np.full((len(ok), 1), horizon_s * self.fps, np.float32)], 1)
+        return np.nan_to_num(x).astype(np.float32), ok
+
+    def predict(self, horizon_s: float) -> np.ndarray:
+        if horizon_s == 0:
+            return super().predict(0.0)
+        out = self._fallback.predict(horizon_s)
+        if len(self._samples) < self.history:
+            return out
+        x, ok = self.features(horizon_s)
+        if ok.any():
+            h = x[ok]
+            for i, (w, b) in enumerate(self.w):
+                h = h @ w + b
+                if i < len(self.w) - 1:
+                    h = np.maximum(h, 0.0)
+            out[ok, :2] = self._last[1][ok, :2] + h / self.scale
+        return out
+
+
+def load_forecaster(path, has_visibility: bool = True) -> LearnedForecaster:
+    """A learned forecaster saved by trainer/forecast.py: ``path`` is its folder (``forecaster.json`` +
+    ``forecaster.safetensors``)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import load_file
+
+    folder = Path(path)
+    try:
+        config = json.loads((folder / "forecaster.json").read_text())
+        weights = load_file(str(folder / "forecaster.safetensors"))
+        return LearnedForecaster(weights, config, has_visibility)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{folder}: not a forecaster (forecaster.json + forecaster.safetensors): {e}") from None
+
+
 FORECASTERS = {"none": NoForecast, "constant_velocity": ConstantVelocity}
 
 
-def make_forecaster(name: str, has_visibility: bool = True) -> Forecaster:
+def make_forecaster(name: str, has_visibility: bool = True, learned: str | None = None) -> Forecaster:
+    """``none``, ``constant_velocity``, or ``learned`` (the model in folder ``learned``)."""
+    if name == "learned":
+        if not learned:
+            raise ValueError("the learned forecaster needs its folder")
+        return load_forecaster(learned, has_visibility)
     if name not in FORECASTERS:
-        raise ValueError(f"forecaster must be one of {', '.join(FORECASTERS)}, got {name!r}")
+        raise ValueError(f"forecaster must be one of {', '.join(FORECASTERS)}, learned; got {name!r}")
     return FORECASTERS[name](has_visibility)
 
 
@@ -172,12 +249,13 @@ def display_error(forecaster: Forecaster, times: np.ndarray, observed: np.ndarra
 
 
 def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 30.0, fps: float = 30.0,
-                   noise: float = 0.002) -> list[dict]:
+                   noise: float = 0.002, learned: str | None = None) -> list[dict]:
     """``posecast bench --forecast``: display-time pose error and jitter of each forecaster (with and without One
     Euro smoothing) on the synthetic dancer's motion of ``seed`` (models/motion.py: the truth at every instant),
     sampled at ``fps`` for ``seconds`` with Gaussian noise of ``noise`` (frame fractions; MediaPipe's own jitter on
     real footage is of that order), displayed ``horizon`` ms after each sample. One row per forecaster x smoothing
-    x horizon: forecaster, smoothing, horizon_ms, error, jitter, and the raw stream's jitter_raw."""
+    x horizon: forecaster, smoothing, horizon_ms, error, jitter, and the raw stream's jitter_raw. ``learned``: the
+    folder of a learned forecaster to measure as well."""
     from models.motion import DanceMotion
 
     exact = DanceMotion(seed, fps=1000.0)                       # landmarks at any millisecond
@@ -191,11 +269,12 @@ def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 3
     observed[:, :, :2] += rng.normal(0.0, noise, observed[:, :, :2].shape).astype(np.float32)
     _, raw_jitter = display_error(NoForecast(), times, observed, truth_at, 0.0)
     rows = []
-    for name in FORECASTERS:
+    for name in [*FORECASTERS, *(["learned"] if learned else [])]:
         for smoothing in ("none", "one_euro"):
             for h in horizons_ms:
                 smoother = OneEuroFilter(min_cutoff=1.5, beta=2.0) if smoothing == "one_euro" else None
-                error, jitter = display_error(make_forecaster(name), times, observed, truth_at, h / 1000.0, smoother)
+                error, jitter = display_error(make_forecaster(name, learned=learned), times, observed, truth_at,
+                                              h / 1000.0, smoother)
                 rows.append({"what": "forecast", "forecaster": name, "smoothing": smoothing, "horizon_ms": int(h),
                              "seed": seed, "error": round(error, 5), "jitter": round(jitter, 5),
                              "jitter_raw": round(raw_jitter, 5)})

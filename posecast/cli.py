@@ -249,6 +249,17 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_train_forecaster(args) -> int:
+    from trainer.forecast import train_forecaster
+
+    seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+    out = train_forecaster(args.out, seeds=seeds, seconds=args.seconds, history=args.history, steps=args.steps,
+                           progress=not args.quiet)
+    print(f"wrote {out}/forecaster.{{json,safetensors}} (motion seeds {', '.join(map(str, seeds))}; report on "
+          f"others: posecast bench --forecast --forecaster-model {out} --seed N)")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from posecast.bench import BenchPlan, run_bench
 
@@ -288,7 +299,7 @@ def _cmd_bench(args) -> int:
     if args.forecast:   # the forecasters' figures only (models/forecast.py)
         from models.forecast import bench_forecast
 
-        for row in bench_forecast(args.seed):
+        for row in bench_forecast(args.seed, learned=args.forecaster_model):
             emit(row)
         return 0
     if not args.only_train:
@@ -386,6 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "--batch-size is the total, split among them")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("train-forecaster", help="train the learned pose forecaster (models/forecast.py) on the "
+                                                "synthetic dancer's motion")
+    s.add_argument("--out", required=True, help="folder to write forecaster.{json,safetensors} to")
+    s.add_argument("--seeds", default="0,1,2,3,4,5",
+                   help="motion seeds to train on (default 0-5; report on others)")
+    s.add_argument("--seconds", type=float, default=60.0, help="seconds of motion per seed (default 60)")
+    s.add_argument("--history", type=int, default=6, help="past frames (30 fps) the model sees (default 6)")
+    s.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(fn=_cmd_train_forecaster)
 
     s = sub.add_parser("eval", help="evaluate a trained model on held-out clips: PSNR/SSIM in the person's region "
                                     "and the full frame, pose re-detected on the output, flicker, baselines")
@@ -514,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the pose forecasters' display-time error and jitter at 50/100/150 ms ahead, on the "
                         "synthetic dancer's motion of --seed (models/forecast.py)")
     s.add_argument("--seed", type=int, default=7, help="motion seed of the --forecast figures (default 7)")
+    s.add_argument("--forecaster-model", default=None, metavar="DIR",
+                   help="--forecast: also the learned forecaster in DIR (posecast train-forecaster)")
     s.add_argument("--precisions", default="fp32,auto", help="training precisions to time (default fp32,auto)")
     s.add_argument("--train-iterations", type=int, default=5,
                    help="timed training iterations per figure, after a warm-up one (default 5)")

@@ -96,3 +96,60 @@ def test_bench_forecast_rows_and_cli(monkeypatch):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("display-time error") == 12 and "constant_velocity" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """A forecaster trained briefly (15 s of one motion seed): enough to beat showing the past."""
+    import torch
+
+    from trainer.forecast import train_forecaster
+
+    torch.manual_seed(0)
+    return train_forecaster(tmp_path_factory.mktemp("fc"), seeds=(0,), seconds=15.0, steps=1000, progress=False)
+
+
+def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it_cannot(learned):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from models.forecast import load_forecaster
+
+    config = json.loads((learned / "forecaster.json").read_text())
+    assert config["format"] == "posecast-forecaster" and config["trained_on"]["motion_seeds"] == [0]
+    f = load_forecaster(learned)
+    stream = [_moving(i / 30) for i in range(config["history"])]
+    for i, lm in enumerate(stream[:2]):
+        f.update(i / 30, lm)
+    cv = ConstantVelocity()
+    for i, lm in enumerate(stream[:2]):
+        cv.update(i / 30, lm)
+    np.testing.assert_array_equal(f.predict(0.1), cv.predict(0.1))         # too little history: constant velocity
+    for i, lm in enumerate(stream[2:], 2):
+        f.update(i / 30, lm)
+    np.testing.assert_array_equal(f.predict(0.0), stream[-1])              # zero horizon: the input
+    # The numpy inference is the network that was trained.
+    w = load_file(str(learned / "forecaster.safetensors"))
+    net = torch.nn.Sequential(torch.nn.Linear(11, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 2))
+    net.load_state_dict({f"{i}.{k}": w[f"layers.{j}.{k}"] for j, i in enumerate((0, 2, 4)) for k in ("weight", "bias")})
+    x, ok = f.features(0.1)
+    want = stream[-1][:, :2] + net(torch.from_numpy(x)).detach().numpy() / config["scale"]
+    assert ok.all()
+    np.testing.assert_allclose(f.predict(0.1)[:, :2], want, atol=1e-6)
+    hidden = [lm.copy() for lm in stream]
+    hidden[-1][1, 2] = 0.0                                                  # hidden now: left as it came
+    g = load_forecaster(learned)
+    for i, lm in enumerate(hidden):
+        g.update(i / 30, lm)
+    np.testing.assert_array_equal(g.predict(0.1)[1], hidden[-1][1])
+    with pytest.raises(ValueError, match="not a forecaster"):
+        load_forecaster(learned.parent)
+
+
+def test_a_learned_forecaster_beats_showing_the_past_on_motion_it_never_saw(learned):
+    rows = {(r["forecaster"], r["smoothing"]): r for r in bench_forecast(seed=9, horizons_ms=(100,), seconds=6.0,
+                                                                         learned=str(learned))}
+    assert rows[("learned", "none")]["error"] < 0.85 * rows[("none", "none")]["error"]
