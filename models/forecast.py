@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 VISIBLE = 0.5   # pose landmarks below this visibility are hidden (models/crop.py uses the same threshold)
+ONE_EURO = {"min_cutoff": 1.5, "beta": 2.0}   # the filter's settings in front of the forecasters (chosen on seed 7)
 
 
 def _present(lm: np.ndarray, has_visibility: bool) -> np.ndarray:
@@ -154,15 +155,21 @@ class LearnedForecaster(Forecaster):
         self.history, self.fps, self.scale = int(config["history"]), float(config["fps"]), float(config["scale"])
         self.config = dict(config)
         self._fallback = ConstantVelocity(has_visibility)
+        # Trained behind a One Euro filter: the filter is part of the forecaster (it learned to undo its lag).
+        self.smoother = OneEuroFilter(**config["one_euro"], has_visibility=has_visibility) \
+            if config.get("one_euro") else None
         super().__init__(has_visibility)
 
     def reset(self) -> None:
         super().reset()
         self._samples: list[tuple[float, np.ndarray]] = []
-        if hasattr(self, "_fallback"):
-            self._fallback.reset()
+        for part in (getattr(self, "_fallback", None), getattr(self, "smoother", None)):
+            if part is not None:
+                part.reset()
 
     def update(self, t: float, landmarks: np.ndarray) -> None:
+        if self.smoother is not None:
+            landmarks = self.smoother(t, landmarks)
         super().update(t, landmarks)
         self._fallback.update(t, landmarks)
         self._samples = (self._samples + [(float(t), self._last[1])])[-self.history:]
@@ -270,9 +277,10 @@ def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 3
     _, raw_jitter = display_error(NoForecast(), times, observed, truth_at, 0.0)
     rows = []
     for name in [*FORECASTERS, *(["learned"] if learned else [])]:
-        for smoothing in ("none", "one_euro"):
+        inside = name == "learned" and make_forecaster(name, learned=learned).smoother is not None
+        for smoothing in ("one_euro",) if inside else ("none", "one_euro"):   # (a learned one may filter itself)
             for h in horizons_ms:
-                smoother = OneEuroFilter(min_cutoff=1.5, beta=2.0) if smoothing == "one_euro" else None
+                smoother = OneEuroFilter(**ONE_EURO) if smoothing == "one_euro" and not inside else None
                 error, jitter = display_error(make_forecaster(name, learned=learned), times, observed, truth_at,
                                               h / 1000.0, smoother)
                 rows.append({"what": "forecast", "forecaster": name, "smoothing": smoothing, "horizon_ms": int(h),

@@ -153,3 +153,18 @@ def test_a_learned_forecaster_beats_showing_the_past_on_motion_it_never_saw(lear
     rows = {(r["forecaster"], r["smoothing"]): r for r in bench_forecast(seed=9, horizons_ms=(100,), seconds=6.0,
                                                                          learned=str(learned))}
     assert rows[("learned", "none")]["error"] < 0.85 * rows[("none", "none")]["error"]
+
+
+def test_a_forecaster_trained_behind_the_one_euro_filter_carries_it():
+    from models.forecast import LearnedForecaster
+
+    weights = {"layers.0.weight": np.zeros((2, 11), np.float32), "layers.0.bias": np.zeros(2, np.float32)}
+    config = {"layers": 1, "history": 6, "fps": 30.0, "scale": 30.0, "one_euro": {"min_cutoff": 1.0, "beta": 0.0}}
+    f = LearnedForecaster(weights, config)
+    ref = OneEuroFilter(min_cutoff=1.0, beta=0.0)
+    for i in range(8):
+        lm = _moving(i / 30, (0.5, 0.0))
+        f.update(i / 30, lm)
+        want = ref(i / 30, lm)
+    np.testing.assert_allclose(f.predict(0.0), want, atol=1e-7)            # what it saw: the filtered stream
+    np.testing.assert_allclose(f.predict(0.1), want, atol=1e-7)            # (a zero network: no displacement)
