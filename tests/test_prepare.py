@@ -379,3 +379,17 @@ def test_a_chosen_person_never_usable_is_named_with_the_reasons():
         _subject_present(lms, np.zeros(6, bool), src, 17, why)
     with pytest.raises(PrepareError, match="no pose detected in any of the 6 frames"):
         _subject_present(lms, np.zeros(6, bool), src)
+
+
+def test_frames_before_the_first_clip_are_listed_with_why():
+    from trainer.prepare import ClipRow, _leading_gap, format_clip_table
+
+    rows = [ClipRow(105, 120, "end of video", identity="3")]
+    why = {0: "people crossing", 1: "people crossing", 2: "no person", 3: "people crossing", 4: "person lost"}
+    gap = _leading_gap(rows, why, 100)
+    assert (gap.start, gap.end, gap.dataset, gap.identity) == (100, 105, None, "3")
+    assert gap.reason == "before the first clip: people crossing in 3, no person in 1, person lost in 1"
+    rows[0].dataset = (0, 15)
+    table = format_clip_table([gap, *rows]).splitlines()
+    assert table[1].split()[:2] == ["-", "100"] and "dropped" in table[1] and table[2].split()[0] == "0"
+    assert _leading_gap(rows, why, 105) is None

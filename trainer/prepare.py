@@ -639,6 +639,19 @@ def _dance_clips(present: np.ndarray, cuts: np.ndarray, missing_why: dict[int, s
     return rows
 
 
+def _leading_gap(rows: list[ClipRow], missing_why: dict[int, str], start: int) -> ClipRow | None:
+    """Dance: a row for the frames read before the first clip (None when it starts at the first frame), saying
+    why none of them is in a clip (``missing_why`` per frame read, counted)."""
+    if not rows or rows[0].start <= start:
+        return None
+    counts: dict[str, int] = {}
+    for i in range(rows[0].start - start):
+        why = missing_why.get(i, "no person")
+        counts[why] = counts.get(why, 0) + 1
+    why = ", ".join(f"{k} in {v}" for k, v in sorted(counts.items(), key=lambda c: -c[1]))
+    return ClipRow(start, rows[0].start, f"before the first clip: {why}", identity=rows[0].identity)
+
+
 def _keep_long_clips(rows: list[ClipRow], min_clip_frames: int, video: Path, notes: list[str],
                      log: Callable[[str], None] | None) -> list[ClipRow]:
     """Mark clips shorter than ``min_clip_frames`` dropped (``dataset = None``; the kept get a placeholder filled
@@ -836,6 +849,8 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
         rows = _dance_clips(present, cuts, missing_why, subject, start)
     kept = _keep_long_clips(rows, min_clip_frames, video, notes, log)
     if kind == "dance":
+        gap = _leading_gap(rows, missing_why, start)
+        rows = ([gap] if gap else []) + rows     # (not a clip: listed as dropped, with why)
         boxes = _dance_crop(lms, kept, src, scan, size, min_subject_fraction, notes, log)
     else:
         _note_face_padding(boxes, kept, scan, start, notes, log)
