@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default="0,1,2,3,4,5",
                    help="motion seeds to train on (default 0-5; report on others)")
     s.add_argument("--seconds", type=float, default=60.0, help="seconds of motion per seed (default 60)")
-    s.add_argument("--history", type=int, default=6, help="past frames (30 fps) the model sees (default 6)")
+    s.add_argument("--history", type=int, default=10, help="past frames (30 fps) the model sees (default 10)")
     s.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=_cmd_train_forecaster)

@@ -132,8 +132,8 @@ def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it
     np.testing.assert_array_equal(f.predict(0.0), stream[-1])              # zero horizon: the input
     # The numpy inference is the network that was trained.
     w = load_file(str(learned / "forecaster.safetensors"))
-    net = torch.nn.Sequential(torch.nn.Linear(11, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
-                              torch.nn.Linear(64, 2))
+    net = torch.nn.Sequential(torch.nn.Linear((config["history"] - 1) * 2 + 1, 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
     net.load_state_dict({f"{i}.{k}": w[f"layers.{j}.{k}"] for j, i in enumerate((0, 2, 4)) for k in ("weight", "bias")})
     x, ok = f.features(0.1)
     want = stream[-1][:, :2] + net(torch.from_numpy(x)).detach().numpy() / config["scale"]

@@ -68,7 +68,7 @@ def examples(track: np.ndarray, streams: np.ndarray, rng: np.random.Generator, c
     return x[ok].astype(np.float32), y[ok].astype(np.float32)
 
 
-def train_forecaster(out: str | Path, *, seeds=(0, 1, 2, 3, 4, 5), seconds: float = 60.0, history: int = 6,
+def train_forecaster(out: str | Path, *, seeds=(0, 1, 2, 3, 4, 5), seconds: float = 60.0, history: int = 10,
                      fps: float = 30.0, hidden: int = 64, steps: int = 3000, batch: int = 4096, lr: float = 1e-3,
                      noise_max: float = 0.004, horizon_max_s: float = 0.2, scale: float = 30.0, seed: int = 0,
                      one_euro: dict | None = None, progress: bool = True) -> Path:
