@@ -112,12 +112,12 @@ def served_endpoint(proc: subprocess.Popen, lines: list[str]) -> str:
             return m.group(1)
 
 
-def wait_until(cond, timeout: float) -> bool:
+def wait_until(cond, timeout: float, poll: float = 0.02) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
             return True
-        time.sleep(0.02)
+        time.sleep(poll)
     return cond()
 
 
