@@ -147,7 +147,7 @@ class LiteGenerator(SequentialGenerator):
         if L:
             self.flow_body = nn.Sequential(SepConv(c1, c1), _act())
             self.flow_head = nn.Conv2d(c1, 3, 3, padding=1)                   # flow (2) + mask logit (1), S/4
-        self.head_branch = HeadBranch(C, cfg.head_side) if cfg.head_side else None
+        self.head_branch = HeadBranch(C, cfg.head_side, cfg.head_channels) if cfg.head_side else None
         self._init_weights()
         # The static background of the whole frame, stored before a tanh (grey until set_background() gives it
         # the data's estimate).

@@ -22,8 +22,8 @@ _PRESETS: dict[str, Callable[[], "ModelConfig"]] = {}
 
 # Ranges of the size-like config fields: a damaged or hostile config file must not allocate gigabytes.
 _BOUNDS = {"size": (16, 4096), "history_frames": (0, 16), "ngf": (1, 1024), "max_ngf": (1, 4096),
-           "n_downsample": (0, 8), "n_blocks": (0, 64), "n_blocks_flow": (0, 64), "n_local": (0, 4),
-           "ndf": (1, 1024), "d_layers": (1, 8), "d_scales": (1, 8), "temporal_frames": (2, 16)}
+           "head_channels": (1, 256), "n_downsample": (0, 8), "n_blocks": (0, 64), "n_blocks_flow": (0, 64),
+           "n_local": (0, 4), "ndf": (1, 1024), "d_layers": (1, 8), "d_scales": (1, 8), "temporal_frames": (2, 16)}
 
 
 # The generator fields each architecture reads; the rest of ModelConfig (kind, size, history, the discriminators)
@@ -31,8 +31,8 @@ _BOUNDS = {"size": (16, 4096), "history_frames": (0, 16), "ngf": (1, 1024), "max
 # that would be silently ignored) and does not save them.
 ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "vid2vid": ("ngf", "n_downsample", "n_blocks", "n_blocks_flow", "max_ngf", "norm", "flow_max_px", "n_local"),
-    "lite": ("ngf", "n_blocks", "person_crop", "crop_height", "crop_width", "head_crop", "window_smoothing",
-             "window_border_px", "flow_grad_scale"),
+    "lite": ("ngf", "n_blocks", "person_crop", "crop_height", "crop_width", "head_crop", "head_channels",
+             "window_smoothing", "window_border_px", "flow_grad_scale"),
 }
 LITE_STRIDE = 16    # lite's frame (and window) sides are multiples of this (a stride-4 input, then two stride-2 steps)
 # What the lite preset set vid2vid's fields to before configs held only their architecture's (older files hold them).
@@ -64,6 +64,7 @@ class ModelConfig:
     head_crop: int = 0                # side in pixels of the head window refined by lite's head branch
                                       #   (0: no head branch; -1: models.window.default_head_side: size / 8
                                       #   for a body's head, 3/8 for a face's eyes and lips)
+    head_channels: int = 24           # lite: channels of the head branch's convolutions
     window_smoothing: float = 0.6     # lite: weight of the window's previous centre in its per-frame moving average
     window_border_px: int = 6         # lite: the compositing alpha fades to zero over this many pixels at the border
     flow_grad_scale: float = 0.1      # lite: the flow/warp losses' gradient into the features the image shares
@@ -274,7 +275,7 @@ def _face_lite() -> ModelConfig:
     """CPU real-time face model (models/lite.py): lite's generator on the stabilised face crop (the whole frame of a
     face dataset), its head branch a full-resolution detail window on the eyes and mouth."""
     return ModelConfig(name="face-lite", kind="face", arch="lite", size=256, history_frames=2, ngf=32, n_blocks=4,
-                       head_crop=-1)
+                       head_crop=-1, head_channels=16)
 
 
 @register_preset

@@ -96,7 +96,8 @@ def test_lite_in_its_person_crop_is_fifty_times_cheaper():
 @pytest.mark.parametrize("preset, field, value", [
     ("lite", "n_downsample", 2), ("lite", "n_blocks_flow", 1), ("lite", "max_ngf", 64), ("lite", "norm", "batch"),
     ("lite", "flow_max_px", 4.0), ("lite", "n_local", 1), ("dance", "crop_height", 128),
-    ("dance", "person_crop", True), ("face", "head_crop", -1), ("dance", "window_border_px", 3)])
+    ("dance", "person_crop", True), ("face", "head_crop", -1), ("dance", "window_border_px", 3),
+    ("dance", "head_channels", 16)])
 def test_a_config_refuses_a_field_its_architecture_would_ignore(preset, field, value):
     arch = get_preset(preset).arch
     with pytest.raises(ValueError, match=f"a '{arch}' generator does not read {field}={value!r}"):

@@ -122,6 +122,7 @@ def test_face_lite_draws_the_whole_face_crop_with_a_detail_window_on_the_eyes_an
 
     cfg = get_preset("face-lite", size=64, ngf=8)
     assert cfg.crop_hw == (64, 64) and cfg.head_side == default_head_side(64, "face") == 24 and cfg.label_nc == 9
+    assert build_generator(cfg).head_branch.body[0].out_channels == cfg.head_channels == 16     # a thinner branch
     rng = np.random.default_rng(0)
     meshes = np.stack([_face_mesh(rng, (0.45 + 0.02 * t, 0.5)) for t in range(5)])
     labels = torch.from_numpy(np.stack([render_labels("face", m, 64, 64) for m in meshes]))[None]
