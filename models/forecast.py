@@ -163,7 +163,7 @@ class LearnedForecaster(Forecaster):
     def reset(self) -> None:
         super().reset()
         self._samples: list[tuple[float, np.ndarray]] = []
-        for part in (getattr(self, "_fallback", None), getattr(self, "smoother", None)):
+        for part in (self._fallback, self.smoother):    # (both set before Forecaster.__init__ calls this)
             if part is not None:
                 part.reset()
 

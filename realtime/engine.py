@@ -506,8 +506,6 @@ def calibrate_batch(engine: Engine, limit: int = 16, *, runs: int = 5, gain: flo
     cache), so the server measures instead of assuming. A larger size is chosen only when it beats the best
     smaller one by ``gain``; each size's time is its fastest of ``runs`` calls. Returns (size, {size: frames/s}).
     """
-    import time
-
     fps: dict[int, float] = {}
     best, b = 1, 1
     while b <= max(1, int(limit)):
