@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SRC ?= $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 DEMO_DIR ?= demo
 
-.PHONY: venv demo demo-train test bench soak fuzz clean
+.PHONY: venv demo demo-train demo-forecast test bench soak fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ demo-train: venv
 	$(BIN)/posecast train --data $(DEMO_DIR)/data --preset lite --size 128 \
 		--out $(DEMO_DIR)/run --iterations 100000 --time-limit $${DEMO_TRAIN_SECONDS:-180} --checkpoint-every 100
 	$(BIN)/posecast eval $(DEMO_DIR)/run --data $(DEMO_DIR)/heldout --video $(DEMO_DIR)/eval.mp4
+
+# What forecasting the pose does at 100 ms of latency: the pose now | output without | with the forecast.
+demo-forecast: venv
+	$(BIN)/posecast forecast-video --out $(DEMO_DIR)/forecast.mp4 --latency 100 --seed 8
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -37,6 +37,7 @@ real speed) and lock-step streams one frame per reply.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import queue
@@ -50,7 +51,7 @@ import cv2
 import numpy as np
 import zmq
 
-from clients.ledger import STATS_WINDOW_S, FrameReply, StreamLedger
+from clients.ledger import STATS_WINDOW_S, FrameReply, Lead, StreamLedger
 from clients.sources import Source, SourceError, SourceItem, open_source, save_recording
 from clients.view import MIN_VIEW_HEIGHT, Display, InputPanel, Recorder, compose, draw_landmarks, overlay_lines
 from models.landmarks import layout_of
@@ -90,6 +91,12 @@ class CaptureStats:
     landmarks_path: str | None = None  # the --save-landmarks recording
     duration_s: float = 0.0
     interrupted: bool = False         # stopped by q/Esc/Ctrl-C
+    forecast: str = "none"            # the forecaster of the landmarks sent (models/forecast.py)
+    lead_p50_ms: float | None = None  # how far ahead they were forecast (median over the frames sent)
+    emulated_latency_ms: float = 0.0  # --emulate-latency: every reply held this long before it is handled
+    display_error: float | None = None  # display-time pose error: the landmarks a shown frame was rendered from
+    #                                     against the source's at the moment it was shown (frame fractions, mean)
+    display_error_frames: int = 0     # frames that error was measured on
 
     def summary(self) -> str:
         lat = (f"glass-to-glass p50 {self.latency_p50_ms:.1f} ms, p99 {self.latency_p99_ms:.1f} ms"
@@ -101,6 +108,13 @@ class CaptureStats:
                  lat]
         if st:
             lines.append(f"stage medians (ms): {st}")
+        if self.display_error is not None or self.forecast != "none" or self.emulated_latency_ms:
+            lead = f", p50 {self.lead_p50_ms:.0f} ms ahead" if self.lead_p50_ms is not None else ""
+            emu = f", {self.emulated_latency_ms:g} ms of latency emulated" if self.emulated_latency_ms else ""
+            err = (f"display-time pose error {self.display_error:.4f} of the frame side over "
+                   f"{self.display_error_frames} frames" if self.display_error is not None else
+                   "display-time pose error not measured")
+            lines.append(f"forecast {self.forecast}{lead}{emu}: {err}")
         for reason, n in self.error_reasons.items():
             lines.append(f"  {n} x {reason}")
         if self.output:
@@ -141,6 +155,8 @@ class _Work:
     landmarks: np.ndarray | None
     extract_ms: float | None
     aspect: float
+    shown: np.ndarray | None = None   # the landmarks sent (raw, before normalisation): forecast, or as detected
+    lead_ms: float = 0.0              # how far ahead they were forecast
 
 
 _END = object()
@@ -291,8 +307,9 @@ class CaptureClient:
             self._sock = None
 
     def _send(self, msg) -> bool:
+        version = self.welcome.version if self.welcome is not None else P.PROTOCOL_VERSION
         try:
-            self._sock.send(P.encode(msg), zmq.NOBLOCK)
+            self._sock.send(P.encode(msg, version), zmq.NOBLOCK)
         except zmq.Again:
             return False
         self.last_send = time.monotonic()
@@ -371,12 +388,13 @@ class CaptureClient:
         """The ZeroMQ context of this client's socket (a run's inproc wake-up sockets share it)."""
         return self._ctx
 
-    def send_landmarks(self, capture_ts: float, landmarks: np.ndarray | None) -> int | None:
-        """Send one frame's landmarks (``(K, 3)`` or None: nothing detected) without waiting for the reply;
-        returns the frame's sequence number, or None (with a message) when the socket's queue is full (the
-        server is not reading at all)."""
+    def send_landmarks(self, capture_ts: float, landmarks: np.ndarray | None, lead_ms: float = 0.0) -> int | None:
+        """Send one frame's landmarks (``(K, 3)`` or None: nothing detected; forecast ``lead_ms`` past
+        ``capture_ts``) without waiting for the reply; returns the frame's sequence number, or None (with a
+        message) when the socket's queue is full (the server is not reading at all)."""
         seq = self._seq
-        msg = P.Landmarks.from_array(seq, capture_ts, landmarks, self.welcome.num_landmarks)
+        msg = P.Landmarks.from_array(seq, capture_ts, landmarks, self.welcome.num_landmarks,
+                                     min(float(lead_ms), P.MAX_LEAD_MS))
         if not self._send(msg):
             self.log(f"send queue full; frame {seq} not sent")
             return None
@@ -431,13 +449,18 @@ class CaptureClient:
     # -- streaming --------------------------------------------------------------------------------------
     def run(self, source: Source, *, record: str | os.PathLike | None = None, headless: bool = False,
             save_landmarks: str | os.PathLike | None = None, max_frames: int | None = None,
-            show: bool | None = None) -> CaptureStats:
+            show: bool | None = None, forecast: str = "auto", forecaster_model: str | os.PathLike | None = None,
+            lead_ms: float | None = None, emulate_latency_ms: float = 0.0) -> CaptureStats:
         """Stream ``source`` through the server until it ends, ``max_frames`` were sent, or q/Esc/Ctrl-C.
 
         ``show``: open a window (default: when a display exists and not ``headless``). ``record``: write the
         composed view (input | output + status bar) to this mp4, headless or not. ``save_landmarks``: write the
         raw (un-normalised) landmarks of every frame taken from the source to this ``.npz`` recording (format:
-        :mod:`clients.sources`).
+        :mod:`clients.sources`). ``forecast``: send the landmarks forecast ``lead_ms`` ahead (None: the measured
+        glass-to-glass latency, see :class:`~clients.ledger.Lead`) by ``none`` / ``constant_velocity`` /
+        ``learned`` (the model in ``forecaster_model``, default the bundled one) / ``auto`` (the best measured for
+        the model's kind: learned for dance, constant velocity of the mesh's centroid for faces; models/forecast.py). ``emulate_latency_ms``: hold every
+        reply that long before handling it, as a slow network would (for demos and measurements on loopback).
         Returns :class:`CaptureStats`; raises :class:`ServerLostError` (with ``.stats``) when the server went
         away and did not come back within ``retries`` reconnections.
         """
@@ -453,8 +476,20 @@ class CaptureClient:
                               f"{kind!r}")
         if show is None:
             show = not headless and has_display()
+        if emulate_latency_ms < 0 or emulate_latency_ms > 10_000:
+            raise ValueError(f"emulate_latency_ms must be in [0, 10000], got {emulate_latency_ms}")
+        if lead_ms is not None and not 0 <= lead_ms <= P.MAX_LEAD_MS:
+            raise ValueError(f"lead_ms must be in [0, {P.MAX_LEAD_MS:g}], got {lead_ms}")
+        from models.forecast import make_forecaster
+        forecaster = make_forecaster(forecast, kind, learned=forecaster_model)
+        if not (source.live or source.realtime) and forecaster.name != "none":
+            # Lock-step (--fast): frames are shown as rendered, not against a live body: nothing to catch up with.
+            if forecast != "auto":
+                self.log(f"--forecast {forecast}: not used on a lock-step stream (--fast), which is not live")
+            forecaster = make_forecaster("none", kind)
         run = _Run(self, source, record=record, show=bool(show), save_landmarks=save_landmarks,
-                   max_frames=max_frames)
+                   max_frames=max_frames, forecaster=forecaster, lead_ms=lead_ms,
+                   emulate_latency_ms=emulate_latency_ms)
         return run.go()
 
 
@@ -464,13 +499,23 @@ class _Run:
     socket is the client's."""
 
     def __init__(self, client: CaptureClient, source: Source, *, record, show: bool, save_landmarks,
-                 max_frames: int | None):
+                 max_frames: int | None, forecaster=None, lead_ms: float | None = None,
+                 emulate_latency_ms: float = 0.0):
+        from models.forecast import DisplayErrorMeter, NoForecast
+
         self.c, self.source = client, source
+        kind = client.welcome.kind
+        self.forecaster = forecaster or NoForecast(has_visibility=kind == "dance")
+        self.lead = Lead(fixed_ms=lead_ms)
+        self.meter = DisplayErrorMeter(has_visibility=kind == "dance")
+        self.delay_s = float(emulate_latency_ms) / 1e3
+        self.delayed: collections.deque = collections.deque()     # (due, reply) held back by --emulate-latency
+        self.leads_ms: list[float] = []
         self.log = client.log
         self.record_path = Path(record) if record is not None else None
         self.save_path = Path(save_landmarks) if save_landmarks is not None else None
         self.max_frames = max_frames
-        self.stats = CaptureStats()
+        self.stats = CaptureStats(forecast=self.forecaster.name, emulated_latency_ms=float(emulate_latency_ms))
         self.ledger = StreamLedger(STATS_WINDOW_S)
         self.display = Display(f"posecast capture - {client.address}", self.log) if show else None
         if self.display is not None and not self.display.ok:
@@ -521,8 +566,17 @@ class _Run:
             self.normalizer = self._make_normalizer(w.aspect)
         if raw is not None:
             self.stats.landmarks_found += 1
+        w.shown = raw
+        if raw is not None and self.forecaster.name != "none":
+            t = time.perf_counter()
+            self.forecaster.update(item.capture_ts, raw)
+            w.lead_ms = self.lead.ms(self.ledger)
+            w.shown = self.forecaster.predict(w.lead_ms / 1e3)
+            self.ledger.sample("forecast", (time.perf_counter() - t) * 1e3)
+            self.leads_ms.append(w.lead_ms)
+        self.meter.sample(item.capture_ts, raw)
         t = time.perf_counter()
-        lm = self.normalizer(raw) if self.normalizer is not None else raw
+        lm = self.normalizer(w.shown) if self.normalizer is not None else w.shown
         self.ledger.sample("normalize", (time.perf_counter() - t) * 1e3)
         if w.extract_ms is not None:
             self.ledger.sample("extract", w.extract_ms)
@@ -538,21 +592,29 @@ class _Run:
     def _send_work(self, w: _Work) -> None:
         lm = self._prepare(w)
         item = w.item
-        seq = self.c.send_landmarks(item.capture_ts, lm)
+        seq = self.c.send_landmarks(item.capture_ts, lm, w.lead_ms)
         if seq is None:
             return
         c2s = (time.time() - item.capture_ts) * 1e3
         panel = None
         if self.want_view:
             panel = InputPanel.of(item.rgb, w.landmarks, lm, self.c.welcome.kind, self.c.welcome.size)
-        self.ledger.record_send(seq, item.capture_ts, c2s, time.monotonic(), panel)
+        self.ledger.record_send(seq, item.capture_ts, c2s, time.monotonic(), panel, w.shown)
 
     # -- receiving --------------------------------------------------------------------------------------
     def _poll(self, timeout_ms: int) -> None:
-        """Handle the replies that are there (waiting up to ``timeout_ms`` for one, or for the source)."""
+        """Handle the replies that are there (waiting up to ``timeout_ms`` for one, or for the source); with
+        ``--emulate-latency`` each reply is handled ``delay_s`` after it arrived."""
+        if self.delayed:
+            timeout_ms = max(0, min(timeout_ms, int((self.delayed[0][0] - time.monotonic()) * 1e3) + 1))
         if self.c.poll(timeout_ms, self.wake_rx):
             for msg in self.c.replies():
-                self._handle(msg)
+                if self.delay_s:
+                    self.delayed.append((time.monotonic() + self.delay_s, msg))
+                else:
+                    self._handle(msg)
+        while self.delayed and self.delayed[0][0] <= time.monotonic():
+            self._handle(self.delayed.popleft()[1])
 
     def _handle(self, msg) -> None:
         recv_wall = time.time()
@@ -605,6 +667,8 @@ class _Run:
         if bgr is None:
             self._error("undecodable JPEG in a frame reply", msg.seq)
             return
+        if reply.frame is not None:
+            self.meter.shown(time.time(), reply.frame.landmarks)
         if self.want_view:
             self._show(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), reply)
 
@@ -679,6 +743,12 @@ class _Run:
 
     # -- the loop -----------------------------------------------------------------------------------------
     def go(self) -> CaptureStats:
+        from models.forecast import one_blas_thread
+
+        with one_blas_thread():     # the forecaster's small products, beside MediaPipe and maybe a server
+            return self._go()
+
+    def _go(self) -> CaptureStats:
         t0 = time.monotonic()
         reader = self._start_reader()
         lost_error = None
@@ -790,6 +860,9 @@ class _Run:
             self._save()
         for name, value in self.ledger.totals().items():
             setattr(st, name, value)
+        st.lead_p50_ms = float(np.median(self.leads_ms)) if self.leads_ms else None
+        st.display_error = self.meter.mean
+        st.display_error_frames = len(self.meter.errors)
 
     def _save(self) -> None:
         w = self.c.welcome
@@ -810,7 +883,9 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
             max_frames: int | None = None, timeout_s: float = 5.0, retries: int = 3, realtime: bool = True,
             loop: bool = False, show: bool | None = None, max_in_flight: int | None | str = "auto",
             log: Callable[[str], None] | None = None, server_key: str | os.PathLike | None = None,
-            key: str | os.PathLike | None = None) -> CaptureStats:
+            key: str | os.PathLike | None = None, forecast: str = "auto",
+            forecaster_model: str | os.PathLike | None = None, lead_ms: float | None = None,
+            emulate_latency_ms: float = 0.0) -> CaptureStats:
     """The function behind ``posecast capture``: connect, open the source, stream, return :class:`CaptureStats`.
 
     CLI options (for argparse)::
@@ -834,6 +909,13 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --loop                        loop a video / recording                               -> loop
         --server-key server.key       the server's CURVE public key (with --key)             -> server_key
         --key NAME.key_secret         this client's CURVE key pair (its .key allowed there)  -> key
+        --forecast auto|learned|constant_velocity|none
+                                      send the pose forecast one glass-to-glass latency
+                                      ahead (default auto: learned for dance, constant
+                                      velocity of the centroid for faces)                    -> forecast
+        --forecaster-model DIR        a learned forecaster of one's own                     -> forecaster_model
+        --lead MS                     forecast this far ahead (default: measured latency)    -> lead_ms
+        --emulate-latency MS          hold every reply MS before handling it                 -> emulate_latency_ms
 
     ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and 1
     with ``realtime=False`` (lock-step, so no frame is dropped); an int or None (unbounded) to override.
@@ -849,7 +931,8 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         welcome = client.connect()
         src = open_source(source, welcome.kind, realtime=realtime, loop=loop, default_fps=welcome.fps)
         return client.run(src, record=record, headless=headless, save_landmarks=save_landmarks,
-                          max_frames=max_frames, show=show)
+                          max_frames=max_frames, show=show, forecast=forecast, forecaster_model=forecaster_model,
+                          lead_ms=lead_ms, emulate_latency_ms=emulate_latency_ms)
     finally:
         client.close()
 

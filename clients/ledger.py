@@ -39,6 +39,7 @@ class Outstanding:
     capture_ts: float               # capture time (wall clock, s)
     capture_to_send_ms: float
     panel: object = None            # what the view shows beside the reply (opaque here)
+    landmarks: np.ndarray | None = None   # what the frame is rendered from (raw: before normalisation)
 
 
 @dataclasses.dataclass
@@ -94,12 +95,12 @@ class StreamLedger:
 
     # -- sending ------------------------------------------------------------------------------------------
     def record_send(self, seq: int, capture_ts: float, capture_to_send_ms: float, now_s: float,
-                    panel: object = None) -> None:
-        """Frame ``seq`` went on the wire; ``panel`` comes back with its reply."""
+                    panel: object = None, landmarks: np.ndarray | None = None) -> None:
+        """Frame ``seq`` went on the wire; ``panel`` and ``landmarks`` come back with its reply."""
         self.sample("capture_to_send", capture_to_send_ms)
         if not self.pending:
             self.last_progress_s = now_s
-        self.pending[seq] = Outstanding(capture_ts, capture_to_send_ms, panel)
+        self.pending[seq] = Outstanding(capture_ts, capture_to_send_ms, panel, landmarks)
         self.sess_sent += 1
         self.sent += 1
         if self.first_send_s is None:
@@ -212,3 +213,20 @@ class StreamLedger:
             out["latency_p50_ms"] = float(np.percentile(self.glass_to_glass_ms, 50))
             out["latency_p99_ms"] = float(np.percentile(self.glass_to_glass_ms, 99))
         return out
+
+
+class Lead:
+    """How far ahead of its capture time a frame's landmarks are forecast: ``fixed_ms``, or (None) the median
+    glass-to-glass latency of the last ``window`` replies (what the frame will be late by when it is shown; 0
+    before the first reply), at most ``MAX_AUTO_MS`` (further ahead a forecast is worse than none)."""
+
+    MAX_AUTO_MS = 300.0
+
+    def __init__(self, fixed_ms: float | None = None, window: int = 30):
+        self.fixed_ms, self.window = fixed_ms, int(window)
+
+    def ms(self, ledger: StreamLedger) -> float:
+        if self.fixed_ms is not None:
+            return float(self.fixed_ms)
+        recent = ledger.glass_to_glass_ms[-self.window:]
+        return min(max(float(np.median(recent)), 0.0), self.MAX_AUTO_MS) if recent else 0.0

@@ -16,12 +16,23 @@ invents a hidden joint, and a joint that reappears starts afresh. Imports numpy 
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 
 VISIBLE = 0.5   # pose landmarks below this visibility are hidden (models/crop.py uses the same threshold)
 ONE_EURO = {"min_cutoff": 1.5, "beta": 2.0}   # the filter's settings in front of the forecasters (chosen on seed 7)
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread (threadpoolctl): the forecaster's products are too small
+    to gain from more, and BLAS threads that spin beside a busy server slow them 15x."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _present(lm: np.ndarray, has_visibility: bool) -> np.ndarray:
@@ -140,6 +151,34 @@ class ConstantVelocity(Forecaster):
         return out
 
 
+def window_features(xy: np.ndarray, ok: np.ndarray, horizon_frames, scale: float, context: bool) -> np.ndarray:
+    """The learned forecaster's inputs: ``xy`` (B, N, K, 2) windows of N positions (oldest first), ``ok`` (B, K) the
+    landmarks present over the whole window, ``horizon_frames`` scalar or (B,) -> (B, K, F) float32, one row per
+    landmark: its positions relative to its newest one (N-1 pairs, times ``scale``), with ``context`` the same of
+    the centroid of the window's present landmarks (the body's or the head's own motion, steadier than any one
+    point's), and the horizon in frames. Shared by training (trainer/forecast.py) and inference."""
+    b, n, k, _ = xy.shape
+    rel = (xy[:, :-1] - xy[:, -1:]) * scale                                      # (B, N-1, K, 2)
+    parts = [rel.transpose(0, 2, 1, 3).reshape(b, k, -1)]
+    if context:     # where the landmark is on the body: its newest position from the centroid, in body sizes
+        w = ok[:, None, :].astype(np.float64)
+        newest = np.nan_to_num(xy[:, -1])                                         # (B, K, 2)
+        centroid = (newest * w[:, 0, :, None]).sum(1, keepdims=True) / np.maximum(w.sum(2), 1.0)[..., None]
+        spread = np.sqrt((((newest - centroid) ** 2).sum(2) * w[:, 0]).sum(1) / np.maximum(w[:, 0].sum(1), 1.0))
+        parts.append((newest - centroid) / np.maximum(spread, 1e-6)[:, None, None])
+    parts.append(np.broadcast_to(np.reshape(np.asarray(horizon_frames, np.float32), (-1, 1, 1)), (b, k, 1)))
+    return np.nan_to_num(np.concatenate(parts, 2)).astype(np.float32)
+
+
+def body_features(x: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """A whole-body forecaster's input from per-landmark ``window_features`` ``x`` (..., K, F) and ``seen``
+    (..., K) (present over the window): every landmark's features but the horizon (zero where not seen), then
+    the K seen flags, then the horizon once -> (..., K*(F-1) + K + 1)."""
+    lead = x[..., :-1] * seen[..., None]
+    flat = lead.reshape(*lead.shape[:-2], -1)
+    return np.concatenate([flat, seen.astype(np.float32), x[..., 0, -1:]], -1).astype(np.float32)
+
+
 class LearnedForecaster(Forecaster):
     """A small MLP, shared by every landmark (so one model serves poses and face meshes): from a landmark's last
     ``history`` positions (relative to the newest, at the stream's frame rate ``fps``) and the horizon, its
@@ -148,11 +187,24 @@ class LearnedForecaster(Forecaster):
     inference is numpy matrix products (~0.1 ms for 33 landmarks)."""
 
     name = "learned"
+    MAX_GAP_FRAMES = 3.5   # samples further apart than this (frames at the model's fps) break the history
 
     def __init__(self, weights: dict[str, np.ndarray], config: dict, has_visibility: bool = True):
         self.w = [(np.asarray(weights[f"layers.{i}.weight"], np.float32).T,
                    np.asarray(weights[f"layers.{i}.bias"], np.float32)) for i in range(config["layers"])]
         self.history, self.fps, self.scale = int(config["history"]), float(config["fps"]), float(config["scale"])
+        self.context = bool(config.get("context", False))
+        self.arch = config.get("arch", "landmark")
+        if self.arch not in ("landmark", "body"):
+            raise ValueError(f"unknown forecaster arch {self.arch!r} (landmark or body)")
+        self.num_landmarks = int(config.get("num_landmarks", 0))
+        per = (self.history - 1) * 2 + (3 if self.context else 1)
+        k = self.num_landmarks
+        want, outs = (k * per + 1, 2 * k) if self.arch == "body" else (per, 2)
+        if self.history < 2 or self.fps <= 0 or self.w[0][0].shape[0] != want or self.w[-1][0].shape[1] != outs:
+            raise ValueError(f"weights of {self.w[0][0].shape[0]} inputs and {self.w[-1][0].shape[1]} outputs do "
+                             f"not fit history {self.history}, context {self.context}, arch {self.arch} ({want} "
+                             f"inputs, {outs} outputs)")
         self.config = dict(config)
         self._fallback = ConstantVelocity(has_visibility)
         # Trained behind a One Euro filter: the filter is part of the forecaster (it learned to undo its lag).
@@ -168,83 +220,207 @@ class LearnedForecaster(Forecaster):
                 part.reset()
 
     def update(self, t: float, landmarks: np.ndarray) -> None:
+        if self._last is not None and t <= self._last[0]:
+            self.reset()                                   # time went back (a new stream): start afresh
         if self.smoother is not None:
             landmarks = self.smoother(t, landmarks)
         super().update(t, landmarks)
         self._fallback.update(t, landmarks)
-        self._samples = (self._samples + [(float(t), self._last[1])])[-self.history:]
+        self._samples.append((float(t), self._last[1]))
+        span = (self.history - 1) / self.fps
+        while len(self._samples) > 2 and self._samples[1][0] <= t - span:
+            self._samples.pop(0)                           # keep one sample at or before the window's start
 
-    def features(self, horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """((K, in) MLP inputs, (K,) which landmarks have the whole history present)."""
-        stack = np.stack([lm for _, lm in self._samples])                        # (N, K, 3), oldest first
-        ok = np.all([_present(lm, self.has_visibility) for lm in stack], axis=0) if len(stack) == self.history \
-            else np.zeros(stack.shape[1], bool)
-        rel = (stack[:-1, :, :2] - stack[-1:, :, :2]) * self.scale               # (N-1, K, 2)
-        x = np.concatenate([rel.transpose(1, 0, 2).reshape(len(ok), -1),
-                            np.full((len(ok), 1), horizon_s * self.fps, np.float32)], 1)
-        return np.nan_to_num(x).astype(np.float32), ok
+    def window(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The last ``history`` positions at the model's frame rate, ending at the newest sample: ((N, K, 2)
+        oldest first, (K,) present throughout), interpolated linearly on the samples' times, so a camera at 24 or
+        60 fps (or one that skips a frame) feeds the model what it was trained on. None until the samples span
+        the window or where two samples are more than ``MAX_GAP_FRAMES`` frames apart within it."""
+        times = np.array([t for t, _ in self._samples])
+        t_last = times[-1]
+        want = t_last - np.arange(self.history - 1, -1, -1) / self.fps              # (N,) oldest first
+        if times[0] > want[0] + 1e-6:
+            return None
+        lo = np.clip(np.searchsorted(times, want - 1e-6, side="right") - 1, 0, len(times) - 1)
+        hi = np.minimum(lo + 1, len(times) - 1)
+        gap = times[hi] - times[lo]
+        if (gap > self.MAX_GAP_FRAMES / self.fps).any():
+            return None
+        w = np.where(gap > 0, np.clip((want - times[lo]) / np.where(gap > 0, gap, 1.0), 0.0, 1.0), 0.0)
+        w = np.where(np.abs(want - times[lo]) < 1e-6, 0.0, w)                        # on a sample: that sample
+        stack = np.stack([lm for _, lm in self._samples])                          # (S, K, 3)
+        present = np.stack([_present(lm, self.has_visibility) for lm in stack])    # (S, K)
+        xy = stack[lo, :, :2] * (1 - w)[:, None, None] + stack[hi, :, :2] * w[:, None, None]
+        ok = present[lo].all(0) & np.where(w[:, None] > 0, present[hi], True).all(0)
+        return xy.astype(np.float32), ok
+
+    def features(self, horizon_s: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """((K, in) MLP inputs, (K,) which landmarks have the whole history present), or None (no window)."""
+        win = self.window()
+        if win is None:
+            return None
+        xy, ok = win
+        return window_features(xy[None], ok[None], horizon_s * self.fps, self.scale, self.context)[0], ok
 
     def predict(self, horizon_s: float) -> np.ndarray:
         if horizon_s == 0:
             return super().predict(0.0)
         out = self._fallback.predict(horizon_s)
-        if len(self._samples) < self.history:
+        feats = self.features(horizon_s)
+        if feats is None:
             return out
-        x, ok = self.features(horizon_s)
-        if ok.any():
-            h = x[ok]
-            for i, (w, b) in enumerate(self.w):
-                h = h @ w + b
-                if i < len(self.w) - 1:
-                    h = np.maximum(h, 0.0)
-            out[ok, :2] = self._last[1][ok, :2] + h / self.scale
+        x, ok = feats
+        if not ok.any():
+            return out
+        if self.arch == "body":
+            if len(ok) != self.num_landmarks:
+                raise ValueError(f"this forecaster was trained on bodies of {self.num_landmarks} landmarks; got "
+                                 f"{len(ok)}")
+            move = self.run(body_features(x, ok)[None])[0].reshape(-1, 2)
+            out[ok, :2] = self._last[1][ok, :2] + move[ok] / self.scale
+        else:
+            out[ok, :2] = self._last[1][ok, :2] + self.run(x[ok]) / self.scale
         return out
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The network on (M, F) inputs -> (M, 2) displacements (times ``scale``; a body network: (1, 2K)).
+        Run it on one BLAS thread where the cores are busy (``one_blas_thread``; the capture client does): a
+        multi-threaded BLAS sharing 2 busy cores with a server took 18 ms a frame instead of 1."""
+        h = x
+        for i, (w, b) in enumerate(self.w):
+            h = h @ w + b
+            if i < len(self.w) - 1:
+                h = np.maximum(h, 0.0)
+        return h
 
 
 def load_forecaster(path, has_visibility: bool = True) -> LearnedForecaster:
     """A learned forecaster saved by trainer/forecast.py: ``path`` is its folder (``forecaster.json`` +
     ``forecaster.safetensors``)."""
-    import json
-    from pathlib import Path
-
     from safetensors.numpy import load_file
 
     folder = Path(path)
     try:
         config = json.loads((folder / "forecaster.json").read_text())
+        if not isinstance(config, dict) or config.get("format") != "posecast-forecaster":
+            raise ValueError("forecaster.json is not a posecast-forecaster config")
         weights = load_file(str(folder / "forecaster.safetensors"))
         return LearnedForecaster(weights, config, has_visibility)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{folder}: not a forecaster (forecaster.json + forecaster.safetensors): {e}") from None
 
 
+DEFAULT_FORECASTER = Path(__file__).with_name("forecaster")   # the bundled learned forecaster (one for every layout)
 FORECASTERS = {"none": NoForecast, "constant_velocity": ConstantVelocity}
+FORECASTER_NAMES = (*FORECASTERS, "learned")
 
 
-def make_forecaster(name: str, has_visibility: bool = True, learned: str | None = None) -> Forecaster:
-    """``none``, ``constant_velocity``, or ``learned`` (the model in folder ``learned``)."""
+MESH_GAIN = 0.8    # a face mesh moves by this fraction of its centroid's forecast (chosen on shot 1 of Megamind)
+
+
+class MeshForecaster(Forecaster):
+    """A face mesh moved by the forecast of what drives it: its centroid (the head's motion, with the noise of
+    hundreds of points averaged out), forecast by ``inner`` as one landmark and damped by ``gain`` (a head's
+    motion turns often: a shorter step errs less); the mesh's shape (mouth, eyes) stays as last seen. Per-point
+    forecasts of a face mesh chase each point's tracker noise: on the face mesh of shared/data/Megamind.avi at
+    100 ms, constant velocity per point errs 0.93x showing the past on the shots not used to choose ``gain``,
+    this 0.74x (docs/performance.md)."""
+
+    def __init__(self, inner: Forecaster, gain: float = MESH_GAIN):
+        if not 0 <= gain <= 2:
+            raise ValueError(f"gain must be in [0, 2], got {gain}")
+        self.inner, self.gain = inner, float(gain)
+        self.name = inner.name
+        super().__init__(has_visibility=False)
+
+    def reset(self) -> None:
+        super().reset()
+        self._centroid: np.ndarray | None = None
+        if hasattr(self, "inner"):                 # (Forecaster.__init__ calls this before inner is set)
+            self.inner.reset()
+
+    def update(self, t: float, landmarks: np.ndarray) -> None:
+        lm = np.asarray(landmarks, np.float32)
+        if self._last is not None and t <= self._last[0]:
+            self.reset()
+        prev = self._last[1] if self._last is not None else None
+        super().update(t, lm)
+        ok = _present(lm, False)
+        # The drive moves by the mean step of the points seen in both samples: a point lost or found does not
+        # move the centroid.
+        both = ok & _present(prev, False) if prev is not None else ok
+        if prev is None or self._centroid is None or not both.any():
+            drive = np.full((1, 3), np.nan, np.float32)
+            if ok.any():
+                drive[0, :2], drive[0, 2] = lm[ok, :2].mean(0), 1.0
+            self.inner.reset()                          # nothing in common with the last sample: a new track
+        else:
+            drive = self._centroid.copy()
+            drive[0, :2] += (lm[both, :2] - prev[both, :2]).mean(0)
+        self._centroid = drive
+        if np.isfinite(drive).all():
+            self.inner.update(t, drive)
+
+    def predict(self, horizon_s: float) -> np.ndarray:
+        out = super().predict(horizon_s)
+        if horizon_s == 0 or not np.isfinite(self._centroid).all():
+            return out
+        if self.inner._last is None:
+            return out
+        move = (self.inner.predict(horizon_s)[0, :2] - self._centroid[0, :2]) * self.gain
+        if np.isfinite(move).all():
+            out[:, :2] += move                          # NaN (missing) points stay NaN
+        return out
+
+
+DEFAULT_FORECASTER = Path(__file__).with_name("forecaster")   # the bundled learned forecaster (one for every layout)
+FORECASTERS = {"none": NoForecast, "constant_velocity": ConstantVelocity}
+FORECASTER_NAMES = (*FORECASTERS, "learned")
+DEFAULT_FORECAST = {"dance": "learned", "face": "constant_velocity"}   # the best measured for each (the client's)
+
+
+def make_forecaster(name: str, kind: str = "dance", learned: str | Path | None = None) -> Forecaster:
+    """``none``, ``constant_velocity``, ``learned`` (the model in folder ``learned``; default the bundled one,
+    ``DEFAULT_FORECASTER``) or ``auto`` (``DEFAULT_FORECAST[kind]``), for landmarks of ``kind``: ``dance`` (MediaPipe Pose: per joint, visibility
+    respected) or ``face`` (a face mesh: moved by its centroid's forecast, :class:`MeshForecaster`)."""
+    if kind not in ("dance", "face"):
+        raise ValueError(f"kind must be 'dance' or 'face', got {kind!r}")
+    if name == "auto":
+        name = DEFAULT_FORECAST[kind]
+    if name == "none":
+        return NoForecast(has_visibility=kind == "dance")
     if name == "learned":
-        if not learned:
-            raise ValueError("the learned forecaster needs its folder")
-        return load_forecaster(learned, has_visibility)
-    if name not in FORECASTERS:
-        raise ValueError(f"forecaster must be one of {', '.join(FORECASTERS)}, learned; got {name!r}")
-    return FORECASTERS[name](has_visibility)
+        inner = load_forecaster(learned or DEFAULT_FORECASTER)
+        if kind == "face" and inner.arch == "body":
+            raise ValueError(f"the learned forecaster in {learned or DEFAULT_FORECASTER} forecasts whole bodies of "
+                             f"{inner.num_landmarks} landmarks; a face mesh moves with its centroid: use "
+                             f"constant_velocity (the default for faces), or a per-landmark forecaster "
+                             f"(posecast train-forecaster --arch landmark)")
+    elif name in FORECASTERS:
+        inner = FORECASTERS[name]()
+    else:
+        raise ValueError(f"forecaster must be one of {', '.join(FORECASTER_NAMES)}, auto; got {name!r}")
+    return inner if kind == "dance" else MeshForecaster(inner)
 
 
 def display_error(forecaster: Forecaster, times: np.ndarray, observed: np.ndarray, truth_at,
-                  horizon_s: float, smoother: OneEuroFilter | None = None) -> tuple[float, float]:
+                  horizon_s: float, smoother: OneEuroFilter | None = None,
+                  cost_ms: list | None = None) -> tuple[float, float]:
     """(error, jitter) of what a display shows ``horizon_s`` after each sample when it renders the forecaster's
     prediction: error = mean distance (frame fractions) between the prediction and the true landmarks at display
     time (``truth_at(t)`` -> (K, 3)) over the landmarks present in both; jitter = mean magnitude of the shown
-    stream's frame-to-frame acceleration (second difference). ``observed`` (N, K, 3) samples at ``times`` (N,)."""
+    stream's frame-to-frame acceleration (second difference). ``observed`` (N, K, 3) samples at ``times`` (N,).
+    ``cost_ms``: a list that receives each sample's update + predict time (smoothing included), ms."""
     forecaster.reset()
     if smoother is not None:
         smoother.reset()
     errors, shown = [], []
     for t, lm in zip(times, observed):
+        t0 = time.perf_counter()
         forecaster.update(t, smoother(t, lm) if smoother is not None else lm)
         p = forecaster.predict(horizon_s)
+        if cost_ms is not None:
+            cost_ms.append((time.perf_counter() - t0) * 1e3)
         truth = truth_at(t + horizon_s)
         ok = _present(p, forecaster.has_visibility) & _present(truth, forecaster.has_visibility)
         if ok.any():
@@ -261,8 +437,9 @@ def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 3
     Euro smoothing) on the synthetic dancer's motion of ``seed`` (models/motion.py: the truth at every instant),
     sampled at ``fps`` for ``seconds`` with Gaussian noise of ``noise`` (frame fractions; MediaPipe's own jitter on
     real footage is of that order), displayed ``horizon`` ms after each sample. One row per forecaster x smoothing
-    x horizon: forecaster, smoothing, horizon_ms, error, jitter, and the raw stream's jitter_raw. ``learned``: the
-    folder of a learned forecaster to measure as well."""
+    x horizon: forecaster, smoothing, horizon_ms, error, jitter, the raw stream's jitter_raw, and cost_ms (the median
+    CPU time of one sample's update + predict). ``learned``: the
+    folder of the learned forecaster to measure (default the bundled one)."""
     from models.motion import DanceMotion
 
     exact = DanceMotion(seed, fps=1000.0)                       # landmarks at any millisecond
@@ -276,14 +453,132 @@ def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 3
     observed[:, :, :2] += rng.normal(0.0, noise, observed[:, :, :2].shape).astype(np.float32)
     _, raw_jitter = display_error(NoForecast(), times, observed, truth_at, 0.0)
     rows = []
+    learned = learned or (DEFAULT_FORECASTER if (DEFAULT_FORECASTER / "forecaster.json").exists() else None)
     for name in [*FORECASTERS, *(["learned"] if learned else [])]:
-        inside = name == "learned" and make_forecaster(name, learned=learned).smoother is not None
+        inside = name == "learned" and load_forecaster(learned).smoother is not None
         for smoothing in ("one_euro",) if inside else ("none", "one_euro"):   # (a learned one may filter itself)
             for h in horizons_ms:
                 smoother = OneEuroFilter(**ONE_EURO) if smoothing == "one_euro" and not inside else None
+                cost: list[float] = []
                 error, jitter = display_error(make_forecaster(name, learned=learned), times, observed, truth_at,
-                                              h / 1000.0, smoother)
+                                              h / 1000.0, smoother, cost)
                 rows.append({"what": "forecast", "forecaster": name, "smoothing": smoothing, "horizon_ms": int(h),
                              "seed": seed, "error": round(error, 5), "jitter": round(jitter, 5),
-                             "jitter_raw": round(raw_jitter, 5)})
+                             "jitter_raw": round(raw_jitter, 5), "cost_ms": round(float(np.median(cost)), 3)})
+    return rows
+
+
+class DisplayErrorMeter:
+    """The display-time pose error of a live stream: ``sample(t, landmarks)`` with every landmark sample the
+    source gives (capture time, the raw landmarks: the truth), ``shown(t, landmarks)`` when a frame rendered from
+    ``landmarks`` goes on screen at ``t`` (same clock). A shown frame is scored once a sample at or after ``t``
+    exists, against the two samples around ``t`` interpolated linearly (the stream itself, replayed on its
+    timestamps, is the truth): the mean distance over the landmarks present in both, frame fractions.
+    ``keep_s``: how long samples are kept (frames shown later than that after capture are not scored)."""
+
+    def __init__(self, has_visibility: bool = True, keep_s: float = 3.0):
+        self.has_visibility, self.keep_s = has_visibility, float(keep_s)
+        self._samples: list[tuple[float, np.ndarray]] = []
+        self._waiting: list[tuple[float, np.ndarray]] = []
+        self.errors: list[float] = []
+
+    def sample(self, t: float, landmarks: np.ndarray | None) -> None:
+        if landmarks is None:
+            return
+        if self._samples and t <= self._samples[-1][0]:
+            self._samples.clear()                           # a new stream
+        self._samples.append((float(t), np.asarray(landmarks, np.float32)))
+        while self._samples[0][0] < t - self.keep_s:
+            self._samples.pop(0)
+        self._score()
+
+    def shown(self, t: float, landmarks: np.ndarray | None) -> None:
+        if landmarks is not None:
+            self._waiting.append((float(t), np.asarray(landmarks, np.float32)))
+            self._score()
+
+    def truth_at(self, t: float) -> np.ndarray | None:
+        """The stream interpolated at ``t`` (None outside the samples kept); a landmark missing on either side
+        is missing (NaN)."""
+        times = [s for s, _ in self._samples]
+        if not times or t < times[0] or t > times[-1]:
+            return None
+        j = int(np.searchsorted(times, t, side="left"))
+        if times[j] == t:
+            return self._samples[j][1]
+        (t0, a), (t1, b) = self._samples[j - 1], self._samples[j]
+        w = (t - t0) / (t1 - t0)
+        out = a + (b - a) * np.float32(w)
+        gone = ~(_present(a, self.has_visibility) & _present(b, self.has_visibility))
+        out[gone, :2] = np.nan
+        return out
+
+    def _score(self) -> None:
+        last = self._samples[-1][0] if self._samples else None
+        keep = []
+        for t, lm in self._waiting:
+            if last is None or t > last:
+                keep.append((t, lm))                         # the truth at t is not known yet
+                continue
+            truth = self.truth_at(t)
+            if truth is None or truth.shape != lm.shape:
+                continue                                     # shown too late to score, or another layout
+            ok = _present(truth, False) & _present(lm, self.has_visibility)
+            if ok.any():
+                self.errors.append(float(np.linalg.norm(lm[ok, :2] - truth[ok, :2], axis=1).mean()))
+        self._waiting = keep
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.errors)) if self.errors else None
+
+
+def bench_forecast_stream(shots: list[tuple[np.ndarray, np.ndarray]], kind: str, horizons_ms=(50, 100, 150),
+                          learned: str | Path | None = None) -> list[dict]:
+    """``posecast bench --forecast --video/--recording``: display-time error and jitter of the forecasters on a
+    recorded landmark stream, the recording itself (interpolated on its timestamps) as the truth. ``shots``: the
+    stream's uninterrupted pieces, ``(times (N,), landmarks (N, K, 3))`` each (a forecast never spans a cut);
+    every figure is the mean over the shots, weighted by their frames. Face meshes are forecast per point
+    (``drive`` "points") and by their centroid ("centroid", the client's default); poses per joint. ``learned``:
+    a learned forecaster's folder (a body one serves poses only)."""
+    def truth_for(times, lms):
+        def truth_at(t: float) -> np.ndarray:
+            if t > times[-1]:
+                return np.full_like(lms[0], np.nan)
+            j = int(np.searchsorted(times, t))
+            if times[j] == t:
+                return lms[j]
+            w = np.float32((t - times[j - 1]) / (times[j] - times[j - 1]))
+            return lms[j - 1] + (lms[j] - lms[j - 1]) * w
+        return truth_at
+
+    vis = kind == "dance"
+    candidates = [("none", "points", lambda: NoForecast(vis)), ("constant_velocity", "points",
+                                                                lambda: ConstantVelocity(vis))]
+    if kind == "face":
+        candidates.append(("constant_velocity", "centroid", lambda: make_forecaster("constant_velocity", "face")))
+    if learned is not None or kind == "dance":
+        model = load_forecaster(learned or DEFAULT_FORECASTER, vis)
+        if kind == "dance":
+            candidates.append(("learned", "points", lambda: load_forecaster(learned or DEFAULT_FORECASTER)))
+        elif model.arch == "landmark":
+            candidates.append(("learned", "centroid", lambda: MeshForecaster(load_forecaster(learned))))
+    shots = [(np.asarray(t, np.float64), np.asarray(x, np.float32)) for t, x in shots if len(t) >= 3]
+    if not shots:
+        raise ValueError("no shot of 3 frames or more to forecast")
+    weights = np.array([len(t) for t, _ in shots], np.float64)
+    raw = np.array([display_error(NoForecast(vis), t, x, truth_for(t, x), 0.0)[1] for t, x in shots])
+    rows = []
+    for name, drive, make in candidates:
+        for h in horizons_ms:
+            res, cost = [], []
+            for t, x in shots:
+                res.append(display_error(make(), t, x, truth_for(t, x), h / 1000.0, cost_ms=cost))
+            err, jit = np.array(res).T
+            rows.append({"what": "forecast", "forecaster": name, "drive": drive, "smoothing": "none",
+                         "horizon_ms": int(h), "shots": len(shots), "frames": int(weights.sum()),
+                         "error": round(float(np.average(err, weights=weights)), 5),
+                         "jitter": round(float(np.average(jit, weights=weights)), 5),
+                         "jitter_raw": round(float(np.average(raw, weights=weights)), 5),
+                         "cost_ms": round(float(np.median(cost)), 3)})
     return rows

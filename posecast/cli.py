@@ -229,7 +229,9 @@ def _cmd_capture(args) -> int:
     stats = capture(args.server, args.source, record=args.record, headless=args.headless,
                     save_landmarks=args.save_landmarks, normalize="off" if args.no_normalize else args.normalize,
                     max_frames=args.max_frames, timeout_s=args.timeout, retries=args.retries, realtime=not args.fast,
-                    loop=args.loop, server_key=args.server_key, key=args.key)
+                    loop=args.loop, server_key=args.server_key, key=args.key, forecast=args.forecast,
+                    forecaster_model=args.forecaster_model, lead_ms=args.lead,
+                    emulate_latency_ms=args.emulate_latency)
     print(stats.summary())
     return 0
 
@@ -249,11 +251,43 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``0-5,10,12-13`` -> (0, 1, 2, 3, 4, 5, 10, 12, 13)."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        a, _, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b) if b else int(a)
+        except ValueError:
+            raise ValueError(f"--seeds: {part!r} is not a seed or a range a-b") from None
+        if hi < lo:
+            raise ValueError(f"--seeds: the range {part!r} runs backwards")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise ValueError("--seeds: no seed given")
+    return tuple(seeds)
+
+
+def _cmd_forecast_video(args) -> int:
+    from posecast.forecasting import forecast_video
+
+    res = forecast_video(args.out, model=args.model, latency_ms=args.latency, seed=args.seed, seconds=args.seconds,
+                         noise=args.noise, forecaster=args.forecaster_model, backend=args.backend,
+                         progress=not args.quiet)
+    print(f"wrote {res['output']} ({res['frames']} frames, motion seed {res['seed']}, {res['latency_ms']:g} ms of "
+          f"latency): display-time pose error {res['error_none']:.4f} of the frame side without a forecast, "
+          f"{res['error_forecast']:.4f} with it ({res['error_forecast'] / res['error_none']:.2f}x)")
+    return 0
+
+
 def _cmd_train_forecaster(args) -> int:
     from trainer.forecast import train_forecaster
 
-    seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+    seeds = _seed_list(args.seeds)
     out = train_forecaster(args.out, seeds=seeds, seconds=args.seconds, history=args.history, steps=args.steps,
+                           arch=args.arch,
                            progress=not args.quiet)
     print(f"wrote {out}/forecaster.{{json,safetensors}} (motion seeds {', '.join(map(str, seeds))}; report on "
           f"others: posecast bench --forecast --forecaster-model {out} --seed N)")
@@ -283,9 +317,11 @@ def _cmd_bench(args) -> int:
                   f"{row['frames_per_s']:8.1f} frames/s ({row['streams_at_30fps']} streams at 30 fps), "
                   f"p50 {row['p50_ms']:.2f} ms per call", flush=True)
         elif row["what"] == "forecast":
+            where = f"seed {row['seed']}" if "seed" in row else f"{row['frames']} frames, {row['drive']}"
             print(f"forecast {row['forecaster']:>17} smoothing {row['smoothing']:>8} {row['horizon_ms']:>4} ms ahead "
-                  f"(seed {row['seed']}): display-time error {row['error']:.4f} of the frame side, jitter "
-                  f"{row['jitter']:.4f} (raw stream {row['jitter_raw']:.4f})", flush=True)
+                  f"({where}): display-time error {row['error']:.4f} of the frame side, jitter "
+                  f"{row['jitter']:.4f} (raw stream {row['jitter_raw']:.4f}), {row['cost_ms']:.3f} ms a frame",
+                  flush=True)
         elif row["what"] == "train":
             stages = ", ".join(f"{k[:-3]} {row[k]:.0f}" for k in row if k.endswith("_ms"))
             print(f"train {row['preset']:>8} {row['size']:>4}px {row['phase']:>11} {row['precision_used']:>4} "
@@ -297,8 +333,19 @@ def _cmd_bench(args) -> int:
                   f"{row['server_overhead_ms']} ms/frame (engine {row['engine_ms']} ms)", flush=True)
 
     if args.forecast:   # the forecasters' figures only (models/forecast.py)
-        from models.forecast import bench_forecast
+        from models.forecast import bench_forecast, bench_forecast_stream
 
+        if args.stream:     # a recorded stream (a video through MediaPipe, or a landmark recording)
+            from posecast.forecasting import stream_shots
+
+            shots = stream_shots(args.stream, args.stream_kind, progress=not args.json)
+            picked = _seed_list(args.shots) if args.shots else range(len(shots))
+            if any(not 0 <= i < len(shots) for i in picked):
+                raise ValueError(f"--shots: {args.stream} has shots 0-{len(shots) - 1}")
+            for row in bench_forecast_stream([shots[i] for i in picked], args.stream_kind,
+                                             learned=args.forecaster_model):
+                emit(dict(row, source=str(args.stream), shot_ids=list(picked)))
+            return 0
         for row in bench_forecast(args.seed, learned=args.forecaster_model):
             emit(row)
         return 0
@@ -401,13 +448,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-forecaster", help="train the learned pose forecaster (models/forecast.py) on the "
                                                 "synthetic dancer's motion")
     s.add_argument("--out", required=True, help="folder to write forecaster.{json,safetensors} to")
-    s.add_argument("--seeds", default="0,1,2,3,4,5",
-                   help="motion seeds to train on (default 0-5; report on others)")
+    s.add_argument("--seeds", default="0-5,10-39",
+                   help="motion seeds to train on, ranges allowed (default 0-5,10-39; report on 6-9, 40+)")
     s.add_argument("--seconds", type=float, default=60.0, help="seconds of motion per seed (default 60)")
-    s.add_argument("--history", type=int, default=10, help="past frames (30 fps) the model sees (default 10)")
-    s.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
+    s.add_argument("--history", type=int, default=20, help="past frames (30 fps) the model sees (default 20)")
+    s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 12000 body, 20000 landmark)")
+    s.add_argument("--arch", default="body", choices=["body", "landmark"],
+                   help="body (default): one network over the whole 33-joint pose; landmark: one small network "
+                        "shared by every landmark (any layout: poses, a face mesh's centroid)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=_cmd_train_forecaster)
+
+    s = sub.add_parser("forecast-video", help="a side-by-side video: the pose now | the output without forecast | "
+                                              "with the pose forecast one latency ahead (synthetic dancer)")
+    s.add_argument("--out", default="demo/forecast.mp4", help="the mp4 to write (default demo/forecast.mp4)")
+    s.add_argument("--model", default=None, help="a dance model (default: the bundled one)")
+    s.add_argument("--latency", type=float, default=100.0, metavar="MS", help="glass-to-glass latency (default 100)")
+    s.add_argument("--seed", type=int, default=8, help="motion seed (default 8; the forecaster never saw 6-9, 40+)")
+    s.add_argument("--seconds", type=float, default=10.0, help="length (default 10 s at 30 fps)")
+    s.add_argument("--noise", type=float, default=0.002, help="landmark noise, frame fractions (default 0.002)")
+    s.add_argument("--forecaster-model", default=None, metavar="DIR", help="a learned forecaster (default: bundled)")
+    s.add_argument("--backend", default=None, help="engine backend (default onnxruntime when installed)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_forecast_video)
 
     s = sub.add_parser("eval", help="evaluate a trained model on held-out clips: PSNR/SSIM in the person's region "
                                     "and the full frame, pose re-detected on the output, flicker, baselines")
@@ -501,6 +564,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retries", type=int, default=3, help="connection attempts (default 3)")
     s.add_argument("--fast", action="store_true", help="read files as fast as the server renders, not at their fps")
     s.add_argument("--loop", action="store_true", help="loop a video or recording")
+    s.add_argument("--forecast", default="auto", choices=["auto", "none", "constant_velocity", "learned"],
+                   help="send the pose forecast one glass-to-glass latency ahead, so the frame shown matches the "
+                        "body now (default auto: the bundled learned forecaster for dance, constant velocity of "
+                        "the mesh's centroid for faces; none: the pose as captured)")
+    s.add_argument("--forecaster-model", default=None, metavar="DIR",
+                   help="a learned forecaster of your own (posecast train-forecaster --out DIR)")
+    s.add_argument("--lead", type=float, default=None, metavar="MS",
+                   help="forecast this far ahead (default: the measured glass-to-glass latency, at most 300 ms)")
+    s.add_argument("--emulate-latency", type=float, default=0.0, metavar="MS",
+                   help="hold every reply MS before handling it, as a slow network would (demos, measurements)")
     s.set_defaults(fn=_cmd_capture)
 
     s = sub.add_parser("demo", help="the live pipeline on loopback with the bundled model")
@@ -537,7 +610,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "synthetic dancer's motion of --seed (models/forecast.py)")
     s.add_argument("--seed", type=int, default=7, help="motion seed of the --forecast figures (default 7)")
     s.add_argument("--forecaster-model", default=None, metavar="DIR",
-                   help="--forecast: also the learned forecaster in DIR (posecast train-forecaster)")
+                   help="--forecast: the learned forecaster in DIR (default: the bundled one)")
+    s.add_argument("--stream", default=None, metavar="VIDEO|REC.npz",
+                   help="--forecast on a recorded stream instead of synthetic motion: a video (MediaPipe in "
+                        "tracking mode, split at shot cuts) or a landmark recording (capture --save-landmarks); "
+                        "the stream itself, on its timestamps, is the truth")
+    s.add_argument("--stream-kind", default="face", choices=["face", "dance"],
+                   help="--stream: what MediaPipe tracks in a video (default face)")
+    s.add_argument("--shots", default=None, metavar="LIST",
+                   help="--stream: only these shots (0-based, ranges allowed: 1-3)")
     s.add_argument("--precisions", default="fp32,auto", help="training precisions to time (default fp32,auto)")
     s.add_argument("--train-iterations", type=int, default=5,
                    help="timed training iterations per figure, after a warm-up one (default 5)")

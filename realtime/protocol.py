@@ -27,11 +27,12 @@ import numpy as np
 
 from models.landmarks import validate_landmarks
 
-PROTOCOL_VERSION = 3               # the newest version this module speaks
-SUPPORTED_VERSIONS = (2, 3)        # every version the server accepts in a hello (highest common one is used)
+PROTOCOL_VERSION = 4               # the newest version this module speaks
+SUPPORTED_VERSIONS = (2, 3, 4)      # every version the server accepts in a hello (highest common one is used)
 MAX_MESSAGE_BYTES = 1 << 16        # the largest client message, in bytes; a 478x3 float32 face is ~5.7 KiB
 CURVE_OVERHEAD_BYTES = 33          # what CURVE adds to a message on the wire (MESSAGE command name, nonce, MAC, flags)
 MAX_LANDMARKS = 1024
+MAX_LEAD_MS = 1000.0               # the furthest ahead a client may say it forecast its landmarks
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -101,14 +102,17 @@ class Landmarks:
     capture_ts: float = _f("capture time in seconds on the client's clock; echoed back")
     shape: list[int] = _f("[K, 3], 0 < K <= 1024", len=2)
     data: bytes = _f("K*3 little-endian float32, row-major: x, y in [0, 1], visibility or z; NaN = missing")
+    lead_ms: float = _f("how far past capture_ts the client forecast these landmarks (its expected glass-to-glass "
+                        "latency; 0 = the pose as captured); echoed back", 0.0, min=0.0, max=MAX_LEAD_MS, since=4)
 
     @classmethod
-    def from_array(cls, seq: int, capture_ts: float, landmarks: np.ndarray | None, num_landmarks: int) -> "Landmarks":
+    def from_array(cls, seq: int, capture_ts: float, landmarks: np.ndarray | None, num_landmarks: int,
+                   lead_ms: float = 0.0) -> "Landmarks":
         """Pack (K, 3) landmarks; ``None`` (nothing detected) is sent as all-NaN."""
         if landmarks is None:
             landmarks = np.full((num_landmarks, 3), np.nan, np.float32)
         arr = np.ascontiguousarray(landmarks, dtype="<f4")
-        return cls(seq=seq, capture_ts=capture_ts, shape=list(arr.shape), data=arr.tobytes())
+        return cls(seq=seq, capture_ts=capture_ts, shape=list(arr.shape), data=arr.tobytes(), lead_ms=float(lead_ms))
 
     def array(self) -> np.ndarray:
         return np.frombuffer(self.data, dtype="<f4").reshape(self.shape).astype(np.float32)
@@ -172,6 +176,8 @@ class Frame:
     jpeg: bytes = _f("the generated frame, JPEG")
     timings: dict = _f("per-stage server timings in ms (str -> float): decode, render, engine, encode, total")
     dropped: int = _f("landmarks of this session that got no frame so far", 0, min=0)
+    lead_ms: float = _f("echoed from the landmarks message: the frame shows the pose forecast this far past "
+                        "capture_ts", 0.0, min=0.0, max=MAX_LEAD_MS, since=4)
 
 
 @_message("server")
@@ -256,8 +262,10 @@ def _no_ext(code: int, data: bytes):
     raise ValueError(f"msgpack ext type {code}")
 
 
-def decode(raw: bytes) -> Message:
-    """Parse one message; raises ProtocolError (never anything else) for malformed input."""
+def decode(raw: bytes, version: int | None = None) -> Message:
+    """Parse one message; raises ProtocolError (never anything else) for malformed input. ``version``: the
+    session's protocol version, when there is one: a field added in a later version is refused as unknown (it
+    would mean something the session never agreed on)."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
@@ -276,6 +284,9 @@ def decode(raw: bytes) -> Message:
     seq = _wire_seq(d)
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if version is not None and f.metadata.get("since", 0) > version and f.name in d:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: field {f.name!r} needs protocol version "
+                                                       f"{f.metadata['since']}; this session speaks {version}", seq)
         if f.name not in d:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: missing field {f.name!r}", seq)

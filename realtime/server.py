@@ -81,6 +81,7 @@ class _Pending:
     landmarks: np.ndarray
     decode_ms: float
     t_recv: float          # perf_counter when the message came off the socket
+    lead_ms: float = 0.0   # how far ahead the client forecast these landmarks (protocol 4; echoed)
 
 
 @dataclasses.dataclass
@@ -189,6 +190,7 @@ class Server:
         self._interval_frames = 0
         self._interval_dropped = 0
         self._interval_engine_ms: list[float] = []
+        self._interval_lead_ms: list[float] = []      # leads of the forecast frames sent (protocol 4)
 
         self._ctx = zmq.Context()
         self._curve: CurveServer | None = None
@@ -467,7 +469,7 @@ class Server:
         if len(parts) != 1:
             raise ProtocolError(ErrorCode.BAD_MESSAGE,
                                 f"expected a single-frame message, got {len(parts)} frames")
-        msg = P.decode(parts[0])
+        msg = P.decode(parts[0], client.version if client is not None else None)
 
         if isinstance(msg, P.Landmarks):
             if client is None:
@@ -477,7 +479,7 @@ class Server:
             decode_ms = _ms(t_recv, time.perf_counter())
             if client.pending is not None:       # latest wins: the older landmarks will never be rendered
                 self._drop(client)
-            client.pending = _Pending(msg.seq, float(msg.capture_ts), arr, decode_ms, t_recv)
+            client.pending = _Pending(msg.seq, float(msg.capture_ts), arr, decode_ms, t_recv, float(msg.lead_ms))
         elif isinstance(msg, P.Hello):
             self._hello(rid, client, key, msg, now)
         elif isinstance(msg, P.Ping):
@@ -638,8 +640,10 @@ class Server:
         t1 = time.perf_counter()
         timings = {"decode": p.decode_ms, "render": t["render"], "engine": t["engine"],
                    "encode": t["post"] + _ms(t0, t1), "total": _ms(p.t_recv, t1)}
+        if p.lead_ms > 0:
+            self._interval_lead_ms.append(p.lead_ms)
         return P.encode(P.Frame(seq=p.seq, capture_ts=p.capture_ts, jpeg=jpeg.tobytes(), timings=timings,
-                                dropped=client.dropped))
+                                dropped=client.dropped, lead_ms=p.lead_ms), client.version)
 
     def _expire(self, now: float) -> None:
         for rid, client in list(self._clients.items()):
@@ -652,12 +656,15 @@ class Server:
         if frames or dropped or self._clients:
             p50 = float(np.median(eng)) if eng else float("nan")
             c = self.stats()
+            lead = self._interval_lead_ms
             self.log.info("stats: %d client(s), %d connection(s), %.1f frames/s, %d dropped, p50 engine %.1f ms, "
-                          "%d errors, %d connections paused for their rate, %d auth failures total",
+                          "%d errors, %d connections paused for their rate, %d auth failures total%s",
                           len(self._clients), c["open_connections"], frames / max(elapsed, 1e-9), dropped, p50,
-                          c["errors"], c["paused"], c["auth_failures"])
+                          c["errors"], c["paused"], c["auth_failures"],
+                          f"; {len(lead)} frames forecast, p50 {float(np.median(lead)):.0f} ms ahead" if lead else "")
         self._interval_frames = self._interval_dropped = 0
         self._interval_engine_ms = []
+        self._interval_lead_ms = []
 
 
 def raise_fd_limit(want: int = 1 << 16) -> int:

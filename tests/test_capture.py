@@ -65,6 +65,7 @@ class FakeServer(threading.Thread):
         ok, buf = cv2.imencode(".jpg", np.full((SIZE, SIZE, 3), COLOR_BGR, np.uint8))
         self.jpeg = buf.tobytes()
         self.received: list[tuple[int, np.ndarray]] = []   # (seq, landmarks) of every landmarks message
+        self.leads: list[float] = []                       # their lead_ms
         self.sessions: list[bytes] = []
         self.hellos = 0
         self._halt = threading.Event()
@@ -76,7 +77,7 @@ class FakeServer(threading.Thread):
             if not self.sock.poll(20):
                 continue
             ident, raw = self.sock.recv_multipart()
-            msg = P.decode(raw)
+            msg = P.decode(raw, min(self.version, P.PROTOCOL_VERSION))   # strict, as the real server
             if isinstance(msg, P.Hello):
                 self.hellos += 1
                 self.sessions.append(ident)
@@ -93,6 +94,7 @@ class FakeServer(threading.Thread):
                 if muted:
                     continue
                 self.received.append((msg.seq, msg.array()))
+                self.leads.append(msg.lead_ms)
                 if (self.forget_after is not None and self.hellos == 1
                         and self._answered.get(ident, 0) >= self.forget_after):
                     self._reply(ident, P.Error(P.ErrorCode.NO_SESSION, "fake: no session", msg.seq))
@@ -204,7 +206,7 @@ def test_connect_busy_refused_or_wrong_version_fails_clearly():
         assert srv.hellos == 1                              # refused: not tried again
     with FakeServer(version=99) as srv:
         c = CaptureClient(srv.address, timeout_s=2, retries=3, log=_quiet)
-        with pytest.raises(ConnectionError, match=r"speaks protocol version 99, this client \[2, 3\]"):
+        with pytest.raises(ConnectionError, match=r"speaks protocol version 99, this client \[2, 3, 4\]"):
             c.connect()
         assert srv.hellos == 1 and c.welcome is None
 
@@ -277,6 +279,39 @@ def test_synthetic_stream_records_every_frame(tmp_path):
     # every landmarks message reached the server: 33 finite rows, in order
     assert [s for s, _ in srv.received] == list(range(n))
     assert all(a.shape == (33, 3) and np.isfinite(a).all() for _, a in srv.received)
+
+
+@pytest.mark.timeout(60)
+def test_forecasting_under_emulated_latency_shows_the_pose_of_the_moment():
+    """100 ms of emulated latency on a paced synthetic stream: the frames shown without a forecast are one latency
+    behind the body; forecast one measured latency ahead, they are much closer (display-time pose error)."""
+    n, runs = 60, {}
+    for forecast in ("none", "constant_velocity", "learned"):
+        with FakeServer(subject_stats=_dance_stats()) as srv:
+            runs[forecast] = capture(srv.address, "synthetic:8", headless=True, max_frames=n, timeout_s=3,
+                                     normalize="same-camera", log=_quiet, forecast=forecast,
+                                     emulate_latency_ms=100.0)
+            runs[forecast].leads = list(srv.leads)
+    for name, st in runs.items():
+        assert st.frames_received == n and st.forecast == name and st.emulated_latency_ms == 100.0
+        assert st.latency_p50_ms >= 100.0                       # the replies were held back
+        assert st.display_error_frames >= n - 5                 # nearly every shown frame scored
+        assert "display-time pose error" in st.summary()
+    assert runs["none"].lead_p50_ms is None and set(runs["none"].leads) == {0.0}
+    learned = runs["learned"]
+    assert 100.0 <= learned.lead_p50_ms <= 300.0                # the measured latency, sent with each frame
+    assert learned.leads[0] == 0.0 and max(learned.leads) >= 100.0
+    # (The first frames go out before any reply has measured the latency: forecast 0 ms ahead.)
+    assert runs["constant_velocity"].display_error < 0.9 * runs["none"].display_error
+    assert learned.display_error < 0.8 * runs["none"].display_error
+    # An older server (protocol 3) gets no lead_ms (it would refuse the field); the forecast works the same.
+    with FakeServer(subject_stats=_dance_stats(), version=3) as srv:
+        st = capture(srv.address, "synthetic:8", headless=True, max_frames=20, timeout_s=3, log=_quiet,
+                     emulate_latency_ms=50.0)
+        assert st.errors == 0 and st.frames_received == 20 and st.forecast == "learned"
+    with pytest.raises(ValueError, match="emulate_latency_ms must be in"):
+        with FakeServer() as srv:
+            capture(srv.address, "synthetic:8", headless=True, max_frames=2, log=_quiet, emulate_latency_ms=-5)
 
 
 @pytest.mark.timeout(30)

@@ -18,7 +18,7 @@ from realtime.server import Server
 from test_server import K, Client, motion
 
 REPO = Path(__file__).resolve().parents[1]
-VECTORS = REPO / "tests" / "vectors" / "wire_v3.json"
+VECTORS = REPO / "tests" / "vectors" / "wire_v4.json"
 SCHEMA = REPO / "docs" / "protocol.schema.json"
 
 
@@ -79,12 +79,13 @@ def test_nested_values_are_plain_msgpack():
 
 def test_negotiate():
     assert P.negotiate(P.Hello(version=2)) == 2
-    assert P.negotiate(P.Hello()) == 3
+    assert P.negotiate(P.Hello()) == 4
+    assert P.negotiate(P.Hello(version=3)) == 3                     # a version-3 client keeps speaking 3
     assert P.negotiate(P.Hello(version=5, versions=[1, 2, 5])) == 2
     assert P.negotiate(P.Hello(version=3, versions=[2, 3]), supported=(2, 3)) == 3
     with pytest.raises(P.ProtocolError) as e:
         P.negotiate(P.Hello(version=1))
-    assert (e.value.code, e.value.versions) == ("bad_version", [2, 3])
+    assert (e.value.code, e.value.versions) == ("bad_version", [2, 3, 4])
 
 
 def test_fields_of_later_versions_stay_out_of_older_sessions():
@@ -132,3 +133,23 @@ def test_wire_vectors_replay_against_a_real_server(vector_server):
             finally:
                 c.close()
     assert vector_server.stats()["internal_errors"] == 0
+
+
+def test_version_4_carries_the_forecast_lead_and_older_sessions_never_see_it():
+    lm = P.Landmarks.from_array(3, 1.5, motion(0, 1)[0], K, lead_ms=120.0)
+    assert P.decode(P.encode(lm)) == lm and P.decode(P.encode(lm)).lead_ms == 120.0
+    assert "lead_ms" not in msgpack.unpackb(P.encode(lm, version=3))      # left out of a version-3 session
+    assert P.decode(P.encode(lm, version=3)).lead_ms == 0.0
+    frame = P.Frame(3, 1.5, b"j", {"total": 1.0}, lead_ms=120.0)
+    assert P.decode(P.encode(frame)) == frame
+    assert "lead_ms" not in msgpack.unpackb(P.encode(frame, version=3))
+    # A field of a later version inside an older session is refused by name, not silently read.
+    with pytest.raises(P.ProtocolError, match="'lead_ms' needs protocol version 4; this session speaks 3") as e:
+        P.decode(P.encode(lm), version=3)
+    assert (e.value.code, e.value.seq) == ("bad_message", 3)
+    assert P.decode(P.encode(lm), version=4).lead_ms == 120.0
+    for bad in (-1.0, P.MAX_LEAD_MS + 1, math.nan, math.inf, True):
+        raw = msgpack.unpackb(P.encode(lm))
+        raw["lead_ms"] = bad
+        with pytest.raises(P.ProtocolError):
+            P.decode(msgpack.packb(raw, use_bin_type=True))

@@ -186,6 +186,28 @@ def test_handshake_and_ping(make_server, ctx):
     assert wait_until(lambda: srv.session_count == 0, 5)
 
 
+def test_a_version_3_session_answers_in_version_3_and_refuses_a_forecast_lead(make_server, ctx):
+    srv = make_server()
+    old, new = Client(ctx, srv.endpoint, "v3"), Client(ctx, srv.endpoint, "v4")
+    old.send(P.Hello(version=3))
+    assert old.recv().version == 3
+    assert new.hello().version == 4
+    lm = motion(0, 1)[0]
+    old.sock.send(P.encode(P.Landmarks.from_array(0, 1.0, lm, K), 3))
+    raw = old.sock.recv() if old.sock.poll(10_000) else None
+    assert raw is not None and "lead_ms" not in msgpack.unpackb(raw)       # a v3 reader would refuse the field
+    assert P.decode(raw).seq == 0
+    old.send(P.Landmarks.from_array(1, 1.0, lm, K, lead_ms=100.0))          # a v4 field in a v3 session
+    err = old.recv()
+    assert (err.code, err.seq) == (P.ErrorCode.BAD_MESSAGE, 1) and "needs protocol version 4" in err.reason
+    new.send(P.Landmarks.from_array(7, 2.0, lm, K, lead_ms=100.0))
+    frame = new.recv()
+    assert (frame.seq, frame.lead_ms) == (7, 100.0)                        # echoed
+    old.sock.send(P.encode(P.Landmarks.from_array(2, 1.0, lm, K), 3))    # the refusal cost the session nothing
+    again = old.recv()
+    assert isinstance(again, P.Frame) and again.seq == 2
+
+
 @pytest.mark.timeout(60)
 def test_stream_latest_wins_every_frame_accounted_for(make_server, ctx):
     srv = make_server(rate_hz=10_000, rate_burst=1000)   # this client sends ~1000 msg/s: no rate limit here

@@ -1,11 +1,15 @@
 """Training the learned pose forecaster (models/forecast.py ``LearnedForecaster``) on the synthetic dancer's motion.
 
-Every training example is one landmark: its last ``history`` positions in a 30 fps stream with Gaussian noise
-(0 to ``noise_max`` of the frame side, as MediaPipe's jitter), relative to the newest, and a horizon of 0 to
-``horizon_max_s``; the target is where that landmark truly is at the horizon (models/motion.py gives the motion at
-any instant), relative to the newest *noisy* position — so the model learns to see through the noise as well as to
-extrapolate. Landmarks not visible over the whole window are left out. The motion seeds trained on must not be
-the ones reported on (``posecast bench --forecast --seed N``).
+An example is a window of the last ``history`` poses of a 30 fps stream with Gaussian noise (0 to ``noise_max`` of
+the frame side, as MediaPipe's jitter) and a horizon of 0 to ``horizon_max_s``; the target is where each landmark
+truly is at the horizon (models/motion.py gives the motion at any instant), relative to its newest *noisy*
+position — so the model learns to see through the noise as well as to extrapolate. ``arch="body"`` (the default)
+reads the whole pose at once (every joint's window and where it sits on the body: the coordination of a dance move
+is what predicts it); ``arch="landmark"`` is one small network applied to each landmark alone (any layout).
+Landmarks not visible over the whole window are left out of the loss. Runs of three consecutive windows add the
+shown stream's frame-to-frame acceleration to the loss (``smooth``), so a forecast does not turn the tracker's
+noise into jitter. The motion seeds trained on must not be the ones reported on (``posecast bench --forecast
+--seed N``; the default training seeds leave 6-9 and 40+ out).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.forecast import VISIBLE, OneEuroFilter
+from models.forecast import VISIBLE, OneEuroFilter, body_features, window_features
 
 STEP_HZ = 120     # the motion is sampled this often: horizons are multiples of 1/120 s
 
@@ -46,37 +50,64 @@ def filtered_streams(track: np.ndarray, rng: np.random.Generator, *, fps: float,
 
 
 def examples(track: np.ndarray, streams: np.ndarray, rng: np.random.Generator, count: int, *, history: int,
-             fps: float, scale: float, horizon_max_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs (M, (history-1)*2 + 1), targets (M, 2)) of ``count`` random windows of the streams (``fps``) of
-    ``track`` (STEP_HZ, the truth the targets come from)."""
+             fps: float, scale: float, horizon_max_s: float, context: bool = False, run: int = 3,
+             body: bool = False):
+    """``count`` random runs of ``run`` consecutive windows of the streams (``fps``) of ``track`` (STEP_HZ, the truth
+    the targets come from), one horizon per run -> (inputs (M, run, F), targets (M, run, 2)), M the landmarks present
+    throughout: the inputs as models/forecast.py ``window_features`` makes them, the targets the true position at
+    the horizon relative to the newest observed one (times ``scale``). A run lets training see what the shown
+    stream does from one frame to the next (its jitter), not only each frame's error. ``body``: whole bodies
+    instead (the inputs of models/forecast.py ``body_features``; see there)."""
     stride = int(round(STEP_HZ / fps))
     h_max = int(horizon_max_s * STEP_HZ)
     n = streams.shape[1]
-    anchors = rng.integers(history - 1, min(n, (len(track) - h_max - 1) // stride + 1), count)
+    first = rng.integers(history - 1, min(n, (len(track) - h_max - 1) // stride + 1) - run + 1, count)
+    anchors = first[:, None] + np.arange(run)[None, :]                               # (count, run)
     which = rng.integers(0, len(streams), count)
     hs = rng.integers(0, h_max + 1, count)
-    idx = anchors[:, None] - np.arange(history - 1, -1, -1)[None, :]                # (count, history) oldest first
-    window = streams[which[:, None], idx]                                            # (count, history, K, 3)
-    target = track[anchors * stride + hs]                                           # (count, K, 3)
+    idx = anchors[:, :, None] - np.arange(history - 1, -1, -1)[None, None, :]       # (count, run, history)
+    window = streams[which[:, None, None], idx]                                     # (count, run, history, K, 3)
+    target = track[anchors * stride + hs[:, None]]                                  # (count, run, K, 3)
     truth_window = track[idx * stride]
-    ok = (truth_window[..., 2] >= VISIBLE).all(1) & (target[..., 2] >= VISIBLE)     # (count, K)
-    ok &= np.isfinite(window[..., :2]).all((1, 3))
-    rel = (window[:, :-1, :, :2] - window[:, -1:, :, :2]) * scale                   # (count, history-1, K, 2)
-    x = np.concatenate([rel.transpose(0, 2, 1, 3).reshape(count, rel.shape[2], -1),
-                        np.broadcast_to((hs * fps / STEP_HZ)[:, None, None], (count, rel.shape[2], 1))], 2)
-    y = (target[..., :2] - window[:, -1, :, :2]) * scale
-    return x[ok].astype(np.float32), y[ok].astype(np.float32)
+    seen = (truth_window[..., 2] >= VISIBLE).all(2) & np.isfinite(window[..., :2]).all((2, 4))   # (count, run, K)
+    ok = seen & (target[..., 2] >= VISIBLE)
+    c, k = count * run, track.shape[1]
+    x = window_features(window[..., :2].reshape(c, history, k, 2), seen.reshape(c, k),
+                        np.repeat(hs * fps / STEP_HZ, run), scale, context).reshape(count, run, k, -1)
+    y = (target[..., :2] - window[:, :, -1, :, :2]) * scale                         # (count, run, K, 2)
+    newest = window[:, :, -1, :, :2] * scale
+    keep = ok.all(1)                                                                 # (count, K)
+    if body:        # whole bodies: (count, run, in), (count, run, K, 2) x2, (count, K) where the loss counts
+        xb = body_features(x, seen)
+        return xb.astype(np.float32), y.astype(np.float32), newest.astype(np.float32), keep
+    pick = lambda a: a.transpose(0, 2, 1, 3)[keep].astype(np.float32)               # noqa: E731 -> (M, run, .)
+    return pick(x), pick(y), pick(newest)
 
 
-def train_forecaster(out: str | Path, *, seeds=(0, 1, 2, 3, 4, 5), seconds: float = 60.0, history: int = 10,
-                     fps: float = 30.0, hidden: int = 64, steps: int = 3000, batch: int = 4096, lr: float = 1e-3,
-                     noise_max: float = 0.004, horizon_max_s: float = 0.2, scale: float = 30.0, seed: int = 0,
-                     one_euro: dict | None = None, progress: bool = True) -> Path:
-    """Train the forecaster on ``seeds``' motion and write ``out``/forecaster.{json,safetensors}. ``one_euro``: the
+TRAIN_SEEDS = (0, 1, 2, 3, 4, 5, *range(10, 40))   # motion seeds trained on; 6-9 and 40+ are left for reports
+
+
+def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.0, history: int = 20,
+                     fps: float = 30.0, hidden: int | None = None, steps: int | None = None, batch: int | None = None,
+                     lr: float = 1e-3,
+                     noise_max: float = 0.004, horizon_max_s: float = 0.3, scale: float = 30.0, seed: int = 0,
+                     one_euro: dict | None = None, context: bool = True, smooth: float | None = None, arch: str = "body",
+                     progress: bool = True) -> Path:
+    """Train the forecaster on ``seeds``' motion and write ``out``/forecaster.{json,safetensors,onnx}. ``hidden``,
+    ``batch`` (landmark rows a step), ``steps`` and ``smooth`` (the weight of the acceleration term) default per
+    ``arch``. ``one_euro``: the
     One Euro filter's parameters when the forecaster runs behind one (it then learns to undo the filter's lag; saved
     with it), None: on the raw landmarks."""
     from safetensors.torch import save_file
     from tqdm import tqdm
+
+    if arch not in ("body", "landmark"):
+        raise ValueError(f"arch must be 'body' or 'landmark', got {arch!r}")
+    body = arch == "body"     # the defaults of each (chosen on held-out motion seed 7, docs/performance.md)
+    hidden = hidden or (512 if body else 128)
+    batch = batch or (256 * 99 if body else 4096)     # landmark rows a step: 256 / 41 runs of 3 poses
+    steps = steps or (12000 if body else 20000)
+    smooth = (1.5 if body else 0.7) if smooth is None else smooth
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -84,16 +115,36 @@ def train_forecaster(out: str | Path, *, seeds=(0, 1, 2, 3, 4, 5), seconds: floa
     levels = np.linspace(0.0, noise_max, 5)
     smoother = (lambda: OneEuroFilter(**one_euro)) if one_euro else None
     streams = [filtered_streams(t, rng, fps=fps, noise_levels=levels, smoother=smoother) for t in tracks]
-    net = torch.nn.Sequential(torch.nn.Linear((history - 1) * 2 + 1, hidden), torch.nn.ReLU(),
-                              torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+    features = (history - 1) * 2 + (3 if context else 1)
+    k_all = tracks[0].shape[1]
+    n_in = k_all * (features + 1) - k_all + 1 if arch == "body" else features     # body: see body_features
+    n_out = 2 * k_all if arch == "body" else 2
+    net = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_out))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    kw = dict(history=history, fps=fps, scale=scale, horizon_max_s=horizon_max_s)
+    kw = dict(history=history, fps=fps, scale=scale, horizon_max_s=horizon_max_s, context=context)
+    acc = lambda p: p[:, 2] - 2 * p[:, 1] + p[:, 0]                                 # noqa: E731 - over a run
     bar = tqdm(range(steps), desc="forecaster", disable=not progress)
     for _ in bar:
         k = rng.integers(len(tracks))
-        x, y = examples(tracks[k], streams[k], rng, max(1, batch // tracks[k].shape[1]), **kw)
-        loss = torch.nn.functional.mse_loss(net(torch.from_numpy(x)), torch.from_numpy(y))
+        if arch == "body":
+            x, y, newest, keep = examples(tracks[k], streams[k], rng, max(1, batch // (3 * k_all)), body=True, **kw)
+            x, y, newest = (torch.from_numpy(a) for a in (x, y, newest))
+            w = torch.from_numpy(keep.astype(np.float32))[:, None, :, None]           # (count, 1, K, 1)
+            pred = net(x).reshape(y.shape)
+            denom = w.sum().clamp(min=1.0) * 2
+            loss = ((pred - y) ** 2 * w).sum() / (denom * y.shape[1])
+            if smooth:
+                d = acc(pred + newest) - acc(y + newest)
+                loss = loss + smooth * (d ** 2 * w[:, 0]).sum() / denom
+        else:
+            x, y, newest = (torch.from_numpy(a) for a in
+                            examples(tracks[k], streams[k], rng, max(1, batch // (3 * k_all)), **kw))
+            pred = net(x)
+            loss = torch.nn.functional.mse_loss(pred, y)
+            if smooth:     # the shown stream's frame-to-frame acceleration against the truth's
+                loss = loss + smooth * torch.nn.functional.mse_loss(acc(pred + newest), acc(y + newest))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -105,9 +156,34 @@ def train_forecaster(out: str | Path, *, seeds=(0, 1, 2, 3, 4, 5), seconds: floa
     tensors = {f"layers.{i}.{k}": v.detach().contiguous() for i, m in enumerate(layers) for k, v in
                (("weight", m.weight), ("bias", m.bias))}
     config = {"format": "posecast-forecaster", "version": 1, "layers": len(layers), "history": history, "fps": fps,
-              "scale": scale, "hidden": hidden, "one_euro": one_euro, "trained_on": {"motion_seeds": list(seeds), "seconds": seconds,
+              "scale": scale, "hidden": hidden, "one_euro": one_euro, "context": context, "arch": arch,
+              "num_landmarks": int(k_all), "trained_on": {"motion_seeds": list(seeds), "seconds": seconds,
                                                                "noise_max": noise_max, "horizon_max_s": horizon_max_s,
-                                                               "steps": steps}}
-    save_file(tensors, str(out / "forecaster.safetensors"))
-    (out / "forecaster.json").write_text(json.dumps(config, indent=2))
+                                                               "steps": steps, "smooth": smooth}}
+    # Each file is written beside its name and moved over it: an interrupted run leaves the old forecaster whole.
+    save_file(tensors, str(out / "forecaster.safetensors.tmp"))
+    (out / "forecaster.json.tmp").write_text(json.dumps(config, indent=2))
+    export_onnx(net, n_in, out / "forecaster.onnx")
+    (out / "forecaster.safetensors.tmp").replace(out / "forecaster.safetensors")
+    (out / "forecaster.json.tmp").replace(out / "forecaster.json")
     return out
+
+
+def export_onnx(net: torch.nn.Module, features: int, path: Path) -> Path:
+    """The network as ONNX (input ``x`` (M, features): one row per landmark, output ``displacement`` (M, 2)), for
+    runtimes without numpy (a browser page, another language). The client itself runs the same weights from the
+    safetensors in numpy."""
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)     # the TorchScript exporter's notice (opset 17 is fine)
+        torch.onnx.export(net.eval(), (torch.zeros(1, features),), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["displacement"],
+                          dynamic_axes={"x": {0: "landmarks"}, "displacement": {0: "landmarks"}})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    return path
+

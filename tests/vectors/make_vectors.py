@@ -1,4 +1,4 @@
-"""Writes tests/vectors/wire_v3.json: wire test vectors of the posecast protocol, replayed by tests/test_protocol.py.
+"""Writes tests/vectors/wire_v4.json: wire test vectors of the posecast protocol, replayed by tests/test_protocol.py.
 
     python tests/vectors/make_vectors.py
 
@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 
 K = 33
-OUT = Path(__file__).with_name("wire_v3.json")
+OUT = Path(__file__).with_name("wire_v4.json")
 
 
 def pose(seed: int = 0, nan_rows=(), bad: float | None = None) -> bytes:
@@ -55,14 +55,17 @@ def vectors() -> list[dict]:
         v.append({"name": name, "session": session, "frames": frames, "expect": expect})
 
     # -- valid ------------------------------------------------------------------------------------------
-    add("hello", {"t": "hello", "version": 3, "client": "vectors"},
-        {"t": "welcome", "version": 3, "versions": [2, 3], "rate_burst": 32, "reply_queue": 64, "max_clients": 16})
-    add("hello with defaults", {"t": "hello"}, {"t": "welcome", "version": 3})
+    add("hello", {"t": "hello", "version": 4, "client": "vectors"},
+        {"t": "welcome", "version": 4, "versions": [2, 3, 4], "rate_burst": 32, "reply_queue": 64,
+         "max_clients": 16})
+    add("hello with defaults", {"t": "hello"}, {"t": "welcome", "version": 4})
+    add("hello of a version-3 client gets a version-3 welcome", {"t": "hello", "version": 3},
+        {"t": "welcome", "version": 3, "versions": [2, 3, 4]})
     add("hello of a version-2 client gets a version-2 welcome", {"t": "hello", "version": 2},
-        {"t": "welcome", "version": 2, "versions": [2, 3]})
-    add("hello offering versions 1-4 gets the highest common one", {"t": "hello", "version": 4, "versions": [1, 2, 3, 4]},
-        {"t": "welcome", "version": 3})
-    add("hello offering versions 1, 2 and 4 gets 2", {"t": "hello", "version": 4, "versions": [1, 2, 4]},
+        {"t": "welcome", "version": 2, "versions": [2, 3, 4]})
+    add("hello offering versions 1-5 gets the highest common one", {"t": "hello", "version": 5, "versions": [1, 2, 3, 4, 5]},
+        {"t": "welcome", "version": 4})
+    add("hello offering versions 1, 2 and 5 gets 2", {"t": "hello", "version": 5, "versions": [1, 2, 5]},
         {"t": "welcome", "version": 2})
     add("ping", {"t": "ping", "ts": 1.5}, {"t": "pong", "ts": 1.5})
     add("ping: an integer is a valid float", {"t": "ping", "ts": 2}, {"t": "pong", "ts": 2.0})
@@ -75,6 +78,9 @@ def vectors() -> list[dict]:
     add("landmarks: integer capture_ts", lmk(capture_ts=7), {"t": "frame", "seq": 5, "capture_ts": 7.0},
         session=True)
     add("landmarks: seq 0", lmk(seq=0), {"t": "frame", "seq": 0}, session=True)
+    add("landmarks forecast 120 ms ahead: the lead is echoed", lmk(lead_ms=120.0),
+        {"t": "frame", "seq": 5, "lead_ms": 120.0}, session=True)
+    add("landmarks: integer lead_ms", lmk(lead_ms=80), {"t": "frame", "seq": 5, "lead_ms": 80.0}, session=True)
     add("reset (no reply)", {"t": "reset"}, None, session=True)
     add("bye (no reply)", {"t": "bye"}, None, session=True)
     add("bye without a session (no reply)", {"t": "bye"}, None)
@@ -91,9 +97,9 @@ def vectors() -> list[dict]:
     add("integer map keys", [msgpack.packb({"t": "ping", 1: 2}, strict_types=False).hex()], err("bad_message"))
     # -- invalid: field types (booleans are never integers, floats never integers, no ext values) ------------
     add("hello: bad version (none in common)", {"t": "hello", "version": 1},
-        err("bad_version", versions=[2, 3]))
+        err("bad_version", versions=[2, 3, 4]))
     add("hello: versions without a common one", {"t": "hello", "version": 9, "versions": [7, 8, 9]},
-        err("bad_version", versions=[2, 3]))
+        err("bad_version", versions=[2, 3, 4]))
     add("hello: version true", {"t": "hello", "version": True}, err("bad_message"))
     add("hello: version 2.0", {"t": "hello", "version": 2.0}, err("bad_message"))
     add("hello: versions holds a boolean", {"t": "hello", "versions": [True]}, err("bad_message"))
@@ -117,6 +123,10 @@ def vectors() -> list[dict]:
     add("ping: ts as a msgpack timestamp", {"t": "ping", "ts": msgpack.Timestamp(1, 0)}, err("bad_message"))
     add("landmarks: shape with a boolean", lmk(shape=[K, True]), err("bad_message", 5), session=True)
     add("landmarks: data as a string", lmk(data="abc"), err("bad_message", 5), session=True)
+    add("landmarks: lead_ms -1", lmk(lead_ms=-1.0), err("bad_message", 5), session=True)
+    add("landmarks: lead_ms beyond 1000", lmk(lead_ms=1000.5), err("bad_message", 5), session=True)
+    add("landmarks: lead_ms NaN", lmk(lead_ms=math.nan), err("bad_message", 5), session=True)
+    add("landmarks: lead_ms true", lmk(lead_ms=True), err("bad_message", 5), session=True)
     # -- invalid: landmark values -------------------------------------------------------------------------
     add("landmarks: shape [33, 2]", lmk(shape=[K, 2]), err("bad_landmarks", 5), session=True)
     add("landmarks: shape [33]", lmk(shape=[K]), err("bad_landmarks", 5), session=True)
@@ -131,7 +141,7 @@ def vectors() -> list[dict]:
 
 
 def main() -> None:
-    doc = {"protocol": "posecast", "version": 3, "num_landmarks": K, "model_kind": "dance",
+    doc = {"protocol": "posecast", "version": 4, "num_landmarks": K, "model_kind": "dance",
            "about": __doc__.split("\n\n", 2)[2].strip(), "vectors": vectors()}
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {OUT} ({len(doc['vectors'])} vectors)")
