@@ -450,7 +450,8 @@ class CaptureClient:
     def run(self, source: Source, *, record: str | os.PathLike | None = None, headless: bool = False,
             save_landmarks: str | os.PathLike | None = None, max_frames: int | None = None,
             show: bool | None = None, forecast: str = "auto", forecaster_model: str | os.PathLike | None = None,
-            lead_ms: float | None = None, emulate_latency_ms: float = 0.0) -> CaptureStats:
+            lead_ms: float | None = None, emulate_latency_ms: float = 0.0,
+            one_euro: dict | str | None = "auto") -> CaptureStats:
         """Stream ``source`` through the server until it ends, ``max_frames`` were sent, or q/Esc/Ctrl-C.
 
         ``show``: open a window (default: when a display exists and not ``headless``). ``record``: write the
@@ -461,6 +462,7 @@ class CaptureClient:
         ``learned`` (the model in ``forecaster_model``, default the bundled one) / ``auto`` (the best measured for
         the model's kind: learned for dance, constant velocity of the mesh's centroid for faces; models/forecast.py). ``emulate_latency_ms``: hold every
         reply that long before handling it, as a slow network would (for demos and measurements on loopback).
+        ``one_euro``: the One Euro filter in front of the forecaster (see models/forecast.py ``make_forecaster``).
         Returns :class:`CaptureStats`; raises :class:`ServerLostError` (with ``.stats``) when the server went
         away and did not come back within ``retries`` reconnections.
         """
@@ -481,7 +483,7 @@ class CaptureClient:
         if lead_ms is not None and not 0 <= lead_ms <= P.MAX_LEAD_MS:
             raise ValueError(f"lead_ms must be in [0, {P.MAX_LEAD_MS:g}], got {lead_ms}")
         from models.forecast import make_forecaster
-        forecaster = make_forecaster(forecast, kind, learned=forecaster_model)
+        forecaster = make_forecaster(forecast, kind, learned=forecaster_model, one_euro=one_euro)
         if not (source.live or source.realtime) and forecaster.name != "none":
             # Lock-step (--fast): frames are shown as rendered, not against a live body: nothing to catch up with.
             if forecast != "auto":
@@ -885,7 +887,7 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
             log: Callable[[str], None] | None = None, server_key: str | os.PathLike | None = None,
             key: str | os.PathLike | None = None, forecast: str = "auto",
             forecaster_model: str | os.PathLike | None = None, lead_ms: float | None = None,
-            emulate_latency_ms: float = 0.0) -> CaptureStats:
+            emulate_latency_ms: float = 0.0, one_euro: dict | str | None = "auto") -> CaptureStats:
     """The function behind ``posecast capture``: connect, open the source, stream, return :class:`CaptureStats`.
 
     CLI options (for argparse)::
@@ -916,6 +918,8 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --forecaster-model DIR        a learned forecaster of one's own                     -> forecaster_model
         --lead MS                     forecast this far ahead (default: measured latency)    -> lead_ms
         --emulate-latency MS          hold every reply MS before handling it                 -> emulate_latency_ms
+        --one-euro auto|none|MIN_CUTOFF,BETA
+                                      the One Euro filter in front of the forecaster         -> one_euro
 
     ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and 1
     with ``realtime=False`` (lock-step, so no frame is dropped); an int or None (unbounded) to override.
@@ -932,7 +936,7 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         src = open_source(source, welcome.kind, realtime=realtime, loop=loop, default_fps=welcome.fps)
         return client.run(src, record=record, headless=headless, save_landmarks=save_landmarks,
                           max_frames=max_frames, show=show, forecast=forecast, forecaster_model=forecaster_model,
-                          lead_ms=lead_ms, emulate_latency_ms=emulate_latency_ms)
+                          lead_ms=lead_ms, emulate_latency_ms=emulate_latency_ms, one_euro=one_euro)
     finally:
         client.close()
 

@@ -231,9 +231,20 @@ def _cmd_capture(args) -> int:
                     max_frames=args.max_frames, timeout_s=args.timeout, retries=args.retries, realtime=not args.fast,
                     loop=args.loop, server_key=args.server_key, key=args.key, forecast=args.forecast,
                     forecaster_model=args.forecaster_model, lead_ms=args.lead,
-                    emulate_latency_ms=args.emulate_latency)
+                    emulate_latency_ms=args.emulate_latency, one_euro=_one_euro(args.one_euro))
     print(stats.summary())
     return 0
+
+
+def _one_euro(text: str) -> dict | str | None:
+    """``--one-euro``: auto, none, or MIN_CUTOFF,BETA."""
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        cutoff, beta = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--one-euro: expected auto, none or MIN_CUTOFF,BETA (e.g. 1.5,2), got {text!r}") from None
+    return {"min_cutoff": cutoff, "beta": beta}
 
 
 def _cmd_demo(args) -> int:
@@ -452,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="motion seeds to train on, ranges allowed (default 0-5,10-39; report on 6-9, 40+)")
     s.add_argument("--seconds", type=float, default=60.0, help="seconds of motion per seed (default 60)")
     s.add_argument("--history", type=int, default=20, help="past frames (30 fps) the model sees (default 20)")
-    s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 12000 body, 20000 landmark)")
+    s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 16000 body, 20000 landmark)")
     s.add_argument("--arch", default="body", choices=["body", "landmark"],
                    help="body (default): one network over the whole 33-joint pose; landmark: one small network "
                         "shared by every landmark (any layout: poses, a face mesh's centroid)")
@@ -572,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a learned forecaster of your own (posecast train-forecaster --out DIR)")
     s.add_argument("--lead", type=float, default=None, metavar="MS",
                    help="forecast this far ahead (default: the measured glass-to-glass latency, at most 300 ms)")
+    s.add_argument("--one-euro", default="auto", metavar="auto|none|MIN_CUTOFF,BETA",
+                   help="the One Euro filter in front of the forecaster (default auto: 1.5 Hz, beta 2 for constant "
+                        "velocity on poses, none for the learned forecaster and faces)")
     s.add_argument("--emulate-latency", type=float, default=0.0, metavar="MS",
                    help="hold every reply MS before handling it, as a slow network would (demos, measurements)")
     s.set_defaults(fn=_cmd_capture)

@@ -290,7 +290,7 @@ def test_forecasting_under_emulated_latency_shows_the_pose_of_the_moment():
         with FakeServer(subject_stats=_dance_stats()) as srv:
             runs[forecast] = capture(srv.address, "synthetic:8", headless=True, max_frames=n, timeout_s=3,
                                      normalize="same-camera", log=_quiet, forecast=forecast,
-                                     emulate_latency_ms=100.0)
+                                     emulate_latency_ms=100.0, one_euro=None)   # (a noise-free source)
             runs[forecast].leads = list(srv.leads)
     for name, st in runs.items():
         assert st.frames_received == n and st.forecast == name and st.emulated_latency_ms == 100.0

@@ -108,7 +108,7 @@ def learned(tmp_path_factory):
 
     torch.manual_seed(0)
     return train_forecaster(tmp_path_factory.mktemp("fc"), seeds=(0,), seconds=15.0, steps=1000, history=10,
-                            hidden=32, arch="landmark", progress=False)
+                            hidden=32, arch="landmark", augment=False, progress=False)
 
 
 def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it_cannot(learned):
@@ -394,3 +394,45 @@ def test_bench_forecast_on_a_recording_from_the_command_line(tmp_path, capsys):
     assert all(r["frames"] == 60 and r["shot_ids"] == [0] and r["error"] > 0 for r in rows)
     assert main(["bench", "--forecast", "--stream", str(rec), "--stream-kind", "dance", "--shots", "7"]) == 2
     assert "--shots: " in capsys.readouterr().err
+
+
+def test_constant_velocity_on_poses_runs_behind_the_one_euro_filter_unless_told_otherwise():
+    from models.forecast import ONE_EURO, Smoothed, make_forecaster
+
+    f = make_forecaster("constant_velocity", "dance")
+    assert isinstance(f, Smoothed) and f.name == "constant_velocity"
+    raw = make_forecaster("constant_velocity", "dance", one_euro=None)
+    assert type(raw) is ConstantVelocity
+    ref, filt = ConstantVelocity(), OneEuroFilter(**ONE_EURO)
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        lm = _moving(i / 30)
+        lm[:, :2] += rng.normal(0, 0.002, (3, 2)).astype(np.float32)
+        f.update(i / 30, lm)
+        ref.update(i / 30, filt(i / 30, lm))
+    np.testing.assert_array_equal(f.predict(0.1), ref.predict(0.1))
+    mine = make_forecaster("constant_velocity", "dance", one_euro={"min_cutoff": 3.0, "beta": 0.0})
+    assert mine.filter.min_cutoff == 3.0
+    assert not isinstance(make_forecaster("learned", "dance"), Smoothed)                # sees through noise itself
+
+
+def test_the_bundled_forecaster_follows_a_body_gliding_at_constant_velocity():
+    """Known answer: a pose carried across the frame at constant velocity (someone walking sideways) is where the
+    bundled forecaster says, within the stated tolerance: at most 0.6x the error of showing the past, and a pose
+    at rest stays within 0.008 of the frame side (2 px at 256)."""
+    from models.forecast import make_forecaster
+    from models.motion import DanceMotion
+
+    for seed, frame in ((9, 50), (3, 10)):
+        base = DanceMotion(seed, 30.0).landmarks(frame)
+        for v in ((0.0, 0.0), (0.15, -0.05), (0.3, 0.0)):
+            f, v = make_forecaster("learned", "dance"), np.float32(v)
+            for i in range(25):
+                lm = base.copy()
+                lm[:, :2] += v * i / 30
+                f.update(i / 30, lm)
+            want = lm[:, :2] + v * 0.1
+            seen = lm[:, 2] >= 0.5
+            err = float(np.linalg.norm(f.predict(0.1)[seen, :2] - want[seen], axis=1).mean())
+            late = float(np.linalg.norm(v)) * 0.1
+            assert err <= (0.6 * late if late else 0.008), (seed, v, err, late)

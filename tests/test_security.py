@@ -120,7 +120,7 @@ def test_unknown_or_missing_key_gets_nothing_allowed_key_streams(servers, ctx, k
         c.send(P.Ping(ts=1.0))
     alice = KeyClient(ctx, srv.endpoint, keys, "alice", "alice")
     w = alice.hello()
-    assert (w.version, w.heartbeat_s, w.idle_timeout_s, w.max_message_bytes) == (3, 1.0, 30.0, P.MAX_MESSAGE_BYTES)
+    assert (w.version, w.heartbeat_s, w.idle_timeout_s, w.max_message_bytes) == (4, 1.0, 30.0, P.MAX_MESSAGE_BYTES)
     lms = motion(1, 5)
     assert [alice.frame(i, lm).seq for i, lm in enumerate(lms)] == list(range(5))
     assert silent(eve) and silent(nokey)                 # no welcome, no error, no pong: nothing at all

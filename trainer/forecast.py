@@ -6,7 +6,8 @@ truly is at the horizon (models/motion.py gives the motion at any instant), rela
 position — so the model learns to see through the noise as well as to extrapolate. ``arch="body"`` (the default)
 reads the whole pose at once (every joint's window and where it sits on the body: the coordination of a dance move
 is what predicts it); ``arch="landmark"`` is one small network applied to each landmark alone (any layout).
-Landmarks not visible over the whole window are left out of the loss. Runs of three consecutive windows add the
+With ``augment`` every motion is also trained on carried around the frame (``carried``). Landmarks not visible
+over the whole window are left out of the loss. Runs of three consecutive windows add the
 shown stream's frame-to-frame acceleration to the loss (``smooth``), so a forecast does not turn the tracker's
 noise into jitter. The motion seeds trained on must not be the ones reported on (``posecast bench --forecast
 --seed N``; the default training seeds leave 6-9 and 40+ out).
@@ -31,6 +32,21 @@ def motion_samples(seed: int, seconds: float) -> np.ndarray:
 
     motion = DanceMotion(seed, fps=float(STEP_HZ))
     return np.stack([motion.landmarks(i) for i in range(int(seconds * STEP_HZ))])
+
+
+def carried(track: np.ndarray, rng: np.random.Generator, *, shift: float = 0.06, zoom: float = 0.12) -> np.ndarray:
+    """``track`` (STEP_HZ) moved around the frame as a whole: a smooth random path (three sinusoids a coordinate,
+    0.05-0.8 Hz, up to ``shift`` of the frame each: drifts, glides and sways up to ~0.3 of the frame a second) and
+    a smooth zoom about the frame centre (up to ``zoom``). The synthetic dancer stays nearly in place; people in
+    front of a camera do not, and a forecaster must not take a glide for a dance move."""
+    t = np.arange(len(track))[:, None] / STEP_HZ
+    offset = np.zeros((len(track), 2))
+    for _ in range(3):
+        offset += rng.uniform(0, shift, 2) * np.sin(2 * np.pi * rng.uniform(0.05, 0.8) * t + rng.uniform(0, 2 * np.pi, 2))
+    scale = 1.0 + rng.uniform(0, zoom) * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 2 * np.pi))
+    out = track.copy()
+    out[..., :2] = ((track[..., :2] - 0.5) * scale[:, :, None] + 0.5 + offset[:, None, :]).astype(np.float32)
+    return out
 
 
 def filtered_streams(track: np.ndarray, rng: np.random.Generator, *, fps: float, noise_levels, smoother):
@@ -92,6 +108,7 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
                      lr: float = 1e-3,
                      noise_max: float = 0.004, horizon_max_s: float = 0.3, scale: float = 30.0, seed: int = 0,
                      one_euro: dict | None = None, context: bool = True, smooth: float | None = None, arch: str = "body",
+                     augment: bool = True,
                      progress: bool = True) -> Path:
     """Train the forecaster on ``seeds``' motion and write ``out``/forecaster.{json,safetensors,onnx}. ``hidden``,
     ``batch`` (landmark rows a step), ``steps`` and ``smooth`` (the weight of the acceleration term) default per
@@ -106,12 +123,14 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
     body = arch == "body"     # the defaults of each (chosen on held-out motion seed 7, docs/performance.md)
     hidden = hidden or (512 if body else 128)
     batch = batch or (256 * 99 if body else 4096)     # landmark rows a step: 256 / 41 runs of 3 poses
-    steps = steps or (12000 if body else 20000)
-    smooth = (1.5 if body else 0.7) if smooth is None else smooth
+    steps = steps or (16000 if body else 20000)
+    smooth = (2.0 if body else 0.7) if smooth is None else smooth
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     tracks = [motion_samples(s, seconds) for s in tqdm(seeds, desc="motion", disable=not progress)]
+    if augment:       # each motion again, carried around the frame: people walk, lean and come closer
+        tracks += [carried(t, rng) for t in tracks]
     levels = np.linspace(0.0, noise_max, 5)
     smoother = (lambda: OneEuroFilter(**one_euro)) if one_euro else None
     streams = [filtered_streams(t, rng, fps=fps, noise_levels=levels, smoother=smoother) for t in tracks]
@@ -159,7 +178,7 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
               "scale": scale, "hidden": hidden, "one_euro": one_euro, "context": context, "arch": arch,
               "num_landmarks": int(k_all), "trained_on": {"motion_seeds": list(seeds), "seconds": seconds,
                                                                "noise_max": noise_max, "horizon_max_s": horizon_max_s,
-                                                               "steps": steps, "smooth": smooth}}
+                                                               "steps": steps, "smooth": smooth, "augment": augment}}
     # Each file is written beside its name and moved over it: an interrupted run leaves the old forecaster whole.
     save_file(tensors, str(out / "forecaster.safetensors.tmp"))
     (out / "forecaster.json.tmp").write_text(json.dumps(config, indent=2))
