@@ -154,9 +154,9 @@ class ConstantVelocity(Forecaster):
 def window_features(xy: np.ndarray, ok: np.ndarray, horizon_frames, scale: float, context: bool) -> np.ndarray:
     """The learned forecaster's inputs: ``xy`` (B, N, K, 2) windows of N positions (oldest first), ``ok`` (B, K) the
     landmarks present over the whole window, ``horizon_frames`` scalar or (B,) -> (B, K, F) float32, one row per
-    landmark: its positions relative to its newest one (N-1 pairs, times ``scale``), with ``context`` the same of
-    the centroid of the window's present landmarks (the body's or the head's own motion, steadier than any one
-    point's), and the horizon in frames. Shared by training (trainer/forecast.py) and inference."""
+    landmark: its positions relative to its newest one (N-1 pairs, times ``scale``), with ``context`` where it sits
+    on the body (its newest position from the centroid of the present landmarks, in units of their spread: 2), and
+    the horizon in frames. Shared by training (trainer/forecast.py) and inference."""
     b, n, k, _ = xy.shape
     rel = (xy[:, :-1] - xy[:, -1:]) * scale                                      # (B, N-1, K, 2)
     parts = [rel.transpose(0, 2, 1, 3).reshape(b, k, -1)]
