@@ -566,6 +566,9 @@ class _Run:
         if self.aspect is None:
             self.aspect = w.aspect
             self.normalizer = self._make_normalizer(w.aspect)
+            if w.aspect != 1.0 and self.forecaster.name != "none":
+                from models.forecast import SquareFrame
+                self.forecaster = SquareFrame(self.forecaster, w.aspect)   # forecast in square units
         if raw is not None:
             self.stats.landmarks_found += 1
         w.shown = raw

@@ -339,6 +339,34 @@ class Smoothed(Forecaster):
         return self.inner.predict(horizon_s)
 
 
+class SquareFrame(Forecaster):
+    """``inner`` on landmarks of a ``aspect`` (width / height) frame, in square units (x times ``aspect``): the
+    learned forecaster was trained on square frames, and on a 16:9 camera a frame fraction across is 1.78 of one
+    down. Landmarks come in and go out in the frame's own fractions."""
+
+    def __init__(self, inner: Forecaster, aspect: float):
+        if not aspect > 0:
+            raise ValueError(f"aspect must be > 0, got {aspect}")
+        self.inner, self.aspect, self.name = inner, float(aspect), inner.name
+        super().__init__(inner.has_visibility)
+
+    def reset(self) -> None:
+        super().reset()
+        if hasattr(self, "inner"):
+            self.inner.reset()
+
+    def update(self, t: float, landmarks: np.ndarray) -> None:
+        super().update(t, landmarks)
+        square = np.array(landmarks, np.float32, copy=True)
+        square[:, 0] *= self.aspect
+        self.inner.update(t, square)
+
+    def predict(self, horizon_s: float) -> np.ndarray:
+        out = self.inner.predict(horizon_s)
+        out[:, 0] /= self.aspect
+        return out
+
+
 MESH_GAIN = 0.8    # a face mesh moves by this fraction of its centroid's forecast (chosen on shot 1 of Megamind)
 
 

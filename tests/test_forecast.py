@@ -436,3 +436,22 @@ def test_the_bundled_forecaster_follows_a_body_gliding_at_constant_velocity():
             err = float(np.linalg.norm(f.predict(0.1)[seen, :2] - want[seen], axis=1).mean())
             late = float(np.linalg.norm(v)) * 0.1
             assert err <= (0.6 * late if late else 0.008), (seed, v, err, late)
+
+
+def test_a_wide_frame_is_forecast_in_square_units():
+    from models.forecast import SquareFrame
+
+    seen = []
+
+    class Spy(ConstantVelocity):
+        def update(self, t, landmarks):
+            seen.append(np.array(landmarks))
+            super().update(t, landmarks)
+
+    f = SquareFrame(Spy(), 16 / 9)
+    for i in range(3):
+        f.update(i / 30, _moving(i / 30))
+    np.testing.assert_allclose(seen[-1][:, 0], _moving(2 / 30)[:, 0] * 16 / 9, rtol=1e-6)   # what the model sees
+    np.testing.assert_allclose(f.predict(0.1), _moving(2 / 30 + 0.1), atol=1e-6)            # back in frame units
+    with pytest.raises(ValueError, match="aspect must be > 0"):
+        SquareFrame(ConstantVelocity(), 0.0)
