@@ -315,21 +315,30 @@ FORECASTERS = {"none": NoForecast, "constant_velocity": ConstantVelocity}
 FORECASTER_NAMES = (*FORECASTERS, "learned")
 
 
-class Smoothed(Forecaster):
+class Wrapped(Forecaster):
+    """A forecaster around another one (``inner``), under its name; ``reset`` resets both."""
+
+    def __init__(self, inner: Forecaster, has_visibility: bool | None = None):
+        self.inner, self.name = inner, inner.name
+        super().__init__(inner.has_visibility if has_visibility is None else has_visibility)
+
+    def reset(self) -> None:
+        super().reset()
+        if hasattr(self, "inner"):                 # (Forecaster.__init__ calls this before inner is set)
+            self.inner.reset()
+
+
+class Smoothed(Wrapped):
     """``inner`` fed through a One Euro filter: what a forecaster without a noise model of its own needs in front
     of it (constant velocity alone turns MediaPipe's jitter into 5x the jitter; behind the filter 1.3x)."""
 
     def __init__(self, inner: Forecaster, one_euro: dict):
-        self.inner = inner
-        self.name = inner.name
         self.filter = OneEuroFilter(**one_euro, has_visibility=inner.has_visibility)
-        super().__init__(inner.has_visibility)
+        super().__init__(inner)
 
     def reset(self) -> None:
         super().reset()
-        if hasattr(self, "inner"):
-            self.inner.reset()
-            self.filter.reset()
+        self.filter.reset()
 
     def update(self, t: float, landmarks: np.ndarray) -> None:
         super().update(t, landmarks)
@@ -339,7 +348,7 @@ class Smoothed(Forecaster):
         return self.inner.predict(horizon_s)
 
 
-class SquareFrame(Forecaster):
+class SquareFrame(Wrapped):
     """``inner`` on landmarks of a ``aspect`` (width / height) frame, in square units (x times ``aspect``): the
     learned forecaster was trained on square frames, and on a 16:9 camera a frame fraction across is 1.78 of one
     down. Landmarks come in and go out in the frame's own fractions."""
@@ -347,13 +356,8 @@ class SquareFrame(Forecaster):
     def __init__(self, inner: Forecaster, aspect: float):
         if not aspect > 0:
             raise ValueError(f"aspect must be > 0, got {aspect}")
-        self.inner, self.aspect, self.name = inner, float(aspect), inner.name
-        super().__init__(inner.has_visibility)
-
-    def reset(self) -> None:
-        super().reset()
-        if hasattr(self, "inner"):
-            self.inner.reset()
+        self.aspect = float(aspect)
+        super().__init__(inner)
 
     def update(self, t: float, landmarks: np.ndarray) -> None:
         super().update(t, landmarks)
@@ -370,7 +374,7 @@ class SquareFrame(Forecaster):
 MESH_GAIN = 0.8    # a face mesh moves by this fraction of its centroid's forecast (chosen on shot 1 of Megamind)
 
 
-class MeshForecaster(Forecaster):
+class MeshForecaster(Wrapped):
     """A face mesh moved by the forecast of what drives it: its centroid (the head's motion, with the noise of
     hundreds of points averaged out), forecast by ``inner`` as one landmark and damped by ``gain`` (a head's
     motion turns often: a shorter step errs less); the mesh's shape (mouth, eyes) stays as last seen. Per-point
@@ -381,15 +385,12 @@ class MeshForecaster(Forecaster):
     def __init__(self, inner: Forecaster, gain: float = MESH_GAIN):
         if not 0 <= gain <= 2:
             raise ValueError(f"gain must be in [0, 2], got {gain}")
-        self.inner, self.gain = inner, float(gain)
-        self.name = inner.name
-        super().__init__(has_visibility=False)
+        self.gain = float(gain)
+        super().__init__(inner, has_visibility=False)
 
     def reset(self) -> None:
         super().reset()
         self._centroid: np.ndarray | None = None
-        if hasattr(self, "inner"):                 # (Forecaster.__init__ calls this before inner is set)
-            self.inner.reset()
 
     def update(self, t: float, landmarks: np.ndarray) -> None:
         lm = np.asarray(landmarks, np.float32)
@@ -529,6 +530,20 @@ def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 3
     return rows
 
 
+def stream_at(times, landmarks, t: float, has_visibility: bool = True) -> np.ndarray | None:
+    """A recorded landmark stream (``times`` increasing, ``landmarks`` (K, 3) each) linearly interpolated at ``t``;
+    None outside it. A landmark missing (or, ``has_visibility``, hidden) on either side is missing (NaN)."""
+    if not len(times) or t < times[0] or t > times[-1]:
+        return None
+    j = int(np.searchsorted(times, t, side="left"))
+    if times[j] == t:
+        return landmarks[j]
+    (t0, a), (t1, b) = (times[j - 1], landmarks[j - 1]), (times[j], landmarks[j])
+    out = a + (b - a) * np.float32((t - t0) / (t1 - t0))
+    out[~(_present(a, has_visibility) & _present(b, has_visibility)), :2] = np.nan
+    return out
+
+
 class DisplayErrorMeter:
     """The display-time pose error of a live stream: ``sample(t, landmarks)`` with every landmark sample the
     source gives (capture time, the raw landmarks: the truth), ``shown(t, landmarks)`` when a frame rendered from
@@ -559,20 +574,8 @@ class DisplayErrorMeter:
             self._score()
 
     def truth_at(self, t: float) -> np.ndarray | None:
-        """The stream interpolated at ``t`` (None outside the samples kept); a landmark missing on either side
-        is missing (NaN)."""
-        times = [s for s, _ in self._samples]
-        if not times or t < times[0] or t > times[-1]:
-            return None
-        j = int(np.searchsorted(times, t, side="left"))
-        if times[j] == t:
-            return self._samples[j][1]
-        (t0, a), (t1, b) = self._samples[j - 1], self._samples[j]
-        w = (t - t0) / (t1 - t0)
-        out = a + (b - a) * np.float32(w)
-        gone = ~(_present(a, self.has_visibility) & _present(b, self.has_visibility))
-        out[gone, :2] = np.nan
-        return out
+        """The stream interpolated at ``t`` (None outside the samples kept; see ``stream_at``)."""
+        return stream_at([s for s, _ in self._samples], [lm for _, lm in self._samples], t, self.has_visibility)
 
     def _score(self) -> None:
         last = self._samples[-1][0] if self._samples else None
@@ -603,14 +606,9 @@ def bench_forecast_stream(shots: list[tuple[np.ndarray, np.ndarray]], kind: str,
     (``drive`` "points") and by their centroid ("centroid", the client's default); poses per joint. ``learned``:
     a learned forecaster's folder (a body one serves poses only)."""
     def truth_for(times, lms):
-        def truth_at(t: float) -> np.ndarray:
-            if t > times[-1]:
-                return np.full_like(lms[0], np.nan)
-            j = int(np.searchsorted(times, t))
-            if times[j] == t:
-                return lms[j]
-            w = np.float32((t - times[j - 1]) / (times[j] - times[j - 1]))
-            return lms[j - 1] + (lms[j] - lms[j - 1]) * w
+        def truth_at(t: float) -> np.ndarray:      # past the end of the shot: nothing to score
+            at = stream_at(times, lms, t, has_visibility=False)
+            return np.full_like(lms[0], np.nan) if at is None else at
         return truth_at
 
     vis = kind == "dance"
