@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SRC ?= $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 DEMO_DIR ?= demo
 
-.PHONY: venv demo demo-train demo-forecast test bench soak fuzz clean
+.PHONY: venv web-assets demo demo-train demo-forecast web test bench bench-web soak fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -14,7 +14,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SRC) -c constraints.txt -e '.[test]'
+	$(BIN)/posecast web-assets || echo "make venv: the MediaPipe JS files could not be fetched (no npm registry?); posecast web and its browser test need them: make web-assets"
 	touch $@
+
+# The MediaPipe JS files the web page runs (npm registry, pinned sha512; see clients/web/assets.py).
+web-assets: venv
+	$(BIN)/posecast web-assets
 
 # The main job: the live pipeline on loopback with the bundled model (server + capture client).
 demo: venv
@@ -32,12 +37,22 @@ demo-train: venv
 demo-forecast: venv
 	$(BIN)/posecast forecast-video --out $(DEMO_DIR)/forecast.mp4 --latency 100 --seed 8
 
+# The browser client: serve the bundled model and open http://localhost:8080/ (Ctrl-C stops both).
+web: venv
+	$(BIN)/posecast serve models/default --threads 1 & SERVE=$$!; trap "kill $$SERVE" EXIT INT TERM; \
+	$(BIN)/posecast web
+
 test: venv
 	$(BIN)/python -m pytest -q
 
 # Speed figures (never asserted in tests): generator latency per preset x backend x size, live stream.
 bench: venv
 	$(BIN)/posecast bench
+
+# The browser client end to end (Chromium + fake webcam + posecast web + posecast serve): one JSON line.
+BENCH_WEB_ARGS ?= --seconds 30
+bench-web: venv
+	$(BIN)/python -m posecast.webbench $(BENCH_WEB_ARGS)
 
 # Long runs against a real server (never part of `make test`, which runs short versions of both).
 # soak: N clients at 30 fps for 120 s, per-client accounting and server RSS growth.

@@ -236,6 +236,24 @@ def _cmd_capture(args) -> int:
     return 0
 
 
+def _cmd_web(args) -> int:
+    from clients.web.bridge import BridgeConfig, serve_web
+
+    cfg = BridgeConfig(server=args.server, server_key=args.server_key, key=args.key,
+                       normalize="off" if args.no_normalize else args.normalize, max_pages=args.max_pages,
+                       rate_hz=args.rate, rate_burst=args.burst, complexity=args.complexity, timeout_s=args.timeout)
+    serve_web(cfg, host=args.host, port=args.port, cert=args.cert, key_file=args.tls_key,
+              assets_root=Path(args.assets) if args.assets else None)
+    return 0
+
+
+def _cmd_web_assets(args) -> int:
+    from clients.web.assets import fetch
+
+    fetch(Path(args.dir) if args.dir else None)
+    return 0
+
+
 def _one_euro(text: str) -> dict | str | None:
     """``--one-euro``: auto, none, or MIN_CUTOFF,BETA."""
     if text in ("auto", "none"):
@@ -589,6 +607,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--emulate-latency", type=float, default=0.0, metavar="MS",
                    help="hold every reply MS before handling it, as a slow network would (demos, measurements)")
     s.set_defaults(fn=_cmd_capture)
+
+    s = sub.add_parser("web", help="a page for the browser: MediaPipe in the page, landmarks to a server through "
+                                   "this bridge, the frames back (docs/web.md)")
+    s.add_argument("--server", default="tcp://127.0.0.1:5555", help="server address (default tcp://127.0.0.1:5555)")
+    s.add_argument("--server-key", default=None, metavar="FILE", help="the server's public key (server.key): CURVE")
+    s.add_argument("--key", default=None, metavar="FILE", help="the bridge's secret key (NAME.key_secret)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for other machines, with --cert)")
+    s.add_argument("--port", type=int, default=8080, help="HTTP(S) port (default 8080)")
+    s.add_argument("--cert", default=None, metavar="PEM", help="TLS certificate: serve https (needed for the webcam "
+                                                               "on any host but localhost)")
+    s.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key")
+    s.add_argument("--assets", default=None, metavar="DIR",
+                   help="the MediaPipe JS files (default $POSECAST_WEB_ASSETS or ~/.cache/posecast/web)")
+    s.add_argument("--normalize", default="retarget", choices=["retarget", "same-camera", "off"],
+                   help="as for capture (default retarget)")
+    s.add_argument("--no-normalize", action="store_true", help="the same as --normalize off")
+    s.add_argument("--max-pages", type=int, default=8, help="pages connected at once (default 8)")
+    s.add_argument("--rate", type=float, default=90.0, help="messages per second per page (default 90)")
+    s.add_argument("--burst", type=int, default=30, help="messages a page may send at once (default 30)")
+    s.add_argument("--complexity", type=int, default=1, choices=[0, 1],
+                   help="MediaPipe pose model in the page: 0 lite, 1 full (default, as capture uses)")
+    s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server (default 5)")
+    s.set_defaults(fn=_cmd_web)
+
+    s = sub.add_parser("web-assets", help="download the MediaPipe JS files the web page runs (once, from the npm "
+                                          "registry, checked against pinned sha512)")
+    s.add_argument("--dir", default=None, help="where (default $POSECAST_WEB_ASSETS or ~/.cache/posecast/web)")
+    s.set_defaults(fn=_cmd_web_assets)
 
     s = sub.add_parser("demo", help="the live pipeline on loopback with the bundled model")
     s.add_argument("--model", default=None, help="model to serve (default: the bundled lite model)")

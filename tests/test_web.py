@@ -1,0 +1,298 @@
+"""The browser front's bridge (clients/web/bridge.py) against a real posecast server, without a browser: a test
+WebSocket plays the page. The page itself, in Chromium, is tests/test_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import random
+import struct
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("aiohttp")
+from aiohttp import ClientSession, WSMsgType  # noqa: E402
+from aiohttp.test_utils import TestServer  # noqa: E402
+
+from clients.web import assets as A  # noqa: E402
+from clients.web.bridge import Bridge, BridgeConfig, PageError, parse_page_message  # noqa: E402
+from models.motion import DanceMotion  # noqa: E402
+
+
+@pytest.fixture
+def fake_assets(tmp_path):
+    """An assets folder with every package marked complete (a stub script each): enough to serve the page."""
+    for kind, pkg in A.PACKAGES.items():
+        d = A.package_dir(kind, tmp_path)
+        d.mkdir(parents=True)
+        (d / pkg.script).write_text(f"// {pkg.name}\n")
+        (d / ".complete").write_text("test\n")
+    return tmp_path
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(server: str, root, **cfg):
+    cfg.setdefault("timeout_s", 10.0)
+    b = Bridge(BridgeConfig(server=server, **cfg), root, log=lambda m: None)
+    ts = TestServer(b.app(), host="127.0.0.1")
+    await ts.start_server()
+    try:
+        async with ClientSession() as cs:
+            yield b, ts, cs
+    finally:
+        await ts.close()
+
+
+def landmarks_msg(i: int, motion=DanceMotion(seed=2), **over) -> str:
+    pts = motion.landmarks(i)[:, :3]
+    d = {"type": "landmarks", "id": i, "w": 640, "h": 480, "points": [float(v) for v in pts.ravel()]}
+    d.update(over)
+    return json.dumps(d)
+
+
+async def next_message(ws, timeout=20.0):
+    m = await asyncio.wait_for(ws.receive(), timeout)
+    if m.type == WSMsgType.TEXT:
+        return json.loads(m.data)
+    if m.type == WSMsgType.BINARY:
+        n = struct.unpack(">I", m.data[:4])[0]
+        head = json.loads(m.data[4:4 + n])
+        head["jpeg"] = m.data[4 + n:]
+        return head
+    return {"type": "closed", "ws_type": m.type}
+
+
+async def frames_for(ws, ids: set, timeout=30.0) -> dict:
+    """Read until every id in ``ids`` was answered (a frame or an error); returns id -> message."""
+    got = {}
+    while ids - set(got):
+        m = await next_message(ws, timeout)
+        if "id" in m and m["id"] is not None:
+            got[m["id"]] = m
+        elif m.get("type") == "closed":
+            raise AssertionError(f"socket closed with {ids - set(got)} unanswered")
+    return got
+
+
+# -- the page's messages -----------------------------------------------------------------------------------------
+def test_parse_page_message_accepts_landmarks_and_names_what_is_wrong():
+    kind, d = parse_page_message(landmarks_msg(3), (33,))
+    assert kind == "landmarks" and d["id"] == 3 and d["points"].shape == (33, 3) and d["points"].dtype == np.float32
+    kind, d = parse_page_message(json.dumps({"type": "landmarks", "id": 1, "w": 2, "h": 2, "points": None}), (33,))
+    assert d["points"] is None
+    cases = {
+        b"\x00\x01": "JSON text, got binary",
+        "{nope": "not JSON",
+        "[1, 2]": "JSON object, got list",
+        '{"type": "hello"}': "unknown message type 'hello'",
+        '{"type": "landmarks", "id": -1, "w": 1, "h": 1, "points": null}': "'id' must be an integer",
+        '{"type": "landmarks", "id": true, "w": 1, "h": 1, "points": null}': "'id' must be an integer",
+        '{"type": "landmarks", "id": 1, "w": 0, "h": 1, "points": null}': "'w' must be an integer in [1, 16384]",
+        '{"type": "landmarks", "id": 1, "w": 1, "h": 1, "points": [1, 2, 3]}': "K in [33], got 3",
+        '{"type": "landmarks", "id": 1, "w": 1, "h": 1, "points": {"a": 1}}': "got dict",
+        '{"type": "landmarks", "id": 1, "w": 1, "h": 1, "points": null, "ms": "x"}': "'ms' must be a number",
+    }
+    for text, fragment in cases.items():
+        with pytest.raises(PageError, match=None) as e:
+            parse_page_message(text, (33,))
+        assert fragment in e.value.reason, (text, e.value.reason)
+    bad = [0.5] * 99
+    bad[7] = "x"
+    with pytest.raises(PageError, match="numbers only"):
+        parse_page_message(json.dumps({"type": "landmarks", "id": 1, "w": 1, "h": 1, "points": bad}), (33,))
+    bad[7] = float("nan")
+    with pytest.raises(PageError, match="finite") as e:
+        parse_page_message(json.dumps({"type": "landmarks", "id": 4, "w": 1, "h": 1, "points": bad}), (33,))
+    assert e.value.code == "bad_landmarks" and e.value.page_id == 4
+    kind, d = parse_page_message('{"type": "stats", "fps": 24.5, "junk": "x", "ok": true}', (33,))
+    assert kind == "stats" and d == {"fps": 24.5}
+
+
+# -- a page through the bridge to a real server ----------------------------------------------------------------------
+def test_page_gets_welcome_and_a_frame_per_landmarks_in_order(make_server, fake_assets):
+    srv = make_server()
+
+    async def go():
+        async with running_bridge(srv.endpoint, fake_assets) as (b, ts, cs):
+            async with cs.ws_connect(ts.make_url("/ws")) as ws:
+                w = await next_message(ws)
+                assert w["type"] == "welcome" and w["kind"] == "dance" and w["num_landmarks"] == 33
+                ids = []
+                for i in range(10, 16):    # page ids are the page's own: echoed, never used as protocol seqs
+                    await ws.send_str(landmarks_msg(i))
+                    ids.append(i)
+                    got = await frames_for(ws, {i})
+                    f = got[i]
+                    assert "jpeg" in f, f
+                    img = cv2.imdecode(np.frombuffer(f["jpeg"], np.uint8), cv2.IMREAD_COLOR)
+                    assert img.shape == (w["size"], w["size"], 3)
+                    assert f["seq"] == i - 10 and f["dropped"] == 0
+                await ws.send_str(json.dumps({"type": "landmarks", "id": 99, "w": 640, "h": 480, "points": None}))
+                assert "jpeg" in (await frames_for(ws, {99}))[99]      # nothing detected is still answered
+            assert b.counters.frames_sent == 7 and b.counters.frames_relayed == 7 and b.counters.bad_messages == 0
+
+    asyncio.run(go())
+
+
+def test_bridge_fuzz_bad_messages_get_errors_and_hurt_no_one(make_server, fake_assets):
+    """A counted fuzz run: every malformed message from a page is answered with an error; the page's session goes
+    on, and another page streaming at the same time gets every frame."""
+    srv = make_server()
+    rng = random.Random(7)
+
+    def junk() -> str | bytes:
+        while True:         # a malformed message by the parser's own judgement (some mutations stay valid)
+            m = mutation()
+            try:
+                parse_page_message(m, (33,))
+            except PageError:
+                return m
+
+    def mutation() -> str | bytes:
+        r = rng.random()
+        if r < 0.2:
+            return rng.randbytes(rng.randint(1, 300))
+        if r < 0.4:
+            return "".join(rng.choice("{}[]\":,0123456789abcdefnull ") for _ in range(rng.randint(1, 80)))
+        base = json.loads(landmarks_msg(rng.randint(0, 50)))
+        key = rng.choice(["type", "id", "w", "h", "points", "ms"])
+        base[key] = rng.choice([None, -5, 2 ** 60, "x", [], {}, 1.5, True, [1, 2], [[0.1] * 3] * 33,
+                                [float(x) for x in range(12)], "landmarks"])
+        return json.dumps(base)
+
+    async def go():
+        async with running_bridge(srv.endpoint, fake_assets, rate_hz=10_000, rate_burst=10_000) as (b, ts, cs):
+            async with cs.ws_connect(ts.make_url("/ws")) as bad, cs.ws_connect(ts.make_url("/ws")) as good:
+                assert (await next_message(bad))["type"] == "welcome"
+                assert (await next_message(good))["type"] == "welcome"
+                n = 300
+                for k in range(n):
+                    m = junk()
+                    await (bad.send_bytes(m) if isinstance(m, bytes) else bad.send_str(m))
+                    if k % 30 == 0:     # the other page streams meanwhile
+                        await good.send_str(landmarks_msg(k))
+                        assert "jpeg" in (await frames_for(good, {k}))[k]
+                errors = [await next_message(bad) for _ in range(n)]
+                assert all(e["type"] == "error" and e["code"] in ("bad_message", "bad_landmarks") for e in errors)
+                assert b.counters.bad_messages == n
+                await bad.send_str(landmarks_msg(500))           # the fuzzed page's session still works
+                assert "jpeg" in (await frames_for(bad, {500}))[500]
+            assert b.counters.frames_relayed == 11
+
+    asyncio.run(go())
+
+
+def test_rate_limit_drops_and_reports_the_excess(make_server, fake_assets):
+    srv = make_server()
+
+    async def go():
+        async with running_bridge(srv.endpoint, fake_assets, rate_hz=1.0, rate_burst=5, max_in_flight=64) \
+                as (b, ts, cs):
+            async with cs.ws_connect(ts.make_url("/ws")) as ws:
+                await next_message(ws)
+                for i in range(40):
+                    await ws.send_str(landmarks_msg(i))
+                got, dropped, limited = set(), 0, None
+                while 4 not in got or limited is None:     # the server may skip to the newest (latest wins)
+                    m = await next_message(ws)
+                    if "jpeg" in m:
+                        got.add(m["id"])
+                        dropped += m["dropped"]
+                    elif m.get("code") == "rate_limited":
+                        limited = m
+                assert got <= set(range(5)) and len(got) + dropped == 5
+                assert "more than 1 messages/s (burst 5)" in limited["reason"]
+            assert b.counters.rate_limited >= 34 and b.counters.frames_sent <= 6
+
+    asyncio.run(go())
+
+
+def test_too_many_pages_oversize_messages_and_foreign_origins(make_server, fake_assets):
+    srv = make_server()
+
+    async def go():
+        async with running_bridge(srv.endpoint, fake_assets, max_pages=1, max_message_bytes=4096) as (b, ts, cs):
+            async with cs.ws_connect(ts.make_url("/ws")) as first:
+                assert (await next_message(first))["type"] == "welcome"
+                async with cs.ws_connect(ts.make_url("/ws")) as second:
+                    m = await next_message(second)
+                    assert m["code"] == "server_busy" and "already serves 1 pages" in m["reason"]
+                    assert (await next_message(second))["type"] == "closed"
+                with pytest.raises(Exception, match="403"):
+                    await cs.ws_connect(ts.make_url("/ws"), headers={"Origin": "http://evil.example"})
+                await first.send_str("x" * 10_000)             # over max_message_bytes: this page is closed ...
+                assert (await next_message(first))["type"] == "closed"
+            await asyncio.sleep(0.2)
+            async with cs.ws_connect(ts.make_url("/ws")) as again:     # ... and the bridge serves the next one
+                assert (await next_message(again))["type"] == "welcome"
+                await again.send_str(landmarks_msg(1))
+                assert "jpeg" in (await frames_for(again, {1}))[1]
+            assert b.counters.pages_refused == 2
+
+    asyncio.run(go())
+
+
+def test_unreachable_server_is_reported_to_the_page(fake_assets):
+    async def go():
+        async with running_bridge("tcp://127.0.0.1:9", fake_assets, timeout_s=0.5) as (b, ts, cs):
+            async with cs.ws_connect(ts.make_url("/ws")) as ws:
+                m = await next_message(ws)
+                assert m["code"] == "server_unreachable" and "no posecast server answered" in m["reason"]
+
+    asyncio.run(go())
+
+
+def test_files_served_and_paths_outside_refused(make_server, fake_assets):
+    srv = make_server()
+
+    async def go():
+        async with running_bridge(srv.endpoint, fake_assets) as (b, ts, cs):
+            async with cs.get(ts.make_url("/")) as r:
+                assert r.status == 200 and "app.js" in await r.text()
+            async with cs.get(ts.make_url("/static/app.js")) as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith("text/javascript")
+            async with cs.get(ts.make_url("/assets/dance/pose.js")) as r:
+                assert r.status == 200 and "@mediapipe/pose" in await r.text()
+            for bad in ("/assets/dance/.complete", "/assets/dance/..%2F..%2Fetc%2Fpasswd", "/assets/nope/pose.js",
+                        "/static/..%2Fbridge.py"):
+                async with cs.get(ts.make_url(bad)) as r:
+                    assert r.status == 404, bad
+            async with cs.get(ts.make_url("/stats")) as r:
+                assert (await r.json())["pages"] == 0
+
+    asyncio.run(go())
+
+
+# -- the MediaPipe files -----------------------------------------------------------------------------------------
+def _tarball(files: dict) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_assets_are_checked_unpacked_whole_and_required_by_name(tmp_path):
+    import base64
+    import hashlib
+
+    data = _tarball({"package/pose.js": b"js", "package/big.tflite": b"x", "package/../../evil": b"no",
+                     "package/.hidden": b"no", "other/file": b"no"})
+    good = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    pkg = A.Package("@mediapipe/pose", "1.0", good, "pose.js", skip=("big.tflite",))
+    with pytest.raises(ValueError, match="integrity mismatch"):
+        A.unpack(A.Package("@mediapipe/pose", "1.0", "sha512-AAAA", "pose.js"), data, tmp_path)
+    assert list(tmp_path.iterdir()) == []                      # nothing written on a bad download
+    dest = A.unpack(pkg, data, tmp_path)
+    assert sorted(p.name for p in dest.iterdir()) == [".complete", "pose.js"]
+    assert not (tmp_path.parent / "evil").exists()
+    with pytest.raises(A.AssetsMissing, match=r"posecast web-assets.*") as e:
+        A.require(tmp_path / "empty")
+    assert "@mediapipe/pose@" in str(e.value) and "@mediapipe/face_mesh@" in str(e.value)
