@@ -53,7 +53,8 @@ import zmq
 
 from clients.ledger import STATS_WINDOW_S, FrameReply, Lead, StreamLedger
 from clients.sources import Source, SourceError, SourceItem, open_source, save_recording
-from clients.view import MIN_VIEW_HEIGHT, Display, InputPanel, Recorder, compose, draw_landmarks, overlay_lines
+from clients.sinks import RecordSink, Sink, VirtualCamSink, WebViewSink, WindowSink
+from clients.view import MIN_VIEW_HEIGHT, Display, InputPanel, compose, draw_landmarks, overlay_lines
 from models.landmarks import layout_of
 from realtime import protocol as P
 
@@ -451,7 +452,8 @@ class CaptureClient:
             save_landmarks: str | os.PathLike | None = None, max_frames: int | None = None,
             show: bool | None = None, forecast: str = "auto", forecaster_model: str | os.PathLike | None = None,
             lead_ms: float | None = None, emulate_latency_ms: float = 0.0,
-            one_euro: dict | str | None = "auto") -> CaptureStats:
+            one_euro: dict | str | None = "auto", virtual_cam: bool | dict = False, web_port: int | None = None,
+            sinks: list[Sink] | None = None) -> CaptureStats:
         """Stream ``source`` through the server until it ends, ``max_frames`` were sent, or q/Esc/Ctrl-C.
 
         ``show``: open a window (default: when a display exists and not ``headless``). ``record``: write the
@@ -463,6 +465,9 @@ class CaptureClient:
         the model's kind: learned for dance, constant velocity of the mesh's centroid for faces; models/forecast.py). ``emulate_latency_ms``: hold every
         reply that long before handling it, as a slow network would (for demos and measurements on loopback).
         ``one_euro``: the One Euro filter in front of the forecaster (see models/forecast.py ``make_forecaster``).
+        ``virtual_cam``: the output to a virtual camera (True, or pyvirtualcam's ``{"backend": ..., "device": ...}``);
+        ``web_port``: the view as MJPEG on ``http://127.0.0.1:PORT/``; ``sinks``: more outputs of one's own
+        (clients/sinks.py). A sink that cannot open raises :class:`~clients.sinks.SinkError` before streaming.
         Returns :class:`CaptureStats`; raises :class:`ServerLostError` (with ``.stats``) when the server went
         away and did not come back within ``retries`` reconnections.
         """
@@ -489,7 +494,28 @@ class CaptureClient:
             if forecast != "auto":
                 self.log(f"--forecast {forecast}: not used on a lock-step stream (--fast), which is not live")
             forecaster = make_forecaster("none", kind)
-        run = _Run(self, source, record=record, show=bool(show), save_landmarks=save_landmarks,
+        fps = float(source.fps or welcome.fps)
+        paced = bool(source.live or source.realtime)
+        outputs: list[Sink] = []
+        try:
+            if show:
+                display = Display(f"posecast capture - {self.address}", self.log)
+                if display.ok:
+                    outputs.append(WindowSink(display))
+            if record is not None:
+                outputs.append(RecordSink(record, fps, paced))
+            if virtual_cam:
+                outputs.append(VirtualCamSink(welcome.size, fps, **(virtual_cam if isinstance(virtual_cam, dict)
+                                                                    else {})))
+                self.log(f"output to {outputs[-1].describe()} ({welcome.size}x{welcome.size} at {fps:g} fps)")
+            if web_port is not None:
+                outputs.append(WebViewSink(web_port, log=self.log))
+        except BaseException:
+            for out in outputs:
+                out.close()
+            raise
+        outputs += list(sinks or [])
+        run = _Run(self, source, sinks=outputs, save_landmarks=save_landmarks,
                    max_frames=max_frames, forecaster=forecaster, lead_ms=lead_ms,
                    emulate_latency_ms=emulate_latency_ms)
         return run.go()
@@ -500,7 +526,7 @@ class _Run:
     The accounting is the ledger's (clients/ledger.py), the pictures are the view's (clients/view.py), the
     socket is the client's."""
 
-    def __init__(self, client: CaptureClient, source: Source, *, record, show: bool, save_landmarks,
+    def __init__(self, client: CaptureClient, source: Source, *, sinks: list[Sink], save_landmarks,
                  max_frames: int | None, forecaster=None, lead_ms: float | None = None,
                  emulate_latency_ms: float = 0.0):
         from models.forecast import DisplayErrorMeter, NoForecast
@@ -514,15 +540,11 @@ class _Run:
         self.delayed: collections.deque = collections.deque()     # (due, reply) held back by --emulate-latency
         self.leads_ms: list[float] = []
         self.log = client.log
-        self.record_path = Path(record) if record is not None else None
         self.save_path = Path(save_landmarks) if save_landmarks is not None else None
         self.max_frames = max_frames
         self.stats = CaptureStats(forecast=self.forecaster.name, emulated_latency_ms=float(emulate_latency_ms))
         self.ledger = StreamLedger(STATS_WINDOW_S)
-        self.display = Display(f"posecast capture - {client.address}", self.log) if show else None
-        if self.display is not None and not self.display.ok:
-            self.display = None
-        self.recorder: Recorder | None = None        # opened on the first view
+        self.sinks = sinks                           # window, mp4, virtual camera, web view (clients/sinks.py)
         # paced (real-time) stream, or lock-step (--fast on a file/recording: every frame rendered, one at a time)
         self.paced = bool(source.live or source.realtime)
         self.normalizer = None
@@ -537,14 +559,14 @@ class _Run:
     # -- helpers ----------------------------------------------------------------------------------------
     @property
     def want_view(self) -> bool:
-        return self.display is not None or self.record_path is not None
+        return bool(self.sinks)
 
     def _full(self) -> bool:
         """``max_in_flight`` frames are outstanding: wait for replies (or the drop count) before sending."""
         return self.c.max_in_flight is not None and self.ledger.outstanding >= self.c.max_in_flight
 
     def _quit_requested(self) -> bool:
-        if self.display is not None and self.display.quit_requested():
+        if any(sink.quit_requested() for sink in self.sinks):
             self.stats.interrupted = True
             return True
         return False
@@ -678,7 +700,7 @@ class _Run:
             self._show(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), reply)
 
     def _show(self, out: np.ndarray, reply: FrameReply) -> None:
-        """Compose input | output + status bar; to the window and/or the --record mp4."""
+        """Compose input | output + status bar; to every sink (window, mp4, virtual camera, web view)."""
         size, own, led = out.shape[0], reply.frame, self.ledger
         if own is not None:
             panel = own.panel.render(self.c.welcome.kind, size)
@@ -690,13 +712,9 @@ class _Run:
                               extract_ms=extract[-1] if extract else None, server_timings=reply.timings,
                               sent=led.sent, dropped=led.dropped, errors=led.errors, lost=led.lost)
         view = compose(panel, out, lines)
-        if self.display is not None:
-            self.display.show(view)
-        if self.record_path is not None:
-            if self.recorder is None:
-                fps = float(self.source.fps or self.c.welcome.fps)
-                self.recorder = Recorder(self.record_path, fps, self.paced)
-            self.recorder.write(view, time.monotonic())
+        now = time.monotonic()
+        for sink in self.sinks:
+            sink.write(view, out, now)
 
     # -- server loss --------------------------------------------------------------------------------------
     def _reconnect(self, reason: str) -> None:
@@ -853,14 +871,14 @@ class _Run:
     def _finish(self, duration: float) -> None:
         st = self.stats
         st.duration_s = duration
-        if self.recorder is not None:
-            self.recorder.close()
-            st.output = str(self.record_path)
-            st.record_repeats = self.recorder.repeats
-        elif self.record_path is not None:
-            self.log(f"no frames received: {self.record_path} not written")
-        if self.display is not None:
-            self.display.close()
+        for sink in self.sinks:
+            sink.close()
+            if isinstance(sink, RecordSink):
+                if sink.recorder is not None:
+                    st.output = str(sink.path)
+                    st.record_repeats = sink.recorder.repeats
+                else:
+                    self.log(f"no frames received: {sink.path} not written")
         if self.save_path is not None:
             self._save()
         for name, value in self.ledger.totals().items():
@@ -890,7 +908,8 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
             log: Callable[[str], None] | None = None, server_key: str | os.PathLike | None = None,
             key: str | os.PathLike | None = None, forecast: str = "auto",
             forecaster_model: str | os.PathLike | None = None, lead_ms: float | None = None,
-            emulate_latency_ms: float = 0.0, one_euro: dict | str | None = "auto") -> CaptureStats:
+            emulate_latency_ms: float = 0.0, one_euro: dict | str | None = "auto",
+            virtual_cam: bool | dict = False, web_port: int | None = None) -> CaptureStats:
     """The function behind ``posecast capture``: connect, open the source, stream, return :class:`CaptureStats`.
 
     CLI options (for argparse)::
@@ -923,6 +942,8 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --emulate-latency MS          hold every reply MS before handling it                 -> emulate_latency_ms
         --one-euro auto|none|MIN_CUTOFF,BETA
                                       the One Euro filter in front of the forecaster         -> one_euro
+        --virtual-cam                 the output to a virtual camera (pyvirtualcam)          -> virtual_cam
+        --web PORT                    the view as MJPEG on http://127.0.0.1:PORT/            -> web_port
 
     ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and 1
     with ``realtime=False`` (lock-step, so no frame is dropped); an int or None (unbounded) to override.
@@ -939,7 +960,8 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         src = open_source(source, welcome.kind, realtime=realtime, loop=loop, default_fps=welcome.fps)
         return client.run(src, record=record, headless=headless, save_landmarks=save_landmarks,
                           max_frames=max_frames, show=show, forecast=forecast, forecaster_model=forecaster_model,
-                          lead_ms=lead_ms, emulate_latency_ms=emulate_latency_ms, one_euro=one_euro)
+                          lead_ms=lead_ms, emulate_latency_ms=emulate_latency_ms, one_euro=one_euro,
+                          virtual_cam=virtual_cam, web_port=web_port)
     finally:
         client.close()
 

@@ -231,7 +231,9 @@ def _cmd_capture(args) -> int:
                     max_frames=args.max_frames, timeout_s=args.timeout, retries=args.retries, realtime=not args.fast,
                     loop=args.loop, server_key=args.server_key, key=args.key, forecast=args.forecast,
                     forecaster_model=args.forecaster_model, lead_ms=args.lead,
-                    emulate_latency_ms=args.emulate_latency, one_euro=_one_euro(args.one_euro))
+                    emulate_latency_ms=args.emulate_latency, one_euro=_one_euro(args.one_euro),
+                    virtual_cam=({"device": args.virtual_cam_device} if args.virtual_cam_device else True)
+                    if args.virtual_cam or args.virtual_cam_device else False, web_port=args.web)
     print(stats.summary())
     return 0
 
@@ -606,6 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "velocity on poses, none for the learned forecaster and faces)")
     s.add_argument("--emulate-latency", type=float, default=0.0, metavar="MS",
                    help="hold every reply MS before handling it, as a slow network would (demos, measurements)")
+    s.add_argument("--virtual-cam", action="store_true",
+                   help="send the output to a virtual camera (OBS, video calls): v4l2loopback on Linux, OBS Virtual "
+                        "Camera on Windows/macOS; needs pip install 'posecast[virtualcam]'")
+    s.add_argument("--virtual-cam-device", default=None, metavar="DEV",
+                   help="which virtual camera (e.g. /dev/video10; implies --virtual-cam)")
+    s.add_argument("--web", type=int, default=None, metavar="PORT",
+                   help="show the live view (input | output + figures) on http://127.0.0.1:PORT/ as MJPEG "
+                        "(headless servers, screen sharing)")
     s.set_defaults(fn=_cmd_capture)
 
     s = sub.add_parser("web", help="a page for the browser: MediaPipe in the page, landmarks to a server through "
