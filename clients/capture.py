@@ -47,7 +47,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 import zmq
 
@@ -57,6 +56,7 @@ from clients.sinks import RecordSink, Sink, VirtualCamSink, WebViewSink, WindowS
 from clients.view import MIN_VIEW_HEIGHT, Display, InputPanel, compose, draw_landmarks, overlay_lines
 from models.landmarks import layout_of
 from realtime import protocol as P
+from realtime.codec import decode_jpeg
 
 __all__ = ["DEFAULT_PORT", "MIN_VIEW_HEIGHT", "STATS_WINDOW_S", "CaptureClient", "CaptureStats", "ServerLostError",
            "capture", "draw_landmarks", "has_display", "normalize_mode", "server_address"]
@@ -689,15 +689,15 @@ class _Run:
 
     def _frame(self, msg: P.Frame, reply: FrameReply) -> None:
         t = time.perf_counter()
-        bgr = cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        rgb = decode_jpeg(msg.jpeg)
         self.ledger.sample("decode", (time.perf_counter() - t) * 1e3)
-        if bgr is None:
+        if rgb is None:
             self._error("undecodable JPEG in a frame reply", msg.seq)
             return
         if reply.frame is not None:
             self.meter.shown(time.time(), reply.frame.landmarks)
         if self.want_view:
-            self._show(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), reply)
+            self._show(rgb, reply)
 
     def _show(self, out: np.ndarray, reply: FrameReply) -> None:
         """Compose input | output + status bar; to every sink (window, mp4, virtual camera, web view)."""

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from clients.view import Display, Recorder
+from realtime.codec import JpegEncoder
 
 
 class SinkError(RuntimeError):
@@ -138,7 +139,7 @@ class WebViewSink(Sink):
         self.latest: np.ndarray | None = None
         self.version = 0
         self.closed = False
-        self.quality = int(quality)
+        self.encode = JpegEncoder(quality)
         sink = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -190,15 +191,11 @@ class WebViewSink(Sink):
         self.thread.start()
         log(f"live view on http://{host}:{self.port}/")
 
-    def _encode(self, rgb: np.ndarray) -> bytes:
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        return buf.tobytes()
-
     def _jpeg(self) -> bytes | None:
         """The latest picture, or None before the first."""
         with self.cond:
             rgb = self.latest
-        return None if rgb is None else self._encode(rgb)
+        return None if rgb is None else self.encode(rgb)
 
     def _next(self, seen: int) -> tuple[int, bytes] | None:
         """The next picture after version ``seen`` (waits for it); None once closed."""
@@ -208,7 +205,7 @@ class WebViewSink(Sink):
             if self.closed:
                 return None
             version, rgb = self.version, self.latest
-        return version, self._encode(rgb)
+        return version, self.encode(rgb)
 
     def write(self, view, output, now_s) -> None:
         with self.cond:

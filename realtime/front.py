@@ -306,6 +306,22 @@ def _peer_pid(sock: socket.socket) -> int | None:
     return None
 
 
+@dataclasses.dataclass
+class FrontCounters:
+    """The front's cumulative counters (``Server.stats()`` reports them beside the session loop's)."""
+    connections: int = 0            # accepted
+    connections_closed: int = 0
+    connections_refused: int = 0    # closed at once: no room under the connection limits
+    evicted: int = 0                # session-less connections closed for a newcomer
+    greeting_timeouts: int = 0      # no ZMTP greeting within greeting_timeout_s
+    handshake_timeouts: int = 0     # no session within handshake_timeout_s
+    not_zmtp: int = 0               # bytes that are not a ZMTP greeting / frame
+    oversized_sessionless: int = 0  # a frame over sessionless_max_message_bytes before hello
+    link_timeouts: int = 0          # the server did not take a link over in time
+    links: int = 0                  # links opened to the server
+    paused: int = 0                 # times a connection was read slower (rate, budget, window, shared pool)
+
+
 class Front:
     """See the module docstring. ``bind``: ``tcp://HOST:PORT`` or ``ipc://PATH`` (bound in the constructor, so a
     bad address fails early; ``endpoint`` is the real address). ``limits``: a :class:`~realtime.limits.Limits`.
@@ -368,9 +384,7 @@ class Front:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.counters = collections.Counter({k: 0 for k in (
-            "connections", "connections_closed", "connections_refused", "evicted", "greeting_timeouts",
-            "handshake_timeouts", "not_zmtp", "oversized_sessionless", "link_timeouts", "links", "paused")})
+        self.counters = FrontCounters()
 
     # -- the server thread's side --------------------------------------------------------------------------
     @property
@@ -401,7 +415,7 @@ class Front:
             self._command(("read", None, reads))
 
     def stats(self) -> dict:
-        d = dict(self.counters)
+        d = dataclasses.asdict(self.counters)
         d["open_connections"] = len(self._conns)
         return d
 
@@ -523,7 +537,7 @@ class Front:
         read); one that already sent its signature skips the idle state (so a flood of idle connections never
         evicts it); the caps make room by evicting, or refuse."""
         lim = self.limits
-        self.counters["connections"] += 1
+        self.counters.connections += 1
         sock.setblocking(False)
         try:
             first = sock.recv(ZMTP_SIGNATURE_BYTES)
@@ -532,7 +546,7 @@ class Front:
         except OSError:
             first = b""
         if first == b"":
-            self.counters["connections_closed"] += 1
+            self.counters.connections_closed += 1
             sock.close()
             return
         addr = peer[0] if isinstance(peer, tuple) and peer else "local"
@@ -560,7 +574,7 @@ class Front:
             self._sync(c)
 
     def _refuse(self, sock: socket.socket) -> None:
-        self.counters["connections_refused"] += 1
+        self.counters.connections_refused += 1
         with contextlib.suppress(OSError):
             sock.close()
 
@@ -573,7 +587,7 @@ class Front:
                          key=lambda c: c.sessionless_since, default=None)
         if victim is None:
             return False
-        self.counters["evicted"] += 1
+        self.counters.evicted += 1
         self._drop(victim, "evicted by a newer connection (connection limit)")
         return True
 
@@ -613,7 +627,7 @@ class Front:
         self._by_fd[ls.fileno()] = (c, "link-listener")
         self._sel.register(ls, selectors.EVENT_READ, None)
         c.link_endpoint = endpoint
-        self.counters["links"] += 1
+        self.counters.links += 1
         self._tell_server(NewLink(c.id, c.rid, endpoint))
 
     def _link_accept(self, c: _Conn) -> None:
@@ -712,7 +726,7 @@ class Front:
         try:
             probe.check_signature()
         except ZmtpError as e:
-            self.counters["not_zmtp"] += 1
+            self.counters.not_zmtp += 1
             self._drop(c, str(e))
             return
         if len(c.pending) >= ZMTP_SIGNATURE_BYTES:
@@ -729,11 +743,11 @@ class Front:
         try:
             n, started, charged, stop = c.meter.scan(memoryview(c.pending), allow, self._window(c) - c.inflight)
         except ZmtpError as e:
-            self.counters["not_zmtp"] += 1
+            self.counters.not_zmtp += 1
             self._drop(c, str(e))
             return False
         if not c.has_session and c.meter.largest > self.limits.sessionless_max_message_bytes:
-            self.counters["oversized_sessionless"] += 1
+            self.counters.oversized_sessionless += 1
             self._drop(c, f"a {c.meter.largest}-byte message before hello (the limit without a session is "
                           f"{self.limits.sessionless_max_message_bytes})")
             return False
@@ -751,7 +765,7 @@ class Front:
         # stopped: wait for the server to read (window), its rate bucket, a session (allowance spent), or the pool
         if stop == "data":
             c.awaiting_reads = True
-            self.counters["paused"] += 1
+            self.counters.paused += 1
         elif c.frames.tokens < 1:
             self._pause(c, now + c.frames.wait_s(1))
         elif not c.has_session and c.allowance_frames < 1:
@@ -762,7 +776,7 @@ class Front:
 
     def _pause(self, c: _Conn, until: float) -> None:
         if c.resume_at is None and not c.starved:
-            self.counters["paused"] += 1
+            self.counters.paused += 1
         until = max(until, time.monotonic() + MIN_PAUSE_S)   # a budget a hair short waits a real while
         c.resume_at = until
         if until != FOREVER:
@@ -771,7 +785,7 @@ class Front:
     def _starve(self, c: _Conn) -> None:
         if not c.starved:
             c.starved = True
-            self.counters["paused"] += 1
+            self.counters.paused += 1
             heapq.heappush(self._starved, (c.sent_frames, c.id, c))
 
     def _wake(self, c: _Conn, now: float) -> None:
@@ -896,14 +910,14 @@ class Front:
             c = next(iter(self._new.values()))
             if now - c.opened <= lim.greeting_timeout_s:
                 break
-            self.counters["greeting_timeouts"] += 1
+            self.counters.greeting_timeouts += 1
             self._drop(c, f"no ZeroMQ greeting within {lim.greeting_timeout_s:g}s")
         for c in list(self._conns.values()):
             if c.state == LINKING and now - c.linking_since > lim.link_timeout_s:
-                self.counters["link_timeouts"] += 1
+                self.counters.link_timeouts += 1
                 self._drop(c, "the server did not take the connection over in time")
             elif not c.has_session and c.state != NEW and now - c.sessionless_since > lim.handshake_timeout_s:
-                self.counters["handshake_timeouts"] += 1
+                self.counters.handshake_timeouts += 1
                 self._drop(c, f"no session within {lim.handshake_timeout_s:g}s")
 
     def _drop(self, c: _Conn, why: str, tell: bool = True) -> None:
@@ -915,7 +929,7 @@ class Front:
         self._per_addr[c.addr] -= 1
         if self._per_addr[c.addr] <= 0:
             del self._per_addr[c.addr]
-        self.counters["connections_closed"] += 1
+        self.counters.connections_closed += 1
         for sock in (c.sock, c.link, c.link_listener):
             if sock is None:
                 continue
