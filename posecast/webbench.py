@@ -1,7 +1,9 @@
 """The browser client driven end to end: a real Chromium (Playwright) whose fake webcam plays the synthetic
 dancer, the page of ``posecast web``, a real ``posecast serve``. Used by the browser test (tests/test_browser.py)
-and by ``make bench-web`` (``python -m posecast.webbench``), which prints one JSON line: ``fps``,
-``latency_p99_ms``, ``answered_fraction``, ``mediapipe_ms`` and the rest of the page's own figures.
+and by ``make bench-web`` (``python -m posecast.webbench``), which prints two JSON lines: ``what: web-bridge``
+(the bridge and server alone: a WebSocket client sends the synthetic dancer's landmarks at 30 fps, no browser, no
+MediaPipe) and ``what: web`` (the page in Chromium: ``fps``, ``latency_p99_ms``, ``answered_fraction``,
+``mediapipe_ms`` and the rest of the page's own figures).
 
 Chromium: ``$POSECAST_CHROMIUM``, else ``chromium`` / ``chromium-browser`` / ``google-chrome`` on the PATH (Debian:
 ``apt-get install chromium``; Playwright's own browser download is not used).
@@ -83,7 +85,8 @@ def drive_page(url: str, y4m: str | os.PathLike, *, seconds: float, ready_timeou
                extra_args: tuple[str, ...] = ()) -> dict:
     """Open ``url`` in headless Chromium with ``y4m`` as the webcam, wait until the page's MediaPipe is ready and
     its first frame came back, let it warm up, then stream ``seconds`` and return the page's own figures over them
-    (``window.posecast.stats()``) plus ``console_errors``; ``screenshot``: a PNG of the page at the end."""
+    (``window.posecast.stats()``; ``fps``: frames drawn per second over the window, ``fps_2s`` the page's own over its
+    last 2 s) plus ``console_errors``; ``screenshot``: a PNG of the page at the end."""
     from playwright.sync_api import sync_playwright
 
     exe = executable or browser_executable()
@@ -111,8 +114,11 @@ def drive_page(url: str, y4m: str | os.PathLike, *, seconds: float, ready_timeou
                 time.sleep(0.5)
             time.sleep(min(3.0, seconds / 4))              # warm-up (first frames, caches), then measure
             page.evaluate("window.posecast.resetFigures()")
+            t0 = time.monotonic()
             time.sleep(seconds)
             stats = page.evaluate("window.posecast.stats()")
+            stats["fps_2s"] = stats["fps"]                                 # the page's own, over its last 2 s
+            stats["fps"] = stats["answered"] / (time.monotonic() - t0)     # frames drawn over the whole window
             if screenshot is not None:
                 page.screenshot(path=str(screenshot))
             stats["console_errors"] = errors
@@ -166,6 +172,71 @@ def live_stack(model: str | None = None, *, backend: str = "onnxruntime", assets
             f.close()
 
 
+WARMUP_IDS = 2 ** 40
+
+
+def drive_bridge(url: str, *, seconds: float, fps: float = 30.0, seed: int = 3) -> dict:
+    """The bridge and server alone, without a browser: a WebSocket client plays a page that sends the synthetic
+    dancer's landmarks at ``fps`` (no MediaPipe), for ``seconds`` after a 2 s warm-up; returns frames answered per
+    second and the reply latency (send -> JPEG decoded) p50/p99 over the window."""
+    import asyncio
+    import struct
+
+    from aiohttp import ClientSession, WSMsgType
+
+    from models.motion import DanceMotion
+
+    motion = DanceMotion(seed=seed, fps=fps)
+    ws_url = url.replace("http://", "ws://").rstrip("/") + "/ws"
+
+    async def go() -> dict:
+        sent: dict[int, float] = {}
+        lat: list[float] = []
+        measured = 0
+        answered = dropped = errors = 0
+        async with ClientSession() as cs, cs.ws_connect(ws_url, max_msg_size=0) as ws:
+            welcome = await ws.receive_json(timeout=60)
+            if welcome.get("type") != "welcome":
+                raise RuntimeError(f"no welcome from the bridge: {welcome}")
+
+            async def reader():
+                nonlocal answered, dropped, errors
+                async for m in ws:
+                    if m.type == WSMsgType.BINARY:
+                        n = struct.unpack(">I", m.data[:4])[0]
+                        head = json.loads(m.data[4:4 + n])
+                        if cv2.imdecode(np.frombuffer(m.data[4 + n:], np.uint8), cv2.IMREAD_COLOR) is None:
+                            errors += 1
+                        t = sent.pop(head["id"], None)
+                        if t is not None and head["id"] < WARMUP_IDS:
+                            lat.append((time.perf_counter() - t) * 1e3)
+                            answered += 1
+                            dropped += head["dropped"]
+                    elif m.type == WSMsgType.TEXT:
+                        errors += 1
+
+            task = asyncio.create_task(reader())
+            start = time.perf_counter()
+            measure_from, i = start + 2.0, 0
+            while (now := time.perf_counter()) < measure_from + seconds:
+                page_id = i if now >= measure_from else WARMUP_IDS + i      # warm-up replies are not counted
+                measured += page_id < WARMUP_IDS
+                sent[page_id] = time.perf_counter()
+                pts = motion.landmarks(i)[:, :3]
+                await ws.send_str(json.dumps({"type": "landmarks", "id": page_id, "w": 640, "h": 640,
+                                              "points": [float(v) for v in pts.ravel()]}))
+                i += 1
+                await asyncio.sleep(max(0.0, start + i / fps - time.perf_counter()))
+            await asyncio.sleep(1.0)
+            task.cancel()
+        return {"fps": answered / seconds, "latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
+                "latency_p99_ms": float(np.percentile(lat, 99)) if lat else None, "sent": measured,
+                "answered": answered, "answered_fraction": answered / max(1, measured),
+                "dropped": dropped, "errors": errors}
+
+    return asyncio.run(go())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m posecast.webbench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="served model (default: the bundled one)")
@@ -178,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     y4m = dancer_y4m(out / "dancer.y4m")
     with live_stack(args.model, log_dir=out, bridge_args=("--complexity", str(args.complexity))) as url:
         s = drive_page(url, y4m, seconds=args.seconds, screenshot=out / "page.png")
+    with live_stack(args.model, log_dir=out / "bridge-only") as url:
+        b = drive_bridge(url, seconds=args.seconds)
+    print(json.dumps({"what": "web-bridge", "seconds": args.seconds, "sent_fps": 30.0, **b}))
     row = {"what": "web", "complexity": args.complexity, "seconds": args.seconds,
            **{k: s[k] for k in ("fps", "latency_p50_ms", "latency_p99_ms", "answered_fraction", "mediapipe_ms")},
            "sent": s["sent"], "answered": s["answered"], "dropped": s["dropped"],

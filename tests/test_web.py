@@ -296,3 +296,12 @@ def test_assets_are_checked_unpacked_whole_and_required_by_name(tmp_path):
     with pytest.raises(A.AssetsMissing, match=r"posecast web-assets.*") as e:
         A.require(tmp_path / "empty")
     assert "@mediapipe/pose@" in str(e.value) and "@mediapipe/face_mesh@" in str(e.value)
+
+
+def test_posecast_web_without_the_mediapipe_files_says_which_command_fetches_them(tmp_path, capsys):
+    from posecast.cli import main
+
+    assert main(["web", "--assets", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("posecast web: error: the MediaPipe JS files the page runs are not in")
+    assert "posecast web-assets" in err and err.count("\n") == 1
