@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -164,6 +165,18 @@ def _write_all(fd: int, data: bytes) -> None:
             return
 
 
+# Extractors not closed by their owner are closed at exit, before the interpreter tears down: a MediaPipe graph
+# still open then is destroyed during finalisation, which hangs the process forever (seen with mediapipe 0.10.21:
+# a script that builds an extractor and never closes it never exits).
+_LIVE: "weakref.WeakSet[LandmarkExtractor]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_extractors() -> None:
+    for ex in list(_LIVE):
+        ex.close()
+
+
 class LandmarkExtractor:
     """Detect one person's pose (``"dance"``) or one face mesh (``"face"``) per image.
 
@@ -201,6 +214,7 @@ class LandmarkExtractor:
         # Start the graph now, on a blank frame (nothing is found, so no tracking state is left behind), so that
         # the first real frame does not pay for it.
         self._solution.process(np.zeros((64, 64, 3), np.uint8))
+        _LIVE.add(self)
 
     num_landmarks: int
     _solution = None

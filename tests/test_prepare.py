@@ -330,6 +330,16 @@ def test_mediapipe_log_lines_stay_off_the_console():
     assert loud.returncode == 0 and "TensorFlow Lite" in loud.stderr and len(loud.stderr.splitlines()) > 2
 
 
+def test_a_script_that_never_closes_its_extractors_still_exits():
+    """A MediaPipe graph left open until interpreter finalisation hangs the process (mediapipe 0.10.21); open
+    extractors are closed at exit."""
+    code = ("import numpy as np; from models.detect import LandmarkExtractor; "
+            "ex = LandmarkExtractor('dance', static_image_mode=True); ex(np.zeros((96, 96, 3), np.uint8)); "
+            "f = LandmarkExtractor('face'); print('built')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "built", done.stderr
+
+
 def test_a_native_log_line_after_an_unfinished_progress_bar_is_dropped_and_the_bar_kept():
     from models.detect import filter_native_lines
 
