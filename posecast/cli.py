@@ -243,7 +243,8 @@ def _cmd_web(args) -> int:
 
     cfg = BridgeConfig(server=args.server, server_key=args.server_key, key=args.key,
                        normalize="off" if args.no_normalize else args.normalize, max_pages=args.max_pages,
-                       rate_hz=args.rate, rate_burst=args.burst, complexity=args.complexity, timeout_s=args.timeout)
+                       rate_hz=args.rate, rate_burst=args.burst, complexity=args.complexity, delegate=args.delegate,
+                       timeout_s=args.timeout)
     serve_web(cfg, host=args.host, port=args.port, cert=args.cert, key_file=args.tls_key,
               assets_root=Path(args.assets) if args.assets else None)
     return 0
@@ -639,11 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--burst", type=int, default=30, help="messages a page may send at once (default 30)")
     s.add_argument("--complexity", type=int, default=1, choices=[0, 1],
                    help="MediaPipe pose model in the page: 0 lite, 1 full (default, as capture uses)")
+    s.add_argument("--delegate", default="CPU", choices=["CPU", "GPU"],
+                   help="where the page's pose landmarker runs: CPU (default: wasm, fast everywhere) or GPU (WebGL)")
     s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server (default 5)")
     s.set_defaults(fn=_cmd_web)
 
-    s = sub.add_parser("web-assets", help="download the MediaPipe JS files the web page runs (once, from the npm "
-                                          "registry, checked against pinned sha512)")
+    s = sub.add_parser("web-assets", help="download the MediaPipe files the web page runs (once, from the npm "
+                                          "registry, checked against pinned sha512) and build its pose models")
     s.add_argument("--dir", default=None, help="where (default $POSECAST_WEB_ASSETS or ~/.cache/posecast/web)")
     s.set_defaults(fn=_cmd_web_assets)
 

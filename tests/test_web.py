@@ -10,6 +10,7 @@ import json
 import random
 import struct
 import tarfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,11 +28,16 @@ from models.motion import DanceMotion  # noqa: E402
 @pytest.fixture
 def fake_assets(tmp_path):
     """An assets folder with every package marked complete (a stub script each): enough to serve the page."""
-    for kind, pkg in A.PACKAGES.items():
-        d = A.package_dir(kind, tmp_path)
+    for key, pkg in A.PACKAGES.items():
+        d = A.package_dir(key, tmp_path)
         d.mkdir(parents=True)
-        (d / pkg.script).write_text(f"// {pkg.name}\n")
+        (d / pkg.check).write_text(f"// {pkg.name}\n")
         (d / ".complete").write_text("test\n")
+    d = tmp_path / A.POSE_TASKS_FOLDER
+    d.mkdir()
+    (d / A.POSE_TASKS["full"]).write_bytes(b"task")
+    (d / ".complete").write_text("test\n")
+    assert A.missing(tmp_path) == []
     return tmp_path
 
 
@@ -256,10 +262,15 @@ def test_files_served_and_paths_outside_refused(make_server, fake_assets):
                 assert r.status == 200 and "app.js" in await r.text()
             async with cs.get(ts.make_url("/static/app.js")) as r:
                 assert r.status == 200 and r.headers["Content-Type"].startswith("text/javascript")
-            async with cs.get(ts.make_url("/assets/dance/pose.js")) as r:
-                assert r.status == 200 and "@mediapipe/pose" in await r.text()
-            for bad in ("/assets/dance/.complete", "/assets/dance/..%2F..%2Fetc%2Fpasswd", "/assets/nope/pose.js",
-                        "/static/..%2Fbridge.py"):
+            async with cs.get(ts.make_url("/assets/tasks/vision_bundle.mjs")) as r:
+                assert r.status == 200 and "@mediapipe/tasks-vision" in await r.text()
+                assert r.headers["Content-Type"].startswith("text/javascript")     # a module script must be JS
+            async with cs.get(ts.make_url("/assets/face/face_mesh.js")) as r:
+                assert r.status == 200 and "@mediapipe/face_mesh" in await r.text()
+            async with cs.get(ts.make_url("/assets/pose/pose_landmarker_full.task")) as r:
+                assert r.status == 200 and await r.read() == b"task"
+            for bad in ("/assets/tasks/.complete", "/assets/tasks/..%2F..%2Fetc%2Fpasswd", "/assets/nope/pose.js",
+                        "/assets/pose-models/pose_landmark_full.tflite", "/static/..%2Fbridge.py"):
                 async with cs.get(ts.make_url(bad)) as r:
                     assert r.status == 404, bad
             async with cs.get(ts.make_url("/stats")) as r:
@@ -283,19 +294,23 @@ def test_assets_are_checked_unpacked_whole_and_required_by_name(tmp_path):
     import base64
     import hashlib
 
-    data = _tarball({"package/pose.js": b"js", "package/big.tflite": b"x", "package/../../evil": b"no",
-                     "package/.hidden": b"no", "other/file": b"no"})
+    data = _tarball({"package/vision.mjs": b"js", "package/vision.mjs.map": b"no", "package/wasm/a.wasm": b"w",
+                     "package/other/b.wasm": b"no", "package/../../evil": b"no", "package/.hidden": b"no",
+                     "other/file": b"no"})
     good = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
-    pkg = A.Package("@mediapipe/pose", "1.0", good, "pose.js", skip=("big.tflite",))
+    pkg = A.Package("@mediapipe/tasks-vision", "1.0", good, "vision.mjs", subfolders=("wasm",))
     with pytest.raises(ValueError, match="integrity mismatch"):
-        A.unpack(A.Package("@mediapipe/pose", "1.0", "sha512-AAAA", "pose.js"), data, tmp_path)
+        A.unpack(A.Package("@mediapipe/tasks-vision", "1.0", "sha512-AAAA", "vision.mjs"), data, tmp_path)
     assert list(tmp_path.iterdir()) == []                      # nothing written on a bad download
     dest = A.unpack(pkg, data, tmp_path)
-    assert sorted(p.name for p in dest.iterdir()) == [".complete", "pose.js"]
+    assert sorted(p.name for p in dest.iterdir()) == [".complete", "a.wasm", "vision.mjs"]
     assert not (tmp_path.parent / "evil").exists()
+    only = A.Package("@mediapipe/pose", "1.0", good, "vision.mjs", only=("vision.mjs",))
+    assert sorted(p.name for p in A.unpack(only, data, tmp_path / "o").iterdir()) == [".complete", "vision.mjs"]
     with pytest.raises(A.AssetsMissing, match=r"posecast web-assets.*") as e:
         A.require(tmp_path / "empty")
-    assert "@mediapipe/pose@" in str(e.value) and "@mediapipe/face_mesh@" in str(e.value)
+    assert "@mediapipe/tasks-vision@" in str(e.value) and "@mediapipe/face_mesh@" in str(e.value)
+    assert "pose landmarker bundles" in str(e.value)
 
 
 def test_posecast_web_without_the_mediapipe_files_says_which_command_fetches_them(tmp_path, capsys):
@@ -303,5 +318,25 @@ def test_posecast_web_without_the_mediapipe_files_says_which_command_fetches_the
 
     assert main(["web", "--assets", str(tmp_path), "--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("posecast web: error: the MediaPipe JS files the page runs are not in")
+    assert err.startswith("posecast web: error: the MediaPipe files the page runs are not in")
     assert "posecast web-assets" in err and err.count("\n") == 1
+
+
+def test_pose_landmarker_bundle_is_built_from_the_legacy_models_with_input_metadata(tmp_path):
+    """The Tasks API needs an uncompressed zip of the detector and a landmark model carrying input
+    normalisation metadata; built here from the wheel's own full pose model (the npm one is the same file)."""
+    import zipfile
+
+    import mediapipe
+    from mediapipe.tasks.python.metadata.metadata_writers.model_asset_bundle_utils import create_model_asset_bundle
+
+    mods = Path(mediapipe.__file__).parent / "modules"
+    files = A.pose_task((mods / "pose_landmark" / "pose_landmark_full.tflite").read_bytes(),
+                        (mods / "pose_detection" / "pose_detection.tflite").read_bytes())
+    assert sorted(files) == ["pose_detector.tflite", "pose_landmarks_detector.tflite"]
+    model = files["pose_landmarks_detector.tflite"]
+    assert b"TFLITE_METADATA" in model and b"pose landmarks" in model
+    create_model_asset_bundle(files, str(tmp_path / "p.task"))
+    with zipfile.ZipFile(tmp_path / "p.task") as z:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+        assert z.read("pose_landmarks_detector.tflite") == model

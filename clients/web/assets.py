@@ -1,14 +1,23 @@
-"""The MediaPipe JS solutions the page runs, fetched once at install time and served by the bridge.
+"""The MediaPipe files the page runs, fetched once at install time and served by the bridge.
 
-The page never loads anything from the internet: ``@mediapipe/pose`` and ``@mediapipe/face_mesh`` (the legacy
-JS solutions; each npm package carries its wasm, its graph and its models) are downloaded from the npm registry
-by ``posecast web-assets`` (``make web-assets``; ``make venv`` runs it) into a cache folder, checked against the
-sha512 pinned here (npm's own ``dist.integrity``), and served from there. Like pip fetching the wheels, it is an
-install step: nothing is fetched at run time, and ``posecast web`` refuses to start, naming the command, when the
-files are missing.
+The page never loads anything from the internet. ``posecast web-assets`` (``make web-assets``; ``make venv`` runs
+it) downloads three npm packages from the registry, checks each tarball against the sha512 pinned here (npm's own
+``dist.integrity``) and unpacks what the page needs:
 
-The folder: ``$POSECAST_WEB_ASSETS``, else ``~/.cache/posecast/web``; one sub-folder per package and version
-(``pose-0.5.1675469404/``), written whole or not at all.
+- ``@mediapipe/tasks-vision``: MediaPipe's current web API (its JS module and wasm, SIMD and not). The page runs
+  its ``PoseLandmarker`` for dance models, on the CPU (XNNPACK in wasm) unless told otherwise: ~35 ms a frame on
+  this 2-core box, where the legacy ``@mediapipe/pose`` solution, which runs its models in WebGL, took 380-700 ms
+  in Chromium's software WebGL (docs/performance.md).
+- ``@mediapipe/pose`` (the legacy solution): only its two landmark models (lite and full). The pose
+  landmarker's model bundles (``pose_landmarker_lite.task``, ``pose_landmarker_full.task``) are assembled from
+  them and from the pose detector in the ``mediapipe`` wheel, with the input metadata the Tasks API needs
+  (pixels scaled to [0, 1], as the legacy graph fed them) written by MediaPipe's own metadata writer
+  (:func:`build_pose_tasks`). Google's ready-made ``.task`` files live outside the package registries.
+- ``@mediapipe/face_mesh`` (the legacy solution, its wasm and models): the page runs it for face models.
+
+Like pip fetching the wheels it is an install step: nothing is fetched at run time, and ``posecast web`` refuses
+to start, naming the command, when the files are missing. The folder: ``$POSECAST_WEB_ASSETS``, else
+``~/.cache/posecast/web``; one sub-folder per package and version, written whole or not at all.
 """
 
 from __future__ import annotations
@@ -32,8 +41,10 @@ class Package:
     name: str            # npm name
     version: str
     integrity: str       # npm dist.integrity (sha512, base64)
-    script: str          # the file the page loads with <script>
-    skip: tuple = ()     # files of the tarball not needed (not served)
+    check: str           # a file that must be there (the one the page loads first)
+    only: tuple = ()     # keep only these files (empty: every file)
+    skip_suffixes: tuple = (".map", ".cjs", ".d.ts", ".md")
+    subfolders: tuple = ()   # files of these package sub-folders are kept too, flattened into the folder
 
     @property
     def folder(self) -> str:
@@ -44,15 +55,25 @@ class Package:
         short = self.name.split("/")[-1]
         return f"{REGISTRY}/{self.name}/-/{short}-{self.version}.tgz"
 
+    def keeps(self, name: str) -> bool:
+        return (not self.only or name in self.only) and not name.endswith(self.skip_suffixes)
 
+
+#: What the bridge serves under /assets/NAME/: the npm packages, and the pose model bundles built from them.
 PACKAGES = {
-    "dance": Package("@mediapipe/pose", "0.5.1675469404",
-                     "sha512-DFZsNWTsSphRIZppnUCuunzBiHP2FdJXR9ehc7mMi4KG+oPaOH0Em3d6kr7Py+TSyTXC1doH88KcF28k2sBxsQ==",
-                     "pose.js", skip=("pose_landmark_heavy.tflite",)),     # 28 MB; the page uses lite/full
+    "tasks": Package("@mediapipe/tasks-vision", "1.1.0",
+                     "sha512-ZJqh0wMKOINorfSffvDAxzyO1//c+FiG3IkzOdNDnLqvBB3DbMfj0bB/tys2SNf9S914sgoIbIpF4HTOi336cg==",
+                     "vision_bundle.mjs", subfolders=("wasm",)),
+    "pose-models": Package("@mediapipe/pose", "0.5.1675469404",
+                           "sha512-DFZsNWTsSphRIZppnUCuunzBiHP2FdJXR9ehc7mMi4KG+oPaOH0Em3d6kr7Py+TSyTXC1doH88KcF28k2sBxsQ==",
+                           "pose_landmark_full.tflite", only=("pose_landmark_lite.tflite", "pose_landmark_full.tflite")),
     "face": Package("@mediapipe/face_mesh", "0.4.1633559619",
                     "sha512-Vc8cdjxS5+O2gnjWH9KncYpUCVXT0h714KlWAsyqJvJbIgUJBqpppbIx8yWcAzBDxm/5cYSuBI5p5ySIPxzcEg==",
                     "face_mesh.js"),
 }
+POSE_TASKS = {"lite": "pose_landmarker_lite.task", "full": "pose_landmarker_full.task"}
+POSE_TASKS_FOLDER = f"pose-landmarker-{PACKAGES['pose-models'].version}"
+SERVED = {"tasks": PACKAGES["tasks"].folder, "face": PACKAGES["face"].folder, "pose": POSE_TASKS_FOLDER}
 
 
 class AssetsMissing(FileNotFoundError):
@@ -64,17 +85,25 @@ def assets_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "posecast" / "web"
 
 
-def package_dir(kind: str, root: Path | None = None) -> Path:
-    return (root or assets_root()) / PACKAGES[kind].folder
+def package_dir(key: str, root: Path | None = None) -> Path:
+    return (root or assets_root()) / PACKAGES[key].folder
+
+
+def served_dir(name: str, root: Path | None = None) -> Path:
+    """The folder the bridge serves as /assets/NAME/ (``tasks``, ``face``, ``pose``)."""
+    return (root or assets_root()) / SERVED[name]
+
+
+def _complete(d: Path, check: str) -> bool:
+    return (d / check).is_file() and (d / ".complete").is_file()
 
 
 def missing(root: Path | None = None) -> list[str]:
-    """The packages not (completely) in ``root``, as ``name@version``."""
-    out = []
-    for kind, pkg in PACKAGES.items():
-        d = package_dir(kind, root)
-        if not (d / pkg.script).is_file() or not (d / ".complete").is_file():
-            out.append(f"{pkg.name}@{pkg.version}")
+    """What is not (completely) in ``root``: ``name@version`` of packages, and the pose model bundles."""
+    out = [f"{pkg.name}@{pkg.version}" for key, pkg in PACKAGES.items()
+           if not _complete(package_dir(key, root), pkg.check)]
+    if not _complete((root or assets_root()) / POSE_TASKS_FOLDER, POSE_TASKS["full"]):
+        out.append("the pose landmarker bundles (built from @mediapipe/pose)")
     return out
 
 
@@ -84,7 +113,7 @@ def require(root: Path | None = None) -> Path:
     root = root or assets_root()
     gone = missing(root)
     if gone:
-        raise AssetsMissing(f"the MediaPipe JS files the page runs are not in {root} ({', '.join(gone)}): run "
+        raise AssetsMissing(f"the MediaPipe files the page runs are not in {root} ({', '.join(gone)}): run "
                             f"`posecast web-assets` (or `make web-assets`) once, with access to the npm registry")
     return root
 
@@ -98,22 +127,13 @@ def check_integrity(data: bytes, integrity: str) -> None:
         raise ValueError(f"integrity mismatch: expected sha512-{want[:16]}…, got sha512-{got[:16]}…")
 
 
-def unpack(pkg: Package, data: bytes, root: Path) -> Path:
-    """Check ``data`` (the package's tarball) against its pinned integrity and unpack it to its folder under
-    ``root``, atomically (a temporary folder renamed into place). Only plain files under ``package/``."""
-    check_integrity(data, pkg.integrity)
+def _atomic_dir(root: Path, folder: str, fill) -> Path:
+    """``fill(tmp)`` writes a temporary folder under ``root``, which then replaces ``root/folder`` whole."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{pkg.folder}.", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=root))
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            for m in tar.getmembers():
-                name = m.name.removeprefix("package/")
-                if not m.isfile() or name == m.name or "/" in name or name.startswith(".") or name in pkg.skip:
-                    continue
-                src = tar.extractfile(m)
-                (tmp / name).write_bytes(src.read())
-        (tmp / ".complete").write_text(f"{pkg.name}@{pkg.version} {pkg.integrity}\n")
-        dest = root / pkg.folder
+        fill(tmp)
+        dest = root / folder
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -123,8 +143,62 @@ def unpack(pkg: Package, data: bytes, root: Path) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def unpack(pkg: Package, data: bytes, root: Path) -> Path:
+    """Check ``data`` (the package's tarball) against its pinned integrity and unpack what the page needs to its
+    folder under ``root``, atomically. Only plain files under ``package/`` (and its ``subfolders``, flattened)."""
+    check_integrity(data, pkg.integrity)
+
+    def fill(tmp: Path) -> None:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for m in tar.getmembers():
+                name = m.name.removeprefix("package/")
+                folder, _, base = name.rpartition("/")
+                if folder in pkg.subfolders:
+                    name = base
+                if (not m.isfile() or not m.name.startswith("package/") or "/" in name or name.startswith(".")
+                        or not name or not pkg.keeps(name)):
+                    continue
+                (tmp / name).write_bytes(tar.extractfile(m).read())
+        (tmp / ".complete").write_text(f"{pkg.name}@{pkg.version} {pkg.integrity}\n")
+
+    return _atomic_dir(root, pkg.folder, fill)
+
+
+def pose_task(landmark_model: bytes, detector: bytes) -> dict[str, bytes]:
+    """The files of a pose landmarker bundle: the detector as it is, the landmark model with input metadata
+    (RGB, pixels / 255) and its five outputs described, as MediaPipe's Tasks API requires."""
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer as mw
+
+    writer = mw.MetadataWriter.create(bytearray(landmark_model))
+    writer.add_general_info("pose landmarks", "MediaPipe pose landmark model (from @mediapipe/pose)")
+    writer.add_image_input(norm_mean=[0.0], norm_std=[255.0])
+    for name in ("landmarks", "presence", "segmentation", "heatmap", "world_landmarks"):
+        writer.add_feature_output(name=name)
+    return {"pose_detector.tflite": detector, "pose_landmarks_detector.tflite": bytes(writer.populate()[0])}
+
+
+def build_pose_tasks(root: Path) -> Path:
+    """``pose_landmarker_{lite,full}.task`` from the legacy package's landmark models and the ``mediapipe``
+    wheel's pose detector, into their own folder (atomically)."""
+    import mediapipe
+    from mediapipe.tasks.python.metadata.metadata_writers.model_asset_bundle_utils import create_model_asset_bundle
+
+    detector = (Path(mediapipe.__file__).parent / "modules" / "pose_detection" / "pose_detection.tflite").read_bytes()
+    models = package_dir("pose-models", root)
+
+    def fill(tmp: Path) -> None:
+        for variant, task in POSE_TASKS.items():
+            files = pose_task((models / f"pose_landmark_{variant}.tflite").read_bytes(), detector)
+            create_model_asset_bundle(files, str(tmp / task))
+        (tmp / ".complete").write_text(f"built from {PACKAGES['pose-models'].name}@{PACKAGES['pose-models'].version}"
+                                       f" and mediapipe {mediapipe.__version__}\n")
+
+    return _atomic_dir(root, POSE_TASKS_FOLDER, fill)
+
+
 def fetch(root: Path | None = None, *, log=print, opener=urllib.request.urlopen) -> Path:
-    """Download and unpack every package that is missing from ``root``; returns ``root``."""
+    """Download and unpack every package that is missing from ``root``, then build the pose bundles; returns
+    ``root``."""
     root = root or assets_root()
     for kind, pkg in PACKAGES.items():
         if f"{pkg.name}@{pkg.version}" not in missing(root):
@@ -135,4 +209,6 @@ def fetch(root: Path | None = None, *, log=print, opener=urllib.request.urlopen)
             data = r.read()
         dest = unpack(pkg, data, root)
         log(f"{pkg.name}@{pkg.version}: {len(data) / 1e6:.1f} MB checked (sha512) and unpacked to {dest}")
+    if not _complete(root / POSE_TASKS_FOLDER, POSE_TASKS["full"]):
+        log(f"pose landmarker bundles: built in {build_pose_tasks(root)}")
     return root

@@ -8,8 +8,9 @@ control, FEC), which a 256² JPEG stream of ~15 KB a frame does not need on a LA
 asyncio HTTP server with WebSockets built in, and ZeroMQ has an asyncio API (``zmq.asyncio``), so one event loop
 holds every page.
 
-What the page does and never does: it asks for the webcam, runs ``@mediapipe/pose`` or ``@mediapipe/face_mesh``
-(served from the local cache of :mod:`clients.web.assets`, nothing fetched from the internet) and sends
+What the page does and never does: it asks for the webcam, runs MediaPipe (the Tasks API's pose landmarker for
+dance models, the face mesh solution for face models; served from the local cache of :mod:`clients.web.assets`,
+nothing fetched from the internet) and sends
 **landmarks** up, never video. It shows input | output with its own fps, glass-to-glass latency and drops.
 
 What the bridge does, per page (one WebSocket = one :class:`PageSession` = one server session):
@@ -70,6 +71,7 @@ class BridgeConfig:
     max_in_flight: int = 8               # frames outstanding per page; landmarks beyond it are dropped (counted)
     timeout_s: float = 5.0               # no welcome / no reply with frames outstanding for this long: server lost
     complexity: int = 1                  # MediaPipe pose model in the page: 0 lite, 1 full
+    delegate: str = "CPU"                # where the page's pose landmarker runs: CPU (wasm) or GPU (WebGL)
     warmup_frames: int = 30
 
     def __post_init__(self):
@@ -84,6 +86,8 @@ class BridgeConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.complexity not in (0, 1):
             raise ValueError(f"complexity must be 0 (lite) or 1 (full), got {self.complexity}")
+        if self.delegate not in ("CPU", "GPU"):
+            raise ValueError(f"delegate must be CPU or GPU, got {self.delegate!r}")
 
 
 class TokenBucket:
@@ -257,6 +261,7 @@ class PageSession:
         w = self.welcome
         return {"type": "welcome", "kind": w.kind, "num_landmarks": w.num_landmarks, "size": w.size, "fps": w.fps,
                 "model": w.model, "backend": w.backend, "version": w.version, "complexity": self.cfg.complexity,
+                "delegate": self.cfg.delegate,
                 "max_in_flight": self.cfg.max_in_flight}
 
     async def pump_server(self) -> None:
@@ -362,14 +367,14 @@ class PageSession:
         self.counters.frames_sent += 1
 
 
-_TYPES = {".js": "text/javascript", ".wasm": "application/wasm", ".data": "application/octet-stream",
+_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".task": "application/octet-stream", ".wasm": "application/wasm", ".data": "application/octet-stream",
           ".binarypb": "application/octet-stream", ".tflite": "application/octet-stream", ".html": "text/html",
           ".css": "text/css", ".json": "application/json"}
 
 
 class Bridge:
     """The aiohttp application: the page (``/``), its script and style (``/static/``), the MediaPipe files
-    (``/assets/dance/...``, ``/assets/face/...``), one WebSocket per page (``/ws``) and the bridge's counters
+    (``/assets/tasks/...``, ``/assets/pose/...``, ``/assets/face/...``: clients/web/assets.py), one WebSocket per page (``/ws``) and the bridge's counters
     (``/stats``, JSON)."""
 
     def __init__(self, cfg: BridgeConfig, assets_root: Path, log: Callable[[str], None] = print):
@@ -424,12 +429,12 @@ class Bridge:
     async def _asset(self, request):
         from aiohttp import web
 
-        from clients.web.assets import PACKAGES, package_dir
+        from clients.web.assets import SERVED, served_dir
 
-        kind = request.match_info["kind"]
-        if kind not in PACKAGES:
-            raise web.HTTPNotFound(text=f"no assets for {kind!r}")
-        return self._file(package_dir(kind, self.assets), request.match_info["name"])
+        name = request.match_info["kind"]
+        if name not in SERVED:
+            raise web.HTTPNotFound(text=f"no assets {name!r}")
+        return self._file(served_dir(name, self.assets), request.match_info["name"])
 
     async def _stats(self, request):
         from aiohttp import web

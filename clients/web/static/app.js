@@ -7,13 +7,9 @@ const $ = (id) => document.getElementById(id);
 const state = {
   kind: null, welcome: null, ready: false,
   sent: 0, answered: 0, dropped: 0, unmatched: 0, errors: 0, busy: 0, lastError: null,
-  g2g: [], shown: [], firstShown: 0, mediapipe: [], pending: new Map(), nextId: 0,
+  g2g: [], shown: [], firstShown: 0, mediapipe: [], rtt: [], pending: new Map(), nextId: 0, lastSentAt: 0,
+  sentAt: new Map(),
 };
-const SOLUTIONS = {
-  dance: { script: "pose.js", make: (locate) => new Pose({ locateFile: locate }) },
-  face: { script: "face_mesh.js", make: (locate) => new FaceMesh({ locateFile: locate }) },
-};
-
 function percentile(xs, q) {
   if (!xs.length) return null;
   const s = [...xs].sort((a, b) => a - b);
@@ -62,37 +58,68 @@ function loadScript(src) {
   });
 }
 
-function drawInput(image, points, kind) {
+function drawInput(video, points, kind) {
   const c = $("input"), g = c.getContext("2d");
-  const s = Math.min(image.width, image.height);          // the centred square of the camera image
-  const ox = (image.width - s) / 2, oy = (image.height - s) / 2;
-  g.drawImage(image, ox, oy, s, s, 0, 0, c.width, c.height);
+  const w = video.videoWidth, h = video.videoHeight;
+  const s = Math.min(w, h);                                // the centred square of the camera image
+  const ox = (w - s) / 2, oy = (h - s) / 2;
+  g.drawImage(video, ox, oy, s, s, 0, 0, c.width, c.height);
   if (!points) return;
   g.fillStyle = kind === "dance" ? "#3f3" : "#3cf";
   const r = kind === "dance" ? 3 : 1;
   for (const p of points) {
     if (kind === "dance" && p.visibility !== undefined && p.visibility < 0.5) continue;
-    g.fillRect((p.x * image.width - ox) / s * c.width - r / 2, (p.y * image.height - oy) / s * c.height - r / 2, r, r);
+    g.fillRect((p.x * w - ox) / s * c.width - r / 2, (p.y * h - oy) / s * c.height - r / 2, r, r);
   }
 }
 
-let ws = null, solution = null, capturedAt = 0, video = null;
+// The landmark detector for the model's kind: detect(video, t) -> the landmarks ({x, y, z, visibility}) or null.
+// Dance: MediaPipe's Tasks API pose landmarker (wasm on the CPU by default: ~10x faster than the legacy pose
+// solution's WebGL path without a GPU; clients/web/assets.py). Face: the legacy face mesh solution (478 points
+// with the irises, as the capture client's).
+async function makeDetector(welcome) {
+  if (welcome.kind === "dance") {
+    const vision = await import("/assets/tasks/vision_bundle.mjs");
+    const fileset = await vision.FilesetResolver.forVisionTasks("/assets/tasks");
+    const model = welcome.complexity ? "full" : "lite";
+    const lm = await vision.PoseLandmarker.createFromOptions(fileset, {
+      baseOptions: { modelAssetPath: `/assets/pose/pose_landmarker_${model}.task`, delegate: welcome.delegate },
+      runningMode: "VIDEO", numPoses: 1, minPoseDetectionConfidence: 0.5, minPosePresenceConfidence: 0.5,
+      minTrackingConfidence: 0.5 });
+    return { detect: async (video, t) => {
+      const r = lm.detectForVideo(video, t);
+      return r.landmarks && r.landmarks.length ? r.landmarks[0] : null;
+    } };
+  }
+  if (welcome.kind === "face") {
+    await loadScript("/assets/face/face_mesh.js");
+    const fm = new FaceMesh({ locateFile: (f) => `/assets/face/${f}` });
+    fm.setOptions({ maxNumFaces: 1, refineLandmarks: true, minDetectionConfidence: 0.5, minTrackingConfidence: 0.5 });
+    let last = null;
+    fm.onResults((r) => { last = (r.multiFaceLandmarks && r.multiFaceLandmarks[0]) || null; });
+    await fm.initialize();
+    return { detect: async (video) => { await fm.send({ image: video }); return last; } };
+  }
+  throw new Error(`this page cannot run a ${welcome.kind} model`);
+}
 
-function onResults(results) {
+let ws = null, detector = null, video = null;
+
+function sendLandmarks(lms, capturedAt) {
   const kind = state.kind;
   const ms = performance.now() - capturedAt;
   keep(state.mediapipe, ms, 100);
-  const lms = kind === "dance" ? results.poseLandmarks
-    : (results.multiFaceLandmarks && results.multiFaceLandmarks[0]);
   let flat = null;
   if (lms) {
     flat = [];
     for (const p of lms) flat.push(p.x, p.y, kind === "dance" ? (p.visibility ?? 1) : p.z);
   }
-  drawInput(results.image, lms, kind);
+  drawInput(video, lms, kind);
   if (!ws || ws.readyState !== WebSocket.OPEN) return;
   const id = state.nextId++;
   state.pending.set(id, capturedAt);
+  state.lastSentAt = performance.now();
+  state.sentAt.set(id, state.lastSentAt);
   state.sent++;
   ws.send(JSON.stringify({ type: "landmarks", id, w: video.videoWidth, h: video.videoHeight, points: flat,
                            ms: Math.round(ms * 10) / 10 }));
@@ -107,8 +134,10 @@ async function onFrame(buf) {
   state.pending.delete(head.id);
   for (const [id] of state.pending) {          // older frames are not coming: the server kept the newest
     if (id >= head.id) break;
-    state.pending.delete(id); state.dropped++;
+    state.pending.delete(id); state.sentAt.delete(id); state.dropped++;
   }
+  const sentAt = state.sentAt.get(head.id);
+  state.sentAt.delete(head.id);
   const bmp = await createImageBitmap(new Blob([new Uint8Array(buf, 4 + n)], { type: "image/jpeg" }));
   const c = $("output");
   c.getContext("2d").drawImage(bmp, 0, 0, c.width, c.height);
@@ -116,6 +145,7 @@ async function onFrame(buf) {
   const now = performance.now();
   state.answered++;
   keep(state.g2g, now - t0);
+  keep(state.rtt, now - sentAt, 30);
   if (!state.shown.length) state.firstShown = now;
   keep(state.shown, now, 120);
   if (replied) { replied(); replied = null; }
@@ -129,27 +159,17 @@ function onText(msg) {
   } else if (msg.type === "error") {
     state.errors++; state.lastError = `${msg.code}: ${msg.reason}`;
     if (msg.code === "busy") state.busy++;
-    if (msg.id !== null && msg.id !== undefined && state.pending.delete(msg.id)) state.dropped++;
+    if (msg.id !== null && msg.id !== undefined && state.pending.delete(msg.id)) {
+      state.sentAt.delete(msg.id); state.dropped++;
+    }
     if (replied) { replied(); replied = null; }
     $("error").textContent = state.lastError;
   }
 }
 
 async function start(welcome) {
-  const sol = SOLUTIONS[welcome.kind];
-  if (!sol) throw new Error(`this page cannot run a ${welcome.kind} model`);
   $("status").textContent = `loading MediaPipe (${welcome.kind})…`;
-  await loadScript(`/assets/${welcome.kind}/${sol.script}`);
-  solution = sol.make((f) => `/assets/${welcome.kind}/${f}`);
-  if (welcome.kind === "dance") {
-    solution.setOptions({ modelComplexity: welcome.complexity, smoothLandmarks: true, enableSegmentation: false,
-                          minDetectionConfidence: 0.5, minTrackingConfidence: 0.5 });
-  } else {
-    solution.setOptions({ maxNumFaces: 1, refineLandmarks: true, minDetectionConfidence: 0.5,
-                          minTrackingConfidence: 0.5 });
-  }
-  solution.onResults(onResults);
-  await solution.initialize();
+  detector = await makeDetector(welcome);
   state.kind = welcome.kind;
   state.ready = true;
   loop();
@@ -167,16 +187,21 @@ function waitReply(ms) {
 
 async function loop() {
   for (;;) {
-    // MediaPipe holds this page's only thread while it runs: a reply that arrives meanwhile waits for it. When
-    // MediaPipe is slower than the camera (no GPU: Chromium's software WebGL), wait for the reply first (at most
-    // 250 ms), which halves the glass-to-glass latency for a few % of frame rate; with a fast MediaPipe the
-    // reply is handled between camera frames anyway.
-    if (state.pending.size && percentile(state.mediapipe.slice(-10), 0.5) > 33) await waitReply(250);
+    // MediaPipe holds this page's only thread while it runs, so a reply that arrives meanwhile waits for the
+    // whole run before it is drawn. When the outstanding reply is due before the next run would end (its usual
+    // round trip is shorter than MediaPipe's time), wait for it first: on a 2-core machine running everything
+    // this cuts glass-to-glass p50 from ~145 to ~70 ms for a few fps; over a long round trip nothing waits.
+    const mp = percentile(state.mediapipe.slice(-10), 0.5), rtt = percentile(state.rtt.slice(-30), 0.5);
+    // (Round trips are measured when drawn; the first ones are waited for, so they are not inflated by a run.)
+    if (state.pending.size && mp !== null) {
+      const due = rtt === null ? 250 : state.lastSentAt + rtt - performance.now();
+      if (due > 0 && (rtt === null || due < mp)) await waitReply(due + 15);
+    }
     await nextVideoFrame();
     const limit = state.welcome ? state.welcome.max_in_flight : 8;
     if (!ws || ws.readyState !== WebSocket.OPEN || state.pending.size >= limit) continue;
-    capturedAt = performance.now();
-    await solution.send({ image: video });
+    const capturedAt = performance.now();
+    sendLandmarks(await detector.detect(video, capturedAt), capturedAt);
   }
 }
 
@@ -185,7 +210,7 @@ function connect() {
   ws.binaryType = "arraybuffer";
   ws.onmessage = (ev) => (typeof ev.data === "string" ? onText(JSON.parse(ev.data)) : onFrame(ev.data).catch(fail));
   ws.onclose = () => {
-    state.pending.clear();
+    state.pending.clear(); state.sentAt.clear();
     $("error").textContent = (state.lastError ? state.lastError + "\n" : "") + "bridge disconnected; retrying in 2 s";
     setTimeout(connect, 2000);
   };
