@@ -75,20 +75,21 @@ function drawInput(video, points, kind) {
 
 // The landmark detector for the model's kind: detect(video, t) -> the landmarks ({x, y, z, visibility}) or null.
 // Dance: MediaPipe's Tasks API pose landmarker (wasm on the CPU by default: ~10x faster than the legacy pose
-// solution's WebGL path without a GPU; clients/web/assets.py). Face: the legacy face mesh solution (478 points
-// with the irises, as the capture client's).
+// solution's WebGL path without a GPU; clients/web/assets.py), in a worker (pose_worker.js). Face: the legacy face
+// mesh solution (478 points with the irises, as the capture client's), on the page's thread (it needs the DOM).
 async function makeDetector(welcome) {
-  if (welcome.kind === "dance") {
-    const vision = await import("/assets/tasks/vision_bundle.mjs");
-    const fileset = await vision.FilesetResolver.forVisionTasks("/assets/tasks");
-    const model = welcome.complexity ? "full" : "lite";
-    const lm = await vision.PoseLandmarker.createFromOptions(fileset, {
-      baseOptions: { modelAssetPath: `/assets/pose/pose_landmarker_${model}.task`, delegate: welcome.delegate },
-      runningMode: "VIDEO", numPoses: 1, minPoseDetectionConfidence: 0.5, minPosePresenceConfidence: 0.5,
-      minTrackingConfidence: 0.5 });
+  if (welcome.kind === "dance") {       // in a worker: the page's thread stays free to draw replies
+    const worker = new Worker("/static/pose_worker.js", { type: "module" });
+    let waiting = null;
+    worker.onmessage = (ev) => { const w = waiting; waiting = null; if (w) w(ev.data); };
+    const ask = (msg, transfer) => new Promise((ok) => { waiting = ok; worker.postMessage(msg, transfer || []); });
+    const ready = await ask({ type: "init", model: welcome.complexity ? "full" : "lite", delegate: welcome.delegate });
+    if (ready.type !== "ready") throw new Error(`MediaPipe did not start: ${ready.message}`);
     return { detect: async (video, t) => {
-      const r = lm.detectForVideo(video, t);
-      return r.landmarks && r.landmarks.length ? r.landmarks[0] : null;
+      const bitmap = await createImageBitmap(video);
+      const r = await ask({ type: "frame", bitmap, t }, [bitmap]);
+      if (r.type === "error") throw new Error(`MediaPipe: ${r.message}`);
+      return r.points;
     } };
   }
   if (welcome.kind === "face") {
@@ -98,7 +99,7 @@ async function makeDetector(welcome) {
     let last = null;
     fm.onResults((r) => { last = (r.multiFaceLandmarks && r.multiFaceLandmarks[0]) || null; });
     await fm.initialize();
-    return { detect: async (video) => { await fm.send({ image: video }); return last; } };
+    return { onPageThread: true, detect: async (video) => { await fm.send({ image: video }); return last; } };
   }
   throw new Error(`this page cannot run a ${welcome.kind} model`);
 }
@@ -187,13 +188,13 @@ function waitReply(ms) {
 
 async function loop() {
   for (;;) {
-    // MediaPipe holds this page's only thread while it runs, so a reply that arrives meanwhile waits for the
-    // whole run before it is drawn. When the outstanding reply is due before the next run would end (its usual
-    // round trip is shorter than MediaPipe's time), wait for it first: on a 2-core machine running everything
-    // this cuts glass-to-glass p50 from ~145 to ~70 ms for a few fps; over a long round trip nothing waits.
+    // A detector on the page's thread (the face mesh) holds it while it runs, so a reply that arrives meanwhile
+    // waits for the whole run before it is drawn. When the outstanding reply is due before the next run would
+    // end (its usual round trip is shorter than MediaPipe's time), wait for it first; over a long round trip
+    // nothing waits. (The pose landmarker runs in a worker: nothing to wait for.)
     const mp = percentile(state.mediapipe.slice(-10), 0.5), rtt = percentile(state.rtt.slice(-30), 0.5);
     // (Round trips are measured when drawn; the first ones are waited for, so they are not inflated by a run.)
-    if (state.pending.size && mp !== null) {
+    if (detector.onPageThread && state.pending.size && mp !== null) {
       const due = rtt === null ? 250 : state.lastSentAt + rtt - performance.now();
       if (due > 0 && (rtt === null || due < mp)) await waitReply(due + 15);
     }
