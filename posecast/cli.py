@@ -638,8 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pages", type=int, default=8, help="pages connected at once (default 8)")
     s.add_argument("--rate", type=float, default=90.0, help="messages per second per page (default 90)")
     s.add_argument("--burst", type=int, default=30, help="messages a page may send at once (default 30)")
-    s.add_argument("--complexity", type=int, default=1, choices=[0, 1],
-                   help="MediaPipe pose model in the page: 0 lite, 1 full (default, as capture uses)")
+    s.add_argument("--complexity", type=int, default=0, choices=[0, 1],
+                   help="MediaPipe pose model in the page: 0 lite (default: 30 fps in wasm on a 2-core CPU), 1 full "
+                        "(what capture uses; ~45 ms a frame there)")
     s.add_argument("--delegate", default="CPU", choices=["CPU", "GPU"],
                    help="where the page's pose landmarker runs: CPU (default: wasm, fast everywhere) or GPU (WebGL)")
     s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server (default 5)")

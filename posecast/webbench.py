@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m posecast.webbench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="served model (default: the bundled one)")
     ap.add_argument("--seconds", type=float, default=30.0, help="measured streaming time (default 30)")
-    ap.add_argument("--complexity", type=int, default=1, choices=[0, 1], help="MediaPipe pose model in the page")
+    ap.add_argument("--complexity", type=int, default=0, choices=[0, 1],
+                    help="MediaPipe pose model in the page (default 0: lite, as posecast web)")
     ap.add_argument("--out", default="runs/bench-web", help="folder for the y4m, logs and screenshot")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -36,8 +36,7 @@ def test_page_streams_the_webcam_through_a_real_server(tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "browser-page.png"
     y4m = webbench.dancer_y4m(tmp_path / "dancer.y4m", frames=60)
-    # complexity 0 (MediaPipe's lite pose model): without a GPU, Chromium's software WebGL makes the full one slow
-    with webbench.live_stack(log_dir=tmp_path, bridge_args=("--complexity", "0")) as url:
+    with webbench.live_stack(log_dir=tmp_path) as url:
         s = webbench.drive_page(url, y4m, seconds=12, screenshot=shot)
     print(f"page figures: {s}; screenshot {shot}")
     assert s["kind"] == "dance" and s["ready"]

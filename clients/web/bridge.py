@@ -70,7 +70,7 @@ class BridgeConfig:
     rate_burst: int = 30                 # ... of this depth; messages beyond it are dropped and counted
     max_in_flight: int = 8               # frames outstanding per page; landmarks beyond it are dropped (counted)
     timeout_s: float = 5.0               # no welcome / no reply with frames outstanding for this long: server lost
-    complexity: int = 1                  # MediaPipe pose model in the page: 0 lite, 1 full
+    complexity: int = 0                  # MediaPipe pose model in the page: 0 lite (real time on a CPU), 1 full
     delegate: str = "CPU"                # where the page's pose landmarker runs: CPU (wasm) or GPU (WebGL)
     warmup_frames: int = 30
 

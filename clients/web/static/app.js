@@ -187,6 +187,7 @@ function waitReply(ms) {
 }
 
 async function loop() {
+  let frame = nextVideoFrame();
   for (;;) {
     // A detector on the page's thread (the face mesh) holds it while it runs, so a reply that arrives meanwhile
     // waits for the whole run before it is drawn. When the outstanding reply is due before the next run would
@@ -198,7 +199,8 @@ async function loop() {
       const due = rtt === null ? 250 : state.lastSentAt + rtt - performance.now();
       if (due > 0 && (rtt === null || due < mp)) await waitReply(due + 15);
     }
-    await nextVideoFrame();
+    await frame;
+    frame = nextVideoFrame();      // asked now, so a frame shown while MediaPipe runs is taken at once after it
     const limit = state.welcome ? state.welcome.max_in_flight : 8;
     if (!ws || ws.readyState !== WebSocket.OPEN || state.pending.size >= limit) continue;
     const capturedAt = performance.now();
