@@ -49,7 +49,7 @@ test: venv
 bench: venv
 	$(BIN)/posecast bench
 
-# The browser client end to end (Chromium + fake webcam + posecast web + posecast serve): one JSON line.
+# The browser client: bridge + server alone, then Chromium + fake webcam + posecast web + serve (a JSON line each).
 BENCH_WEB_ARGS ?= --seconds 30
 bench-web: venv
 	$(BIN)/python -m posecast.webbench $(BENCH_WEB_ARGS)

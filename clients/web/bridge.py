@@ -43,6 +43,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from models.landmarks import layout_of
 from realtime import protocol as P
 
 STATIC = Path(__file__).parent / "static"
@@ -327,7 +328,6 @@ class PageSession:
                                                 f"{self.cfg.rate_burst}): dropped {self.limited_since_report}"})
             return
         self.limited_since_report = 0
-        from models.landmarks import layout_of
         try:
             kind, d = parse_page_message(data, layout_of(self.welcome.kind).accepted)
             if kind == "stats":
