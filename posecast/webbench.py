@@ -37,6 +37,17 @@ def browser_executable() -> str | None:
     return None
 
 
+def write_y4m(path: str | os.PathLike, frames, size: int, fps: int = 30) -> Path:
+    """RGB uint8 (size, size, 3) frames to a y4m file (4:2:0), the format of Chromium's fake webcam."""
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{size} H{size} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
 def dancer_y4m(path: str | os.PathLike, *, frames: int = 90, size: int = 256, seed: int = 3,
                appearance: int = 0, fps: int = 30) -> Path:
     """The synthetic dancer (motion ``seed``, look ``appearance``) as a y4m file: Chromium's fake webcam plays it
@@ -44,17 +55,36 @@ def dancer_y4m(path: str | os.PathLike, *, frames: int = 90, size: int = 256, se
     from models.motion import DanceMotion
     from trainer.synth import DancerRenderer
 
-    path = Path(path)
-    motion, renderer, prev = DanceMotion(seed=seed, fps=fps), DancerRenderer(size, appearance), None
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{size} H{size} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+    motion, renderer = DanceMotion(seed=seed, fps=fps), DancerRenderer(size, appearance)
+
+    def rendered():
+        prev = None
         for i in range(frames):
             pose = motion.pose(i)
-            rgb = renderer.render(pose, prev).frame
+            yield renderer.render(pose, prev).frame
             prev = pose
-            f.write(b"FRAME\n")
-            f.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420).tobytes())
-    return path
+
+    return write_y4m(path, rendered(), size, fps)
+
+
+def video_y4m(video: str | os.PathLike, path: str | os.PathLike, *, start: int = 0, frames: int = 60,
+              size: int = 256, fps: int = 30) -> Path:
+    """``frames`` frames of ``video`` from ``start``, the centred square scaled to ``size``, as a y4m file."""
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    out = []
+    while len(out) < frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        h, w = bgr.shape[:2]
+        s = min(h, w)
+        sq = bgr[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        out.append(cv2.cvtColor(cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+    cap.release()
+    if not out:
+        raise ValueError(f"no frames read from {video} at {start}")
+    return write_y4m(path, out, size, fps)
 
 
 def free_port() -> int:

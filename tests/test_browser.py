@@ -11,6 +11,8 @@ import pytest
 
 from clients.web import assets
 from posecast import webbench
+from shared_data import MEGAMIND, needs_megamind
+from tiny import random_checkpoint
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "ci"
 
@@ -40,10 +42,31 @@ def test_page_streams_the_webcam_through_a_real_server(tmp_path):
         s = webbench.drive_page(url, y4m, seconds=12, screenshot=shot)
     print(f"page figures: {s}; screenshot {shot}")
     assert s["kind"] == "dance" and s["ready"]
-    assert s["sent"] >= 3, s                        # MediaPipe ran in the page and landmarks went up
+    assert s["sent"] >= 3 and s["detected"] >= 0.8 * s["sent"], s    # MediaPipe found the dancer, landmarks went up
     assert s["unmatched"] == 0                      # every reply matched to the landmarks it answers
     assert s["answered_fraction"] >= 0.9, s
     assert s["errors"] == 0 and s["last_error"] is None, s
     assert s["fps"] > 0 and s["latency_p50_ms"] > 0 and s["mediapipe_ms"] > 0
     assert not [e for e in s["console_errors"] if "posecast" in e or "app.js" in e], s["console_errors"]
     assert shot.stat().st_size > 10_000
+
+
+@needs_megamind
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_face_page_runs_the_face_mesh_and_streams(tmp_path):
+    """A face model's page: the legacy face mesh solution (478 points with irises) in the page, a tiny random face
+    model on the server (what it draws does not matter here), a real face as the webcam (Megamind, shot 1)."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(f"browser test skipped: {reason}")
+    model = random_checkpoint(tmp_path / "face", "face", size=64, ngf=8, ndf=8,
+                              meta={"subject_stats": None, "dataset_fps": 25.0})
+    y4m = webbench.video_y4m(MEGAMIND, tmp_path / "face.y4m", start=10, frames=60)
+    with webbench.live_stack(model, backend="torch", log_dir=tmp_path) as url:
+        s = webbench.drive_page(url, y4m, seconds=10, screenshot=ARTIFACTS / "browser-face-page.png")
+    print(f"face page figures: {s}")
+    assert s["kind"] == "face" and s["ready"]
+    assert s["sent"] >= 3 and s["detected"] >= 0.8 * s["sent"], s        # the face was found
+    assert s["unmatched"] == 0 and s["answered_fraction"] >= 0.9, s
+    assert s["errors"] == 0 and s["last_error"] is None, s

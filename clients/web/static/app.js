@@ -6,7 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   kind: null, welcome: null, ready: false,
-  sent: 0, answered: 0, dropped: 0, unmatched: 0, errors: 0, busy: 0, lastError: null,
+  sent: 0, detected: 0, answered: 0, dropped: 0, unmatched: 0, errors: 0, busy: 0, lastError: null,
   g2g: [], shown: [], firstShown: 0, mediapipe: [], rtt: [], pending: new Map(), nextId: 0, lastSentAt: 0,
   sentAt: new Map(),
 };
@@ -25,7 +25,7 @@ function stats() {
     fps: span > 0.2 ? recent / span : 0,
     latency_p50_ms: percentile(state.g2g, 0.5), latency_p99_ms: percentile(state.g2g, 0.99),
     mediapipe_ms: percentile(state.mediapipe, 0.5),
-    sent: state.sent, answered: state.answered, dropped: state.dropped, unmatched: state.unmatched,
+    sent: state.sent, detected: state.detected, answered: state.answered, dropped: state.dropped, unmatched: state.unmatched,
     errors: state.errors, busy: state.busy, outstanding: state.pending.size,
     // of the frames whose fate is known (answered, or skipped by the server, or refused): not those in flight
     answered_fraction: state.answered + state.dropped ? state.answered / (state.answered + state.dropped) : 0,
@@ -34,7 +34,7 @@ function stats() {
 }
 function resetFigures() {             // start measuring now (the bench drops the warm-up this way)
   state.g2g = []; state.mediapipe = []; state.shown = [];
-  state.sent = state.answered = state.dropped = state.unmatched = state.errors = state.busy = 0;
+  state.sent = state.detected = state.answered = state.dropped = state.unmatched = state.errors = state.busy = 0;
 }
 window.posecast = { stats, state, resetFigures };
 
@@ -122,6 +122,7 @@ function sendLandmarks(lms, capturedAt) {
   state.lastSentAt = performance.now();
   state.sentAt.set(id, state.lastSentAt);
   state.sent++;
+  if (lms) state.detected++;
   ws.send(JSON.stringify({ type: "landmarks", id, w: video.videoWidth, h: video.videoHeight, points: flat,
                            ms: Math.round(ms * 10) / 10 }));
 }
