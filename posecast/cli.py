@@ -244,7 +244,7 @@ def _cmd_web(args) -> int:
     cfg = BridgeConfig(server=args.server, server_key=args.server_key, key=args.key,
                        normalize="off" if args.no_normalize else args.normalize, max_pages=args.max_pages,
                        rate_hz=args.rate, rate_burst=args.burst, complexity=args.complexity, delegate=args.delegate,
-                       timeout_s=args.timeout)
+                       timeout_s=args.timeout, forecast=args.forecast)
     serve_web(cfg, host=args.host, port=args.port, cert=args.cert, key_file=args.tls_key,
               assets_root=Path(args.assets) if args.assets else None)
     return 0
@@ -643,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(what capture uses; ~45 ms a frame there)")
     s.add_argument("--delegate", default="CPU", choices=["CPU", "GPU"],
                    help="where the page's pose landmarker runs: CPU (default: wasm, fast everywhere) or GPU (WebGL)")
+    s.add_argument("--forecast", default="auto", choices=["auto", "none", "constant_velocity", "learned"],
+                   help="send each page's pose forecast by the latency the page measures, as capture does "
+                        "(default auto)")
     s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server (default 5)")
     s.set_defaults(fn=_cmd_web)
 

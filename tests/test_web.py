@@ -340,3 +340,46 @@ def test_pose_landmarker_bundle_is_built_from_the_legacy_models_with_input_metad
     with zipfile.ZipFile(tmp_path / "p.task") as z:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
         assert z.read("pose_landmarks_detector.tflite") == model
+
+
+def pose_at(motion, frame: float) -> np.ndarray:
+    """The synthetic motion's landmarks between frames (linear between the two around ``frame``)."""
+    i = int(frame)
+    a, b = motion.landmarks(i), motion.landmarks(i + 1)
+    return a + (b - a) * (frame - i)
+
+
+@pytest.mark.parametrize("forecast", ["none", "auto"])
+def test_bridge_forecasts_each_page_by_the_latency_it_measures(fake_assets, forecast):
+    """The page says when each frame was captured (its clock) and its glass-to-glass latency; the bridge sends the
+    pose forecast that far ahead, with lead_ms, as the capture client does (none: the pose as captured)."""
+    from test_capture import FakeServer
+
+    motion = DanceMotion(seed=4)
+
+    async def go(srv):
+        async with running_bridge(srv.address, fake_assets, normalize="off", forecast=forecast) as (b, ts, cs):
+            async with cs.ws_connect(ts.make_url("/ws")) as ws:
+                await next_message(ws)
+                for i in range(30):               # the dancer moving, 30 fps on the page's clock, 120 ms latency
+                    pts = motion.landmarks(i)[:, :3]
+                    await ws.send_str(json.dumps({"type": "landmarks", "id": i, "w": 480, "h": 480,
+                                                  "points": [float(v) for v in pts.ravel()],
+                                                  "t": 1000.0 + i * 1000 / 30, "lead_ms": 120}))
+                    f = (await frames_for(ws, {i}))[i]
+                assert "lead_ms" in f             # the server's echo (this fake one does not echo: 0)
+
+    with FakeServer() as srv:
+        asyncio.run(go(srv))
+        sent = srv.received[-1][1]
+    last, future = motion.landmarks(29)[:, :2], pose_at(motion, 29 + 0.12 * 30)[:, :2]
+    vis = motion.landmarks(29)[:, 2] > 0.5
+    err = np.linalg.norm(sent[:, :2] - future, axis=1)[vis].mean()
+    err_none = np.linalg.norm(last - future, axis=1)[vis].mean()
+    if forecast == "none":
+        np.testing.assert_allclose(sent[:, :2], last, atol=1e-6)
+        assert srv.leads[-1] == 0.0
+    else:
+        assert err < 0.8 * err_none, (err, err_none)     # nearer the pose 120 ms later than the pose captured
+        # (auto for dance: the bundled learned forecaster, models/forecaster/)
+        assert srv.leads[-1] == 120.0, srv.leads

@@ -74,6 +74,7 @@ class BridgeConfig:
     complexity: int = 0                  # MediaPipe pose model in the page: 0 lite (real time on a CPU), 1 full
     delegate: str = "CPU"                # where the page's pose landmarker runs: CPU (wasm) or GPU (WebGL)
     warmup_frames: int = 30
+    forecast: str = "auto"               # forecast each page's pose by its measured latency (models/forecast.py)
 
     def __post_init__(self):
         if (self.server_key is None) != (self.key is None):
@@ -87,6 +88,8 @@ class BridgeConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.complexity not in (0, 1):
             raise ValueError(f"complexity must be 0 (lite) or 1 (full), got {self.complexity}")
+        if self.forecast not in ("auto", "none", "constant_velocity", "learned"):
+            raise ValueError(f"forecast must be auto, none, constant_velocity or learned, got {self.forecast!r}")
         if self.delegate not in ("CPU", "GPU"):
             raise ValueError(f"delegate must be CPU or GPU, got {self.delegate!r}")
 
@@ -124,7 +127,9 @@ def parse_page_message(text, accepted: tuple[int, ...]) -> tuple[str, dict]:
 
     ``landmarks``: ``id`` (the page's frame id, 0..2**53), ``w``/``h`` (the video's size, 1..16384), ``points``:
     null (nothing detected) or a flat list of K*3 finite numbers (K in ``accepted``; x, y in the video's
-    normalised coordinates, third visibility or z), ``ms``: optional MediaPipe time of the frame.
+    normalised coordinates, third visibility or z), ``ms``: optional MediaPipe time of the frame; ``t``: optional
+    capture time on the page's clock in ms (0..1e12), ``lead_ms``: optional, how far ahead to forecast (0..1000,
+    the page's measured glass-to-glass latency).
     ``stats``: the page's own figures (a dict of numbers), kept for the bridge's /stats."""
     if not isinstance(text, str):
         raise PageError(P.ErrorCode.BAD_MESSAGE, "messages from the page are JSON text, got binary")
@@ -151,6 +156,15 @@ def parse_page_message(text, accepted: tuple[int, ...]) -> tuple[str, dict]:
     if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < 1e5):
         raise PageError(P.ErrorCode.BAD_MESSAGE, f"'ms' must be a number in [0, 1e5) or absent, got {_show(ms)}",
                         page_id)
+    t = d.get("t")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 1e12):
+        raise PageError(P.ErrorCode.BAD_MESSAGE, f"'t' must be a number in [0, 1e12) or absent, got {_show(t)}",
+                        page_id)
+    lead = d.get("lead_ms")
+    if lead is not None and (isinstance(lead, bool) or not isinstance(lead, (int, float))
+                             or not 0 <= lead <= P.MAX_LEAD_MS):
+        raise PageError(P.ErrorCode.BAD_MESSAGE, f"'lead_ms' must be a number in [0, {P.MAX_LEAD_MS:g}] or absent, "
+                                                 f"got {_show(lead)}", page_id)
     pts = d.get("points")
     if pts is None:
         lm = None
@@ -165,12 +179,12 @@ def parse_page_message(text, accepted: tuple[int, ...]) -> tuple[str, dict]:
         if not np.isfinite(lm).all() or np.abs(lm).max() > 100:
             raise PageError(P.ErrorCode.BAD_LANDMARKS, "'points' must be finite and within [-100, 100]", page_id)
         lm = lm.astype(np.float32)
-    return kind, {"id": page_id, "w": w, "h": h, "points": lm, "ms": ms}
+    return kind, {"id": page_id, "w": w, "h": h, "points": lm, "ms": ms, "t": t, "lead_ms": float(lead or 0.0)}
 
 
 def frame_message(page_id: int, msg: P.Frame, dropped: int) -> bytes:
     """A reply for the page: a 4-byte big-endian header length, the header (JSON), the JPEG."""
-    head = json.dumps({"id": page_id, "seq": msg.seq, "dropped": dropped,
+    head = json.dumps({"id": page_id, "seq": msg.seq, "dropped": dropped, "lead_ms": msg.lead_ms,
                        "timings": {k: round(float(v), 2) for k, v in (msg.timings or {}).items()}}).encode()
     return struct.pack(">I", len(head)) + head + msg.jpeg
 
@@ -207,6 +221,7 @@ class PageSession:
         self.page_stats: dict = {}
         self.rehello = False
         self.rehello_at = 0.0
+        self.forecaster = None               # made with the normaliser (it needs the kind and the aspect)
 
     # -- the server side ------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -348,13 +363,23 @@ class PageSession:
             return
         aspect = d["w"] / d["h"]
         if self.normalizer is None or aspect != self.aspect:
+            from models.forecast import SquareFrame, make_forecaster
             from models.posenorm import live_normalizer
             w = self.welcome
             self.aspect = aspect
             self.normalizer, how = live_normalizer(w.kind, w.subject_stats, self.cfg.normalize, aspect=aspect,
                                                    warmup=self.cfg.warmup_frames, fps=w.fps)
-        lm = self.normalizer(d["points"])
-        msg = P.Landmarks.from_array(self.seq, time.time(), lm, self.welcome.num_landmarks, 0.0)
+            self.forecaster = make_forecaster(self.cfg.forecast, w.kind)
+            if aspect != 1.0 and self.forecaster.name != "none":
+                self.forecaster = SquareFrame(self.forecaster, aspect)   # forecast in square units
+        shown, lead = d["points"], 0.0
+        if shown is not None and d["t"] is not None and self.forecaster.name != "none":
+            # the pose one page latency ahead (the capture client's forecast; the page measures its own latency)
+            self.forecaster.update(d["t"] / 1e3, shown)
+            lead = d["lead_ms"]
+            shown = self.forecaster.predict(lead / 1e3)
+        lm = self.normalizer(shown)
+        msg = P.Landmarks.from_array(self.seq, time.time(), lm, self.welcome.num_landmarks, lead)
         raw = P.encode(msg, self.welcome.version)
         try:
             P.decode(raw, self.welcome.version)          # the server's own check, before it goes out
@@ -538,4 +563,7 @@ def serve_web(cfg: BridgeConfig, *, host: str = "127.0.0.1", port: int = DEFAULT
     if ssl_ctx is None and host not in ("127.0.0.1", "localhost", "::1"):
         log("note: browsers give the webcam only to https:// pages and http://localhost; from another machine "
             "use --cert/--tls-key or a TLS reverse proxy (docs/web.md)")
-    web.run_app(bridge.app(), host=host, port=port, ssl_context=ssl_ctx, print=None)
+    from models.forecast import one_blas_thread
+
+    with one_blas_thread():      # the forecasters' small products beside a server: BLAS threads would only spin
+        web.run_app(bridge.app(), host=host, port=port, ssl_context=ssl_ctx, print=None)

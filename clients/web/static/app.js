@@ -123,8 +123,10 @@ function sendLandmarks(lms, capturedAt) {
   state.sentAt.set(id, state.lastSentAt);
   state.sent++;
   if (lms) state.detected++;
+  // t and lead_ms let the bridge forecast the pose one glass-to-glass latency ahead (its --forecast)
+  const lead = Math.min(300, percentile(state.g2g.slice(-30), 0.5) ?? 0);
   ws.send(JSON.stringify({ type: "landmarks", id, w: video.videoWidth, h: video.videoHeight, points: flat,
-                           ms: Math.round(ms * 10) / 10 }));
+                           ms: Math.round(ms * 10) / 10, t: capturedAt, lead_ms: Math.round(lead) }));
 }
 
 async function onFrame(buf) {
