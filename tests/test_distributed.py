@@ -15,6 +15,7 @@ steps of one that never stopped.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -56,11 +57,14 @@ def two_processes(data, out, iterations: int, *extra: str, batch: int = 2) -> su
         cmd += ["--set", f"{k}={v}"]
     for k, v in TRAIN.items():
         cmd += ["--train-set", f"{k}={v}"]
+    folder = out
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     own = [ln for ln in out.stderr.splitlines() if "posecast train: error:" in ln and "distributed training" not in ln]
     if out.returncode and not own:   # no rank failed on its own (torchrun's rendezvous or gloo's sockets on a busy
         #                              machine, seen once in CI): launch once more, keeping the first failure in view
         sys.stderr.write(f"two_processes: launch failed without a rank error, retrying:\n{out.stderr[-2000:]}\n")
+        if "--resume" not in extra:   # a fresh run starts from nothing (the failed one may have left a TB event file)
+            shutil.rmtree(folder, ignore_errors=True)
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     return out
 
