@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         b = drive_bridge(url, seconds=args.seconds)
     print(json.dumps({"what": "web-bridge", "seconds": args.seconds, "sent_fps": 30.0, **b}))
     row = {"what": "web", "complexity": args.complexity, "seconds": args.seconds,
-           **{k: s[k] for k in ("fps", "latency_p50_ms", "latency_p99_ms", "answered_fraction", "mediapipe_ms")},
+           **{k: s[k] for k in ("fps", "latency_p50_ms", "latency_p99_ms", "answered_fraction", "mediapipe_ms",
+                                 "inference_ms")},
            "sent": s["sent"], "answered": s["answered"], "dropped": s["dropped"],
            "unmatched": s["unmatched"], "errors": s["errors"], "screenshot": str(out / "page.png")}
     print(json.dumps(row))
