@@ -137,6 +137,20 @@ def server_address(server: str | int) -> str:
     return f"tcp://{s}"
 
 
+def open_dealer(ctx: zmq.Context, address: str, server_key=None, key=None) -> zmq.Socket:
+    """A client's DEALER socket to a posecast server at ``address`` (CURVE with the server's public key file and
+    this client's secret key file when given); ``ctx`` may be a ``zmq.asyncio.Context`` (the web bridge's)."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    if key is not None:
+        from realtime.security import apply_client_curve
+        apply_client_curve(s, server_key, key)
+    s.setsockopt(zmq.SNDHWM, 1000)
+    s.setsockopt(zmq.RCVHWM, 1000)
+    s.connect(address)
+    return s
+
+
 def has_display() -> bool:
     """Whether an OpenCV window can be shown (X11/Wayland on Linux; assumed elsewhere)."""
     if sys.platform.startswith("linux"):
@@ -292,15 +306,7 @@ class CaptureClient:
     # -- connection -------------------------------------------------------------------------------------
     def _open(self) -> None:
         self._close_socket()
-        s = self._ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        if self.key is not None:
-            from realtime.security import apply_client_curve
-            apply_client_curve(s, self.server_key, self.key)
-        s.setsockopt(zmq.SNDHWM, 1000)
-        s.setsockopt(zmq.RCVHWM, 1000)
-        s.connect(self.address)
-        self._sock = s
+        self._sock = open_dealer(self._ctx, self.address, self.server_key, self.key)
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -588,9 +594,8 @@ class _Run:
         if self.aspect is None:
             self.aspect = w.aspect
             self.normalizer = self._make_normalizer(w.aspect)
-            if w.aspect != 1.0 and self.forecaster.name != "none":
-                from models.forecast import SquareFrame
-                self.forecaster = SquareFrame(self.forecaster, w.aspect)   # forecast in square units
+            from models.forecast import for_frame
+            self.forecaster = for_frame(self.forecaster, w.aspect)         # forecast in square units
         if raw is not None:
             self.stats.landmarks_found += 1
         w.shown = raw

@@ -371,6 +371,14 @@ class SquareFrame(Wrapped):
         return out
 
 
+def for_frame(forecaster: "Forecaster", aspect: float) -> "Forecaster":
+    """``forecaster`` for landmarks of a frame ``aspect`` wide (width / height): in square units
+    (:class:`SquareFrame`) unless the frame is square or nothing is forecast."""
+    if aspect == 1.0 or forecaster.name == "none":
+        return forecaster
+    return SquareFrame(forecaster, aspect)
+
+
 MESH_GAIN = 0.8    # a face mesh moves by this fraction of its centroid's forecast (chosen on shot 1 of Megamind)
 
 

@@ -210,9 +210,11 @@ def drive_bridge(url: str, *, seconds: float, fps: float = 30.0, seed: int = 3) 
     dancer's landmarks at ``fps`` (no MediaPipe), for ``seconds`` after a 2 s warm-up; returns frames answered per
     second and the reply latency (send -> JPEG decoded) p50/p99 over the window."""
     import asyncio
-    import struct
 
     from aiohttp import ClientSession, WSMsgType
+
+    from clients.web.bridge import parse_frame_message
+    from realtime.codec import decode_jpeg
 
     from models.motion import DanceMotion
 
@@ -233,9 +235,8 @@ def drive_bridge(url: str, *, seconds: float, fps: float = 30.0, seed: int = 3) 
                 nonlocal answered, dropped, errors
                 async for m in ws:
                     if m.type == WSMsgType.BINARY:
-                        n = struct.unpack(">I", m.data[:4])[0]
-                        head = json.loads(m.data[4:4 + n])
-                        if cv2.imdecode(np.frombuffer(m.data[4 + n:], np.uint8), cv2.IMREAD_COLOR) is None:
+                        head, jpeg = parse_frame_message(m.data)
+                        if decode_jpeg(jpeg) is None:
                             errors += 1
                         t = sent.pop(head["id"], None)
                         if t is not None and head["id"] < WARMUP_IDS:

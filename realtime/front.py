@@ -60,7 +60,7 @@ import tempfile
 import threading
 import time
 
-from realtime.limits import Limits
+from realtime.limits import Limits, TokenBucket
 
 ZMTP_GREETING_BYTES = 64
 ZMTP_SIGNATURE_BYTES = 10
@@ -169,23 +169,6 @@ class ZmtpMeter:
         return pos, started, charged, stop
 
 
-class _Bucket:
-    """A token bucket (``rate`` per second, ``depth`` deep), full at start; times are monotonic seconds."""
-    __slots__ = ("rate", "depth", "tokens", "t")
-
-    def __init__(self, rate: float, depth: float, now: float):
-        self.rate, self.depth, self.tokens, self.t = float(rate), float(depth), float(depth), now
-
-    def refill(self, now: float) -> float:
-        self.tokens = min(self.depth, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        return self.tokens
-
-    def wait_s(self, need: float) -> float:
-        """Seconds until ``need`` tokens are there (after a refill)."""
-        return max(0.0, (need - self.tokens) / self.rate)
-
-
 NEW, LINKING, OPEN = "new", "linking", "open"
 FOREVER = float("inf")
 
@@ -197,8 +180,8 @@ class _Conn:
     sock: socket.socket
     addr: str                       # source address (the per-address limit's key); "local" for unix sockets
     opened: float                   # monotonic
-    frames: _Bucket
-    bytes: _Bucket
+    frames: TokenBucket
+    bytes: TokenBucket
     state: str = NEW
     meter: ZmtpMeter = dataclasses.field(default_factory=ZmtpMeter)
     pending: bytearray = dataclasses.field(default_factory=bytearray)   # read, not yet cleared by the budgets
@@ -369,7 +352,7 @@ class Front:
         self._timers: list = []                                      # heap of (resume_at, id, conn)
         self._starved: list = []                                     # heap of (sent_frames, id, conn)
         now = time.monotonic()
-        self._pool = _Bucket(limits.sessionless_rate_hz, limits.sessionless_rate_hz, now)  # session-less frames
+        self._pool = TokenBucket(limits.sessionless_rate_hz, limits.sessionless_rate_hz, now)  # session-less frames
         self._next_id = 1
         self._rid_prefix = b"\x01"      # ids the ROUTER would invent start with 0; ours never collide with them
         self._link_token = secrets.token_hex(6)
@@ -559,7 +542,7 @@ class Front:
         cid = self._next_id
         self._next_id += 1
         c = _Conn(id=cid, rid=self._rid_prefix + cid.to_bytes(8, "big"), sock=sock, addr=addr, opened=now,
-                  frames=_Bucket(lim.rate_hz, lim.rate_burst, now), bytes=_Bucket(lim.bytes_per_s, lim.bytes_burst, now),
+                  frames=TokenBucket(lim.rate_hz, lim.rate_burst, now), bytes=TokenBucket(lim.bytes_per_s, lim.bytes_burst, now),
                   sessionless_since=now, allowance_frames=lim.sessionless_frames,
                   allowance_bytes=lim.sessionless_bytes)
         self._conns[cid] = c

@@ -73,3 +73,28 @@ class Limits:
     def reply_queue(self) -> int:
         """The reply queue per connection: ``send_hwm``, or twice ``rate_burst`` when that is None."""
         return int(self.send_hwm) if self.send_hwm is not None else 2 * int(self.rate_burst)
+
+
+class TokenBucket:
+    """A token bucket (``rate`` per second, ``depth`` deep), full at start; times are monotonic seconds. The front
+    reads connections slower with it (realtime/front.py); the web bridge drops a page's excess (clients/web)."""
+    __slots__ = ("rate", "depth", "tokens", "t")
+
+    def __init__(self, rate: float, depth: float, now: float):
+        self.rate, self.depth, self.tokens, self.t = float(rate), float(depth), float(depth), now
+
+    def refill(self, now: float) -> float:
+        self.tokens = min(self.depth, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        return self.tokens
+
+    def wait_s(self, need: float) -> float:
+        """Seconds until ``need`` tokens are there (after a refill)."""
+        return max(0.0, (need - self.tokens) / self.rate)
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one (after a refill)."""
+        if self.refill(now) >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import random
-import struct
 import tarfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from aiohttp import ClientSession, WSMsgType  # noqa: E402
 from aiohttp.test_utils import TestServer  # noqa: E402
 
 from clients.web import assets as A  # noqa: E402
-from clients.web.bridge import Bridge, BridgeConfig, PageError, parse_page_message  # noqa: E402
+from clients.web.bridge import Bridge, BridgeConfig, PageError, parse_frame_message, parse_page_message  # noqa: E402
 from models.motion import DanceMotion  # noqa: E402
 
 
@@ -66,10 +65,8 @@ async def next_message(ws, timeout=20.0):
     if m.type == WSMsgType.TEXT:
         return json.loads(m.data)
     if m.type == WSMsgType.BINARY:
-        n = struct.unpack(">I", m.data[:4])[0]
-        head = json.loads(m.data[4:4 + n])
-        head["jpeg"] = m.data[4 + n:]
-        return head
+        head, jpeg = parse_frame_message(m.data)
+        return {**head, "jpeg": jpeg}
     return {"type": "closed", "ws_type": m.type}
 
 

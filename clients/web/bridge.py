@@ -45,6 +45,7 @@ import zmq.asyncio
 
 from models.landmarks import layout_of
 from realtime import protocol as P
+from realtime.limits import TokenBucket
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_WEB_PORT = 8080
@@ -92,21 +93,6 @@ class BridgeConfig:
             raise ValueError(f"forecast must be auto, none, constant_velocity or learned, got {self.forecast!r}")
         if self.delegate not in ("CPU", "GPU"):
             raise ValueError(f"delegate must be CPU or GPU, got {self.delegate!r}")
-
-
-class TokenBucket:
-    def __init__(self, rate_hz: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self.clock = float(rate_hz), float(burst), clock
-        self.tokens, self.t = float(burst), clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 def _int_in(d: dict, key: str, lo: int, hi: int, page_id=None) -> int:
@@ -189,6 +175,12 @@ def frame_message(page_id: int, msg: P.Frame, dropped: int) -> bytes:
     return struct.pack(">I", len(head)) + head + msg.jpeg
 
 
+def parse_frame_message(data: bytes) -> tuple[dict, bytes]:
+    """(header, JPEG) of a :func:`frame_message` (what the page's onFrame reads)."""
+    n = struct.unpack(">I", data[:4])[0]
+    return json.loads(data[4:4 + n]), data[4 + n:]
+
+
 @dataclasses.dataclass
 class BridgeCounters:
     pages_opened: int = 0
@@ -216,7 +208,7 @@ class PageSession:
         self.last_send = time.monotonic()
         self.normalizer = None
         self.aspect: float | None = None
-        self.bucket = TokenBucket(cfg.rate_hz, cfg.rate_burst)
+        self.bucket = TokenBucket(cfg.rate_hz, cfg.rate_burst, time.monotonic())
         self.limited_since_report = 0
         self.page_stats: dict = {}
         self.rehello = False
@@ -225,15 +217,9 @@ class PageSession:
 
     # -- the server side ------------------------------------------------------------------------------
     def _open(self) -> None:
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        if self.cfg.key is not None:
-            from realtime.security import apply_client_curve
-            apply_client_curve(s, self.cfg.server_key, self.cfg.key)
-        s.setsockopt(zmq.SNDHWM, 1000)
-        s.setsockopt(zmq.RCVHWM, 1000)
-        s.connect(self.cfg.server)
-        self.sock = s
+        from clients.capture import open_dealer
+
+        self.sock = open_dealer(self.ctx, self.cfg.server, self.cfg.server_key, self.cfg.key)
 
     async def _send(self, msg) -> None:
         version = self.welcome.version if self.welcome is not None else P.PROTOCOL_VERSION
@@ -334,7 +320,7 @@ class PageSession:
     async def on_page(self, data) -> None:
         """One WebSocket message from the page."""
         self.counters.messages += 1
-        if not self.bucket.take():
+        if not self.bucket.take(time.monotonic()):
             self.counters.rate_limited += 1
             self.limited_since_report += 1
             if self.limited_since_report == 1 or self.limited_since_report % 100 == 0:
@@ -363,15 +349,13 @@ class PageSession:
             return
         aspect = d["w"] / d["h"]
         if self.normalizer is None or aspect != self.aspect:
-            from models.forecast import SquareFrame, make_forecaster
+            from models.forecast import for_frame, make_forecaster
             from models.posenorm import live_normalizer
             w = self.welcome
             self.aspect = aspect
             self.normalizer, how = live_normalizer(w.kind, w.subject_stats, self.cfg.normalize, aspect=aspect,
                                                    warmup=self.cfg.warmup_frames, fps=w.fps)
-            self.forecaster = make_forecaster(self.cfg.forecast, w.kind)
-            if aspect != 1.0 and self.forecaster.name != "none":
-                self.forecaster = SquareFrame(self.forecaster, aspect)   # forecast in square units
+            self.forecaster = for_frame(make_forecaster(self.cfg.forecast, w.kind), aspect)   # square units
         shown, lead = d["points"], 0.0
         if shown is not None and d["t"] is not None and self.forecaster.name != "none":
             # the pose one page latency ahead (the capture client's forecast; the page measures its own latency)
