@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer  # noqa: E402
 from clients.web import assets as A  # noqa: E402
 from clients.web.bridge import Bridge, BridgeConfig, PageError, parse_frame_message, parse_page_message  # noqa: E402
 from models.motion import DanceMotion  # noqa: E402
+from trainer.synth import DancerRenderer  # noqa: E402
 
 
 @pytest.fixture
@@ -310,6 +311,22 @@ def test_assets_are_checked_unpacked_whole_and_required_by_name(tmp_path):
     assert "pose landmarker bundles" in str(e.value)
 
 
+def test_fetch_downloads_nothing_present_and_removes_earlier_bundle_builds(fake_assets):
+    """A complete folder is left as it is (no download), except bundles of an earlier build, which are removed."""
+    old = fake_assets / "pose-landmarker-0.5.1675469404"
+    old.mkdir()
+    (old / A.POSE_TASKS["full"]).write_bytes(b"with the segmentation head")
+    said = []
+
+    def no_network(url, timeout):
+        raise AssertionError(f"fetched {url}")
+
+    assert A.fetch(fake_assets, log=said.append, opener=no_network) == fake_assets
+    assert not old.exists() and (fake_assets / A.POSE_TASKS_FOLDER / A.POSE_TASKS["full"]).read_bytes() == b"task"
+    assert sum("already in" in line for line in said) == len(A.PACKAGES)
+    assert said[-1] == f"removed an earlier build of the pose landmarker bundles: {old}"
+
+
 def test_posecast_web_without_the_mediapipe_files_says_which_command_fetches_them(tmp_path, capsys):
     from posecast.cli import main
 
@@ -337,6 +354,47 @@ def test_pose_landmarker_bundle_is_built_from_the_legacy_models_with_input_metad
     with zipfile.ZipFile(tmp_path / "p.task") as z:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
         assert z.read("pose_landmarks_detector.tflite") == model
+
+
+def test_landmark_model_without_its_segmentation_head_gives_the_same_landmarks(tmp_path):
+    """The page's bundles drop the landmark model's person-mask head: fewer operators, the mask a
+    constant, and the landmarks MediaPipe's Tasks API finds on the synthetic dancer the same to the last bit."""
+    import mediapipe
+    from mediapipe.tasks.metadata import schema_py_generated as tfl
+    from mediapipe.tasks.python import BaseOptions, vision
+    from mediapipe.tasks.python.metadata.metadata_writers.model_asset_bundle_utils import create_model_asset_bundle
+
+    mods = Path(mediapipe.__file__).parent / "modules"
+    full = (mods / "pose_landmark" / "pose_landmark_full.tflite").read_bytes()
+    pruned = A.without_output(full, A.SEGMENTATION_OUTPUT)
+
+    def graph(b):
+        m = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(b, 0))
+        return m, m.subgraphs[0]
+
+    (m0, g0), (m1, g1) = graph(full), graph(pruned)
+    assert [g1.tensors[o].name for o in g1.outputs] == [g0.tensors[o].name for o in g0.outputs]
+    assert 0 < len(g1.operators) < len(g0.operators) - 20
+    mask = g1.tensors[g1.outputs[2]]
+    assert mask.name == A.SEGMENTATION_OUTPUT.encode() and list(mask.shape) == [1, 256, 256, 1]
+    assert not np.frombuffer(bytes(m1.buffers[mask.buffer].data), np.float32).any()
+    with pytest.raises(ValueError, match="no output 'mask'.*Identity_2"):
+        A.without_output(full, "mask")
+
+    detector = (mods / "pose_detection" / "pose_detection.tflite").read_bytes()
+    motion, renderer = DanceMotion(seed=3), DancerRenderer(256, 0)
+    frames = [np.ascontiguousarray(renderer.render(motion.pose(i)).frame) for i in range(0, 12, 3)]
+    found = []
+    whole = {"pose_detector.tflite": detector, "pose_landmarks_detector.tflite": A.with_input_metadata(full)}
+    for name, files in (("whole", whole), ("pruned", A.pose_task(full, detector))):
+        create_model_asset_bundle(files, str(tmp_path / f"{name}.task"))
+        opts = vision.PoseLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(tmp_path / f"{name}.task")),
+                                            running_mode=vision.RunningMode.IMAGE, num_poses=1)
+        with vision.PoseLandmarker.create_from_options(opts) as lm:
+            found.append(np.array([[[q.x, q.y, q.z, q.visibility] for q in lm.detect(
+                mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=f)).pose_landmarks[0]] for f in frames]))
+    assert found[0].shape == (4, 33, 4)
+    np.testing.assert_array_equal(found[1], found[0])
 
 
 def pose_at(motion, frame: float) -> np.ndarray:

@@ -5,14 +5,17 @@ it) downloads three npm packages from the registry, checks each tarball against 
 ``dist.integrity``) and unpacks what the page needs:
 
 - ``@mediapipe/tasks-vision``: MediaPipe's current web API (its JS module and wasm, SIMD and not). The page runs
-  its ``PoseLandmarker`` for dance models, on the CPU (XNNPACK in wasm) unless told otherwise: ~35 ms a frame on
-  this 2-core box, where the legacy ``@mediapipe/pose`` solution, which runs its models in WebGL, took 380-700 ms
+  its ``PoseLandmarker`` for dance models, on the CPU (XNNPACK in wasm) unless told otherwise: ~18 ms a frame
+  (lite) on this 2-core box, where the legacy ``@mediapipe/pose`` solution, which runs its models in WebGL, took 380-700 ms
   in Chromium's software WebGL (docs/performance.md).
 - ``@mediapipe/pose`` (the legacy solution): only its two landmark models (lite and full). The pose
   landmarker's model bundles (``pose_landmarker_lite.task``, ``pose_landmarker_full.task``) are assembled from
   them and from the pose detector in the ``mediapipe`` wheel, with the input metadata the Tasks API needs
   (pixels scaled to [0, 1], as the legacy graph fed them) written by MediaPipe's own metadata writer
-  (:func:`build_pose_tasks`). Google's ready-made ``.task`` files live outside the package registries.
+  (:func:`build_pose_tasks`). Google's ready-made ``.task`` files live outside the package registries. The
+  landmark models lose their segmentation head on the way (:func:`without_output`): the page never asks for a
+  person mask, and the head is 16 % of the lite model's arithmetic and most of its full-resolution memory
+  traffic (24 -> 17.5 ms a frame in Chromium here, the same landmarks to the last bit).
 - ``@mediapipe/face_mesh`` (the legacy solution, its wasm and models): the page runs it for face models.
 
 Like pip fetching the wheels it is an install step: nothing is fetched at run time, and ``posecast web`` refuses
@@ -72,7 +75,8 @@ PACKAGES = {
                     "face_mesh.js"),
 }
 POSE_TASKS = {"lite": "pose_landmarker_lite.task", "full": "pose_landmarker_full.task"}
-POSE_TASKS_FOLDER = f"pose-landmarker-{PACKAGES['pose-models'].version}"
+POSE_TASKS_FOLDER = f"pose-landmarker-{PACKAGES['pose-models'].version}-noseg"   # a new build, a new folder
+SEGMENTATION_OUTPUT = "Identity_2"   # the landmark models' person mask (1, 256, 256, 1), not used by the page
 SERVED = {"tasks": PACKAGES["tasks"].folder, "face": PACKAGES["face"].folder, "pose": POSE_TASKS_FOLDER}
 
 
@@ -164,9 +168,51 @@ def unpack(pkg: Package, data: bytes, root: Path) -> Path:
     return _atomic_dir(root, pkg.folder, fill)
 
 
-def pose_task(landmark_model: bytes, detector: bytes) -> dict[str, bytes]:
-    """The files of a pose landmarker bundle: the detector as it is, the landmark model with input metadata
-    (RGB, pixels / 255) and its five outputs described, as MediaPipe's Tasks API requires."""
+def without_output(model: bytes, output: str) -> bytes:
+    """The TFLite ``model`` with the operators that only compute the graph output ``output`` removed, that
+    output a constant of zeros (same name, shape and place, so a graph that expects it still gets it) and the
+    weights no operator reads any more dropped. Every other output is computed exactly as before."""
+    import flatbuffers
+    import numpy as np
+    from mediapipe.tasks.metadata import schema_py_generated as tfl
+
+    m = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(model, 0))
+    if len(m.subgraphs) != 1:
+        raise ValueError(f"expected a model with one subgraph, got {len(m.subgraphs)}")
+    g = m.subgraphs[0]
+    names = {g.tensors[o].name.decode(): o for o in g.outputs}
+    if output not in names:
+        raise ValueError(f"the model has no output {output!r} (it has {', '.join(names)})")
+    producer = {t: k for k, op in enumerate(g.operators) for t in op.outputs}
+
+    def needed_for(tensor: int) -> set[int]:
+        ops, todo = set(), [tensor]
+        while todo:
+            k = producer.get(todo.pop())
+            if k is not None and k not in ops:
+                ops.add(k)
+                todo.extend(t for t in g.operators[k].inputs if t >= 0)
+        return ops
+
+    keep = set().union(*(needed_for(o) for o in g.outputs if o != names[output]))
+    g.operators = [op for k, op in enumerate(g.operators) if k in keep]
+    used = {t for op in g.operators for t in op.inputs if t >= 0} | set(g.inputs) | set(g.outputs)
+    for k, t in enumerate(g.tensors):
+        if k not in used and t.buffer:
+            m.buffers[t.buffer].data = None                          # weights of the removed operators
+    const = g.tensors[names[output]]
+    zeros = tfl.BufferT()
+    zeros.data = np.zeros(int(np.prod(const.shape)), np.float32).view(np.uint8)
+    m.buffers.append(zeros)
+    const.buffer = len(m.buffers) - 1
+    fb = flatbuffers.Builder(len(model))
+    fb.Finish(m.Pack(fb), file_identifier=b"TFL3")
+    return bytes(fb.Output())
+
+
+def with_input_metadata(landmark_model: bytes) -> bytes:
+    """A pose landmark model with the metadata MediaPipe's Tasks API requires: input RGB, pixels / 255, and its
+    five outputs described."""
     from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer as mw
 
     writer = mw.MetadataWriter.create(bytearray(landmark_model))
@@ -174,7 +220,14 @@ def pose_task(landmark_model: bytes, detector: bytes) -> dict[str, bytes]:
     writer.add_image_input(norm_mean=[0.0], norm_std=[255.0])
     for name in ("landmarks", "presence", "segmentation", "heatmap", "world_landmarks"):
         writer.add_feature_output(name=name)
-    return {"pose_detector.tflite": detector, "pose_landmarks_detector.tflite": bytes(writer.populate()[0])}
+    return bytes(writer.populate()[0])
+
+
+def pose_task(landmark_model: bytes, detector: bytes) -> dict[str, bytes]:
+    """The files of a pose landmarker bundle: the detector as it is, the landmark model without its
+    segmentation head (:func:`without_output`) and with the Tasks API's metadata (:func:`with_input_metadata`)."""
+    return {"pose_detector.tflite": detector,
+            "pose_landmarks_detector.tflite": with_input_metadata(without_output(landmark_model, SEGMENTATION_OUTPUT))}
 
 
 def build_pose_tasks(root: Path) -> Path:
@@ -211,4 +264,8 @@ def fetch(root: Path | None = None, *, log=print, opener=urllib.request.urlopen)
         log(f"{pkg.name}@{pkg.version}: {len(data) / 1e6:.1f} MB checked (sha512) and unpacked to {dest}")
     if not _complete(root / POSE_TASKS_FOLDER, POSE_TASKS["full"]):
         log(f"pose landmarker bundles: built in {build_pose_tasks(root)}")
+    for old in root.glob("pose-landmarker-*"):            # earlier builds of the bundles, never served again
+        if old.name != POSE_TASKS_FOLDER and old.is_dir():
+            shutil.rmtree(old)
+            log(f"removed an earlier build of the pose landmarker bundles: {old}")
     return root
