@@ -372,7 +372,7 @@ def test_landmark_model_without_its_segmentation_head_gives_the_same_landmarks(t
         m = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(b, 0))
         return m, m.subgraphs[0]
 
-    (m0, g0), (m1, g1) = graph(full), graph(pruned)
+    (_, g0), (m1, g1) = graph(full), graph(pruned)
     assert [g1.tensors[o].name for o in g1.outputs] == [g0.tensors[o].name for o in g0.outputs]
     assert 0 < len(g1.operators) < len(g0.operators) - 20
     mask = g1.tensors[g1.outputs[2]]
