@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SRC ?= $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 DEMO_DIR ?= demo
 
-.PHONY: venv web-assets demo demo-train demo-forecast web test bench bench-web soak fuzz clean
+.PHONY: venv web-assets demo demo-train demo-face demo-forecast web test bench bench-web soak fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,17 @@ demo-train: venv
 	$(BIN)/posecast train --data $(DEMO_DIR)/data --preset lite --size 128 \
 		--out $(DEMO_DIR)/run --iterations 100000 --time-limit $${DEMO_TRAIN_SECONDS:-180} --checkpoint-every 100
 	$(BIN)/posecast eval $(DEMO_DIR)/run --data $(DEMO_DIR)/heldout --video $(DEMO_DIR)/eval.mp4
+
+# The face pipeline without footage: the synthetic talking face -> ~4 min of face-lite training -> eval on a
+# held-out motion -> streamed live through the server and the capture client (input | output in demo/face.mp4).
+demo-face: venv
+	$(BIN)/posecast synth --kind face --out $(DEMO_DIR)/face-data --frames 240 --size 128 --seed 1 --overwrite
+	$(BIN)/posecast synth --kind face --out $(DEMO_DIR)/face-heldout --frames 60 --size 128 --seed 7 --overwrite
+	$(BIN)/posecast train --data $(DEMO_DIR)/face-data --preset face-lite --size 128 \
+		--out $(DEMO_DIR)/face-run --iterations 100000 --time-limit $${DEMO_TRAIN_SECONDS:-240} --checkpoint-every 100
+	$(BIN)/posecast eval $(DEMO_DIR)/face-run --data $(DEMO_DIR)/face-heldout --video $(DEMO_DIR)/face-eval.mp4
+	$(BIN)/posecast demo --model $(DEMO_DIR)/face-run --source synthetic:7 --frames 150 --headless \
+		--out $(DEMO_DIR)/face.mp4
 
 # What forecasting the pose does at 100 ms of latency: the pose now | output without | with the forecast.
 demo-forecast: venv

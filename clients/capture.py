@@ -922,7 +922,7 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --server tcp://HOST:5555      server address (HOST:PORT also accepted)              -> server
         --source 0|VIDEO|REC.npz|synthetic[:SEED]
                                       camera index, video file, landmark recording, or the
-                                      built-in synthetic dancer (default 0)                  -> source
+                                      synthetic dancer or face (the model's kind) (default 0) -> source
         --record out.mp4              write the composed view (input | output + stats)      -> record
         --headless                    no window (recording still works)                     -> headless
         --save-landmarks rec.npz      save the raw landmarks sent, replayable as --source    -> save_landmarks

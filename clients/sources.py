@@ -241,27 +241,31 @@ def preview_image(kind: str, landmarks: np.ndarray | None, size: int) -> np.ndar
 
 
 class SyntheticSource(Source):
-    """The procedural dancer of :mod:`trainer.motion` (landmarks only, kind "dance", square frame).
+    """The procedural dancer of :mod:`models.motion` (``kind="dance"``) or talking face of
+    :mod:`models.face_motion` (``kind="face"``): landmarks only, square frame.
 
     ``num_frames=None`` runs until stopped. Each item also carries a ``preview_size``-pixel rendering of the
-    skeleton as its ``rgb`` (``preview_size=0``: none), so windows and recordings have an input panel.
+    skeleton or face mesh as its ``rgb`` (``preview_size=0``: none), so windows and recordings have an input panel.
     """
 
-    kind = "dance"
     aspect = 1.0
 
     def __init__(self, seed: int = 0, fps: float = DEFAULT_FPS, num_frames: int | None = None, *,
-                 realtime: bool = True, preview_size: int = 256, start: int = 0):
+                 realtime: bool = True, preview_size: int = 256, start: int = 0, kind: str = "dance"):
+        from models.face_motion import FaceMotion
         from models.motion import DanceMotion
 
         if num_frames is not None and num_frames < 0:
             raise SourceError(f"num_frames must be >= 0, got {num_frames}")
+        if kind not in ("dance", "face"):
+            raise SourceError(f"no synthetic {kind!r} source (dance or face)")
+        self.kind = kind
         self.seed, self.fps = int(seed), _sane_fps(fps)
         self.num_frames = None if num_frames is None else int(num_frames)
         self.realtime = bool(realtime)
         self.preview_size = int(preview_size)
         self.start = int(start)
-        self.motion = DanceMotion(self.seed, self.fps)
+        self.motion = (FaceMotion if kind == "face" else DanceMotion)(self.seed, self.fps)
 
     def _items(self) -> Iterator[SourceItem]:
         pacer = _Pacer(self.fps, self.realtime)
@@ -274,7 +278,8 @@ class SyntheticSource(Source):
             i += 1
 
     def describe(self) -> str:
-        return f"synthetic dancer (seed {self.seed}, {self.fps:g} fps)"
+        what = "talking face" if self.kind == "face" else "dancer"
+        return f"synthetic {what} (seed {self.seed}, {self.fps:g} fps)"
 
 
 class RecordingSource(Source):
@@ -364,7 +369,7 @@ def open_source(spec, kind: str | None = None, *, realtime: bool = True, loop: b
     """Map a ``--source`` value to a source.
 
     ``0``, ``1``, ... (int or digit string) -> :class:`CameraSource`; ``synthetic`` or ``synthetic:SEED`` ->
-    :class:`SyntheticSource`; a ``.npz`` path -> :class:`RecordingSource`; any other path ->
+    :class:`SyntheticSource` (the talking face when ``kind`` is "face", else the dancer); a ``.npz`` path -> :class:`RecordingSource`; any other path ->
     :class:`VideoSource`. ``fps`` overrides a source's own frame rate (camera request, video pacing, synthetic
     rate); ``default_fps`` is the synthetic dancer's rate when ``fps`` is not given (pass the model's; else 30).
     ``num_frames`` and ``seed`` are for the synthetic dancer, ``loop`` for videos and recordings. ``kind`` (the
@@ -381,7 +386,7 @@ def open_source(spec, kind: str | None = None, *, realtime: bool = True, loop: b
             except ValueError:
                 raise SourceError(f"bad synthetic source {spec!r}: expected synthetic or synthetic:SEED") from None
         src: Source = SyntheticSource(seed, fps or default_fps or DEFAULT_FPS, num_frames, realtime=realtime,
-                                      preview_size=preview_size)
+                                      preview_size=preview_size, kind="face" if kind == "face" else "dance")
     elif name.endswith(".npz"):
         src = RecordingSource(spec, realtime=realtime, loop=loop)
     else:

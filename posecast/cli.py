@@ -11,12 +11,17 @@ from pathlib import Path
 
 
 def _cmd_synth(args) -> int:
-    from trainer.synth import synthesize
+    if args.kind == "face":
+        from trainer.synth_face import synthesize_face as synthesize
+    else:
+        from trainer.synth import synthesize
 
     out = synthesize(args.out, seed=args.seed, num_frames=args.frames, size=args.size, fps=args.fps,
                      clip_frames=args.clip_frames, overwrite=args.overwrite, progress=not args.quiet,
                      appearance_seed=args.appearance_seed)
-    print(f"wrote {out} ({args.frames} frames, {args.size}px, seed {args.seed})")
+    what = "talking face" if args.kind == "face" else "dancer"
+    print(f"wrote {out} (synthetic {what}: {args.frames} frames, {args.size}px, motion seed {args.seed}, "
+          f"appearance seed {args.appearance_seed})")
     return 0
 
 
@@ -405,11 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posecast", description="Streaming real-time pose-to-video (vid2vid).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", help="write the built-in synthetic dancer dataset")
+    s = sub.add_parser("synth", help="write the built-in synthetic dancer (or talking face) dataset")
     s.add_argument("--out", required=True, help="dataset folder to write")
-    s.add_argument("--seed", type=int, default=0, help="dance motion seed (default 0)")
+    s.add_argument("--kind", choices=["dance", "face"], default="dance",
+                   help="dance: the synthetic dancer (pose landmarks); face: the synthetic talking face (face-mesh "
+                        "landmarks, for face models) (default dance)")
+    s.add_argument("--seed", type=int, default=0, help="motion seed (default 0)")
     s.add_argument("--appearance-seed", type=int, default=0,
-                   help="the dancer's looks and the room (default 0); keep it fixed for held-out data")
+                   help="the person's looks and the room (default 0); keep it fixed for held-out data")
     s.add_argument("--frames", type=int, default=300, help="number of frames (default 300)")
     s.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
     s.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
@@ -582,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-key", default=None, metavar="FILE", help="the server's public key (server.key): CURVE")
     s.add_argument("--key", default=None, metavar="FILE", help="this client's secret key (NAME.key_secret)")
     s.add_argument("--source", default="0",
-                   help="camera index, video file, landmark recording (.npz) or synthetic[:SEED] (default 0)")
+                   help="camera index, video file, landmark recording (.npz) or synthetic[:SEED] (the synthetic "
+                        "dancer, or the talking face for a face model) (default 0)")
     s.add_argument("--record", default=None, metavar="OUT.mp4", help="record input | output to an mp4")
     s.add_argument("--headless", action="store_true", help="no window (recording still works)")
     s.add_argument("--save-landmarks", default=None, metavar="REC.npz", help="save the landmarks sent (replayable)")

@@ -557,8 +557,8 @@ def test_synthetic_source_matches_motion():
     for i, it in enumerate(items):
         np.testing.assert_array_equal(it.landmarks, m.landmarks(i))
         assert it.rgb.shape == (256, 256, 3) and it.rgb.max() > 0  # rendered skeleton preview
-    with pytest.raises(SourceError, match="server's model is 'face'"):
-        open_source("synthetic", "face")
+    face = open_source("synthetic:4", "face", realtime=False, num_frames=1)    # the talking face for a face model
+    assert face.kind == "face" and next(iter(face)).landmarks.shape == (478, 3)
 
 
 # -- pose normalisation ------------------------------------------------------------------------------------
@@ -735,9 +735,10 @@ def test_live_face_labels_equal_training_labels(tmp_path):
     assert abs(got["face_height"] / stats["face_height"] - 1) < 0.25 * abs(stretched["face_height"] /
                                                                          stats["face_height"] - 1)
     assert got["face_center"] == pytest.approx(stats["face_center"], abs=0.01)
-    with pytest.raises(SourceError, match="'face'"):
-        with FakeServer(kind="face", num_landmarks=478) as srv:
-            capture(srv.address, "synthetic", headless=True, max_frames=1, timeout_s=2, log=_quiet)
+    with FakeServer(kind="face", num_landmarks=478) as srv:                   # synthetic: the talking face
+        st = capture(srv.address, "synthetic", headless=True, max_frames=2, timeout_s=2, log=_quiet)
+        sent = [a for _, a in srv.received]
+    assert st.frames_sent == 2 and sent[0].shape == (478, 3)
 
 
 def test_face_crop_is_causal_stable_and_restarts_on_jumps():
