@@ -152,7 +152,7 @@ def _depth(xy: np.ndarray) -> np.ndarray:
     x, y = xy[:, 0], xy[:, 1]
     r2 = np.clip((x / 0.5) ** 2 + ((y - 0.05) / 0.7) ** 2, 0, 1)
     z = -0.32 * np.sqrt(1 - r2)
-    z -= 0.13 * np.exp(-(x ** 2 / 0.004 + (y - 0.13) ** 2 / 0.03))          # the nose
+    z -= 0.10 * np.exp(-(x ** 2 / 0.006 + (y - 0.13) ** 2 / 0.03))          # the nose
     z += 0.025 * np.exp(-((np.abs(x) - 0.19) ** 2 / 0.006 + (y + 0.05) ** 2 / 0.004))   # eye sockets
     z -= 0.02 * np.exp(-(x ** 2 / 0.02 + (y - 0.34) ** 2 / 0.004))          # the lips
     return z + 0.2     # MediaPipe's origin is near the head's centre: the oval ~0, the nose tip ~-0.25

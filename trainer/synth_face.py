@@ -120,7 +120,7 @@ class FaceRenderer:
         normal = np.cross(b - a, c - a)
         normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
         normal *= np.where(normal[:, 2] > 0, -1.0, 1.0)[:, None]          # toward the camera (z negative)
-        shade = 0.55 + 0.5 * np.clip(normal @ _LIGHT, 0, 1)
+        shade = 0.62 + 0.42 * np.clip(normal @ _LIGHT, 0, 1)
         area = np.cross(p[tri[:, 1]] - p[tri[:, 0]], p[tri[:, 2]] - p[tri[:, 0]])
         depth = a[:, 2] + b[:, 2] + c[:, 2]
         colours = np.clip(self._colour * shade[:, None], 0, 255).tolist()
