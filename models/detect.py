@@ -168,7 +168,7 @@ def _write_all(fd: int, data: bytes) -> None:
 # Extractors not closed by their owner are closed at exit, before the interpreter tears down: a MediaPipe graph
 # still open then is destroyed during finalisation, which hangs the process forever (seen with mediapipe 0.10.21:
 # a script that builds an extractor and never closes it never exits).
-_LIVE: "weakref.WeakSet[LandmarkExtractor]" = weakref.WeakSet()
+_LIVE: "weakref.WeakSet[_Graph]" = weakref.WeakSet()
 
 
 @atexit.register
@@ -177,7 +177,52 @@ def _close_live_extractors() -> None:
         ex.close()
 
 
-class LandmarkExtractor:
+class _Graph:
+    """A MediaPipe solution graph's life: its native log lines filtered while it lives, closed by ``close()``, by
+    ``with``, when collected, or at exit (an open graph's threads would hang the interpreter's exit)."""
+
+    _solution = None
+    _filtering = False  # holds a NativeLogFilter reference
+
+    def _start(self, solution) -> None:
+        self._solution = solution
+        # Start the graph now, on a blank frame (nothing is found, so no tracking state is left behind), so that
+        # the first real frame does not pay for it.
+        self._solution.process(np.zeros((64, 64, 3), np.uint8))
+        _LIVE.add(self)
+
+    @staticmethod
+    def _filter_logs() -> None:
+        _set_log_levels()
+        NativeLogFilter.acquire()  # released in close()
+
+    def _process(self, rgb: np.ndarray):
+        if self._solution is None:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {rgb.dtype}{rgb.shape}")
+        return self._solution.process(np.ascontiguousarray(rgb))
+
+    def close(self) -> None:
+        if self._solution is not None:
+            self._solution.close()
+            self._solution = None
+        if self._filtering:
+            self._filtering = False
+            NativeLogFilter.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def __del__(self):  # MediaPipe graphs hold native resources
+        self.close()
+
+
+class LandmarkExtractor(_Graph):
     """Detect one person's pose (``"dance"``) or one face mesh (``"face"``) per image.
 
     With ``static_image_mode=False`` (the default) MediaPipe tracks between consecutive calls, which is faster and
@@ -191,8 +236,7 @@ class LandmarkExtractor:
             raise ValueError(f"unknown landmark kind {kind!r}: expected one of {', '.join(map(repr, KINDS))}")
         if not 0.0 <= min_detection_confidence <= 1.0:
             raise ValueError(f"min_detection_confidence must be in [0, 1], got {min_detection_confidence}")
-        _set_log_levels()
-        NativeLogFilter.acquire()  # released in close()
+        self._filter_logs()
         self._filtering = True
         import mediapipe as mp  # lazy: heavy import, only needed once an extractor is built
 
@@ -200,35 +244,25 @@ class LandmarkExtractor:
         self.static_image_mode = bool(static_image_mode)
         if kind == "dance":
             self.num_landmarks = POSE_NUM_LANDMARKS
-            self._solution = mp.solutions.pose.Pose(
+            solution = mp.solutions.pose.Pose(
                 static_image_mode=self.static_image_mode, model_complexity=model_complexity,
                 smooth_landmarks=True, enable_segmentation=False,
                 min_detection_confidence=min_detection_confidence,
                 min_tracking_confidence=min_tracking_confidence)
         else:
             self.num_landmarks = FACE_NUM_LANDMARKS_REFINED if refine_face else FACE_NUM_LANDMARKS
-            self._solution = mp.solutions.face_mesh.FaceMesh(
+            solution = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=bool(refine_face),
                 min_detection_confidence=min_detection_confidence,
                 min_tracking_confidence=min_tracking_confidence)
-        # Start the graph now, on a blank frame (nothing is found, so no tracking state is left behind), so that
-        # the first real frame does not pay for it.
-        self._solution.process(np.zeros((64, 64, 3), np.uint8))
-        _LIVE.add(self)
+        self._start(solution)
 
     num_landmarks: int
-    _solution = None
-    _filtering = False  # holds a NativeLogFilter reference
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         """(K, 3) float32 in the input image's normalised coordinates (x, y in [0, 1] of that image;
         3rd = visibility for pose, z for face), or None when nothing is detected."""
-        if self._solution is None:
-            raise RuntimeError("LandmarkExtractor is closed")
-        rgb = np.asarray(rgb)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {rgb.dtype}{rgb.shape}")
-        results = self._solution.process(np.ascontiguousarray(rgb))
+        results = self._process(rgb)
         if self.kind == "dance":
             lms = results.pose_landmarks
             if lms is None:
@@ -244,19 +278,20 @@ class LandmarkExtractor:
                                f"expected {self.num_landmarks}")
         return out
 
-    def close(self) -> None:
-        if self._solution is not None:
-            self._solution.close()
-            self._solution = None
-        if self._filtering:
-            self._filtering = False
-            NativeLogFilter.release()
 
-    def __enter__(self) -> "LandmarkExtractor":
-        return self
+class PersonSegmenter(_Graph):
+    """MediaPipe's selfie segmentation (its model ships in the mediapipe wheel): how much each pixel is a person.
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close()
+    ``landscape=False`` (the general model, 256 x 256 input) for full bodies; ``True`` the faster 144 x 256 one made
+    for video calls. Every person in the image is in the mask, not only the one tracked."""
 
-    def __del__(self):  # MediaPipe graphs hold native resources
-        self.close()
+    def __init__(self, *, landscape: bool = False):
+        self._filter_logs()
+        self._filtering = True
+        import mediapipe as mp
+
+        self._start(mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=int(bool(landscape))))
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W) float32 in [0, 1], the image's size."""
+        return np.asarray(self._process(rgb).segmentation_mask, np.float32)

@@ -194,6 +194,26 @@ def test_landmark_extractor_pose_on_photo():
 
 
 @needs_messi
+def test_person_mask_covers_the_visible_pose_landmarks_on_the_photo():
+    """MediaPipe's selfie segmentation (in the wheel) covers >= 95 % of the pose landmarks MediaPipe sees."""
+    from models.detect import LandmarkExtractor, PersonSegmenter
+
+    rgb = cv2.cvtColor(cv2.imread(str(MESSI)), cv2.COLOR_BGR2RGB)
+    with LandmarkExtractor("dance", static_image_mode=True) as ex, PersonSegmenter() as seg:
+        lm, mask = ex(rgb), seg(rgb)
+        with pytest.raises(ValueError, match="RGB uint8"):
+            seg(rgb[..., 0])
+    assert mask.shape == rgb.shape[:2] and mask.dtype == np.float32 and 0 <= mask.min() and mask.max() <= 1
+    h, w = mask.shape
+    seen = lm[lm[:, 2] > 0.5]
+    covered = mask[np.clip((seen[:, 1] * h).astype(int), 0, h - 1), np.clip((seen[:, 0] * w).astype(int), 0, w - 1)]
+    assert len(seen) >= 20 and (covered > 0.5).mean() >= 0.95
+    assert (mask > 0.5).mean() < 0.4                                        # the person, not the whole photo
+    with pytest.raises(RuntimeError, match="PersonSegmenter is closed"):
+        seg(rgb)
+
+
+@needs_messi
 def test_prepare_dance_from_moving_photo(tmp_path):
     img = cv2.imread(str(MESSI))
     assert img is not None
@@ -240,6 +260,15 @@ def test_prepare_dance_from_moving_photo(tmp_path):
     for a, b in ds.clips:
         assert not np.asarray(ds.flow[a]).any() and not np.asarray(ds.flow_conf[a]).any()
         assert np.asarray(ds.flow_conf[a + 1]).mean() > 100
+    # Person masks from MediaPipe's selfie segmentation: the player, not the pitch. Its model is made for people
+    # near the camera: the head and trunk are covered, the outstretched arm and the shins only in part.
+    masks = np.asarray(ds.masks)
+    assert masks.shape == (len(ds), 192, 192) and masks.dtype == np.uint8
+    trunk = [0, 11, 12, 23, 24]                                        # nose, shoulders, hips
+    for k in range(len(ds)):
+        xy = np.clip((lm[k, trunk, :2] * 192).astype(int), 0, 191)
+        assert (masks[k][xy[:, 1], xy[:, 0]] > 127).all(), k
+        assert 0.05 < (masks[k] > 127).mean() < 0.5
     # Landmarks really are in the output frame: re-detect on a written frame.
     from models.detect import LandmarkExtractor
     with LandmarkExtractor("dance", static_image_mode=True) as ex:

@@ -138,6 +138,10 @@ def test_dataset_format_and_clips(ds64):
     assert (lm[..., :2] >= 0).all() and (lm[..., :2] <= 1).all()
     # the landmarks are the motion's landmarks
     np.testing.assert_array_equal(lm[7], DanceMotion(seed=3).landmarks(7))
+    # the dancer's exact mask: the rendered parts, nothing of the room
+    assert d.masks.shape == (n, 64, 64) and d.masks.dtype == np.uint8 and set(np.unique(d.masks)) == {0, 255}
+    renderer = DancerRenderer(64, 0)
+    np.testing.assert_array_equal(d.masks[7] > 0, renderer.render(DanceMotion(seed=3).pose(7)).ids > 0)
 
 
 def test_single_clip_and_overwrite(tmp_path):
@@ -242,3 +246,30 @@ def test_any_size(size):
     assert res.ids.shape == (size, size) and res.flow.shape == (size, size, 2)
     assert res.conf.shape == (size, size) and res.conf.dtype == np.uint8
     assert (res.ids > 0).mean() > 0.05
+
+
+def test_dataset_masks_are_for_every_frame_or_none(tmp_path):
+    """A writer takes a person mask with every frame or with none; a bad one is refused before anything is
+    written; a dataset without masks reads as masks None."""
+    from trainer.dataset import DatasetWriter
+
+    frame, lm = np.zeros((8, 8, 3), np.uint8), np.zeros((33, 3), np.float32)
+    with DatasetWriter(tmp_path / "m", kind="dance", height=8, width=8, fps=30, num_landmarks=33) as w:
+        w.add(frame, lm, mask=np.ones((8, 8), bool))
+        with pytest.raises(ValueError, match="frame 1: a mask is given for every frame or for none"):
+            w.add(frame, lm)
+        with pytest.raises(ValueError, match=r"masks: expected shape \(8, 8\), got \(4, 4\)"):
+            w.add(frame, lm, mask=np.ones((4, 4), np.uint8))
+        with pytest.raises(ValueError, match="frames: expected shape"):
+            w.add(frame[:4], lm, mask=np.ones((8, 8), np.uint8))      # nothing of it written
+        w.add(frame, lm, mask=np.full((8, 8), 0.5, np.float32))
+    d = Dataset(tmp_path / "m")
+    assert len(d) == 2 and d.masks.shape == (2, 8, 8) and d.masks[0].min() == 255 and d.masks[1].max() == 128
+    with DatasetWriter(tmp_path / "n", kind="dance", height=8, width=8, fps=30, num_landmarks=33) as w:
+        w.add(frame, lm)
+        with pytest.raises(ValueError, match="the first frame had none"):
+            w.add(frame, lm, mask=np.ones((8, 8), np.uint8))
+    assert Dataset(tmp_path / "n").masks is None and len(Dataset(tmp_path / "n")) == 1
+    np.save(tmp_path / "m" / "masks.npy", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(Exception, match=r"masks.npy: expected uint8\(2, 8, 8\), found uint8\(3, 8, 8\)"):
+        Dataset(tmp_path / "m")

@@ -88,6 +88,13 @@ def test_synth_face_writes_a_face_dataset(tmp_path, capsys):
     assert d.manifest.clips == [[0, 8], [8, 12]] and d.frames.shape == (12, 64, 64, 3)
     np.testing.assert_allclose(d.landmarks[3], FaceMotion(seed=5).landmarks(3), atol=1e-6)
     assert not d.flow[0].any() and not d.flow[8].any() and np.abs(d.flow[1:8].astype(np.float32)).max() > 0.05
+    # the person's exact mask: every face landmark on it, the room's corners off it
+    m = np.asarray(d.masks)
+    assert m.shape == (12, 64, 64)
+    for k in range(12):
+        xy = np.clip((d.landmarks[k, :468, :2] * 64).astype(int), 0, 63)
+        assert (m[k][xy[:, 1], xy[:, 0]] > 127).all()
+        assert m[k][0, 0] == m[k][0, -1] == 0 and 0.15 < (m[k] > 127).mean() < 0.6
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     np.testing.assert_array_equal(np.asarray(Dataset(tmp_path / "b").frames), np.asarray(d.frames))
     assert main([*args, "--out", str(tmp_path / "a")]) == 2                    # exists: refused, not overwritten

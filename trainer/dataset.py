@@ -43,6 +43,11 @@ _ARRAYS = {
     "flow": (np.float16, lambda h, w, k: (h, w, 2)),
     "flow_conf": (np.uint8, lambda h, w, k: (h, w)),
 }
+# Arrays a dataset may have: every frame's or none. masks: the person's mask, 0..255 (the synthetic dancer's and
+# face's exact coverage; prepare's from MediaPipe's selfie segmentation).
+_OPTIONAL_ARRAYS = {
+    "masks": (np.uint8, lambda h, w, k: (h, w)),
+}
 
 
 # extra["subject_stats_version"]: datasets written before the writer stored complete statistics lack it.
@@ -174,6 +179,7 @@ class DatasetWriter:
             shutil.rmtree(self._tmp)
         self._tmp.mkdir(parents=True)
         self._raw = {name: open(self._tmp / f"{name}.raw", "wb") for name in _ARRAYS}
+        self._has_masks: bool | None = None          # decided by the first frame added
         self._clip_start: int | None = None
         self._closed = False
 
@@ -184,12 +190,26 @@ class DatasetWriter:
         self._clip_start = self.manifest.num_frames
 
     def add(self, frame: np.ndarray, landmarks: np.ndarray, flow: np.ndarray | None = None,
-            flow_conf: np.ndarray | None = None) -> None:
-        """Append one frame. ``flow``/``flow_conf`` are backward (to the previous frame of the clip)."""
+            flow_conf: np.ndarray | None = None, mask: np.ndarray | None = None) -> None:
+        """Append one frame. ``flow``/``flow_conf`` are backward (to the previous frame of the clip); ``mask``: the
+        person's mask (uint8 0..255, or a float in [0, 1] / bool), given for every frame or for none."""
         if self._clip_start is None:
             self.begin_clip()
         m = self.manifest
         h, w, k = m.height, m.width, m.num_landmarks
+        if self._has_masks is None:
+            self._has_masks = mask is not None
+            if self._has_masks:
+                self._raw["masks"] = open(self._tmp / "masks.raw", "wb")
+        elif self._has_masks != (mask is not None):
+            raise ValueError(f"frame {m.num_frames}: a mask is given for every frame or for none "
+                             f"({'this one has none' if mask is None else 'the first frame had none'})")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype != np.uint8:
+                mask = np.clip(mask.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            if mask.shape != (h, w):
+                raise ValueError(f"masks: expected shape {(h, w)}, got {mask.shape}")
         first = self.manifest.num_frames == self._clip_start
         if flow is None or first:
             flow = np.zeros((h, w, 2), np.float16)
@@ -198,12 +218,16 @@ class DatasetWriter:
         if flow_conf.dtype != np.uint8:  # accept [0, 1] floats
             flow_conf = np.clip(np.asarray(flow_conf, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         values = {"frames": frame, "landmarks": landmarks, "flow": flow, "flow_conf": flow_conf}
-        for name, (dtype, shape_fn) in _ARRAYS.items():
-            arr = np.ascontiguousarray(values[name], dtype=dtype)
+        arrays = {}
+        for name, (dtype, shape_fn) in _ARRAYS.items():             # every array checked before any is written
+            arrays[name] = arr = np.ascontiguousarray(values[name], dtype=dtype)
             expected = shape_fn(h, w, k)
             if arr.shape != expected:
                 raise ValueError(f"{name}: expected shape {expected}, got {arr.shape}")
+        for name, arr in arrays.items():
             self._raw[name].write(arr.tobytes())
+        if mask is not None:
+            self._raw["masks"].write(np.ascontiguousarray(mask).tobytes())
         m.num_frames += 1
 
     def note_missing(self, source_index: int) -> None:
@@ -222,7 +246,9 @@ class DatasetWriter:
             return self.path
         self._end_clip()
         m = self.manifest
-        for name, (dtype, shape_fn) in _ARRAYS.items():
+        for name, (dtype, shape_fn) in {**_ARRAYS, **_OPTIONAL_ARRAYS}.items():
+            if name not in self._raw:
+                continue
             self._raw[name].close()
             raw_path = self._tmp / f"{name}.raw"
             shape = (m.num_frames, *shape_fn(m.height, m.width, m.num_landmarks))
@@ -284,6 +310,13 @@ class Dataset:
             if arr.shape != expected or arr.dtype != dtype:
                 raise DatasetError(f"{f}: expected {np.dtype(dtype).name}{expected}, found {arr.dtype.name}{arr.shape}")
             setattr(self, name, arr)
+        for name, (dtype, shape_fn) in _OPTIONAL_ARRAYS.items():
+            f = self.path / f"{name}.npy"
+            arr = np.load(f, mmap_mode="r") if f.is_file() else None
+            expected = (m.num_frames, *shape_fn(m.height, m.width, m.num_landmarks))
+            if arr is not None and (arr.shape != expected or arr.dtype != dtype):
+                raise DatasetError(f"{f}: expected {np.dtype(dtype).name}{expected}, found {arr.dtype.name}{arr.shape}")
+            setattr(self, name, arr)
         for start, stop in m.clips:
             if not (0 <= start < stop <= m.num_frames):
                 raise DatasetError(f"{mpath}: clip [{start}, {stop}) is outside 0..{m.num_frames}")
@@ -292,6 +325,7 @@ class Dataset:
     landmarks: np.ndarray
     flow: np.ndarray
     flow_conf: np.ndarray
+    masks: np.ndarray | None          # (N, H, W) uint8 person masks, when the dataset has them
 
     @property
     def kind(self) -> str:

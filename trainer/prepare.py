@@ -14,7 +14,9 @@ Two passes over the video, never holding all frames in memory:
      where it leaves the frame the image is mirrored (reflect padding), never smeared by repeating the border.
 
 2. decode again, crop + resize to ``size x size``, compute backward DIS flow and its confidence against the
-   previous written frame of the same clip, and write everything with :class:`~trainer.dataset.DatasetWriter`.
+   previous written frame of the same clip, a person mask with MediaPipe's selfie segmentation (``masks.npy``:
+   every person in the crop, not only the subject), and write everything with
+   :class:`~trainer.dataset.DatasetWriter`.
 
 Clips end where the subject is not found (no face / no person / that person lost / two people crossing), at
 shot cuts (a jump of a small grey thumbnail or of the colour histogram from one frame to the next, or a jump
@@ -41,7 +43,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from models.detect import LandmarkExtractor
+from models.detect import LandmarkExtractor, PersonSegmenter
 from models.landmarks import FACE_POINTS, KINDS
 from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks
 from trainer.dataset import DatasetWriter
@@ -717,23 +719,23 @@ class _Written:
 
 
 def _add_frame(writer: DatasetWriter, flow_est: FlowEstimator, frame: np.ndarray, olm: np.ndarray,
-               prev: np.ndarray | None, row: ClipRow, src_i: int) -> None:
+               prev: np.ndarray | None, row: ClipRow, src_i: int, mask: np.ndarray | None = None) -> None:
     """Append one frame to the dataset: a new clip (no flow) at the clip's first frame, else with the backward
     flow from ``prev``; keep ``row.dataset`` (its dataset frame range) up to date."""
     if src_i == row.start:
         writer.begin_clip()
         row.dataset = (writer.manifest.num_frames, writer.manifest.num_frames)
-        writer.add(frame, olm)
+        writer.add(frame, olm, mask=mask)
     else:
         flow, conf = flow_est(prev, frame)
-        writer.add(frame, olm, flow.astype(np.float16), conf)
+        writer.add(frame, olm, flow.astype(np.float16), conf, mask=mask)
     row.dataset = (row.dataset[0], writer.manifest.num_frames)
 
 
 def _second_pass(src: _Source, scan: _Scan, lms: list, boxes: list, clip_of: dict[int, ClipRow], size: int,
-                 writer: DatasetWriter, flow_est: FlowEstimator) -> _Written:
+                 writer: DatasetWriter, flow_est: FlowEstimator, segment=None) -> _Written:
     """Pass 2: decode again; for each frame of a kept clip crop + resize to ``size``, map its landmarks into the
-    crop, add it with the flow from the previous written frame. Raises :class:`PrepareError` when the decoder
+    crop, add it with the flow from the previous written frame and its person mask (``segment(frame)``). Raises :class:`PrepareError` when the decoder
     gives other frames than in pass 1."""
     out = _Written()
     n, seen, prev = len(scan.diffs), 0, None
@@ -756,7 +758,7 @@ def _second_pass(src: _Source, scan: _Scan, lms: list, boxes: list, clip_of: dic
             box = tuple(float(v) for v in boxes[j])
             frame = crop_resize(rgb, box, size)
             _add_frame(writer, flow_est, frame, map_landmarks(lm, box, scan.width, scan.height, src.kind), prev,
-                       row, src_i)
+                       row, src_i, None if segment is None else segment(frame))
             prev = frame
             out.source_frames.append(src_i)
             out.boxes.append([round(v, 2) for v in box])
@@ -801,6 +803,7 @@ def _manifest_extra(src: _Source, scan: _Scan, cut_frames: list[int], written: _
         "landmark_coords": "x, y normalised to the output frame (not clipped); 3rd = "
                            + ("visibility" if kind == "dance" else "z scaled like x"),
         "flow": {"method": "opencv DIS preset MEDIUM, backward", "fb_threshold_px": FB_THRESHOLD_PX},
+        "masks": "MediaPipe selfie segmentation (general model) on each written frame, every person, 0..255",
     }
 
 
@@ -860,8 +863,8 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
     flow_est = FlowEstimator(fb_threshold_px=FB_THRESHOLD_PX)
     cut_frames = [start + int(i) for i in np.flatnonzero(cuts)]
     with DatasetWriter(out, kind=kind, height=size, width=size, fps=src.info.fps, num_landmarks=scan.num_landmarks,
-                       source=str(video), overwrite=overwrite) as writer:
-        written = _second_pass(src, scan, lms, boxes, clip_of, size, writer, flow_est)
+                       source=str(video), overwrite=overwrite) as writer, PersonSegmenter() as segment:
+        written = _second_pass(src, scan, lms, boxes, clip_of, size, writer, flow_est, segment)
         writer.manifest.extra = _manifest_extra(src, scan, cut_frames, written, boxes, kept, rows, people, subject,
                                                 face_cfg)
     clips = [(int(a), int(b)) for a, b in writer.manifest.clips]  # final once the writer is closed

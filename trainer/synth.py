@@ -815,7 +815,8 @@ def render_frame(pose: Pose, size: int, seed: int = 0, prev_pose: Pose | None = 
 def synthesize(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256, fps: float = 30.0,
                clip_frames: int | None = None, overwrite: bool = False, progress: bool = True,
                appearance_seed: int = 0) -> Path:
-    """Write a dataset folder (via DatasetWriter, kind="dance", num_landmarks=33) and return its path.
+    """Write a dataset folder (via DatasetWriter, kind="dance", num_landmarks=33; the dancer's exact mask in
+    masks.npy) and return its path.
 
     ``seed`` drives the dance motion; ``appearance_seed`` the dancer's looks and the room. A model learns one
     person in one place, so held-out data for a model is another motion seed with the same appearance seed.
@@ -846,7 +847,7 @@ def synthesize(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256
             pose = motion.pose(i)
             parts = renderer.parts(pose)
             res = renderer.render(pose, parts=parts, prev_parts=prev_parts, prev_ids=prev_ids)
-            writer.add(res.frame, pose_landmarks(pose), res.flow.astype(np.float16), res.conf)
+            writer.add(res.frame, pose_landmarks(pose), res.flow.astype(np.float16), res.conf, mask=res.ids > 0)
             prev_parts, prev_ids = parts, res.ids
             bar.update(1)
         bar.close()

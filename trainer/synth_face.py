@@ -55,6 +55,7 @@ def triangle_regions() -> dict[str, np.ndarray]:
 class FaceFrame:
     frame: np.ndarray         # (H, W, 3) uint8 RGB
     landmarks: np.ndarray     # (478, 3) float32, normalised
+    mask: np.ndarray          # (H, W) uint8: how much of each pixel the person covers (head, hair, neck, shoulders)
 
 
 class FaceRenderer:
@@ -128,7 +129,9 @@ class FaceRenderer:
         for k in np.argsort(-depth)[area[np.argsort(-depth)] > 0]:          # far to near; those turned away skipped
             cv2.fillConvexPoly(img, corners[k], colours[k], lineType=cv2.LINE_AA, shift=2)
         frame = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return FaceFrame(frame, lm)
+        person = (img != self.background).any(-1).astype(np.float32)       # everything drawn is the person
+        mask = cv2.resize(person, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return FaceFrame(frame, lm, np.clip(mask * 255 + 0.5, 0, 255).astype(np.uint8))
 
     def _eyes(self, img, p, scale) -> None:
         for contour, iris in ((FACE_CONTOURS["right_eye"][0], RIGHT_IRIS), (FACE_CONTOURS["left_eye"][0], LEFT_IRIS)):
@@ -170,7 +173,7 @@ def synthesize_face(out_dir, *, seed: int = 0, num_frames: int = 300, size: int 
                     clip_frames: int | None = None, overwrite: bool = False, progress: bool = True,
                     appearance_seed: int = 0) -> Path:
     """Write a face dataset of the synthetic talking face (``kind="face"``, 478 landmarks, DIS flow like
-    ``prepare``) and return its path; the arguments as :func:`trainer.synth.synthesize`'s."""
+    ``prepare``, the person's exact mask) and return its path; the arguments as :func:`trainer.synth.synthesize`'s."""
     from tqdm import tqdm
 
     from .flow import FlowEstimator
@@ -200,10 +203,10 @@ def synthesize_face(out_dir, *, seed: int = 0, num_frames: int = 300, size: int 
                 prev = None
             res = renderer.render(motion.state(i))
             if prev is None:
-                writer.add(res.frame, res.landmarks)
+                writer.add(res.frame, res.landmarks, mask=res.mask)
             else:
                 flow, conf = flow_est(prev, res.frame)
-                writer.add(res.frame, res.landmarks, flow.astype(np.float16), conf)
+                writer.add(res.frame, res.landmarks, flow.astype(np.float16), conf, mask=res.mask)
             prev = res.frame
             bar.update(1)
         bar.close()
