@@ -205,6 +205,31 @@ def test_background_plate_removes_the_person(trained):
     assert _psnr(plate, room) > _psnr(frames.median(0).values, room) + 2.0
 
 
+def test_a_passer_by_in_the_masks_leaves_no_ghost_in_the_plate(tmp_path):
+    """Someone else crosses a corner of the room in most frames: with the person masks (which mark everyone) the
+    plate there is the room; without them it keeps their ghost."""
+    from trainer.dataset import DatasetWriter
+    from trainer.synth import DancerRenderer, synthesize
+
+    src = Dataset(synthesize(tmp_path / "s", seed=2, num_frames=30, size=64, progress=False))
+    box = (slice(40, 62), slice(1, 12))                                   # the bottom-left corner, off the dancer
+    for name, with_masks in (("m", True), ("n", False)):
+        with DatasetWriter(tmp_path / name, kind="dance", height=64, width=64, fps=30, num_landmarks=33) as w:
+            for i in range(len(src)):
+                frame, mask = np.array(src.frames[i]), np.array(src.masks[i])
+                if i % 10 < 7:                                            # there in 70 % of the frames
+                    frame[box] = (20, 30, 90)
+                    mask[box] = 255
+                w.add(frame, src.landmarks[i], src.flow[i], src.flow_conf[i], mask=mask if with_masks else None)
+    room = DancerRenderer(64, 0).background.astype(np.float32)[box]
+
+    def corner_error(name):
+        plate = ClipSource(Dataset(tmp_path / name), 64).background_plate()
+        return np.abs((plate.permute(1, 2, 0).numpy()[box] + 1) * 127.5 - room).mean()
+
+    assert corner_error("m") < 3.0 < 40.0 < corner_error("n")
+
+
 def test_lite_starts_from_the_plate_and_distils_from_a_teacher(trained, tmp_path):
     lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
     tc = TrainConfig(iterations=3, clip_frames_start=4, clip_frames_max=4, w_temporal=0.0, teacher=str(trained["run"]),

@@ -87,6 +87,12 @@ class ClipSource:
             return img
         return cv2.resize(img, (self.size, self.size), interpolation=interp)
 
+    def _others(self, index: int) -> np.ndarray:
+        """(S, S) bool: where the dataset's mask of frame ``index`` has anyone, grown by 2 % of the side."""
+        m = self._resize(np.asarray(self.ds.masks[index])) > 64
+        r = max(1, round(0.02 * self.size))
+        return cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
+
     def labels(self, index: int, rng: np.random.Generator | None = None, augment: Augment | None = None) -> np.ndarray:
         """(C, S, S) float32 label map of frame ``index``."""
         kw = {}
@@ -138,8 +144,10 @@ class ClipSource:
         which the person does not cover it.
 
         The person's region in a frame is the filled hull of its label map grown by ``margin`` x the frame side,
-        so the median never sees the body even where the skeleton is thin. Pixels the person covers in nearly every
-        sampled frame are inpainted from their surroundings."""
+        so the median never sees the body even where the skeleton is thin; with the dataset's person masks
+        (``masks.npy``: every person in the frame, not only the subject) their pixels, grown by 2 % of the side,
+        are left out too, so passers-by leave no ghost. Pixels covered in nearly every sampled frame are
+        inpainted from their surroundings."""
         idx = [i for a, b in self.clips for i in range(a, b)]
         idx = [idx[k] for k in np.linspace(0, len(idx) - 1, min(max_frames, len(idx))).round().astype(int)]
         S = self.size
@@ -147,6 +155,8 @@ class ClipSource:
         for k, i in enumerate(idx):
             frame = self._resize(np.asarray(self.ds.frames[i])).astype(np.float32)
             frame[person_region(self.labels(i), margin) > 0] = np.nan
+            if self.ds.masks is not None:
+                frame[self._others(i)] = np.nan
             stack[k] = frame
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: inpainted below
