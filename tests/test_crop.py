@@ -163,6 +163,7 @@ def test_eval_figures_of_a_perfect_copy_and_of_drawing_nothing(dancer):
     assert r["pose_error"] == pytest.approx(r["pose_error_real"]) and r["pose_error_ratio"] == pytest.approx(1.0)
     assert 0 < r["pose_error_real"] < 0.1
     assert r["mirrored_rate"] == r["mirrored_rate_real"] < 0.5          # MediaPipe's own flips, the same frames
+    assert r["psnr_person_strict"] == r["psnr_outside_person"] == float("inf")    # the dancer's masks
     # Drawing nothing (the plate every frame) scores the baseline, a long way below a copy.
     empty = Scorer("dance", plate, pose=False)
     empty.add_clip(torch.from_numpy(plate).permute(2, 0, 1).float().div(127.5).sub(1).expand(16, -1, -1, -1), clip)
@@ -170,6 +171,11 @@ def test_eval_figures_of_a_perfect_copy_and_of_drawing_nothing(dancer):
     assert e["psnr_person"] == pytest.approx(e["psnr_person_baseline"], abs=0.05)
     assert e["psnr"] == pytest.approx(e["psnr_baseline"], abs=0.05)
     assert e["psnr_person"] < e["psnr"] - 3 and "pose_error" not in e
+    # ... on the person's own pixels far below, and outside them the plate is the room
+    assert e["psnr_person_strict"] < e["psnr_person"] - 1 and e["psnr_outside_person"] > e["psnr"] + 5
+    plain = Scorer("dance", plate, pose=False)                 # data without masks: no mask figures
+    plain.add_clip(clip["frames"], {k: v for k, v in clip.items() if k != "person_mask"})
+    assert "psnr_person_strict" not in plain.result() and "psnr_outside_person" not in plain.result()
 
 
 def _crop_lite(dancer) -> torch.nn.Module:

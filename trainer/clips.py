@@ -109,7 +109,9 @@ class ClipSource:
         labels (T, C, S, S) [0,1]; frames (T, 3, S, S) [-1,1]; flow (T, 2, S, S) px; conf (T, 1, S, S) [0,1];
         landmarks (T, K, 3) as stored (normalised to the frame; what crop-aware generators place their crop by);
         person, head, limbs, features (T, 1, S, S) {0, 1}: the person's, head's, limbs' and face features' regions
-        (models/crop.py; head and limbs are empty for face data, whose features are its eyes and lips), from the unaugmented labels (what the losses weight and eval scores)."""
+        (models/crop.py; head and limbs are empty for face data, whose features are its eyes and lips), from the
+        unaugmented labels (what the losses weight and eval scores); person_mask (T, 1, S, S) [0, 1]: the dataset's
+        person mask, when it has masks."""
         ds = self.ds
         frames, flows, confs, labels, person, head, limbs, features = [], [], [], [], [], [], [], []
         sx, sy = self._scale
@@ -127,7 +129,11 @@ class ClipSource:
             limbs.append(limb_region(lm, self.size, self.size) if self.kind == "dance" else empty)
             features.append(feature_region(lm, self.size, self.size, kind=self.kind))
         frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return {
+        masks = {}
+        if ds.masks is not None:                 # the dataset's person masks (everyone in the frame), [0, 1]
+            masks["person_mask"] = torch.from_numpy(np.stack(
+                [self._resize(np.asarray(ds.masks[i])) for i in range(start, stop)])).unsqueeze(1).float() / 255.0
+        return {**masks,
             "labels": torch.from_numpy(np.stack(labels)),
             "frames": frames,
             "flow": torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous(),

@@ -14,6 +14,10 @@ to be exact cannot make a region's figure infinite):
                              outside of), and the mean SSIM map over it
     psnr_head              PSNR inside the head region (hull of the head landmarks, grown); dance models
     psnr_background        PSNR outside the person's region (the room)
+    psnr_person_strict     with the dataset's person masks: PSNR inside the mask (>= 0.5), the person's own pixels
+                             (the grown hull above also holds the room around the body)
+    psnr_outside_person    ... and PSNR outside it: where the frame must be the room (a box drawn around the
+                             person shows here)
     psnr_baseline          full-frame / person-region PSNR of drawing nothing: the background plate estimated
     psnr_person_baseline     from the evaluated clips with the person masked out, shown as every frame
     flicker                mean |out_t - warp(out_{t-1}, gt_flow_t)| in 8-bit grey levels over confident pixels
@@ -248,11 +252,13 @@ class Scorer:
     ``ClipSource.load`` dict and the frames made for it), then ``result()``. ``plate`` (S, S, 3) uint8 is the
     drawing-nothing baseline; ``pose=False`` skips MediaPipe."""
 
+    _only_with_masks = ("psnr_person_strict", "psnr_outside_person")      # reported when the data has masks
+
     def __init__(self, kind: str, plate: np.ndarray, *, pose: bool = True):
         self.kind, self.plate = kind, plate
         self.m = {k: _Mean() for k in ("psnr", "ssim", "ssim_person", "psnr_baseline")}
         self.m.update({k: _Pooled() for k in ("psnr_person", "psnr_head", "psnr_face", "psnr_background",
-                                              "psnr_person_baseline")})
+                                              "psnr_person_baseline", *self._only_with_masks)})
         self.openings: list[tuple] = []    # face: (generated's (mouth, eyes), real's) of frames found in both
         self.fl, self.fl_real = [0.0, 0.0], [0.0, 0.0]
         self.probes = {"gen": _PoseProbe(kind), "real": _PoseProbe(kind)} if pose else {}
@@ -276,6 +282,10 @@ class Scorer:
                 m["psnr_background"].add(masked_sse(gen, real, 1 - person))
                 m["psnr_baseline"].add(psnr(plate, real))
                 m["psnr_person_baseline"].add(masked_sse(plate, real, person))
+                if "person_mask" in clip:
+                    strict = (clip["person_mask"][t, 0].numpy() >= 0.5).astype(np.uint8)
+                    m["psnr_person_strict"].add(masked_sse(gen, real, strict))
+                    m["psnr_outside_person"].add(masked_sse(gen, real, 1 - strict))
                 if self.kind == "dance":
                     m["psnr_head"].add(masked_sse(gen, real, clip["head"][t, 0].numpy()))
                 else:
@@ -299,7 +309,7 @@ class Scorer:
 
     def result(self) -> dict:
         fl, fl_real = self.fl, self.fl_real
-        result = {k: v.value() for k, v in self.m.items()}
+        result = {k: v.value() for k, v in self.m.items() if k not in self._only_with_masks or v.count}
         result.update({"flicker": fl[0] / fl[1] if fl[1] else 0.0,
                        "flicker_real": fl_real[0] / fl_real[1] if fl_real[1] else 0.0,
                        "frames": self.frames})
@@ -380,6 +390,9 @@ def format_report(res: dict) -> str:
     if res.get("psnr_face") is not None:
         lines.append(f"  face           PSNR {f('psnr_face', unit=' dB')}")
     lines.append(f"  room           PSNR {f('psnr_background', unit=' dB')}")
+    if "psnr_person_strict" in res:
+        lines.append(f"  person mask    PSNR {f('psnr_person_strict', unit=' dB')} inside, "
+                     f"{f('psnr_outside_person', unit=' dB')} outside (the dataset's masks)")
     lines.append(f"  flicker        {f('flicker')} (real clip {f('flicker_real')}, ratio {f('flicker_ratio')})")
     if "pose_error" in res:
         lines.append(f"  pose check     error {f('pose_error', '{:.4f}')} of the frame side on generated frames, "
