@@ -369,6 +369,7 @@ def test_silhouette_is_where_the_frame_differs_from_the_plate():
 
 
 def test_alpha_supervision_makes_the_person_opaque_in_the_loss(trained, tmp_path):
+    from models.window import cut_clips
     from trainer.train import train_config_for
 
     lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
@@ -378,6 +379,12 @@ def test_alpha_supervision_makes_the_person_opaque_in_the_loss(trained, tmp_path
     result = trainer.run()
     assert all(np.isfinite(row["alpha"]) and row["alpha"] > 0 for row in result["history"])
     assert trainer.G.record_alpha is None                               # nothing recorded outside the rollout
+    # the silhouette is the dataset's exact mask (the synthetic dancer's) within the subject's region, per window
+    clip = trainer._generate(0.0, None)
+    assert clip.person_mask is not None and clip.silhouette.shape == clip.alpha.shape
+    places = trainer.G.placements(clip.landmarks, clip.labels.shape[0], clip.T)
+    want = cut_clips((clip.person_mask >= 0.5).float(), [[p.box for p in row] for row in places])
+    assert torch.equal(clip.silhouette, want) and 0.05 < float(want.mean()) < 0.9
     sil = torch.zeros(1, 1, 1, *trainer.cfg.crop_hw)
     sil[..., 20:40, 20:40] = 1.0
     right, _ = trainer._loss_alpha(sil.clamp(0.01, 0.99), sil)

@@ -204,11 +204,12 @@ class Clip:
     limbs: torch.Tensor
     features: torch.Tensor
     landmarks: torch.Tensor                    # (B, T, K, 3) on the CPU (the windows are placed from them)
+    person_mask: torch.Tensor | None = None    # (B, T, 1, S, S) [0, 1] the dataset's person masks, when it has them
     fake: torch.Tensor | None = None           # (B, T, 3, S, S) generated frames
     flow_G: torch.Tensor | None = None         # (B, T, 2, h, w) the generator's flow, window coordinates
     mask: torch.Tensor | None = None           # (B, T, 1, h, w) its occlusion mask
     alpha: torch.Tensor | None = None          # (B, T, 1, h, w) compositing alpha (plate generators, with w_alpha)
-    silhouette: torch.Tensor | None = None     # (B, T, 1, h, w) {0, 1}: where the real frame differs from the plate
+    silhouette: torch.Tensor | None = None     # (B, T, 1, h, w) {0, 1}: the person (Trainer.silhouette_of)
     labels_w: torch.Tensor | None = None
     real_w: torch.Tensor | None = None
     fake_w: torch.Tensor | None = None
@@ -233,4 +234,4 @@ class Clip:
         on = {k: v.to(device) for k, v in batch.items() if k != "landmarks"}
         return cls(T=T, labels=on["labels"], real=on["frames"], flow=on["flow"], conf=on["conf"],
                    person=on["person"], head=on["head"], limbs=on["limbs"], features=on["features"],
-                   landmarks=batch["landmarks"])
+                   landmarks=batch["landmarks"], person_mask=on.get("person_mask"))

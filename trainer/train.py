@@ -76,6 +76,7 @@ class TrainConfig:
     w_limbs: float = 0.0              # extra L1 weight on a band along arms, legs, hands and feet, on top (the thin
                                       #   parts a regression blurs first; what pose re-detection looks at)
     w_alpha: float = 0.0              # BCE of a plate-compositing generator's alpha against the person's silhouette
+                                      #   (the data's person mask, else where a frame differs from the plate)
                                       #   (pixels that differ from the data's background plate): the person opaque
     w_features: float = 0.0           # extra L1 weight on the face's features, on top: disks around a body's eyes,
                                       #   nose and mouth (which way the person faces); a face mesh's eyes and lips
@@ -629,11 +630,19 @@ class Trainer:
         for key in ("labels", "real", "fake", "flow", "conf"):
             setattr(clip, f"{key}_w", cut_clips(getattr(clip, key), boxes))
         if clip.alpha is not None:
-            plate = self.data_plate.expand(*clip.real.shape[:2], -1, -1, -1)
-            clip.silhouette = silhouette(clip.real_w, cut_clips(plate, boxes))
+            clip.silhouette = self.silhouette_of(clip, boxes)
         if self.DF is not None:
             for key in ("labels", "real", "fake"):
                 setattr(clip, f"{key}_f", self._heads(getattr(clip, key), places))
+
+    def silhouette_of(self, clip: Clip, boxes) -> torch.Tensor:
+        """(B, T, 1, h, w) {0, 1}, cut to the windows ``boxes``: what the compositing alpha is pulled to. With the
+        dataset's person masks, the mask (>= 0.5) inside the subject's region (the masks mark everyone; alpha
+        should cover only the person drawn); without, where the real frame differs from the data's plate."""
+        if clip.person_mask is not None:
+            return cut_clips(((clip.person_mask >= 0.5) & (clip.person > 0)).float(), boxes)
+        plate = self.data_plate.expand(*clip.real.shape[:2], -1, -1, -1)
+        return silhouette(clip.real_w, cut_clips(plate, boxes))
 
     def _g_step(self, clip: Clip, d_real: dict, temporal: list) -> dict:
         """Update G on the sum of its loss terms (each a small function returning (loss, logs)); EMA after."""
