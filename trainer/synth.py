@@ -821,34 +821,52 @@ def synthesize(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256
     ``seed`` drives the dance motion; ``appearance_seed`` the dancer's looks and the room. A model learns one
     person in one place, so held-out data for a model is another motion seed with the same appearance seed.
     clip_frames splits the sequence into clips of that many frames (None: one clip)."""
-    from tqdm import tqdm
-
-    if num_frames < 1:
-        raise ValueError("num_frames must be >= 1")
-    if size < 16:
-        raise ValueError("size must be >= 16")
-    if clip_frames is not None and clip_frames < 1:
-        raise ValueError("clip_frames must be >= 1")
+    check_synth_args(num_frames, size, clip_frames)
     motion = DanceMotion(seed=seed, fps=fps)
     renderer = DancerRenderer(size, appearance_seed)
-    t0 = time.perf_counter()
     writer = DatasetWriter(out_dir, kind="dance", height=size, width=size, fps=fps, num_landmarks=POSE_NUM_LANDMARKS,
                            source=f"synth:seed={seed},appearance={appearance_seed}",
                            overwrite=overwrite)
     writer.manifest.extra = {"synth": {"seed": seed, "appearance_seed": appearance_seed, "size": size, "fps": fps, "clip_frames": clip_frames,
                                        "bpm": round(motion.bpm, 2), "appearance": dataclasses.asdict(renderer.app)}}
+    prev = {"parts": None, "ids": None}
+
+    def render(i: int, first: bool) -> dict:
+        if first:
+            prev.update(parts=None, ids=None)
+        pose = motion.pose(i)
+        parts = renderer.parts(pose)
+        res = renderer.render(pose, parts=parts, prev_parts=prev["parts"], prev_ids=prev["ids"])
+        prev.update(parts=parts, ids=res.ids)
+        return dict(frame=res.frame, landmarks=pose_landmarks(pose), flow=res.flow.astype(np.float16),
+                    flow_conf=res.conf, mask=res.ids > 0)
+
+    return write_frames(writer, num_frames, clip_frames, render, progress=progress, desc="synth")
+
+
+def check_synth_args(num_frames: int, size: int, clip_frames: int | None, min_size: int = 16) -> None:
+    if num_frames < 1:
+        raise ValueError("num_frames must be >= 1")
+    if size < min_size:
+        raise ValueError(f"size must be >= {min_size}")
+    if clip_frames is not None and clip_frames < 1:
+        raise ValueError("clip_frames must be >= 1")
+
+
+def write_frames(writer: DatasetWriter, num_frames: int, clip_frames: int | None, render, *, progress: bool,
+                 desc: str) -> Path:
+    """Frames ``0..num_frames-1`` into ``writer`` (one clip, or clips of ``clip_frames``) and close it (abort on any
+    error): ``render(i, first_of_clip)`` gives each frame's :meth:`DatasetWriter.add` arguments."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
     try:
-        prev_parts, prev_ids = None, None
-        bar = tqdm(total=num_frames, desc="synth", unit="frame", disable=not progress)
+        bar = tqdm(total=num_frames, desc=desc, unit="frame", disable=not progress)
         for i in range(num_frames):
-            if clip_frames is None and i == 0 or clip_frames is not None and i % clip_frames == 0:
+            first = i == 0 or clip_frames is not None and i % clip_frames == 0
+            if first:
                 writer.begin_clip()
-                prev_parts, prev_ids = None, None
-            pose = motion.pose(i)
-            parts = renderer.parts(pose)
-            res = renderer.render(pose, parts=parts, prev_parts=prev_parts, prev_ids=prev_ids)
-            writer.add(res.frame, pose_landmarks(pose), res.flow.astype(np.float16), res.conf, mask=res.ids > 0)
-            prev_parts, prev_ids = parts, res.ids
+            writer.add(**render(i, first))
             bar.update(1)
         bar.close()
     except BaseException:
@@ -857,6 +875,7 @@ def synthesize(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256
     path = writer.close()
     if progress:
         dt = time.perf_counter() - t0
-        print(f"synth: {num_frames} frames at {size}px in {dt:.1f}s ({num_frames / max(dt, 1e-9):.0f} frames/s)")
+        print(f"{desc}: {num_frames} frames at {writer.manifest.width}px in {dt:.1f}s "
+              f"({num_frames / max(dt, 1e-9):.0f} frames/s)")
     return path
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from pathlib import Path
 
 import cv2
@@ -24,7 +23,7 @@ from models.face_motion import LEFT_IRIS, RIGHT_IRIS, FaceMotion, face_template,
 from models.landmarks import FACE_CONTOURS, FACE_NUM_LANDMARKS_REFINED
 
 from .dataset import DatasetWriter
-from .synth import Appearance, make_appearance, make_background
+from .synth import Appearance, check_synth_args, make_appearance, make_background, write_frames
 
 _SS = 2                                   # supersampling
 _LIGHT = np.array([-0.35, -0.45, -0.82])  # toward the light (from the upper left, in front)
@@ -174,47 +173,27 @@ def synthesize_face(out_dir, *, seed: int = 0, num_frames: int = 300, size: int 
                     appearance_seed: int = 0) -> Path:
     """Write a face dataset of the synthetic talking face (``kind="face"``, 478 landmarks, DIS flow like
     ``prepare``, the person's exact mask) and return its path; the arguments as :func:`trainer.synth.synthesize`'s."""
-    from tqdm import tqdm
-
     from .flow import FlowEstimator
     from .prepare import FB_THRESHOLD_PX
 
-    if num_frames < 1:
-        raise ValueError("num_frames must be >= 1")
-    if size < 32:
-        raise ValueError("size must be >= 32 for a face")
-    if clip_frames is not None and clip_frames < 1:
-        raise ValueError("clip_frames must be >= 1")
+    check_synth_args(num_frames, size, clip_frames, min_size=32)
     motion, renderer = FaceMotion(seed=seed, fps=fps), FaceRenderer(size, appearance_seed)
     flow_est = FlowEstimator(fb_threshold_px=FB_THRESHOLD_PX)
-    t0 = time.perf_counter()
     writer = DatasetWriter(out_dir, kind="face", height=size, width=size, fps=fps,
                            num_landmarks=FACE_NUM_LANDMARKS_REFINED,
                            source=f"synth-face:seed={seed},appearance={appearance_seed}", overwrite=overwrite)
     writer.manifest.extra = {"synth": {"kind": "face", "seed": seed, "appearance_seed": appearance_seed, "size": size,
                                        "fps": fps, "clip_frames": clip_frames,
                                        "appearance": dataclasses.asdict(renderer.app)}}
-    try:
-        prev = None
-        bar = tqdm(total=num_frames, desc="synth face", unit="frame", disable=not progress)
-        for i in range(num_frames):
-            if i == 0 or clip_frames is not None and i % clip_frames == 0:
-                writer.begin_clip()
-                prev = None
-            res = renderer.render(motion.state(i))
-            if prev is None:
-                writer.add(res.frame, res.landmarks, mask=res.mask)
-            else:
-                flow, conf = flow_est(prev, res.frame)
-                writer.add(res.frame, res.landmarks, flow.astype(np.float16), conf, mask=res.mask)
-            prev = res.frame
-            bar.update(1)
-        bar.close()
-    except BaseException:
-        writer.abort()
-        raise
-    path = writer.close()
-    if progress:
-        dt = time.perf_counter() - t0
-        print(f"synth face: {num_frames} frames at {size}px in {dt:.1f}s ({num_frames / max(dt, 1e-9):.0f} frames/s)")
-    return path
+    prev = {"frame": None}
+
+    def render(i: int, first: bool) -> dict:
+        res = renderer.render(motion.state(i))
+        flow = conf = None
+        if not first:
+            flow, conf = flow_est(prev["frame"], res.frame)
+            flow = flow.astype(np.float16)
+        prev["frame"] = res.frame
+        return dict(frame=res.frame, landmarks=res.landmarks, flow=flow, flow_conf=conf, mask=res.mask)
+
+    return write_frames(writer, num_frames, clip_frames, render, progress=progress, desc="synth face")
