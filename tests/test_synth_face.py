@@ -86,15 +86,23 @@ def test_synth_face_writes_a_face_dataset(tmp_path, capsys):
     d = Dataset(tmp_path / "a")
     assert d.kind == "face" and d.manifest.num_landmarks == FACE_NUM_LANDMARKS_REFINED
     assert d.manifest.clips == [[0, 8], [8, 12]] and d.frames.shape == (12, 64, 64, 3)
-    np.testing.assert_allclose(d.landmarks[3], FaceMotion(seed=5).landmarks(3), atol=1e-6)
+    # the stabilised face crop, as prepare cuts footage: exactly what the live client sends in same-camera mode
+    from models.posenorm import live_normalizer
+    live, _ = live_normalizer("face", d.manifest.extra["subject_stats"], "same-camera", fps=30.0)
+    for i in range(12):
+        np.testing.assert_allclose(live(FaceMotion(seed=5).landmarks(i)), d.landmarks[i], atol=2e-5)
     assert not d.flow[0].any() and not d.flow[8].any() and np.abs(d.flow[1:8].astype(np.float32)).max() > 0.05
     # the person's exact mask: every face landmark on it, the room's corners off it
     m = np.asarray(d.masks)
     assert m.shape == (12, 64, 64)
     for k in range(12):
         xy = np.clip((d.landmarks[k, :468, :2] * 64).astype(int), 0, 63)
-        assert (m[k][xy[:, 1], xy[:, 0]] > 127).all()
-        assert m[k][0, 0] == m[k][0, -1] == 0 and 0.15 < (m[k] > 127).mean() < 0.6
+        assert (m[k][xy[:, 1], xy[:, 0]] > 127).mean() > 0.99             # (the oval's points lie on its edge)
+        assert m[k][0, 0] == m[k][0, -1] == 0 and 0.15 < (m[k] > 127).mean() < 0.8
+    # the subject's mask for training and eval: all of it, hair, neck and shoulders too (one person)
+    from trainer.clips import ClipSource
+    clip = ClipSource(d, 64).load(0, 8)
+    np.testing.assert_array_equal(clip["person_mask"][:, 0].numpy(), (m[:8] >= 128).astype(np.float32))
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     np.testing.assert_array_equal(np.asarray(Dataset(tmp_path / "b").frames), np.asarray(d.frames))
     assert main([*args, "--out", str(tmp_path / "a")]) == 2                    # exists: refused, not overwritten

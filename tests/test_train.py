@@ -212,7 +212,7 @@ def test_a_passer_by_in_the_masks_leaves_no_ghost_in_the_plate(tmp_path):
     from trainer.synth import DancerRenderer, synthesize
 
     src = Dataset(synthesize(tmp_path / "s", seed=2, num_frames=30, size=64, progress=False))
-    box = (slice(40, 62), slice(1, 12))                                   # the bottom-left corner, off the dancer
+    box = (slice(12, 58), slice(58, 64))                                  # down the right edge, off the dancer
     for name, with_masks in (("m", True), ("n", False)):
         with DatasetWriter(tmp_path / name, kind="dance", height=64, width=64, fps=30, num_landmarks=33) as w:
             for i in range(len(src)):
@@ -228,6 +228,11 @@ def test_a_passer_by_in_the_masks_leaves_no_ghost_in_the_plate(tmp_path):
         return np.abs((plate.permute(1, 2, 0).numpy()[box] + 1) * 127.5 - room).mean()
 
     assert corner_error("m") < 3.0 < 40.0 < corner_error("n")
+    # ... and the subject's mask (what alpha is pulled to, what eval scores) leaves the passer-by out
+    clip = ClipSource(Dataset(tmp_path / "m"), 64).load(0, 10)
+    subject, everyone = clip["person_mask"][:, 0].numpy(), np.asarray(Dataset(tmp_path / "m").masks[:10]) >= 128
+    assert not subject[(slice(None), *box)].any() and everyone[(slice(0, 7), *box)].all()
+    np.testing.assert_array_equal(subject[..., :58], everyone[..., :58])                 # the dancer: all of it
 
 
 def test_lite_starts_from_the_plate_and_distils_from_a_teacher(trained, tmp_path):

@@ -55,6 +55,16 @@ def parse_clip_numbers(text: str | None) -> list[int] | None:
         raise ValueError(f"--clips {text!r} must be clip numbers separated by commas (e.g. 0,2)") from None
 
 
+def subject_mask(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(S, S) uint8 {0, 1}: the parts of a person mask (uint8 0..255, everyone in the frame) that reach into the
+    subject's ``region`` (its grown label-map hull): the whole subject, hair, neck and shoulders included, without
+    the other people the mask also marks (unless they touch the subject)."""
+    on = (mask >= 128).astype(np.uint8)
+    n, parts = cv2.connectedComponents(on, connectivity=8)
+    keep = np.unique(parts[(region > 0) & (on > 0)])
+    return np.isin(parts, keep[keep > 0]).astype(np.uint8)
+
+
 class ClipSource:
     """Frames, label maps and ground-truth flow of a dataset, resized to ``size``×``size``."""
 
@@ -110,8 +120,8 @@ class ClipSource:
         landmarks (T, K, 3) as stored (normalised to the frame; what crop-aware generators place their crop by);
         person, head, limbs, features (T, 1, S, S) {0, 1}: the person's, head's, limbs' and face features' regions
         (models/crop.py; head and limbs are empty for face data, whose features are its eyes and lips), from the
-        unaugmented labels (what the losses weight and eval scores); person_mask (T, 1, S, S) [0, 1]: the dataset's
-        person mask, when it has masks."""
+        unaugmented labels (what the losses weight and eval scores); person_mask (T, 1, S, S) {0, 1}: the subject's
+        part of the dataset's person mask (:func:`subject_mask`), when it has masks."""
         ds = self.ds
         frames, flows, confs, labels, person, head, limbs, features = [], [], [], [], [], [], [], []
         sx, sy = self._scale
@@ -130,9 +140,10 @@ class ClipSource:
             features.append(feature_region(lm, self.size, self.size, kind=self.kind))
         frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         masks = {}
-        if ds.masks is not None:                 # the dataset's person masks (everyone in the frame), [0, 1]
+        if ds.masks is not None:                 # the subject's part of the dataset's person masks, {0, 1}
             masks["person_mask"] = torch.from_numpy(np.stack(
-                [self._resize(np.asarray(ds.masks[i])) for i in range(start, stop)])).unsqueeze(1).float() / 255.0
+                [subject_mask(self._resize(np.asarray(ds.masks[i])), person[k])
+                 for k, i in enumerate(range(start, stop))])).unsqueeze(1).float()
         return {**masks,
             "labels": torch.from_numpy(np.stack(labels)),
             "frames": frames,
@@ -204,7 +215,7 @@ class Clip:
     limbs: torch.Tensor
     features: torch.Tensor
     landmarks: torch.Tensor                    # (B, T, K, 3) on the CPU (the windows are placed from them)
-    person_mask: torch.Tensor | None = None    # (B, T, 1, S, S) [0, 1] the dataset's person masks, when it has them
+    person_mask: torch.Tensor | None = None    # (B, T, 1, S, S) {0, 1} the subject's mask, when the data has masks
     fake: torch.Tensor | None = None           # (B, T, 3, S, S) generated frames
     flow_G: torch.Tensor | None = None         # (B, T, 2, h, w) the generator's flow, window coordinates
     mask: torch.Tensor | None = None           # (B, T, 1, h, w) its occlusion mask

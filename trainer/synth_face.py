@@ -171,29 +171,42 @@ class FaceRenderer:
 def synthesize_face(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256, fps: float = 30.0,
                     clip_frames: int | None = None, overwrite: bool = False, progress: bool = True,
                     appearance_seed: int = 0) -> Path:
-    """Write a face dataset of the synthetic talking face (``kind="face"``, 478 landmarks, DIS flow like
-    ``prepare``, the person's exact mask) and return its path; the arguments as :func:`trainer.synth.synthesize`'s."""
+    """Write a face dataset of the synthetic talking face (``kind="face"``: the stabilised face crop of ``prepare``,
+    478 landmarks, DIS flow like ``prepare``, the person's exact mask) and return its path; the arguments as
+    :func:`trainer.synth.synthesize`'s."""
+    from models.posenorm import FaceCrop
+
     from .flow import FlowEstimator
-    from .prepare import FB_THRESHOLD_PX
+    from .prepare import FACE_CROP, FB_THRESHOLD_PX, crop_resize, map_landmarks
 
     check_synth_args(num_frames, size, clip_frames, min_size=32)
-    motion, renderer = FaceMotion(seed=seed, fps=fps), FaceRenderer(size, appearance_seed)
+    # Rendered a quarter larger than the dataset, then cut to the stabilised face crop exactly as `prepare` cuts
+    # footage (and as the live client cuts what it sends): the face fills the crop the same way in all three.
+    source = int(round(size * 1.25))
+    motion, renderer = FaceMotion(seed=seed, fps=fps), FaceRenderer(source, appearance_seed)
+    cfg = dataclasses.replace(FACE_CROP, fps=fps)
+    crop = FaceCrop(cfg)
     flow_est = FlowEstimator(fb_threshold_px=FB_THRESHOLD_PX)
     writer = DatasetWriter(out_dir, kind="face", height=size, width=size, fps=fps,
                            num_landmarks=FACE_NUM_LANDMARKS_REFINED,
                            source=f"synth-face:seed={seed},appearance={appearance_seed}", overwrite=overwrite)
     writer.manifest.extra = {"synth": {"kind": "face", "seed": seed, "appearance_seed": appearance_seed, "size": size,
-                                       "fps": fps, "clip_frames": clip_frames,
-                                       "appearance": dataclasses.asdict(renderer.app)}}
+                                       "fps": fps, "clip_frames": clip_frames, "rendered_size": source,
+                                       "appearance": dataclasses.asdict(renderer.app)},
+                             "crop": {**cfg.to_dict(), "mode": "tracked"}, "source_fps": fps}
     prev = {"frame": None}
 
     def render(i: int, first: bool) -> dict:
         res = renderer.render(motion.state(i))
+        box, _ = crop.update(res.landmarks, 1.0)                      # (x0, y0, side) in frame-height units
+        box = tuple(v * source for v in box)
+        frame = crop_resize(res.frame, box, size)
         flow = conf = None
         if not first:
-            flow, conf = flow_est(prev["frame"], res.frame)
+            flow, conf = flow_est(prev["frame"], frame)
             flow = flow.astype(np.float16)
-        prev["frame"] = res.frame
-        return dict(frame=res.frame, landmarks=res.landmarks, flow=flow, flow_conf=conf, mask=res.mask)
+        prev["frame"] = frame
+        return dict(frame=frame, landmarks=map_landmarks(res.landmarks, box, source, source, "face"), flow=flow,
+                    flow_conf=conf, mask=crop_resize(res.mask, box, size))
 
     return write_frames(writer, num_frames, clip_frames, render, progress=progress, desc="synth face")

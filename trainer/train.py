@@ -76,8 +76,8 @@ class TrainConfig:
     w_limbs: float = 0.0              # extra L1 weight on a band along arms, legs, hands and feet, on top (the thin
                                       #   parts a regression blurs first; what pose re-detection looks at)
     w_alpha: float = 0.0              # BCE of a plate-compositing generator's alpha against the person's silhouette
-                                      #   (the data's person mask, else where a frame differs from the plate)
-                                      #   (pixels that differ from the data's background plate): the person opaque
+                                      #   (the subject's part of the data's person masks, else the pixels that
+                                      #   differ from the data's background plate): the person opaque
     w_features: float = 0.0           # extra L1 weight on the face's features, on top: disks around a body's eyes,
                                       #   nose and mouth (which way the person faces); a face mesh's eyes and lips
     w_stable: float = 0.0             # temporal change: |(f_t - warp f_t-1) - (r_t - warp r_t-1)| along the data's
@@ -637,10 +637,11 @@ class Trainer:
 
     def silhouette_of(self, clip: Clip, boxes) -> torch.Tensor:
         """(B, T, 1, h, w) {0, 1}, cut to the windows ``boxes``: what the compositing alpha is pulled to. With the
-        dataset's person masks, the mask (>= 0.5) inside the subject's region (the masks mark everyone; alpha
-        should cover only the person drawn); without, where the real frame differs from the data's plate."""
+        dataset's person masks, the subject's mask (its connected parts reaching into the subject's region: hair and
+        shoulders in, other people out; :func:`trainer.clips.subject_mask`); without, where the real frame differs
+        from the data's plate."""
         if clip.person_mask is not None:
-            return cut_clips(((clip.person_mask >= 0.5) & (clip.person > 0)).float(), boxes)
+            return cut_clips(clip.person_mask, boxes)
         plate = self.data_plate.expand(*clip.real.shape[:2], -1, -1, -1)
         return silhouette(clip.real_w, cut_clips(plate, boxes))
 
