@@ -236,6 +236,7 @@ class FaceMotion:
         return float(h * math.sin(math.pi * (s % 1.0)) ** 2 * fade)
 
     def _eyes(self, t: float) -> float:
+        t = t % float(self._blinks[-1])                     # (the blinks repeat after ~34 minutes)
         i = int(np.searchsorted(self._blinks, t))
         near = min(abs(t - self._blinks[j]) for j in (max(i - 1, 0), min(i, len(self._blinks) - 1)))
         return float(min(1.0, near / 0.09))                  # a blink: ~0.18 s closed and reopened

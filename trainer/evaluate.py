@@ -14,8 +14,9 @@ to be exact cannot make a region's figure infinite):
                              outside of), and the mean SSIM map over it
     psnr_head              PSNR inside the head region (hull of the head landmarks, grown); dance models
     psnr_background        PSNR outside the person's region (the room)
-    psnr_person_strict     with the dataset's person masks: PSNR inside the mask (>= 0.5), the person's own pixels
-                             (the grown hull above also holds the room around the body)
+    psnr_person_strict     with the dataset's person masks: PSNR on the subject's own pixels (the parts of the mask
+                             reaching into the person's region: trainer.clips.subject_mask; the grown hull above
+                             also holds the room around the body)
     psnr_outside_person    ... and PSNR outside it: where the frame must be the room (a box drawn around the
                              person shows here)
     psnr_baseline          full-frame / person-region PSNR of drawing nothing: the background plate estimated
@@ -263,6 +264,7 @@ class Scorer:
         self.fl, self.fl_real = [0.0, 0.0], [0.0, 0.0]
         self.probes = {"gen": _PoseProbe(kind), "real": _PoseProbe(kind)} if pose else {}
         self.frames = 0
+        self.has_masks = False             # the data had person masks: both mask figures reported (None if empty)
 
     def add_clip(self, generated: torch.Tensor, clip: dict, writer=None) -> None:
         """generated (T, 3, S, S) in [-1, 1] for ``clip`` (frames, labels, landmarks, person, head, flow, conf)."""
@@ -283,6 +285,7 @@ class Scorer:
                 m["psnr_baseline"].add(psnr(plate, real))
                 m["psnr_person_baseline"].add(masked_sse(plate, real, person))
                 if "person_mask" in clip:
+                    self.has_masks = True
                     strict = (clip["person_mask"][t, 0].numpy() >= 0.5).astype(np.uint8)
                     m["psnr_person_strict"].add(masked_sse(gen, real, strict))
                     m["psnr_outside_person"].add(masked_sse(gen, real, 1 - strict))
@@ -309,7 +312,7 @@ class Scorer:
 
     def result(self) -> dict:
         fl, fl_real = self.fl, self.fl_real
-        result = {k: v.value() for k, v in self.m.items() if k not in self._only_with_masks or v.count}
+        result = {k: v.value() for k, v in self.m.items() if k not in self._only_with_masks or self.has_masks}
         result.update({"flicker": fl[0] / fl[1] if fl[1] else 0.0,
                        "flicker_real": fl_real[0] / fl_real[1] if fl_real[1] else 0.0,
                        "frames": self.frames})

@@ -195,12 +195,17 @@ def without_output(model: bytes, output: str) -> bytes:
         return ops
 
     keep = set().union(*(needed_for(o) for o in g.outputs if o != names[output]))
+    const = g.tensors[names[output]]
+    if any(names[output] in g.operators[k].inputs for k in keep):
+        raise ValueError(f"the model's output {output!r} also feeds its other outputs: it cannot be removed")
+    if const.type != tfl.TensorType.FLOAT32 or not all(d > 0 for d in const.shape):
+        raise ValueError(f"the model's output {output!r} is not a float32 tensor of a fixed shape")
     g.operators = [op for k, op in enumerate(g.operators) if k in keep]
     used = {t for op in g.operators for t in op.inputs if t >= 0} | set(g.inputs) | set(g.outputs)
+    live = {g.tensors[k].buffer for k in used}
     for k, t in enumerate(g.tensors):
-        if k not in used and t.buffer:
-            m.buffers[t.buffer].data = None                          # weights of the removed operators
-    const = g.tensors[names[output]]
+        if k not in used and t.buffer and t.buffer not in live:
+            m.buffers[t.buffer].data = None                          # weights only the removed operators read
     zeros = tfl.BufferT()
     zeros.data = np.zeros(int(np.prod(const.shape)), np.float32).view(np.uint8)
     m.buffers.append(zeros)
