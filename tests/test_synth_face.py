@@ -53,19 +53,17 @@ def test_motion_is_deterministic_smooth_and_talks_and_blinks():
 def test_rendered_face_is_found_by_mediapipe_where_its_landmarks_say():
     """The frames are a face to MediaPipe's face mesh, at the known landmarks (a few pixels' disagreement: its
     reading of the template's geometry), with the mouth opening seen."""
-    import mediapipe as mp
-
+    from models.detect import LandmarkExtractor
     from trainer.synth_face import FaceRenderer
 
     motion, renderer = FaceMotion(seed=1), FaceRenderer(256, appearance_seed=2)
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True) as fm:
+    with LandmarkExtractor("face", static_image_mode=True) as find:
         errors, opening = [], []
         for i in range(0, 120, 15):
             f = renderer.render(motion.state(i))
             assert f.frame.shape == (256, 256, 3) and f.frame.dtype == np.uint8
-            res = fm.process(f.frame)
-            assert res.multi_face_landmarks, f"no face found in frame {i}"
-            found = np.array([[q.x, q.y, q.z] for q in res.multi_face_landmarks[0].landmark])
+            found = find(f.frame)
+            assert found is not None, f"no face found in frame {i}"
             errors.append(np.linalg.norm(found[:468, :2] - f.landmarks[:468, :2], axis=1).mean())
             opening.append((face_openings(found)[0], face_openings(f.landmarks)[0]))
     assert max(errors) < 0.03, errors
