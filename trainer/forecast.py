@@ -34,7 +34,8 @@ def motion_samples(seed: int, seconds: float) -> np.ndarray:
     return np.stack([motion.landmarks(i) for i in range(int(seconds * STEP_HZ))])
 
 
-def carried(track: np.ndarray, rng: np.random.Generator, *, shift: float = 0.06, zoom: float = 0.12) -> np.ndarray:
+def carried(track: np.ndarray, rng: np.random.Generator, *, shift: float = 0.06, zoom: float = 0.12,
+            max_hz: float = 0.8) -> np.ndarray:
     """``track`` (STEP_HZ) moved around the frame as a whole: a smooth random path (three sinusoids a coordinate,
     0.05-0.8 Hz, up to ``shift`` of the frame each: drifts, glides and sways up to ~0.3 of the frame a second) and
     a smooth zoom about the frame centre (up to ``zoom``). The synthetic dancer stays nearly in place; people in
@@ -42,8 +43,8 @@ def carried(track: np.ndarray, rng: np.random.Generator, *, shift: float = 0.06,
     t = np.arange(len(track))[:, None] / STEP_HZ
     offset = np.zeros((len(track), 2))
     for _ in range(3):
-        offset += rng.uniform(0, shift, 2) * np.sin(2 * np.pi * rng.uniform(0.05, 0.8) * t + rng.uniform(0, 2 * np.pi, 2))
-    scale = 1.0 + rng.uniform(0, zoom) * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 2 * np.pi))
+        offset += rng.uniform(0, shift, 2) * np.sin(2 * np.pi * rng.uniform(0.05, max_hz) * t + rng.uniform(0, 2 * np.pi, 2))
+    scale = 1.0 + rng.uniform(0, zoom) * np.sin(2 * np.pi * rng.uniform(0.05, min(0.5, max_hz)) * t + rng.uniform(0, 2 * np.pi))
     out = track.copy()
     out[..., :2] = ((track[..., :2] - 0.5) * scale[:, :, None] + 0.5 + offset[:, None, :]).astype(np.float32)
     return out

@@ -18,7 +18,8 @@ Two passes over the video, never holding all frames in memory:
    every person in the crop, not only the subject), and write everything with
    :class:`~trainer.dataset.DatasetWriter`.
 
-Clips end where the subject is not found (no face / no person / that person lost / two people crossing), at
+Clips end where the subject is not found (no face / no person / that person lost / two people crossing / two
+people merged into one skeleton, told by the person mask: :func:`trainer.track.two_people_merged`), at
 shot cuts (a jump of a small grey thumbnail or of the colour histogram from one frame to the next, or a jump
 of the face crop), and the table of clips -- start, end, length, identity and why each one ends -- is kept in
 the manifest (``extra["clip_table"]``) and printed by ``posecast prepare``. For faces, every clip gets an
@@ -169,7 +170,8 @@ class ClipRow:
     start: int                       # first source frame
     end: int                         # source frame after the last one (exclusive)
     reason: str                      # why the clip ends: "cut", "cut, identity change", "face jump", "no face",
-                                     # "no person", "person lost", "people crossing", "end of video"
+                                     # "no person", "person lost", "people crossing", "two people merged",
+                                     # "end of video"
     identity: str = ""               # face: "A", "B", ... (same letter = same proportions); dance: the person id
     dataset: tuple[int, int] | None = None   # [start, stop) dataset frame indices, None when dropped
 
@@ -523,6 +525,7 @@ def _first_pass(src: _Source, max_people: int) -> _Scan:
         else:
             extractor = LandmarkExtractor("dance", static_image_mode=True)
             detector, tracker = T.MultiPoseDetector(extractor, max_people), T.PeopleTracker()
+            segment = PersonSegmenter()     # to tell one person from two merged into one skeleton
         num_landmarks = extractor.num_landmarks
         try:
             for j, (_, rgb) in enumerate(frames):
@@ -530,12 +533,14 @@ def _first_pass(src: _Source, max_people: int) -> _Scan:
                 if src.kind == "face":
                     face_lms.append(extractor(rgb))
                 else:
-                    dets.append(tracker.update(j, detector(rgb)))
+                    dets.append(tracker.update(j, detector(rgb, T.PersonMask(segment(rgb)))))
                 diff, hdiff, prev = _frame_change(rgb, prev)
                 diffs.append(diff)
                 hdiffs.append(hdiff)
         finally:
             extractor.close()
+            if src.kind != "face":
+                segment.close()
     return _Scan(width, height, num_landmarks, diffs, hdiffs, face_lms, dets, tracker)
 
 
@@ -573,14 +578,16 @@ def _choose_subject(src: _Source, scan: _Scan, person: int | None, notes: list[s
 def _subject_landmarks(dets: list[list[T.Detection]], subject: int
                        ) -> tuple[list[np.ndarray | None], dict[int, str]]:
     """Dance: the subject's landmarks per frame (None where missing) and why each missing frame is missing
-    ("no person", "person lost", "people crossing")."""
+    ("no person", "person lost", "people crossing", "two people merged")."""
     lms: list[np.ndarray | None] = []
     missing_why: dict[int, str] = {}
     for j, ds in enumerate(dets):
         mine = [d for d in ds if d.track == subject]
         if not mine:
             lms.append(None)
-            missing_why[j] = "no person" if not ds else "person lost"
+            # a skeleton of two people (nobody's track) stands where the subject was not found: say so
+            missing_why[j] = "no person" if not ds else "two people merged" if any(d.merged for d in ds) \
+                else "person lost"
         elif mine[0].crossing:
             lms.append(None)
             missing_why[j] = "people crossing"

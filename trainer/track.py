@@ -11,6 +11,12 @@ For ``posecast prepare --kind dance`` the tracker keeps, per frame, every detect
 subject is then one track (``--person N``, or the default: the largest, most central, most often seen), and
 the frames where that track is not matched -- or where it overlaps another person so much that MediaPipe's
 skeleton may belong to either -- become clip boundaries instead of identity switches.
+
+MediaPipe's single-person model can also merge two people who stand close into one skeleton (a shoulder on one,
+the hips on the other) without ever finding either alone, so no overlap of two detections warns. With a person
+mask of the frame (:class:`models.detect.PersonSegmenter`: every person in it), :func:`two_people_merged` checks
+each skeleton against the mask: body landmarks lying on another person's part of the mask, or the skeleton's own
+part of the mask holding somebody no detection accounts for, mark the detection ``merged``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from models.landmarks import POSE_INDEX
+from models.landmarks import POSE_CONNECTIONS, POSE_INDEX
 
 VISIBILITY = 0.5          # landmarks at least this visible define a person's box
 BOX_PAD = 0.12            # box grown by this fraction of its height on every side (limbs, hair, clothes)
@@ -36,8 +42,17 @@ CROSSING_MEMORY = 15      # frames an unseen person's predicted box still counts
 HIST_BINS = (12, 6)       # hue x saturation bins
 HIST_MOMENTUM = 0.9       # appearance model: exponential moving average of the matched histograms
 MIN_TRACK_FRAMES = 5      # tracks seen in fewer frames are not counted as people (spurious detections)
+MASK_THRESHOLD = 0.5      # a pixel of the person mask at least this much "person" belongs to someone
+MERGE_POINTS = 2          # core joints each side on the mask for a skeleton's left and right to be told apart
+TORSO_ON_MASK = 0.5       # ... when its torso lies less than this much on the mask, between the parts
+MERGE_AREA = 0.25         # ... or this fraction of its torso's mask part that no detected skeleton accounts for
+LIMB_WIDTH = 0.1          # a bone's band in body_cover, fraction of the person's height
+HEAD_RADIUS = 0.09        # the head's disc in body_cover, fraction of the person's height
+COVER_GROW = 0.01         # body_cover grown by this fraction of the frame side (the mask's blur)
 
-_SHOULDERS, _HIPS, _KNEES = ((POSE_INDEX[f"left_{j}"], POSE_INDEX[f"right_{j}"]) for j in ("shoulder", "hip", "knee"))
+_SHOULDERS, _ELBOWS, _HIPS, _KNEES, _ANKLES = ((POSE_INDEX[f"left_{j}"], POSE_INDEX[f"right_{j}"])
+                                               for j in ("shoulder", "elbow", "hip", "knee", "ankle"))
+_SIDES = tuple([pair[i] for pair in (_SHOULDERS, _ELBOWS, _HIPS, _KNEES)] for i in (0, 1))   # left, right
 
 
 @dataclasses.dataclass
@@ -47,6 +62,7 @@ class Detection:
     hist: np.ndarray           # float32 appearance histogram (torso and legs, each L1-normalised)
     track: int = -1            # track id once associated
     crossing: bool = False     # overlaps another person's box (CROSSING_OVERLAP)
+    merged: bool = False       # the skeleton spans two people (:func:`two_people_merged`)
 
     @property
     def height(self) -> float:
@@ -114,7 +130,9 @@ class MultiPoseDetector:
             raise ValueError(f"max_people must be >= 1, got {max_people}")
         self.extractor, self.max_people = extractor, int(max_people)
 
-    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+    def __call__(self, rgb: np.ndarray, people: PersonMask | None = None) -> list[Detection]:
+        """The people found in ``rgb``; with ``people`` (the frame's person mask) each is checked for two people
+        merged into one skeleton (``Detection.merged``)."""
         h, w = rgb.shape[:2]
         work = rgb
         fill = np.median(rgb.reshape(-1, 3), axis=0).astype(np.uint8)
@@ -137,7 +155,103 @@ class MultiPoseDetector:
                 work[y0:y1, x0:x1] = fill
         for i, a in enumerate(out):
             a.crossing = any(overlap(a.box, b.box) > CROSSING_OVERLAP for j, b in enumerate(out) if j != i)
+            if people is not None:
+                a.merged = two_people_merged(a, [b for b in out if b is not a], people) is not None
         return out
+
+
+class PersonMask:
+    """A frame's person mask (every person in it; (H, W) in [0, 1]) as connected parts, for
+    :func:`two_people_merged`. Parts smaller than ``min_area`` (fraction of the frame) are noise, not people."""
+
+    def __init__(self, mask: np.ndarray, min_area: float = 1e-4):
+        binary = (np.asarray(mask) >= MASK_THRESHOLD).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        small = stats[:, cv2.CC_STAT_AREA] < min_area * binary.size
+        small[0] = True
+        labels[small[labels]] = 0
+        self.labels, self.areas = labels, stats[:, cv2.CC_STAT_AREA]
+
+    def at(self, xy: np.ndarray) -> np.ndarray:
+        """The part label (0: nobody) under each of the (N, 2) pixel positions (outside the frame: 0)."""
+        h, w = self.labels.shape
+        p = np.round(np.asarray(xy, np.float64)).astype(np.int64)
+        inside = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
+        out = np.zeros(len(p), np.int64)
+        out[inside] = self.labels[p[inside, 1], p[inside, 0]]
+        return out
+
+
+def _torso_samples(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pixel positions along the torso's middle (shoulder centre to hip centre) and its four corners."""
+    p = landmarks[:, :2].astype(np.float64) * (width, height)
+    sh, hp = p[list(_SHOULDERS)].mean(0), p[list(_HIPS)].mean(0)
+    line = sh[None] + np.linspace(0.15, 0.85, 7)[:, None] * (hp - sh)[None]
+    return np.concatenate([line, p[list(_SHOULDERS) + list(_HIPS)]])
+
+
+def body_cover(dets: list[Detection], shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: where the skeletons ``dets`` say a body is -- the torso's quadrilateral, every bone as a band
+    ``LIMB_WIDTH`` of the person's height wide, the head as a disc -- grown by the mask's blur. What the person
+    mask holds outside it is nobody these skeletons account for."""
+    h, w = shape
+    cover = np.zeros((h, w), np.uint8)
+    for d in dets:
+        lm = d.landmarks
+        vis = lm[:, 2] >= VISIBILITY
+        p = np.round(lm[:, :2].astype(np.float64) * (w, h)).astype(np.int32)
+        tall = max(d.height / (1 + 2 * BOX_PAD + HEAD_PAD), 1.0)      # the landmarks' own extent
+        width = max(2, int(round(LIMB_WIDTH * tall)))
+        torso = [11, 12, 24, 23]
+        if vis[torso].all():
+            cv2.fillConvexPoly(cover, p[torso], 1)
+        for a, b in POSE_CONNECTIONS:
+            if vis[a] and vis[b]:
+                cv2.line(cover, tuple(map(int, p[a])), tuple(map(int, p[b])), 1, width)
+        face = vis[:11]
+        if face.any():
+            centre = p[:11][face].mean(0)
+            cv2.circle(cover, (int(centre[0]), int(centre[1])), max(2, int(round(HEAD_RADIUS * tall))), 1, -1)
+    grow = max(1, int(round(COVER_GROW * max(h, w))))
+    return cv2.dilate(cover, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)).astype(bool)
+
+
+def two_people_merged(det: Detection, others: list[Detection], people: PersonMask) -> str | None:
+    """Why ``det``'s skeleton is two people rather than one, or None. ``people`` is the frame's person mask in
+    parts. ``"limbs on another person"``: its left shoulder, elbow, hip and knee lie on other parts than its right
+    ones (at least ``MERGE_POINTS`` on parts each side) and its torso lies mostly off the mask, between them (two
+    people apart, one skeleton across both);
+    ``"mask holds another person"``: more than ``MERGE_AREA`` of its torso's part is outside what it and every
+    other detection account for (two people touching, one skeleton, or one of them never found). None also when
+    the mask cannot tell (its torso on no part: the segmentation missed this person)."""
+    h, w = people.labels.shape
+    torso = people.at(_torso_samples(det.landmarks, w, h))
+    torso = torso[torso > 0]
+    if not torso.size:
+        return None
+    own = int(np.bincount(torso).argmax())
+    sides = []
+    for joints in _SIDES:      # (hands and feet may touch somebody else: the core joints decide)
+        seen = [j for j in joints if det.landmarks[j, 2] >= VISIBILITY]
+        on = people.at(det.landmarks[seen, :2] * (w, h))
+        sides.append(on[on > 0])
+    quad = det.landmarks[[11, 12, 24, 23]]
+    if min(len(p) for p in sides) >= MERGE_POINTS and not set(sides[0].tolist()) & set(sides[1].tolist()) \
+            and (quad[:, 2] >= VISIBILITY).all():
+        # Its left and its right on different people and its torso mostly off the mask between them: two people
+        # apart. (One person's mask that broke apart -- at the waist, at a thin arm -- does not split left from
+        # right; and a torso on the mask is one person's.)
+        inside = np.zeros((h, w), np.uint8)
+        cv2.fillConvexPoly(inside, np.round(quad[:, :2].astype(np.float64) * (w, h)).astype(np.int32), 1)
+        on = (people.labels[inside.astype(bool)] > 0).mean() if inside.any() else 1.0
+        if on < TORSO_ON_MASK:
+            return "limbs on another person"
+    mine = body_cover([det], (h, w))
+    part = people.labels == own
+    everyone = mine | body_cover(others, (h, w)) if others else mine
+    if (part & ~everyone).sum() > MERGE_AREA * people.areas[own]:
+        return "mask holds another person"
+    return None
 
 
 @dataclasses.dataclass
@@ -175,11 +289,14 @@ class PeopleTracker:
 
     def update(self, frame: int, detections: list[Detection]) -> list[Detection]:
         """Assign ``track`` ids to ``detections`` (greedy by cost; new tracks, or re-identified lost ones, for
-        the rest). Returns the detections."""
+        the rest). A skeleton of two people merged is nobody's: it keeps track -1 and moves no track. Returns the
+        detections."""
         live = [t for t in self.tracks if frame - t.last_frame <= MAX_GAP]
         pairs = []
         for ti, t in enumerate(live):
             for di, d in enumerate(detections):
+                if d.merged:
+                    continue
                 c = self._cost(t, d, frame)
                 if c is not None:
                     pairs.append((c, ti, di))
@@ -191,7 +308,7 @@ class PeopleTracker:
             used_d.add(di)
             self._match(live[ti], detections[di], frame)
         for di, d in enumerate(detections):
-            if di in used_d:
+            if di in used_d or d.merged:
                 continue
             t = self._reidentify(d, frame, {live[i].id for i in used_t})
             if t is None:
