@@ -488,11 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-forecaster", help="train the learned pose forecaster (models/forecast.py) on the "
                                                 "synthetic dancer's motion")
     s.add_argument("--out", required=True, help="folder to write forecaster.{json,safetensors} to")
-    s.add_argument("--seeds", default="0-5,10-39",
-                   help="motion seeds to train on, ranges allowed (default 0-5,10-39; report on 6-9, 40+)")
+    s.add_argument("--seeds", default="0-5,10-39,100-135",
+                   help="motion seeds to train on, ranges allowed (default 0-5,10-39,100-135; report on 6-9, 40-99)")
     s.add_argument("--seconds", type=float, default=60.0, help="seconds of motion per seed (default 60)")
     s.add_argument("--history", type=int, default=20, help="past frames (30 fps) the model sees (default 20)")
-    s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 16000 body, 20000 landmark)")
+    s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 20000)")
     s.add_argument("--arch", default="body", choices=["body", "landmark"],
                    help="body (default): one network over the whole 33-joint pose; landmark: one small network "
                         "shared by every landmark (any layout: poses, a face mesh's centroid)")
@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="demo/forecast.mp4", help="the mp4 to write (default demo/forecast.mp4)")
     s.add_argument("--model", default=None, help="a dance model (default: the bundled one)")
     s.add_argument("--latency", type=float, default=100.0, metavar="MS", help="glass-to-glass latency (default 100)")
-    s.add_argument("--seed", type=int, default=8, help="motion seed (default 8; the forecaster never saw 6-9, 40+)")
+    s.add_argument("--seed", type=int, default=8, help="motion seed (default 8; the forecaster never saw 6-9, 40-99)")
     s.add_argument("--seconds", type=float, default=10.0, help="length (default 10 s at 30 fps)")
     s.add_argument("--noise", type=float, default=0.002, help="landmark noise, frame fractions (default 0.002)")
     s.add_argument("--forecaster-model", default=None, metavar="DIR", help="a learned forecaster (default: bundled)")

@@ -455,3 +455,18 @@ def test_a_wide_frame_is_forecast_in_square_units():
     np.testing.assert_allclose(f.predict(0.1), _moving(2 / 30 + 0.1), atol=1e-6)            # back in frame units
     with pytest.raises(ValueError, match="aspect must be > 0"):
         SquareFrame(ConstantVelocity(), 0.0)
+
+
+def test_carried_motion_drifts_no_faster_than_its_frequency_allows():
+    """The training copies carried around the frame move the pose as a whole (every landmark by the same
+    offset, no zoom here), smoothly: at most three sinusoids of ``shift`` each at <= ``max_hz``."""
+    from trainer.forecast import STEP_HZ, carried
+
+    track = np.tile(_moving(0.0)[None], (STEP_HZ * 20, 1, 1))            # a pose at rest for 20 s
+    for hz in (0.3, 0.8):
+        out = carried(track, np.random.default_rng(1), shift=0.06, zoom=0.0, max_hz=hz)
+        move = out[..., :2] - track[..., :2]
+        np.testing.assert_allclose(move, np.broadcast_to(move[:, :1], move.shape), atol=1e-6)   # rigid
+        speed = np.linalg.norm(np.diff(move[:, 0], axis=0), axis=1) * STEP_HZ
+        assert 0 < speed.max() <= 3 * 2 * np.pi * hz * 0.06 * np.sqrt(2) + 1e-3, (hz, speed.max())
+        np.testing.assert_array_equal(out[..., 2], track[..., 2])         # visibility untouched
