@@ -37,8 +37,8 @@ def motion_samples(seed: int, seconds: float) -> np.ndarray:
 def carried(track: np.ndarray, rng: np.random.Generator, *, shift: float = 0.06, zoom: float = 0.12,
             max_hz: float = 0.8) -> np.ndarray:
     """``track`` (STEP_HZ) moved around the frame as a whole: a smooth random path (three sinusoids a coordinate,
-    0.05-0.8 Hz, up to ``shift`` of the frame each: drifts, glides and sways up to ~0.3 of the frame a second) and
-    a smooth zoom about the frame centre (up to ``zoom``), every sinusoid at 0.05 to ``max_hz``. The synthetic
+    each at 0.05 to ``max_hz`` and up to ``shift`` of the frame: drifts, glides and, at higher ``max_hz``, sways) and
+    a smooth zoom about the frame centre (up to ``zoom``, at 0.05 to ``min(0.5, max_hz)``). The synthetic
     dancer stays nearly in place; people in front of a camera do not, and a forecaster must not take a glide for a
     dance move. (Carrying at up to 0.8 Hz -- sways of ~0.9 of the frame a second, as unpredictable as the dance --
     taught the bundled forecaster to hedge: 0.50-0.54x showing the past on held-out seeds; at up to 0.3 Hz,
@@ -116,8 +116,8 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
                      augment: bool = True, carry_hz: float = CARRY_HZ,
                      progress: bool = True) -> Path:
     """Train the forecaster on ``seeds``' motion and write ``out``/forecaster.{json,safetensors,onnx}. ``hidden``,
-    ``batch`` (landmark rows a step), ``steps`` and ``smooth`` (the weight of the acceleration term) default per
-    ``arch``. ``one_euro``: the
+    ``batch`` (landmark rows a step) and ``smooth`` (the weight of the acceleration term) default per ``arch``;
+    ``steps`` to 20000. ``carry_hz``: how fast the carried copies (``augment``) move. ``one_euro``: the
     One Euro filter's parameters when the forecaster runs behind one (it then learns to undo the filter's lag; saved
     with it), None: on the raw landmarks."""
     from safetensors.torch import save_file

@@ -33,6 +33,7 @@ pose visibility, or the face-mesh ``z`` rescaled to the crop (same units as the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -518,29 +519,24 @@ def _first_pass(src: _Source, max_people: int) -> _Scan:
     width = height = None
     tracker = None
     prev = None
-    with src.bar("1/2 landmarks") as pbar:
+    with src.bar("1/2 landmarks") as pbar, contextlib.ExitStack() as stack:
         frames = src.frames(pbar)
         if src.kind == "face":
-            extractor = LandmarkExtractor("face", static_image_mode=False)
+            extractor = stack.enter_context(LandmarkExtractor("face", static_image_mode=False))
         else:
-            extractor = LandmarkExtractor("dance", static_image_mode=True)
+            extractor = stack.enter_context(LandmarkExtractor("dance", static_image_mode=True))
+            segment = stack.enter_context(PersonSegmenter())   # to tell one person from two merged into one skeleton
             detector, tracker = T.MultiPoseDetector(extractor, max_people), T.PeopleTracker()
-            segment = PersonSegmenter()     # to tell one person from two merged into one skeleton
         num_landmarks = extractor.num_landmarks
-        try:
-            for j, (_, rgb) in enumerate(frames):
-                height, width = rgb.shape[:2]
-                if src.kind == "face":
-                    face_lms.append(extractor(rgb))
-                else:
-                    dets.append(tracker.update(j, detector(rgb, T.PersonMask(segment(rgb)))))
-                diff, hdiff, prev = _frame_change(rgb, prev)
-                diffs.append(diff)
-                hdiffs.append(hdiff)
-        finally:
-            extractor.close()
-            if src.kind != "face":
-                segment.close()
+        for j, (_, rgb) in enumerate(frames):
+            height, width = rgb.shape[:2]
+            if src.kind == "face":
+                face_lms.append(extractor(rgb))
+            else:
+                dets.append(tracker.update(j, detector(rgb, T.PersonMask(segment(rgb)))))
+            diff, hdiff, prev = _frame_change(rgb, prev)
+            diffs.append(diff)
+            hdiffs.append(hdiff)
     return _Scan(width, height, num_landmarks, diffs, hdiffs, face_lms, dets, tracker)
 
 
@@ -581,14 +577,17 @@ def _subject_landmarks(dets: list[list[T.Detection]], subject: int
     ("no person", "person lost", "people crossing", "two people merged")."""
     lms: list[np.ndarray | None] = []
     missing_why: dict[int, str] = {}
+    last_box = None                      # where the subject was last seen
     for j, ds in enumerate(dets):
         mine = [d for d in ds if d.track == subject]
         if not mine:
             lms.append(None)
-            # a skeleton of two people (nobody's track) stands where the subject was not found: say so
-            missing_why[j] = "no person" if not ds else "two people merged" if any(d.merged for d in ds) \
-                else "person lost"
-        elif mine[0].crossing:
+            # a skeleton of two people (nobody's track) where the subject was last seen stands in its place
+            here = [d for d in ds if d.merged and last_box is not None and T.overlap(d.box, last_box) > 0]
+            missing_why[j] = "no person" if not ds else "two people merged" if here else "person lost"
+            continue
+        last_box = mine[0].box
+        if mine[0].crossing:
             lms.append(None)
             missing_why[j] = "people crossing"
         else:

@@ -135,6 +135,9 @@ class MultiPoseDetector:
         """The people found in ``rgb``; with ``people`` (the frame's person mask) each is checked for two people
         merged into one skeleton (``Detection.merged``)."""
         h, w = rgb.shape[:2]
+        if people is not None and people.labels.shape != (h, w):
+            raise ValueError(f"the person mask is {people.labels.shape[1]}x{people.labels.shape[0]}, the frame "
+                             f"{w}x{h}: give the mask at the frame's size")
         work = rgb
         fill = np.median(rgb.reshape(-1, 3), axis=0).astype(np.uint8)
         hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
@@ -224,8 +227,8 @@ def two_people_merged(det: Detection, others: list[Detection], people: PersonMas
     people apart, one skeleton across both);
     ``"mask holds another person"``: more than ``MERGE_AREA`` of its torso's part, and more than ``MERGE_UPPER`` of
     that part above its hips, is outside what it and every other detection account for (two people touching, one
-    skeleton, or one of them never found). None also when
-    the mask cannot tell (its torso on no part: the segmentation missed this person)."""
+    skeleton, or one of them never found). None also when the mask cannot tell: its torso on no part (the
+    segmentation missed this person), or its hips not visible (a shot from the waist up)."""
     h, w = people.labels.shape
     torso = people.at(_torso_samples(det.landmarks, w, h))
     torso = torso[torso > 0]
@@ -257,8 +260,8 @@ def two_people_merged(det: Detection, others: list[Detection], people: PersonMas
         # one person in a lunge leaves as much unaccounted for, but low (a real photo: 35 % of its part, 8 % above
         # the hips); somebody beside it brings a head and shoulders.
         hips = det.landmarks[list(_HIPS)]
-        if (hips[:, 2] < VISIBILITY).any():
-            return "mask holds another person"
+        if not ((hips[:, 2] >= VISIBILITY) & np.isfinite(hips[:, 1])).all():
+            return None          # no hips to tell a head and shoulders from a bleed around the legs: cannot tell
         top = int(np.clip(round(float(hips[:, 1].mean()) * h), 0, h))
         if nobody[:top].sum() > MERGE_UPPER * max(int(part[:top].sum()), 1):
             return "mask holds another person"
