@@ -53,6 +53,7 @@ COVER_GROW = 0.01         # body_cover grown by this fraction of the frame side 
 
 _SHOULDERS, _ELBOWS, _HIPS, _KNEES, _ANKLES = ((POSE_INDEX[f"left_{j}"], POSE_INDEX[f"right_{j}"])
                                                for j in ("shoulder", "elbow", "hip", "knee", "ankle"))
+_TORSO = [_SHOULDERS[0], _SHOULDERS[1], _HIPS[1], _HIPS[0]]      # the torso's corners, in order round it
 _SIDES = tuple([pair[i] for pair in (_SHOULDERS, _ELBOWS, _HIPS, _KNEES)] for i in (0, 1))   # left, right
 
 
@@ -177,9 +178,11 @@ class PersonMask:
         self.labels, self.areas = labels, stats[:, cv2.CC_STAT_AREA]
 
     def at(self, xy: np.ndarray) -> np.ndarray:
-        """The part label (0: nobody) under each of the (N, 2) pixel positions (outside the frame: 0)."""
+        """The part label (0: nobody) under each of the (N, 2) positions in pixels, continuous (pixel i covers
+        [i, i + 1)); outside the frame, or not finite: 0."""
         h, w = self.labels.shape
-        p = np.round(np.asarray(xy, np.float64)).astype(np.int64)
+        with np.errstate(invalid="ignore"):
+            p = np.floor(np.nan_to_num(np.asarray(xy, np.float64), nan=-1.0)).astype(np.int64)
         inside = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
         out = np.zeros(len(p), np.int64)
         out[inside] = self.labels[p[inside, 1], p[inside, 0]]
@@ -202,13 +205,13 @@ def body_cover(dets: list[Detection], shape: tuple[int, int]) -> np.ndarray:
     cover = np.zeros((h, w), np.uint8)
     for d in dets:
         lm = d.landmarks
-        vis = lm[:, 2] >= VISIBILITY
-        p = np.round(lm[:, :2].astype(np.float64) * (w, h)).astype(np.int32)
+        with np.errstate(invalid="ignore"):
+            vis = (lm[:, 2] >= VISIBILITY) & np.isfinite(lm[:, :2]).all(1)
+        p = np.round(np.nan_to_num(lm[:, :2].astype(np.float64)) * (w, h) - 0.5).astype(np.int32)   # pixel centres
         tall = max(d.height / (1 + 2 * BOX_PAD + HEAD_PAD), 1.0)      # the landmarks' own extent
         width = max(2, int(round(LIMB_WIDTH * tall)))
-        torso = [11, 12, 24, 23]
-        if vis[torso].all():
-            cv2.fillConvexPoly(cover, p[torso], 1)
+        if vis[_TORSO].all():
+            cv2.fillConvexPoly(cover, p[_TORSO], 1)
         for a, b in POSE_CONNECTIONS:
             if vis[a] and vis[b]:
                 cv2.line(cover, tuple(map(int, p[a])), tuple(map(int, p[b])), 1, width)
@@ -240,14 +243,14 @@ def two_people_merged(det: Detection, others: list[Detection], people: PersonMas
         seen = [j for j in joints if det.landmarks[j, 2] >= VISIBILITY]
         on = people.at(det.landmarks[seen, :2] * (w, h))
         sides.append(on[on > 0])
-    quad = det.landmarks[[11, 12, 24, 23]]
+    quad = det.landmarks[_TORSO]
     if min(len(p) for p in sides) >= MERGE_POINTS and not set(sides[0].tolist()) & set(sides[1].tolist()) \
             and (quad[:, 2] >= VISIBILITY).all():
         # Its left and its right on different people and its torso mostly off the mask between them: two people
         # apart. (One person's mask that broke apart -- at the waist, at a thin arm -- does not split left from
         # right; and a torso on the mask is one person's.)
         inside = np.zeros((h, w), np.uint8)
-        cv2.fillConvexPoly(inside, np.round(quad[:, :2].astype(np.float64) * (w, h)).astype(np.int32), 1)
+        cv2.fillConvexPoly(inside, np.round(quad[:, :2].astype(np.float64) * (w, h) - 0.5).astype(np.int32), 1)
         on = (people.labels[inside.astype(bool)] > 0).mean() if inside.any() else 1.0
         if on < TORSO_ON_MASK:
             return "limbs on another person"
