@@ -55,9 +55,23 @@ def _cmd_prepare(args) -> int:
     print(f"wrote {report.out}: {report.frames_written} of {report.frames_read} frames in "
           f"{len(report.clips)} clip(s), {report.seconds:.1f}s")
     if report.missing:
-        shown = ", ".join(map(str, report.missing[:20])) + (" ..." if len(report.missing) > 20 else "")
-        print(f"no {'person' if args.kind == 'dance' else 'face'} found in {len(report.missing)} frame(s): {shown}")
+        print(f"the {'person' if args.kind == 'dance' else 'face'} is missing from {len(report.missing)} frame(s):")
+        for why in sorted(set(report.missing_why.values())):
+            frames = sorted(i for i, w in report.missing_why.items() if w == why)
+            print(f"  {why}: {len(frames)} ({_ranges(frames)})")
     return 0
+
+
+def _ranges(frames: list[int], most: int = 8) -> str:
+    """Sorted frame numbers as runs: ``2-4, 6, 9-14`` (the first ``most`` runs, then ``...``)."""
+    runs: list[list[int]] = []
+    for f in frames:
+        if runs and f == runs[-1][1] + 1:
+            runs[-1][1] = f
+        else:
+            runs.append([f, f])
+    text = [f"{a}-{b}" if b > a else str(a) for a, b in runs[:most]]
+    return ", ".join(text) + (", ..." if len(runs) > most else "")
 
 
 def _without_option(argv: list[str], flag: str) -> list[str]:

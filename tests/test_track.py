@@ -79,6 +79,12 @@ def test_tracked_identity_never_switches(duet, tmp_path, capsys):
     # the printed clip table is the manifest's
     rows = parse_clip_table(printed)
     assert rows == m.extra["clip_table"]
+    # the frames without the subject are listed by why, in runs
+    missing = re.search(r"^the person is missing from (\d+) frame\(s\):\n((?:  .*\n)+)", printed, re.M)
+    assert missing, printed
+    lines = missing.group(2).splitlines()
+    assert sum(int(re.match(r"  [a-z ]+: (\d+) \(", ln).group(1)) for ln in lines) == int(missing.group(1))
+    assert any(ln.startswith("  people crossing: ") for ln in lines)
     kept = [r for r in rows if r["dataset"] is not None]
     assert [tuple(r["dataset"]) for r in kept] == ds.clips
     assert all(r["identity"] == str(m.extra["person"]) for r in rows)
@@ -218,6 +224,9 @@ def test_two_dancers_side_by_side_never_make_one_skeleton(tmp_path):
                         progress=False)
     reasons = [r.reason for r in rep.clip_table]
     assert any(r.startswith("two people merged") for r in reasons), reasons
+    # every missing frame says why, as the clip table does
+    assert sorted(rep.missing_why) == rep.missing and "two people merged" in rep.missing_why.values()
+    assert set(rep.missing_why.values()) <= {"two people merged", "people crossing", "person lost", "no person"}
     ds = Dataset(tmp_path / "ds")
     m = ds.manifest
     w, h = m.extra["source_size"]

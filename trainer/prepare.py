@@ -198,6 +198,7 @@ class PrepareReport:
     people: list[dict] = dataclasses.field(default_factory=list)   # dance: every person seen (id, frames, ...)
     person: int | None = None        # dance: the tracked person's id
     notes: list[str] = dataclasses.field(default_factory=list)   # what prepare decided (crop, padding, drops)
+    missing_why: dict[int, str] = dataclasses.field(default_factory=dict)   # each missing frame: why (as in clips)
 
 
 def format_clip_table(rows: list[ClipRow], source_offset: int = 0) -> str:
@@ -874,6 +875,8 @@ def prepare_video(video, out_dir, *, kind: str, size: int = 256, start: int = 0,
         writer.manifest.extra = _manifest_extra(src, scan, cut_frames, written, boxes, kept, rows, people, subject,
                                                 face_cfg)
     clips = [(int(a), int(b)) for a, b in writer.manifest.clips]  # final once the writer is closed
+    absent = "no person" if kind == "dance" else "no face"
     return PrepareReport(frames_read=n, frames_written=len(written.source_frames), missing=written.missing,
                          clips=clips, out=out, seconds=time.perf_counter() - t0, cuts=list(cut_frames),
-                         clip_table=rows, people=people, person=subject, notes=notes)
+                         clip_table=rows, people=people, person=subject, notes=notes,
+                         missing_why={i: missing_why.get(i - start, absent) for i in written.missing})
