@@ -337,11 +337,26 @@ def _cmd_train_forecaster(args) -> int:
     from trainer.forecast import train_forecaster
 
     seeds = _seed_list(args.seeds)
+    recorded = []
+    for path in args.recording or []:
+        from clients.sources import load_recording
+        from posecast.forecasting import stream_shots
+
+        rec = load_recording(path)
+        if rec["kind"] != "dance":
+            raise ValueError(f"{path} is a {rec['kind']} recording: the forecaster learns poses (record with a "
+                             f"dance model: posecast capture --save-landmarks)")
+        for times, lms in stream_shots(path, "dance", progress=False):
+            square = lms.copy()
+            square[:, :, 0] *= rec["aspect"]            # the forecaster runs in square units (models/forecast.py)
+            recorded.append((times, square))
     out = train_forecaster(args.out, seeds=seeds, seconds=args.seconds, history=args.history, steps=args.steps,
-                           arch=args.arch,
+                           arch=args.arch, recorded=recorded,
                            progress=not args.quiet)
-    print(f"wrote {out}/forecaster.{{json,safetensors}} (motion seeds {', '.join(map(str, seeds))}; report on "
-          f"others: posecast bench --forecast --forecaster-model {out} --seed N)")
+    used = json.loads((out / "forecaster.json").read_text())["trained_on"]["recorded_shots"]
+    extra = f", {used} of {len(recorded)} recorded shots" if recorded else ""
+    print(f"wrote {out}/forecaster.{{json,safetensors}} (motion seeds {', '.join(map(str, seeds))}{extra}; report "
+          f"on others: posecast bench --forecast --forecaster-model {out} --seed N)")
     return 0
 
 
@@ -506,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="motion seeds to train on, ranges allowed (default 0-5,10-39,100-135; report on 6-9, 40-99)")
     s.add_argument("--seconds", type=float, default=60.0, help="seconds of motion per seed (default 60)")
     s.add_argument("--history", type=int, default=20, help="past frames (30 fps) the model sees (default 20)")
+    s.add_argument("--recording", action="append", metavar="REC.npz",
+                   help="a pose recording (capture --save-landmarks) to train on beside the synthetic motion: real "
+                        "tracker jitter, the recording itself as the truth (repeat for more)")
     s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 20000)")
     s.add_argument("--arch", default="body", choices=["body", "landmark"],
                    help="body (default): one network over the whole 33-joint pose; landmark: one small network "

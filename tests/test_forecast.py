@@ -480,3 +480,48 @@ def test_carried_motion_drifts_no_faster_than_its_frequency_allows():
         random = carried(track, np.random.default_rng(1), shift=0.06, zoom=0.0, max_hz=hz)[:, 0, :2] - track[:, 0, :2]
         speed = np.linalg.norm(np.diff(random, axis=0), axis=1) * STEP_HZ
         assert 0 < speed.max() <= 3 * 2 * np.pi * hz * 0.06 * np.sqrt(2) + 1e-3, (hz, speed.max())
+
+
+def test_a_recorded_pose_stream_is_resampled_as_truth_and_stream():
+    """Known answer: a recording of a pose gliding at constant velocity, at an uneven frame rate, resampled on its
+    timestamps: the track at STEP_HZ is the glide itself, and the stream the forecaster sees is every
+    (STEP_HZ / fps)-th sample of it."""
+    from trainer.forecast import STEP_HZ, recorded_track
+
+    rng = np.random.default_rng(3)
+    times = np.cumsum(rng.uniform(0.025, 0.042, 60))                       # 24-40 fps, jittery
+    lms = np.stack([_moving(t) for t in times])
+    track, stream = recorded_track(times, lms, fps=30.0, history=20, horizon_max_s=0.3)
+    grid = np.arange(len(track)) / STEP_HZ
+    np.testing.assert_allclose(track, np.stack([_moving(times[0] + g) for g in grid]), atol=1e-5)
+    np.testing.assert_array_equal(stream[0], track[::STEP_HZ // 30])
+    assert recorded_track(times[:20], lms[:20], fps=30.0, history=20, horizon_max_s=0.3) is None   # 0.6 s: too short
+
+
+def test_train_forecaster_takes_pose_recordings_beside_the_synthetic_motion(tmp_path, capsys):
+    import json
+
+    from clients.sources import save_recording
+    from models.motion import DanceMotion
+    from posecast.cli import main
+
+    motion = DanceMotion(7, 30.0)
+    lms = np.stack([motion.landmarks(i) for i in range(100)])
+    lms[:, :, :2] += np.random.default_rng(0).normal(0, 0.002, lms[:, :, :2].shape).astype(np.float32)
+    lms[50] = np.nan                                                         # nothing detected: two shots
+    rec = save_recording(tmp_path / "me.npz", lms, kind="dance", fps=30.0, aspect=16 / 9)
+    out = tmp_path / "fc"
+    assert main(["train-forecaster", "--out", str(out), "--seeds", "0", "--seconds", "3", "--steps", "3",
+                 "--recording", str(rec), "--quiet"]) == 0
+    assert "2 of 2 recorded shots" in capsys.readouterr().out
+    config = json.loads((out / "forecaster.json").read_text())
+    assert config["trained_on"]["recorded_shots"] == 2 and config["trained_on"]["motion_seeds"] == [0]
+    face = save_recording(tmp_path / "face.npz", np.zeros((40, 478, 3), np.float32), kind="face", fps=30.0)
+    assert main(["train-forecaster", "--out", str(tmp_path / "x"), "--seeds", "0", "--seconds", "3", "--steps", "1",
+                 "--recording", str(face), "--quiet"]) != 0
+    assert "is a face recording: the forecaster learns poses" in capsys.readouterr().err
+    short = save_recording(tmp_path / "short.npz", lms[:20], kind="dance", fps=30.0)
+    assert main(["train-forecaster", "--out", str(tmp_path / "y"), "--seeds", "0", "--seconds", "3", "--steps", "1",
+                 "--recording", str(short), "--quiet"]) != 0
+    assert "none of the 1 recorded shots is long enough" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -104,6 +104,25 @@ def examples(track: np.ndarray, streams: np.ndarray, rng: np.random.Generator, c
     return pick(x), pick(y), pick(newest)
 
 
+def recorded_track(times: np.ndarray, landmarks: np.ndarray, *, fps: float, history: int,
+                   horizon_max_s: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """One uninterrupted shot of a recorded landmark stream (``times`` s, ``landmarks`` (N, K, 3), as
+    posecast/forecasting.py ``stream_shots`` gives it) as training material: (track at STEP_HZ, streams (1, M, K, 3)
+    at ``fps``), both linearly interpolated from the recording on its timestamps -- the truth and what the
+    forecaster sees are the recording itself, with its own tracker jitter (no noise added). None when the shot is
+    too short for a window of ``history`` frames, a run and the longest horizon."""
+    times = np.asarray(times, np.float64) - float(times[0])
+    landmarks = np.asarray(landmarks, np.float32)
+    grid = np.arange(0.0, times[-1] + 1e-9, 1.0 / STEP_HZ)
+    stride = int(round(STEP_HZ / fps))
+    if (len(grid) - int(horizon_max_s * STEP_HZ) - 1) // stride + 1 < history + 3:
+        return None
+    flat = landmarks.reshape(len(landmarks), -1)
+    track = np.stack([np.interp(grid, times, col) for col in flat.T], 1).reshape(len(grid), *landmarks.shape[1:])
+    track = track.astype(np.float32)
+    return track, track[::stride][None]
+
+
 TRAIN_SEEDS = (0, 1, 2, 3, 4, 5, *range(10, 40), *range(100, 136))   # 6-9 and 40-99 are left for reports
 CARRY_HZ = 0.3    # the carried copies drift and glide (``carried``: up to this frequency)
 
@@ -113,11 +132,13 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
                      lr: float = 1e-3,
                      noise_max: float = 0.004, horizon_max_s: float = 0.3, scale: float = 30.0, seed: int = 0,
                      one_euro: dict | None = None, context: bool = True, smooth: float | None = None, arch: str = "body",
-                     augment: bool = True, carry_hz: float = CARRY_HZ,
+                     augment: bool = True, carry_hz: float = CARRY_HZ, recorded=(),
                      progress: bool = True) -> Path:
     """Train the forecaster on ``seeds``' motion and write ``out``/forecaster.{json,safetensors,onnx}. ``hidden``,
     ``batch`` (landmark rows a step) and ``smooth`` (the weight of the acceleration term) default per ``arch``;
-    ``steps`` to 20000. ``carry_hz``: how fast the carried copies (``augment``) move. ``one_euro``: the
+    ``steps`` to 20000. ``carry_hz``: how fast the carried copies (``augment``) move. ``recorded``: shots of
+    recorded pose streams (``(times, landmarks)`` each, in square units; ``recorded_track``) trained on beside the
+    synthetic motion, each shot as likely to be drawn as a motion seed: real tracker jitter. ``one_euro``: the
     One Euro filter's parameters when the forecaster runs behind one (it then learns to undo the filter's lag; saved
     with it), None: on the raw landmarks."""
     from safetensors.torch import save_file
@@ -139,6 +160,23 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
     levels = np.linspace(0.0, noise_max, 5)
     smoother = (lambda: OneEuroFilter(**one_euro)) if one_euro else None
     streams = [filtered_streams(t, rng, fps=fps, noise_levels=levels, smoother=smoother) for t in tracks]
+    used = 0
+    for times, lms in recorded:
+        if np.shape(lms)[1:] != tracks[0].shape[1:]:
+            raise ValueError(f"a recorded shot of {np.shape(lms)[1]} landmarks; the synthetic motion has "
+                             f"{tracks[0].shape[1]} (record poses: capture --save-landmarks with a dance model)")
+        got = recorded_track(times, lms, fps=fps, history=history, horizon_max_s=horizon_max_s)
+        if got is not None:
+            track, stream = got
+            if smoother is not None:
+                f = smoother()
+                stream = np.stack([f(i / fps, lm) for i, lm in enumerate(stream[0])])[None]
+            tracks.append(track)
+            streams.append(stream)
+            used += 1
+    if len(recorded) and not used:
+        raise ValueError(f"none of the {len(recorded)} recorded shots is long enough to train on (each needs "
+                         f"{(history + 3) / fps + horizon_max_s:.1f} s without a gap)")
     features = (history - 1) * 2 + (3 if context else 1)
     k_all = tracks[0].shape[1]
     n_in = k_all * (features + 1) - k_all + 1 if arch == "body" else features     # body: see body_features
@@ -184,7 +222,7 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
               "num_landmarks": int(k_all), "trained_on": {"motion_seeds": list(seeds), "seconds": seconds,
                                                                "noise_max": noise_max, "horizon_max_s": horizon_max_s,
                                                                "steps": steps, "smooth": smooth, "augment": augment,
-                                                               "carry_hz": carry_hz}}
+                                                               "carry_hz": carry_hz, "recorded_shots": used}}
     # Each file is written beside its name and moved over it: an interrupted run leaves the old forecaster whole.
     save_file(tensors, str(out / "forecaster.safetensors.tmp"))
     (out / "forecaster.json.tmp").write_text(json.dumps(config, indent=2))
