@@ -525,3 +525,26 @@ def test_train_forecaster_takes_pose_recordings_beside_the_synthetic_motion(tmp_
                  "--recording", str(short), "--quiet"]) != 0
     assert "none of the 1 recorded shots is long enough" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_observed_streams_train_with_their_exact_truth_and_gaps(tmp_path):
+    """``observed`` pairs (a tracker's view of a motion, with the exact motion as the truth) are trained on at
+    ``real_share``; a frame the tracker missed (NaN) is left out of the loss, not spread through the weights."""
+    from safetensors.numpy import load_file
+
+    from trainer.forecast import STEP_HZ, motion_samples, train_forecaster
+
+    track = motion_samples(7, 3.0)
+    seen = track[::STEP_HZ // 30].copy()
+    seen[:, :, :2] += np.random.default_rng(0).normal(0, 0.003, seen[:, :, :2].shape).astype(np.float32)
+    seen[40] = np.nan
+    out = train_forecaster(tmp_path / "fc", seeds=(0,), seconds=3.0, steps=4, batch=1024, observed=[(track, seen)],
+                           real_share=1.0, augment=False, progress=False)
+    weights = load_file(str(out / "forecaster.safetensors"))
+    assert all(np.isfinite(w).all() for w in weights.values())
+    import json
+    trained = json.loads((out / "forecaster.json").read_text())["trained_on"]
+    assert trained["observed_streams"] == 1 and trained["real_share"] == 1.0
+    with pytest.raises(ValueError, match="an observed stream of 5 landmarks"):
+        train_forecaster(tmp_path / "x", seeds=(0,), seconds=3.0, steps=1, observed=[(track, seen[:, :5])],
+                         progress=False)

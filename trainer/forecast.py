@@ -94,8 +94,8 @@ def examples(track: np.ndarray, streams: np.ndarray, rng: np.random.Generator, c
     c, k = count * run, track.shape[1]
     x = window_features(window[..., :2].reshape(c, history, k, 2), seen.reshape(c, k),
                         np.repeat(hs * fps / STEP_HZ, run), scale, context).reshape(count, run, k, -1)
-    y = (target[..., :2] - window[:, :, -1, :, :2]) * scale                         # (count, run, K, 2)
-    newest = window[:, :, -1, :, :2] * scale
+    y = np.nan_to_num(target[..., :2] - window[:, :, -1, :, :2]) * scale            # (count, run, K, 2)
+    newest = np.nan_to_num(window[:, :, -1, :, :2]) * scale        # (a tracker's missing point: out of the loss)
     keep = ok.all(1)                                                                 # (count, K)
     if body:        # whole bodies: (count, run, in), (count, run, K, 2) x2, (count, K) where the loss counts
         xb = body_features(x, seen)
@@ -132,13 +132,16 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
                      lr: float = 1e-3,
                      noise_max: float = 0.004, horizon_max_s: float = 0.3, scale: float = 30.0, seed: int = 0,
                      one_euro: dict | None = None, context: bool = True, smooth: float | None = None, arch: str = "body",
-                     augment: bool = True, carry_hz: float = CARRY_HZ, recorded=(),
-                     progress: bool = True) -> Path:
+                     augment: bool = True, carry_hz: float = CARRY_HZ, recorded=(), observed=(),
+                     real_share: float | None = None, progress: bool = True) -> Path:
     """Train the forecaster on ``seeds``' motion and write ``out``/forecaster.{json,safetensors,onnx}. ``hidden``,
     ``batch`` (landmark rows a step) and ``smooth`` (the weight of the acceleration term) default per ``arch``;
     ``steps`` to 20000. ``carry_hz``: how fast the carried copies (``augment``) move. ``recorded``: shots of
     recorded pose streams (``(times, landmarks)`` each, in square units; ``recorded_track``) trained on beside the
-    synthetic motion, each shot as likely to be drawn as a motion seed: real tracker jitter. ``one_euro``: the
+    synthetic motion: real tracker jitter. ``observed``: (track at STEP_HZ, what a tracker saw of it at ``fps``
+    (N, K, 3)) pairs -- the synthetic dancer rendered and re-detected by MediaPipe: its jitter with the exact truth.
+    ``real_share``: the fraction of steps drawn from those two (None: each shot or pair as likely as a motion
+    seed). ``one_euro``: the
     One Euro filter's parameters when the forecaster runs behind one (it then learns to undo the filter's lag; saved
     with it), None: on the raw landmarks."""
     from safetensors.torch import save_file
@@ -160,7 +163,7 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
     levels = np.linspace(0.0, noise_max, 5)
     smoother = (lambda: OneEuroFilter(**one_euro)) if one_euro else None
     streams = [filtered_streams(t, rng, fps=fps, noise_levels=levels, smoother=smoother) for t in tracks]
-    used = 0
+    used, real = 0, []
     for times, lms in recorded:
         if np.shape(lms)[1:] != tracks[0].shape[1:]:
             raise ValueError(f"a recorded shot of {np.shape(lms)[1]} landmarks; the synthetic motion has "
@@ -171,9 +174,12 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
             if smoother is not None:
                 f = smoother()
                 stream = np.stack([f(i / fps, lm) for i, lm in enumerate(stream[0])])[None]
-            tracks.append(track)
-            streams.append(stream)
+            real.append((track, stream))
             used += 1
+    for track, seen in observed:
+        if np.shape(seen)[1:] != tracks[0].shape[1:]:
+            raise ValueError(f"an observed stream of {np.shape(seen)[1]} landmarks; the motion has {tracks[0].shape[1]}")
+        real.append((np.asarray(track, np.float32), np.asarray(seen, np.float32)[None]))
     if len(recorded) and not used:
         raise ValueError(f"none of the {len(recorded)} recorded shots is long enough to train on (each needs "
                          f"{(history + 3) / fps + horizon_max_s:.1f} s without a gap)")
@@ -189,9 +195,13 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
     acc = lambda p: p[:, 2] - 2 * p[:, 1] + p[:, 0]                                 # noqa: E731 - over a run
     bar = tqdm(range(steps), desc="forecaster", disable=not progress)
     for _ in bar:
-        k = rng.integers(len(tracks))
+        k = rng.integers(len(tracks) + (len(real) if real_share is None else 0))
+        if real and (k >= len(tracks) or (real_share is not None and rng.random() < real_share)):
+            track, stream = real[rng.integers(len(real))]
+        else:
+            track, stream = tracks[k], streams[k]
         if arch == "body":
-            x, y, newest, keep = examples(tracks[k], streams[k], rng, max(1, batch // (3 * k_all)), body=True, **kw)
+            x, y, newest, keep = examples(track, stream, rng, max(1, batch // (3 * k_all)), body=True, **kw)
             x, y, newest = (torch.from_numpy(a) for a in (x, y, newest))
             w = torch.from_numpy(keep.astype(np.float32))[:, None, :, None]           # (count, 1, K, 1)
             pred = net(x).reshape(y.shape)
@@ -202,7 +212,7 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
                 loss = loss + smooth * (d ** 2 * w[:, 0]).sum() / denom
         else:
             x, y, newest = (torch.from_numpy(a) for a in
-                            examples(tracks[k], streams[k], rng, max(1, batch // (3 * k_all)), **kw))
+                            examples(track, stream, rng, max(1, batch // (3 * k_all)), **kw))
             pred = net(x)
             loss = torch.nn.functional.mse_loss(pred, y)
             if smooth:     # the shown stream's frame-to-frame acceleration against the truth's
@@ -222,7 +232,9 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
               "num_landmarks": int(k_all), "trained_on": {"motion_seeds": list(seeds), "seconds": seconds,
                                                                "noise_max": noise_max, "horizon_max_s": horizon_max_s,
                                                                "steps": steps, "smooth": smooth, "augment": augment,
-                                                               "carry_hz": carry_hz, "recorded_shots": used}}
+                                                               "carry_hz": carry_hz, "recorded_shots": used,
+                                                               "observed_streams": len(observed),
+                                                               "real_share": real_share}}
     # Each file is written beside its name and moved over it: an interrupted run leaves the old forecaster whole.
     save_file(tensors, str(out / "forecaster.safetensors.tmp"))
     (out / "forecaster.json.tmp").write_text(json.dumps(config, indent=2))
