@@ -350,11 +350,17 @@ def _cmd_train_forecaster(args) -> int:
             square = lms.copy()
             square[:, :, 0] *= rec["aspect"]            # the forecaster runs in square units (models/forecast.py)
             recorded.append((times, square))
+    observed = []
+    if args.redetect:
+        from trainer.forecast import redetected
+
+        observed = [redetected(s, args.seconds, progress=not args.quiet) for s in _seed_list(args.redetect)]
     out = train_forecaster(args.out, seeds=seeds, seconds=args.seconds, history=args.history, steps=args.steps,
-                           arch=args.arch, recorded=recorded,
+                           arch=args.arch, recorded=recorded, observed=observed, real_share=args.real_share,
                            progress=not args.quiet)
     used = json.loads((out / "forecaster.json").read_text())["trained_on"]["recorded_shots"]
-    extra = f", {used} of {len(recorded)} recorded shots" if recorded else ""
+    extra = (f", {used} of {len(recorded)} recorded shots" if recorded else "") + \
+        (f", motion {args.redetect} re-detected by MediaPipe" if observed else "")
     print(f"wrote {out}/forecaster.{{json,safetensors}} (motion seeds {', '.join(map(str, seeds))}{extra}; report "
           f"on others: posecast bench --forecast --forecaster-model {out} --seed N)")
     return 0
@@ -521,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="motion seeds to train on, ranges allowed (default 0-5,10-39,100-135; report on 6-9, 40-99)")
     s.add_argument("--seconds", type=float, default=60.0, help="seconds of motion per seed (default 60)")
     s.add_argument("--history", type=int, default=20, help="past frames (30 fps) the model sees (default 20)")
+    s.add_argument("--redetect", default=None, metavar="SEEDS",
+                   help="also train on these motion seeds rendered and re-detected by MediaPipe (its own jitter, the "
+                        "exact motion as the truth), ranges allowed, e.g. 10-21 (keep them out of the reports)")
+    s.add_argument("--real-share", type=float, default=None, metavar="F",
+                   help="fraction of steps drawn from recordings and re-detected motion (default: each as likely "
+                        "as a motion seed)")
     s.add_argument("--recording", action="append", metavar="REC.npz",
                    help="a pose recording (capture --save-landmarks) to train on beside the synthetic motion: real "
                         "tracker jitter, the recording itself as the truth (repeat for more)")

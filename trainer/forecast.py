@@ -123,6 +123,27 @@ def recorded_track(times: np.ndarray, landmarks: np.ndarray, *, fps: float, hist
     return track, track[::stride][None]
 
 
+def redetected(seed: int, seconds: float, *, fps: float = 30.0, size: int = 256, progress: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic dancer's motion ``seed`` rendered at ``size`` (appearance ``seed % 5``) and re-detected by
+    MediaPipe pose in tracking mode, as the capture client runs it -> (the exact motion at STEP_HZ, what MediaPipe
+    saw at ``fps`` (N, 33, 3), NaN where it found nobody): an ``observed`` pair for ``train_forecaster``, with
+    MediaPipe's own jitter and the exact truth."""
+    from tqdm import tqdm
+
+    from models.detect import LandmarkExtractor
+    from models.motion import DanceMotion
+    from trainer.synth import DancerRenderer
+
+    motion, renderer = DanceMotion(seed, fps=fps), DancerRenderer(size, seed % 5)
+    seen = []
+    with LandmarkExtractor("dance", static_image_mode=False) as extract:
+        for i in tqdm(range(int(seconds * fps)), desc=f"MediaPipe on motion {seed}", disable=not progress):
+            lm = extract(renderer.render(motion.pose(i)).frame)
+            seen.append(np.full((33, 3), np.nan, np.float32) if lm is None else lm.astype(np.float32))
+    return motion_samples(seed, len(seen) / fps), np.stack(seen)
+
+
 TRAIN_SEEDS = (0, 1, 2, 3, 4, 5, *range(10, 40), *range(100, 136))   # 6-9 and 40-99 are left for reports
 CARRY_HZ = 0.3    # the carried copies drift and glide (``carried``: up to this frequency)
 
