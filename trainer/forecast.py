@@ -53,6 +53,15 @@ def carried(track: np.ndarray, rng: np.random.Generator, *, shift: float = 0.06,
     return out
 
 
+def smoothed(stream: np.ndarray, smoother, fps: float) -> np.ndarray:
+    """``stream`` (N, K, 3) at ``fps`` through a fresh ``smoother()`` sample by sample, as the forecaster sees it
+    live; unchanged when ``smoother`` is None."""
+    if smoother is None:
+        return stream
+    f = smoother()
+    return np.stack([f(i / fps, lm) for i, lm in enumerate(stream)])
+
+
 def filtered_streams(track: np.ndarray, rng: np.random.Generator, *, fps: float, noise_levels, smoother):
     """The ``fps`` stream of ``track`` (STEP_HZ) with Gaussian noise at each of ``noise_levels``, each passed through
     a fresh ``smoother()`` (None: raw) as the forecaster will see it live. -> (len(levels), N, K, 3)."""
@@ -62,10 +71,7 @@ def filtered_streams(track: np.ndarray, rng: np.random.Generator, *, fps: float,
     for sigma in noise_levels:
         noisy = frames.copy()
         noisy[..., :2] += rng.normal(0.0, sigma, noisy[..., :2].shape).astype(np.float32)
-        if smoother is not None:
-            f = smoother()
-            noisy = np.stack([f(i / fps, lm) for i, lm in enumerate(noisy)])
-        out.append(noisy)
+        out.append(smoothed(noisy, smoother, fps))
     return np.stack(out)
 
 
@@ -192,15 +198,12 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
         got = recorded_track(times, lms, fps=fps, history=history, horizon_max_s=horizon_max_s)
         if got is not None:
             track, stream = got
-            if smoother is not None:
-                f = smoother()
-                stream = np.stack([f(i / fps, lm) for i, lm in enumerate(stream[0])])[None]
-            real.append((track, stream))
+            real.append((track, smoothed(stream[0], smoother, fps)[None]))
             used += 1
     for track, seen in observed:
         if np.shape(seen)[1:] != tracks[0].shape[1:]:
             raise ValueError(f"an observed stream of {np.shape(seen)[1]} landmarks; the motion has {tracks[0].shape[1]}")
-        real.append((np.asarray(track, np.float32), np.asarray(seen, np.float32)[None]))
+        real.append((np.asarray(track, np.float32), smoothed(np.asarray(seen, np.float32), smoother, fps)[None]))
     if len(recorded) and not used:
         raise ValueError(f"none of the {len(recorded)} recorded shots is long enough to train on (each needs "
                          f"{(history + 3) / fps + horizon_max_s:.1f} s without a gap)")

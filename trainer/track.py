@@ -51,8 +51,8 @@ LIMB_WIDTH = 0.1          # a bone's band in body_cover, fraction of the person'
 HEAD_RADIUS = 0.09        # the head's disc in body_cover, fraction of the person's height
 COVER_GROW = 0.01         # body_cover grown by this fraction of the frame side (the mask's blur)
 
-_SHOULDERS, _ELBOWS, _HIPS, _KNEES, _ANKLES = ((POSE_INDEX[f"left_{j}"], POSE_INDEX[f"right_{j}"])
-                                               for j in ("shoulder", "elbow", "hip", "knee", "ankle"))
+_SHOULDERS, _ELBOWS, _HIPS, _KNEES = ((POSE_INDEX[f"left_{j}"], POSE_INDEX[f"right_{j}"])
+                                      for j in ("shoulder", "elbow", "hip", "knee"))
 _TORSO = [_SHOULDERS[0], _SHOULDERS[1], _HIPS[1], _HIPS[0]]      # the torso's corners, in order round it
 _SIDES = tuple([pair[i] for pair in (_SHOULDERS, _ELBOWS, _HIPS, _KNEES)] for i in (0, 1))   # left, right
 
