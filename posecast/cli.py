@@ -175,7 +175,7 @@ def _cmd_train(args) -> int:
     if dist.main:
         print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
               f"({result['it_per_s']:.2f} it/s on {trainer.device}"
-              f"{f' x {dist.world} processes' if dist.on else ''}); checkpoint {result['checkpoint']}")
+              f"{f' x {dist.world} process' + 'es' * (dist.world > 1) if dist.on else ''}); checkpoint {result['checkpoint']}")
     return 0
 
 

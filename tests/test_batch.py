@@ -94,14 +94,19 @@ def test_bench_reports_frames_per_second_per_batch_size():
         assert r["frames_per_s"] > 0 and r["streams_at_30fps"] == int(r["frames_per_s"] // 30)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
-def test_cuda_batched_step_matches_cpu(run, backend):
+def _skip_without_cuda_provider(backend: str) -> None:
+    """onnxruntime on CUDA needs onnxruntime-gpu; the CPU wheel (the default install) has no CUDA provider."""
     if backend == "onnxruntime":
         import onnxruntime as ort
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             pytest.skip("onnxruntime without the CUDAExecutionProvider")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_cuda_batched_step_matches_cpu(run, backend):
+    _skip_without_cuda_provider(backend)
     cpu, gpu = open_engine(run, backend), open_engine(run, backend, device="cuda")
     feeds = _inputs(cpu, 4)
     assert gpu.device.startswith("cuda")
@@ -208,6 +213,7 @@ def test_step_tensors_checks_its_inputs(run):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_cuda_device_history_matches_host_history(run, backend):
+    _skip_without_cuda_provider(backend)
     engine = open_engine(run, backend, device="cuda")
     assert type(open_session(engine)) is DeviceSession           # auto: on the GPU
     lm = motion(5, 6)

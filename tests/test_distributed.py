@@ -107,3 +107,28 @@ def test_a_failing_rank_ends_the_run_with_a_message_naming_it(data, tmp_path):
     assert out.returncode == 2 and "no manifest.json" in out.stderr
     assert "distributed training failed: rank 0, 1 of 2 ended the run" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_one_torchrun_process_is_a_data_parallel_run_of_one(monkeypatch):
+    """``torchrun --nproc_per_node 1`` (a 1-GPU DDP run): the process joins a group of one and its networks go into
+    DDP, as with more; a plain process (no RANK in its environment) stays as it is."""
+    import socket
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from trainer.distributed import Dist, init_from_env, shutdown, synced
+
+    assert init_from_env("cpu") == Dist() and not Dist().on
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(k, v)
+    try:
+        d = init_from_env("cpu")
+        assert (d.rank, d.world, d.on, d.main, d.share(4)) == (0, 1, True, True, range(0, 4))
+        assert d.from_main(2.5) == 2.5
+        wrapped = synced(torch.nn.Linear(2, 2), d, torch.device("cpu"))
+        assert isinstance(wrapped, DistributedDataParallel)
+    finally:
+        shutdown()

@@ -113,7 +113,7 @@ class ClipSource:
                 kw = dict(rng=rng, jitter_px=augment.face_jitter_px)
         return render_labels(self.kind, np.asarray(self.ds.landmarks[index]), self.size, self.size, **kw)
 
-    def load(self, start: int, stop: int, rng: np.random.Generator | None = None,
+    def load(self, start: int, stop: int, seed: tuple[int, ...] | None = None,
              augment: Augment | None = None) -> dict[str, torch.Tensor]:
         """Frames start..stop-1 as tensors:
         labels (T, C, S, S) [0,1]; frames (T, 3, S, S) [-1,1]; flow (T, 2, S, S) px; conf (T, 1, S, S) [0,1];
@@ -121,40 +121,45 @@ class ClipSource:
         person, head, limbs, features (T, 1, S, S) {0, 1}: the person's, head's, limbs' and face features' regions
         (models/crop.py; head and limbs are empty for face data, whose features are its eyes and lips), from the
         unaugmented labels (what the losses weight and eval scores); person_mask (T, 1, S, S) {0, 1}: the subject's
-        part of the dataset's person mask (:func:`subject_mask`), when it has masks."""
-        ds = self.ds
-        frames, flows, confs, labels, person, head, limbs, features = [], [], [], [], [], [], [], []
-        sx, sy = self._scale
-        for i in range(start, stop):
-            frames.append(self._resize(np.asarray(ds.frames[i])))
-            flow = self._resize(np.asarray(ds.flow[i], np.float32), cv2.INTER_LINEAR) * np.float32((sx, sy))
-            flows.append(flow)
-            confs.append(self._resize(np.asarray(ds.flow_conf[i]), cv2.INTER_NEAREST))
-            labels.append(self.labels(i, rng, augment))
-            clean = labels[-1] if augment is None else self.labels(i)
-            person.append(person_region(clean))
-            empty = np.zeros((self.size, self.size), np.uint8)
-            lm = np.asarray(ds.landmarks[i])
-            head.append(head_region(self.kind, lm, self.size, self.size) if self.kind == "dance" else empty)
-            limbs.append(limb_region(lm, self.size, self.size) if self.kind == "dance" else empty)
-            features.append(feature_region(lm, self.size, self.size, kind=self.kind))
-        frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        masks = {}
-        if ds.masks is not None:                 # the subject's part of the dataset's person masks, {0, 1}
-            masks["person_mask"] = torch.from_numpy(np.stack(
-                [subject_mask(self._resize(np.asarray(ds.masks[i])), person[k])
-                 for k, i in enumerate(range(start, stop))])).unsqueeze(1).float()
-        return {**masks,
-            "labels": torch.from_numpy(np.stack(labels)),
-            "frames": frames,
-            "flow": torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous(),
-            "conf": torch.from_numpy(np.stack(confs)).unsqueeze(1).float() / 255.0,
-            "landmarks": torch.from_numpy(np.array(ds.landmarks[start:stop], np.float32)),
-            "person": torch.from_numpy(np.stack(person)).unsqueeze(1).float(),
-            "head": torch.from_numpy(np.stack(head)).unsqueeze(1).float(),
-            "limbs": torch.from_numpy(np.stack(limbs)).unsqueeze(1).float(),
-            "features": torch.from_numpy(np.stack(features)).unsqueeze(1).float(),
+        part of the dataset's person mask (:func:`subject_mask`), when it has masks.
+
+        ``augment`` with ``seed`` (a sequence of ints): frame ``start + t`` is augmented from the random stream
+        ``[*seed, t]``, its own (a frame's augmentation does not depend on which frames are loaded with it)."""
+        parts = [self._frame(i, None if augment is None or seed is None else np.random.default_rng([*seed, i - start]),
+                             augment) for i in range(start, stop)]
+        frames, flows, confs, labels, person, head, limbs, features, masks = (np.stack(x) for x in zip(*parts))
+        out = {
+            "labels": torch.from_numpy(labels),
+            "frames": torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
+            "flow": torch.from_numpy(flows).permute(0, 3, 1, 2).contiguous(),
+            "conf": torch.from_numpy(confs).unsqueeze(1).float() / 255.0,
+            "landmarks": torch.from_numpy(np.array(self.ds.landmarks[start:stop], np.float32)),
+            "person": torch.from_numpy(person).unsqueeze(1).float(),
+            "head": torch.from_numpy(head).unsqueeze(1).float(),
+            "limbs": torch.from_numpy(limbs).unsqueeze(1).float(),
+            "features": torch.from_numpy(features).unsqueeze(1).float(),
         }
+        if self.ds.masks is not None:            # the subject's part of the dataset's person masks, {0, 1}
+            out = {"person_mask": torch.from_numpy(masks).unsqueeze(1).float(), **out}
+        return out
+
+    def _frame(self, i: int, rng: np.random.Generator | None, augment: Augment | None) -> tuple[np.ndarray, ...]:
+        """Everything :meth:`load` stacks, for frame ``i`` (mask: the subject's mask, or an empty placeholder)."""
+        ds = self.ds
+        sx, sy = self._scale
+        frame = self._resize(np.asarray(ds.frames[i]))
+        flow = self._resize(np.asarray(ds.flow[i], np.float32), cv2.INTER_LINEAR) * np.float32((sx, sy))
+        conf = self._resize(np.asarray(ds.flow_conf[i]), cv2.INTER_NEAREST)
+        labels = self.labels(i, rng, augment)
+        clean = labels if augment is None else self.labels(i)
+        person = person_region(clean)
+        empty = np.zeros((self.size, self.size), np.uint8)
+        lm = np.asarray(ds.landmarks[i])
+        head = head_region(self.kind, lm, self.size, self.size) if self.kind == "dance" else empty
+        limbs = limb_region(lm, self.size, self.size) if self.kind == "dance" else empty
+        features = feature_region(lm, self.size, self.size, kind=self.kind)
+        mask = subject_mask(self._resize(np.asarray(ds.masks[i])), person) if ds.masks is not None else empty
+        return frame, flow, conf, labels, person, head, limbs, features, mask
 
     def background_plate(self, max_frames: int = 200, margin: float = PERSON_MARGIN) -> torch.Tensor:
         """The static background of a fixed camera, (3, S, S) in [-1, 1]: per pixel, the median over frames in
@@ -195,7 +200,7 @@ class ClipSource:
             raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
         starts = [wins[rng.integers(len(wins))] for _ in range(batch)]
         seed = int(rng.integers(1 << 62))
-        picks = [self.load(*starts[k], rng=np.random.default_rng([seed, k]), augment=augment)
+        picks = [self.load(*starts[k], seed=(seed, k), augment=augment)
                  for k in (range(batch) if part is None else part)]
         return {k: torch.stack([p[k] for p in picks]) for k in picks[0]}
 

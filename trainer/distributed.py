@@ -25,6 +25,8 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    grouped: bool = False       # joined a process group (torchrun), even one of a single process
+
 
     @property
     def main(self) -> bool:
@@ -33,7 +35,8 @@ class Dist:
 
     @property
     def on(self) -> bool:
-        return self.world > 1
+        """Data parallel: under torchrun (networks in DDP), also with one process (``--nproc_per_node 1``)."""
+        return self.grouped or self.world > 1
 
     def share(self, batch: int) -> range:
         """This rank's clips of a ``batch``-clip iteration (batch divisible by the world size)."""
@@ -44,22 +47,24 @@ class Dist:
         """Rank 0's ``value`` on every rank (the value itself on a single process)."""
         if not self.on:
             return value
-        t = torch.tensor([float(value)], dtype=torch.float64)
+        # NCCL moves CUDA tensors only (its group has no CPU backend): the value goes through this rank's GPU
+        on = f"cuda:{self.local_rank}" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([float(value)], dtype=torch.float64, device=on)
         dist.broadcast(t, 0)
         return float(t.item())
 
 
 def init_from_env(device: str) -> Dist:
     """The run's ranks from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); joins the process group when
-    there is more than one. ``device``: the TrainConfig device ("cpu": gloo; CUDA: NCCL)."""
+    launched by torchrun (one process too: a 1-GPU DDP run). ``device``: the TrainConfig device ("cpu": gloo; CUDA: NCCL)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "RANK" not in os.environ:     # a plain process, not launched by torchrun
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
-    return Dist(rank, world, local)
+    return Dist(rank, world, local, grouped=True)
 
 
 def shutdown() -> None:
@@ -75,7 +80,9 @@ def synced(module: torch.nn.Module, d: Dist, device: torch.device, *, unused: bo
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+    # gradient_as_bucket_view: the gradients live in DDP's buckets, laid out as the parameters are (a channels_last
+    # generator's 1x1 weights otherwise get contiguous gradients that DDP copies, with a warning, every step)
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused, gradient_as_bucket_view=True)
 
 
 class Rollout(torch.nn.Module):

@@ -51,6 +51,18 @@ class MixedIdentityWarning(UserWarning):
     """The training frames span more than one identity of the dataset's clip table."""
 
 
+def _channels_last(net: torch.nn.Module) -> None:
+    """``net`` in NHWC memory, except its per-channel (N, C, 1, 1) parameters outside convolutions (gains, biases):
+    their gradients come back contiguous, and DDP warns and copies at every step when a gradient's strides differ
+    from its parameter's."""
+    net.to(memory_format=torch.channels_last)
+    for m in net.modules():
+        if not isinstance(m, torch.nn.modules.conv._ConvNd):
+            for p in m.parameters(recurse=False):
+                if p.dim() == 4 and p.shape[-2:] == (1, 1):
+                    p.data = p.data.clone(memory_format=torch.contiguous_format)
+
+
 @dataclasses.dataclass
 class TrainConfig:
     iterations: int = 2000            # generator updates in total
@@ -249,6 +261,7 @@ class Trainer:
         self.device = pick_device(train.device)
         if dist.on and self.device.type == "cuda":
             self.device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(self.device)     # NCCL's collectives run on the current device
         if train.batch_size % dist.world:
             raise ValueError(f"batch_size {train.batch_size} must divide among the {dist.world} processes (each "
                              f"trains on batch_size / {dist.world} clips an iteration)")
@@ -305,7 +318,7 @@ class Trainer:
         if train.channels_last:   # (the generator only: the discriminators measured slower in NHWC on this CPU)
             for net in (self.G, self.G_ema):
                 if net is not None:
-                    net.to(memory_format=torch.channels_last)
+                    _channels_last(net)
         # What the step calls: the networks themselves, or wrapped in DDP on a multi-process run.
         self.G_run = synced(Rollout(self.G), dist, dev)
         self.D_run = synced(self.D, dist, dev) if self.D is not None else None
