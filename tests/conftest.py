@@ -12,9 +12,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 # Measured batch sizes (posecast serve) go to a cache folder of this test session, not the user's ~/.cache.
 if "POSECAST_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["POSECAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="posecast-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["POSECAST_CACHE_DIR"], ignore_errors=True)   # (not left in /tmp)
 
 import torch  # noqa: E402 - after the thread settings
 
