@@ -280,9 +280,10 @@ def test_every_skeleton_of_two_dancers_is_flagged(tmp_path):
 def test_the_plate_of_a_scene_someone_walks_through_keeps_less_ghost_with_masks(tmp_path):
     """The crossing duet prepared with its person masks: the second dancer walks through the whole crop. Scored
     against the true empty room over the pixels no dancer covers in at least a tenth of the written frames, the
-    plate with the masks is >= 30 dB and >= 3 dB better than without them (measured 31.3 and 27.9 dB; with the
-    true masks 40.1: MediaPipe's selfie segmentation misses ~3/4 of these cartoon dancers' pixels, and what it
-    misses stays as a faint ghost -- docs/performance.md)."""
+    plate with the masks is >= 34 dB and >= 3 dB better than without them (measured 35.2 and 27.6 dB; 31.3 with
+    the masks when the plate was a median; with the true masks 40.1: MediaPipe's selfie segmentation misses ~3/4
+    of these cartoon dancers' pixels, and the plate's plurality keeps most of what it misses out --
+    docs/performance.md)."""
     from trainer.clips import ClipSource
     from trainer.prepare import crop_resize
 
@@ -307,7 +308,7 @@ def test_the_plate_of_a_scene_someone_walks_through_keeps_less_ghost_with_masks(
     blind = ClipSource(Dataset(tmp_path / "ds"), 96)
     blind.ds.masks = None
     without = psnr(blind)
-    assert with_masks >= 30.0 and with_masks >= without + 3.0, (with_masks, without)
+    assert with_masks >= 34.0 and with_masks >= without + 3.0, (with_masks, without)
 
 
 @needs_messi

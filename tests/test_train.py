@@ -205,6 +205,27 @@ def test_background_plate_removes_the_person(trained):
     assert _psnr(plate, room) > _psnr(frames.median(0).values, room) + 2.0
 
 
+def test_the_plate_is_what_a_pixel_shows_most_often_not_its_median():
+    """A background seen in 40 % of the samples (with +-5 of noise), something of changing colours in the others
+    (60 %): the plurality is the background where a median would not be; a pixel with no sample is NaN, counted 0."""
+    from trainer.clips import plurality
+
+    rng = np.random.default_rng(0)
+    stack = rng.uniform(0, 255, (50, 6, 7, 3)).astype(np.float32)
+    room = np.float32((100, 150, 200))
+    seen = rng.random((50, 6, 7)) < 0.4
+    stack[seen] = room + rng.uniform(-5, 5, (seen.sum(), 3))
+    stack[:, 0, 0] = np.nan
+    plate, agree = plurality(stack)
+    assert plate.shape == (6, 7, 3) and agree.shape == (6, 7)
+    assert np.isnan(plate[0, 0]).all() and agree[0, 0] == 0
+    ok = np.ones((6, 7), bool)
+    ok[0, 0] = False
+    assert np.abs(plate[ok] - room).max() < 5.0
+    assert (agree[ok] >= seen.sum(0)[ok] * 0.5).all() and (agree[ok] <= 50).all()
+    assert np.abs(np.median(stack, 0)[ok] - room).max() > 20.0          # the median: not the room everywhere
+
+
 def test_a_passer_by_in_the_masks_leaves_no_ghost_in_the_plate(tmp_path):
     """Someone else crosses a corner of the room in most frames: with the person masks (which mark everyone) the
     plate there is the room; without them it keeps their ghost."""

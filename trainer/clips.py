@@ -65,6 +65,49 @@ def subject_mask(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.isin(parts, keep[keep > 0]).astype(np.uint8)
 
 
+PLATE_BIN = 16   # plate samples in the same colour bin of this many levels a channel show the same thing
+
+
+def plurality(stack: np.ndarray, bin_width: int = PLATE_BIN) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of ``stack`` (N, H, W, 3) float in [0, 255] (NaN: no sample), the mean of the largest group of
+    samples in one colour bin (``bin_width`` levels a channel, on two grids half a bin apart, so that samples alike
+    are never split by a bin's edge) and that group's size: ((H, W, 3) with NaN where no sample, (H, W)).
+
+    A static background is what a pixel shows most often, not necessarily in more than half the samples: where a
+    person the masks missed covers it in more frames than not, the median takes their colours, while the
+    background's samples, all alike, still form the largest group (a person moves and changes)."""
+    n, H, W = stack.shape[:3]
+    L = 256 // bin_width + 1                          # levels a channel (the shifted grid has one more)
+    codes = L ** 3
+    out = np.full((H, W, 3), np.nan, np.float32)
+    count = np.zeros((H, W), np.int64)
+    rows = max(1, 4_000_000 // (W * codes))           # bounds the per-pixel histograms to ~32 MB
+    for y in range(0, H, rows):
+        part = stack[:, y:y + rows]
+        h = part.shape[1]
+        ok = np.isfinite(part[..., 0]).reshape(n, -1)
+        filled = np.nan_to_num(part).reshape(n, -1, 3)
+        pixel = np.arange(h * W) * codes
+        best_count, best_code = np.zeros(h * W, np.int64), np.zeros(h * W, np.int64)
+        best_shift = np.zeros(h * W, bool)
+        for shift in (0, bin_width // 2):
+            q = np.clip((filled + shift) // bin_width, 0, L - 1).astype(np.int64)
+            code = (q[..., 0] * L + q[..., 1]) * L + q[..., 2]                  # (N, P)
+            hist = np.bincount((code + pixel)[ok], minlength=h * W * codes).reshape(h * W, codes)
+            mode, c = hist.argmax(1), hist.max(1)
+            better = c > best_count
+            best_count[better], best_code[better], best_shift[better] = c[better], mode[better], bool(shift)
+        shift_of = np.where(best_shift, bin_width // 2, 0)
+        q = np.clip((filled + shift_of[None, :, None]) // bin_width, 0, L - 1).astype(np.int64)
+        member = ok & ((q[..., 0] * L + q[..., 1]) * L + q[..., 2] == best_code)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # (no sample at all: NaN)
+            mid = np.nanmedian(np.where(member[..., None], filled, np.nan), axis=0)
+        out[y:y + h] = mid.reshape(h, W, 3)
+        count[y:y + h] = best_count.reshape(h, W)
+    return out, count
+
+
 class ClipSource:
     """Frames, label maps and ground-truth flow of a dataset, resized to ``size``×``size``."""
 
@@ -162,14 +205,14 @@ class ClipSource:
         return frame, flow, conf, labels, person, head, limbs, features, mask
 
     def background_plate(self, max_frames: int = 200, margin: float = PERSON_MARGIN) -> torch.Tensor:
-        """The static background of a fixed camera, (3, S, S) in [-1, 1]: per pixel, the median over frames in
-        which the person does not cover it.
+        """The static background of a fixed camera, (3, S, S) in [-1, 1]: per pixel, what the frames in which the
+        person does not cover it show most often (:func:`plurality`).
 
         The person's region in a frame is the filled hull of its label map grown by ``margin`` x the frame side,
-        so the median never sees the body even where the skeleton is thin; with the dataset's person masks
+        so the estimate never sees the body even where the skeleton is thin; with the dataset's person masks
         (``masks.npy``: every person in the frame, not only the subject) their pixels, grown by 2 % of the side,
-        are left out too, so passers-by leave no ghost. Pixels covered in nearly every sampled frame are
-        inpainted from their surroundings."""
+        are left out too, so passers-by leave no ghost. Pixels where no two frames agree (covered in every
+        sampled frame but one, say) are inpainted from their surroundings."""
         idx = [i for a, b in self.clips for i in range(a, b)]
         idx = [idx[k] for k in np.linspace(0, len(idx) - 1, min(max_frames, len(idx))).round().astype(int)]
         S = self.size
@@ -180,11 +223,8 @@ class ClipSource:
             if self.ds.masks is not None:
                 frame[self._others(i)] = np.nan
             stack[k] = frame
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: inpainted below
-            plate = np.nanmedian(stack, axis=0)
-        seen = np.isfinite(stack[..., 0]).sum(0)
-        hole = (seen < max(3, len(idx) // 10)).astype(np.uint8)  # too rarely seen for a trustworthy median
+        plate, agree = plurality(stack)
+        hole = (agree < 2).astype(np.uint8)   # no two frames agree there (or none shows it): not to be trusted
         plate = np.nan_to_num(plate).clip(0, 255).astype(np.uint8)
         if hole.any():
             plate = cv2.inpaint(plate, hole, 3, cv2.INPAINT_TELEA)
