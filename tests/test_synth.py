@@ -138,10 +138,16 @@ def test_dataset_format_and_clips(ds64):
     assert (lm[..., :2] >= 0).all() and (lm[..., :2] <= 1).all()
     # the landmarks are the motion's landmarks
     np.testing.assert_array_equal(lm[7], DanceMotion(seed=3).landmarks(7))
-    # the dancer's exact mask: the rendered parts, nothing of the room
+    # the dancer's exact mask: every pixel the rendered parts touch (their anti-aliased edge too), nothing else:
+    # outside it the frame is the room to the level
     assert d.masks.shape == (n, 64, 64) and d.masks.dtype == np.uint8 and set(np.unique(d.masks)) == {0, 255}
     renderer = DancerRenderer(64, 0)
-    np.testing.assert_array_equal(d.masks[7] > 0, renderer.render(DanceMotion(seed=3).pose(7)).ids > 0)
+    res = renderer.render(DanceMotion(seed=3).pose(7))
+    np.testing.assert_array_equal(d.masks[7] > 0, res.mask)
+    outside = ~res.mask
+    assert np.abs(res.frame.astype(int) - renderer.background.round().astype(int))[outside].max() <= 1
+    edge = res.mask & ~(res.ids > 0)                       # touched, yet no part covers half of the pixel
+    assert (res.mask >= (res.ids > 0)).all() and 0 < edge.sum() < 0.5 * (res.ids > 0).sum()
 
 
 def test_single_clip_and_overwrite(tmp_path):

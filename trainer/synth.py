@@ -755,6 +755,7 @@ class DancerRenderer:
         H = W = self.size
         img = self.background.copy()
         ids = np.zeros((H, W), np.uint8)
+        room = np.ones((H, W), np.float64)         # how much of the room still shows through (1: untouched)
         flow = np.zeros((H, W, 2), np.float32)
         pvis = np.ones((H, W), bool)
         order = sorted(range(len(parts)), key=lambda i: (parts[i].z, i))
@@ -768,16 +769,18 @@ class DancerRenderer:
             roi = img[y0:y1, x0:x1]
             roi *= (1 - alpha)[..., None]
             roi += rgb
+            room[y0:y1, x0:x1] *= 1 - alpha
             m = alpha >= 0.5
             ids[y0:y1, x0:x1][m] = PART_ID[part.name]
             flow[y0:y1, x0:x1][m] = fl[m]
             pvis[y0:y1, x0:x1][m] = vis[m]
         frame = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        mask = (1 - room) * 255 >= 0.5             # the person moves the pixel by half a level or more
         if prev_parts is None:
-            return RenderResult(frame, ids, np.zeros_like(flow), np.zeros((H, W), np.uint8), parts)
+            return RenderResult(frame, ids, np.zeros_like(flow), np.zeros((H, W), np.uint8), parts, mask)
         conf = flow_confidence(ids, flow, prev_ids, pvis) if prev_ids is not None else \
             (pvis.astype(np.uint8) * 255)
-        return RenderResult(frame, ids, flow, conf, parts)
+        return RenderResult(frame, ids, flow, conf, parts, mask)
 
 
 @dataclasses.dataclass
@@ -787,6 +790,8 @@ class RenderResult:
     flow: np.ndarray       # float32 (H, W, 2) backward flow in pixels
     conf: np.ndarray       # uint8 (H, W) 255 where the point was visible in the previous frame
     parts: list            # part geometry (AffinePart.M is the per-part 2x3 transform)
+    mask: np.ndarray       # bool (H, W): every pixel the person touches, its anti-aliased edge too (ids marks the
+    #                        pixels a part covers at least half of: one pixel less around the figure)
 
 
 def flow_confidence(ids: np.ndarray, flow: np.ndarray, prev_ids: np.ndarray, visible: np.ndarray | None = None):
@@ -839,7 +844,7 @@ def synthesize(out_dir, *, seed: int = 0, num_frames: int = 300, size: int = 256
         res = renderer.render(pose, parts=parts, prev_parts=prev["parts"], prev_ids=prev["ids"])
         prev.update(parts=parts, ids=res.ids)
         return dict(frame=res.frame, landmarks=pose_landmarks(pose), flow=res.flow.astype(np.float16),
-                    flow_conf=res.conf, mask=res.ids > 0)
+                    flow_conf=res.conf, mask=res.mask)
 
     return write_frames(writer, num_frames, clip_frames, render, progress=progress, desc="synth")
 
