@@ -6,7 +6,8 @@
 #   4. the generator's latency and batched throughput on CUDA (torch backend, fp32 and fp16 autocast; SKIP_INFER=1
 #      leaves it out).
 # Usage: OUT=folder scripts/gpu-figures.sh   (writes tests.log, ddp.log, train.jsonl, infer.jsonl there)
-set -u
+set -u -o pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-figures}; mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 DEV=${DEV:-cuda}; SIZES=${SIZES:-256,512}; ITERS=${ITERS:-10}; DDP_ITERS=${DDP_ITERS:-100}   # (DEV=cpu SIZES=64 ITERS=1 DDP_ITERS=10: a dry run)
@@ -16,13 +17,13 @@ $PY -c "import torch, numpy, cv2, onnxruntime as o, sys; print(sys.version.split
 $PY -c "import tensorrt" 2>/dev/null && echo "tensorrt installed" || echo "no tensorrt package here"
 
 echo "== 1. GPU tests"
-timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_batch.py tests/test_export.py 2>&1 | tee "$OUT/tests.log" | tail -15
+timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_batch.py tests/test_export.py 2>&1 | tee "$OUT/tests.log" | tail -15 || echo "== the GPU tests: exit $?"
 
 echo "== 2. 1-GPU DDP run"
-$PY -m posecast synth --out /tmp/gpu-s256 --frames 240 --size ${SIZES%%,*} --seed 1 >/dev/null
+$PY -m posecast synth --out /tmp/gpu-ddp-data --frames 240 --size ${SIZES%%,*} --seed 1 --overwrite --quiet
 rm -rf /tmp/gpu-ddp
 run() { timeout 150 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m posecast train \
-    --data /tmp/gpu-s256 --preset lite --size ${SIZES%%,*} --out /tmp/gpu-ddp --batch-size 4 --device $DEV --quiet \
+    --data /tmp/gpu-ddp-data --preset lite --size ${SIZES%%,*} --out /tmp/gpu-ddp --batch-size 4 --device $DEV --quiet \
     --checkpoint-every 100 "$@"; }
 { run --iterations $DDP_ITERS && run --iterations $((DDP_ITERS * 3 / 2)) --resume; echo "rc=$?"; } 2>&1 | tee "$OUT/ddp.log" | tail -12
 $PY -c "import json; c=json.load(open('/tmp/gpu-ddp/config.json')); print(c['processes'], 'process(es),', c['precision'], c['train']['device'])" 2>&1 | tee -a "$OUT/ddp.log"
@@ -30,11 +31,11 @@ ls /tmp/gpu-ddp | tee -a "$OUT/ddp.log"
 
 echo "== 3. training loop on CUDA"
 timeout 240 $PY -m posecast bench --only-train --presets lite,dance --sizes $SIZES --precisions fp32,auto \
-    --train-device $DEV --train-iterations $ITERS --json | tee "$OUT/train.jsonl"
+    --train-device $DEV --train-iterations $ITERS --json | tee "$OUT/train.jsonl" || echo "== the training bench: exit $?"
 
 [ -n "${SKIP_INFER:-}" ] || {
 echo "== 4. generator on CUDA"
-DEV=$DEV SIZES=$SIZES timeout 120 $PY - <<'PY' | tee "$OUT/infer.jsonl"
+DEV=$DEV SIZES=$SIZES timeout 120 $PY - <<'PY' | tee "$OUT/infer.jsonl" || echo "== the generator bench: exit $?"
 import json, os, tempfile
 import torch
 from posecast.bench import bench_batch, random_checkpoint

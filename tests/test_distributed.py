@@ -122,7 +122,10 @@ def test_one_torchrun_process_is_a_data_parallel_run_of_one(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+    monkeypatch.setenv("RANK", "0")                                # (a scheduler's RANK: still a plain process)
+    assert init_from_env("cpu") == Dist()
+    for k, v in dict(TORCHELASTIC_RUN_ID="test", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(port)).items():
         monkeypatch.setenv(k, v)
     try:
         d = init_from_env("cpu")

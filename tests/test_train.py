@@ -224,6 +224,12 @@ def test_the_plate_is_what_a_pixel_shows_most_often_not_its_median():
     assert np.abs(plate[ok] - room).max() < 5.0
     assert (agree[ok] >= seen.sum(0)[ok] * 0.5).all() and (agree[ok] <= 50).all()
     assert np.abs(np.median(stack, 0)[ok] - room).max() > 20.0          # the median: not the room everywhere
+    # A group that sits on a bin's edge in every grid (red at 16, green at 8: both grids' edges) is counted whole.
+    edge = np.full((40, 1, 1, 3), np.nan, np.float32)
+    edge[:22] = np.float32((16, 8, 100)) + rng.uniform(-3, 3, (22, 1, 1, 3))
+    edge[22:] = rng.uniform(0, 255, (18, 1, 1, 3))
+    plate, agree = plurality(edge)
+    assert agree[0, 0] >= 22 and np.abs(plate[0, 0] - (16, 8, 100)).max() < 3.0
 
 
 def test_a_passer_by_in_the_masks_leaves_no_ghost_in_the_plate(tmp_path):

@@ -65,19 +65,21 @@ def subject_mask(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.isin(parts, keep[keep > 0]).astype(np.uint8)
 
 
-PLATE_BIN = 16   # plate samples in the same colour bin of this many levels a channel show the same thing
+PLATE_BIN = 16   # plate samples within half this many levels of each other (every channel) show the same thing
 
 
-def plurality(stack: np.ndarray, bin_width: int = PLATE_BIN) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel of ``stack`` (N, H, W, 3) float in [0, 255] (NaN: no sample), the mean of the largest group of
-    samples in one colour bin (``bin_width`` levels a channel, on two grids half a bin apart, so that samples alike
-    are never split by a bin's edge) and that group's size: ((H, W, 3) with NaN where no sample, (H, W)).
+def plurality(stack: np.ndarray, bin_width: int = PLATE_BIN, proposals: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of ``stack`` (N, H, W, 3) float in [0, 255] (NaN: no sample), the largest group of samples within
+    ``bin_width / 2`` of a centre in every channel: its median and its size ((H, W, 3), NaN where no sample; (H, W)).
 
     A static background is what a pixel shows most often, not necessarily in more than half the samples: where a
     person the masks missed covers it in more frames than not, the median takes their colours, while the
-    background's samples, all alike, still form the largest group (a person moves and changes)."""
+    background's samples, all alike, still form the largest group (a person moves and changes). The centres are
+    proposed by colour histograms (bins of ``bin_width`` levels a channel, on two grids half a bin apart; the
+    ``proposals`` fullest bins of each, centred on their samples' mean); every sample near a centre then counts for
+    it, so a group that a bin's edge splits is still counted whole."""
     n, H, W = stack.shape[:3]
-    L = 256 // bin_width + 1                          # levels a channel (the shifted grid has one more)
+    L = (255 + bin_width // 2) // bin_width + 1       # levels a channel, the shifted grid's top bin included
     codes = L ** 3
     out = np.full((H, W, 3), np.nan, np.float32)
     count = np.zeros((H, W), np.int64)
@@ -87,22 +89,26 @@ def plurality(stack: np.ndarray, bin_width: int = PLATE_BIN) -> tuple[np.ndarray
         h = part.shape[1]
         ok = np.isfinite(part[..., 0]).reshape(n, -1)
         filled = np.nan_to_num(part).reshape(n, -1, 3)
+        weight = ok.astype(np.float32)
         pixel = np.arange(h * W) * codes
-        best_count, best_code = np.zeros(h * W, np.int64), np.zeros(h * W, np.int64)
-        best_shift = np.zeros(h * W, bool)
+        best_count, best_centre = np.zeros(h * W, np.int64), np.zeros((h * W, 3), np.float32)
+
+        def near(centre: np.ndarray) -> np.ndarray:
+            return ok & (np.abs(filled - centre[None]).max(-1) <= bin_width / 2)
+
         for shift in (0, bin_width // 2):
             q = np.clip((filled + shift) // bin_width, 0, L - 1).astype(np.int64)
             code = (q[..., 0] * L + q[..., 1]) * L + q[..., 2]                  # (N, P)
             hist = np.bincount((code + pixel)[ok], minlength=h * W * codes).reshape(h * W, codes)
-            mode, c = hist.argmax(1), hist.max(1)
-            better = c > best_count
-            best_count[better], best_code[better], best_shift[better] = c[better], mode[better], bool(shift)
-        shift_of = np.where(best_shift, bin_width // 2, 0)
-        q = np.clip((filled + shift_of[None, :, None]) // bin_width, 0, L - 1).astype(np.int64)
-        member = ok & ((q[..., 0] * L + q[..., 1]) * L + q[..., 2] == best_code)
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            for bin_ in np.argpartition(hist, -proposals, axis=1)[:, -proposals:].T:
+                member = weight * (code == bin_[None])
+                centre = np.einsum("np,npc->pc", member, filled) / np.maximum(member.sum(0), 1)[:, None]
+                c = near(centre).sum(0)
+                better = c > best_count
+                best_count[better], best_centre[better] = c[better], centre[better]
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)      # (no sample at all: NaN)
-            mid = np.nanmedian(np.where(member[..., None], filled, np.nan), axis=0)
+            mid = np.nanmedian(np.where(near(best_centre)[..., None], filled, np.nan), axis=0)
         out[y:y + h] = mid.reshape(h, W, 3)
         count[y:y + h] = best_count.reshape(h, W)
     return out, count
@@ -212,7 +218,8 @@ class ClipSource:
         so the estimate never sees the body even where the skeleton is thin; with the dataset's person masks
         (``masks.npy``: every person in the frame, not only the subject) their pixels, grown by 2 % of the side,
         are left out too, so passers-by leave no ghost. Pixels where no two frames agree (covered in every
-        sampled frame but one, say) are inpainted from their surroundings."""
+        sampled frame but one, say), or where the largest group of alike samples is under a fifth of those seen,
+        are inpainted from their surroundings."""
         idx = [i for a, b in self.clips for i in range(a, b)]
         idx = [idx[k] for k in np.linspace(0, len(idx) - 1, min(max_frames, len(idx))).round().astype(int)]
         S = self.size
@@ -224,8 +231,11 @@ class ClipSource:
                 frame[self._others(i)] = np.nan
             stack[k] = frame
         plate, agree = plurality(stack)
-        hole = (agree < 2).astype(np.uint8)   # no two frames agree there (or none shows it): not to be trusted
-        plate = np.nan_to_num(plate).clip(0, 255).astype(np.uint8)
+        seen = np.isfinite(stack[..., 0]).sum(0)
+        # Not to be trusted: where no two frames agree (or none shows the pixel), or the largest group of alike
+        # samples is under a fifth of them (nothing stays put there).
+        hole = ((agree < 2) | (agree < 0.2 * seen)).astype(np.uint8)
+        plate = np.rint(np.nan_to_num(plate)).clip(0, 255).astype(np.uint8)
         if hole.any():
             plate = cv2.inpaint(plate, hole, 3, cv2.INPAINT_TELEA)
         return torch.from_numpy(plate).permute(2, 0, 1).float() / 127.5 - 1.0

@@ -58,8 +58,8 @@ def init_from_env(device: str) -> Dist:
     """The run's ranks from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); joins the process group when
     launched by torchrun (one process too: a 1-GPU DDP run). ``device``: the TrainConfig device ("cpu": gloo; CUDA: NCCL)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and "RANK" not in os.environ:     # a plain process, not launched by torchrun
-        return Dist()
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:   # a plain process, not launched by torchrun (a
+        return Dist()                                            # scheduler's RANK alone does not make a group)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
