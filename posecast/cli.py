@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--resume", action="store_true", help="continue from RUN/latest.*")
     s.add_argument("--nproc", type=int, default=1,
-                   help="processes (one per GPU; gloo on a CPU): runs torchrun --nproc_per_node N on this command; "
+                   help="processes (one per GPU; gloo on a CPU): N > 1 runs torchrun --nproc_per_node N on this command; "
                         "--batch-size is the total, split among them")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_train)
