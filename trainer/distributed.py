@@ -27,7 +27,6 @@ class Dist:
     local_rank: int = 0
     grouped: bool = False       # joined a process group (torchrun), even one of a single process
 
-
     @property
     def main(self) -> bool:
         """Rank 0: the one that writes."""
@@ -80,9 +79,7 @@ def synced(module: torch.nn.Module, d: Dist, device: torch.device, *, unused: bo
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # gradient_as_bucket_view: the gradients live in DDP's buckets, laid out as the parameters are (a channels_last
-    # generator's 1x1 weights otherwise get contiguous gradients that DDP copies, with a warning, every step)
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused, gradient_as_bucket_view=True)
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
 
 
 class Rollout(torch.nn.Module):
