@@ -26,8 +26,8 @@ LIMB_WIDTH = 0.05           # limb region: a band this fraction of the frame sid
 VISIBLE = 0.5                # pose landmarks with visibility below this count as absent
 
 
-_DISK = np.stack([np.cos(np.linspace(0, 2 * np.pi, 64, endpoint=False)),
-                  np.sin(np.linspace(0, 2 * np.pi, 64, endpoint=False))], 1)   # a 64-gon on the unit circle
+_ANGLES = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+_DISK = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], 1)   # a 64-gon on the unit circle
 
 
 def hull_mask(points_px: np.ndarray, height: int, width: int, grow_px: int) -> np.ndarray:
