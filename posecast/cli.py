@@ -107,10 +107,29 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
     errors = [ln for ln in lines if "error:" in ln or (ln and not ln.startswith((" ", "Traceback", "=")) and
                                                          "Error" in ln.split(":")[0])]
     sys.stderr.write("\n".join(dict.fromkeys(errors or lines[-20:])) + "\n")
-    failed = sorted(set(re.findall(r"rank\s*:\s*(\d+)", proc.stderr)), key=int)
-    who = f"rank {', '.join(failed)}" if failed else "a process"
-    raise RuntimeError(f"distributed training failed: {who} of {nproc} ended the run (torchrun exit "
-                       f"{proc.returncode}; the failing rank's error is above)")
+    who, killed = _who_failed(proc.stderr)
+    why = (f", killed by {killed} (torchrun exit {proc.returncode}; any other rank's error above follows from its "
+           f"loss)") if killed else f" (torchrun exit {proc.returncode}; the failing rank's error is above)"
+    raise RuntimeError(f"distributed training failed: {who} of {nproc} ended the run{why}")
+
+
+def _who_failed(stderr: str) -> tuple[str, str]:
+    """(who, signal): the rank(s) that ended a torchrun run, from its failure summary (``rank : R ... exitcode : C``
+    blocks, the first observed under "Root Cause"). A rank killed by a signal (out of memory, a lost node) is named
+    alone, with the signal's name: the others then fail only because their peer is gone (gloo's "Connection reset
+    by peer", torchrun's SIGTERM). Otherwise every rank that failed with an error of its own, and no signal."""
+    import re
+    import signal
+
+    blocks = re.findall(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", stderr, re.S)
+    root = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", stderr, re.S)
+    if root and int(root[2]) < 0:
+        try:
+            return f"rank {root[1]}", signal.Signals(-int(root[2])).name
+        except ValueError:
+            return f"rank {root[1]}", f"signal {-int(root[2])}"
+    failed = sorted({r for r, c in blocks if int(c) >= 0} or {r for r, _ in blocks}, key=int)
+    return (f"rank {', '.join(failed)}" if failed else "a process"), ""
 
 
 def _selection_options(s, verb: str) -> None:
