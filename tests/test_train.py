@@ -613,6 +613,30 @@ def test_grow_from_loads_a_trained_run_as_the_coarse_stage_of_a_twice_larger_mod
         grown_config(get_preset("lite", size=SIZE))
 
 
+@pytest.mark.timeout(300)
+def test_posecast_train_grow_from_turns_a_128_run_into_the_coarse_stage_of_a_256_model(tmp_path):
+    """The issue's case through the command line: a 128-px `dance` run grown into a 256-px model."""
+    from posecast.cli import main
+
+    data = synthesize(tmp_path / "data", seed=1, num_frames=12, size=256, progress=False)
+    tiny = [a for k, v in dict(ngf=4, ndf=4, n_blocks=1, n_blocks_flow=1, n_downsample=2).items()
+            for a in ("--set", f"{k}={v}")]
+    short = ["--iterations", "1", "--max-clip-frames", "3", "--quiet", "--train-set", "clip_frames_start=3",
+             "--train-set", "w_temporal=0", "--precision", "fp32"]
+    assert main(["train", "--data", str(data), "--preset", "dance", "--size", "128", "--out", str(tmp_path / "c"),
+                 *tiny, *short]) == 0
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "f"), "--grow-from", str(tmp_path / "c"),
+                 *short]) == 0
+    coarse, ct, _ = read_checkpoint(tmp_path / "c" / "generator.json")
+    fine, ft, meta = read_checkpoint(tmp_path / "f" / "generator.json")
+    assert (coarse.size, fine.size, fine.n_local, fine.ngf) == (128, 256, coarse.n_local + 1, 4)
+    assert meta["train"]["grow_from"] == str(tmp_path / "c")
+    assert any(k.startswith("G.locals.0.") for k in ft)
+    # one step of training later the coarse stage is where it started, moved by at most one Adam step a weight
+    trunk = [k for k in ct if k.startswith("G.trunk.") and ct[k].is_floating_point()]
+    assert trunk and all((ft[k] - ct[k]).abs().max() <= 2.1e-4 for k in trunk)
+
+
 @pytest.fixture(scope="module")
 def two_people(tmp_path_factory):
     """A synthetic dataset of 4 clips whose clip table (what posecast prepare stores) says A B A B."""
