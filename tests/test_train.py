@@ -205,6 +205,27 @@ def test_background_plate_removes_the_person(trained):
     assert _psnr(plate, room) > _psnr(frames.median(0).values, room) + 2.0
 
 
+def test_the_plate_says_where_no_frame_shows_the_background(trained):
+    """A dancer who keeps to one spot hides the room behind it in every frame: the plate there is inpainted, and
+    with ``warn_unseen`` (what training asks for) says so, naming how much and where."""
+    import warnings
+
+    from trainer.clips import BackgroundUnseenWarning
+
+    source = ClipSource(Dataset(trained["train"]), SIZE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet = source.background_plate()
+        told = source.background_plate(warn_unseen=True)
+    assert torch.equal(quiet, told)
+    assert [w.category for w in caught] == [BackgroundUnseenWarning]
+    m = re.match(r"background plate: (\d+\.\d)% of the frame \(x (\d+)-(\d+), y (\d+)-(\d+) of 64 px\) is behind a "
+                 r"person in every one of the 60 frames sampled: no frame shows the background there", str(caught[0].message))
+    assert m, caught[0].message
+    share, x0, x1, y0, y1 = float(m[1]), *map(int, m.groups()[1:])
+    assert 1.0 <= share < 60 and 0 < x0 < SIZE / 2 < x1 < SIZE and y0 < y1      # the middle, where it dances
+
+
 def test_the_plate_is_what_a_pixel_shows_most_often_not_its_median():
     """A background seen in 40 % of the samples (with +-5 of noise), something of changing colours in the others
     (60 %): the plurality is the background where a median would not be; a pixel with no sample is NaN, counted 0."""

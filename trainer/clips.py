@@ -65,6 +65,13 @@ def subject_mask(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.isin(parts, keep[keep > 0]).astype(np.uint8)
 
 
+UNSEEN_WARN = 0.01   # background_plate warns when at least this share of the frame was never seen
+
+
+class BackgroundUnseenWarning(UserWarning):
+    """Part of the background is behind a person in every frame: the plate there is a guess."""
+
+
 PLATE_BIN = 16   # plate samples within half this many levels of each other (every channel) show the same thing
 
 
@@ -210,7 +217,8 @@ class ClipSource:
         mask = subject_mask(self._resize(np.asarray(ds.masks[i])), person) if ds.masks is not None else empty
         return frame, flow, conf, labels, person, head, limbs, features, mask
 
-    def background_plate(self, max_frames: int = 200, margin: float = PERSON_MARGIN) -> torch.Tensor:
+    def background_plate(self, max_frames: int = 200, margin: float = PERSON_MARGIN,
+                         warn_unseen: bool = False) -> torch.Tensor:
         """The static background of a fixed camera, (3, S, S) in [-1, 1]: per pixel, what the frames in which the
         person does not cover it show most often (:func:`plurality`).
 
@@ -219,7 +227,8 @@ class ClipSource:
         (``masks.npy``: every person in the frame, not only the subject) their pixels, grown by 2 % of the side,
         are left out too, so passers-by leave no ghost. Pixels where no two frames agree (covered in every
         sampled frame but one, say), or where the largest group of alike samples is under a fifth of those seen,
-        are inpainted from their surroundings."""
+        are inpainted from their surroundings. ``warn_unseen``: say so (:class:`BackgroundUnseenWarning`) when at
+        least ``UNSEEN_WARN`` of the frame is behind a person in every frame sampled."""
         idx = [i for a, b in self.clips for i in range(a, b)]
         idx = [idx[k] for k in np.linspace(0, len(idx) - 1, min(max_frames, len(idx))).round().astype(int)]
         S = self.size
@@ -235,6 +244,15 @@ class ClipSource:
         # Not to be trusted: where no two frames agree (or none shows the pixel), or the largest group of alike
         # samples is under a fifth of them (nothing stays put there).
         hole = ((agree < 2) | (agree < 0.2 * seen)).astype(np.uint8)
+        unseen = seen == 0
+        if warn_unseen and unseen.mean() >= UNSEEN_WARN:
+            ys, xs = np.nonzero(unseen)
+            warnings.warn(
+                f"background plate: {unseen.mean():.1%} of the frame (x {xs.min()}-{xs.max()}, y {ys.min()}-{ys.max()} "
+                f"of {S} px) is behind a person in every one of the {len(idx)} frames sampled: no frame shows the "
+                "background there, so the plate is inpainted from its surroundings (a guess; live, it shows where "
+                "a body stands elsewhere than the subject did). Footage in which the subject also leaves that spot "
+                "lets the plate see it", BackgroundUnseenWarning, stacklevel=2)
         plate = np.rint(np.nan_to_num(plate)).clip(0, 255).astype(np.uint8)
         if hole.any():
             plate = cv2.inpaint(plate, hole, 3, cv2.INPAINT_TELEA)

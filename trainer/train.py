@@ -298,7 +298,8 @@ class Trainer:
         dev = self.device
         self.G = build_generator(model).to(dev)
         # The data's background plate (the room with the person masked out): what the silhouette is measured against.
-        self.data_plate = self.source.background_plate().to(dev) if self.G.uses_background_plate else None
+        self.data_plate = (self.source.background_plate(warn_unseen=dist.main).to(dev)
+                           if self.G.uses_background_plate else None)
         if train.grow_from and not resume:
             from models.generator import grow_from
 
