@@ -310,11 +310,6 @@ def load_forecaster(path, has_visibility: bool = True) -> LearnedForecaster:
         raise ValueError(f"{folder}: not a forecaster (forecaster.json + forecaster.safetensors): {e}") from None
 
 
-DEFAULT_FORECASTER = Path(__file__).with_name("forecaster")   # the bundled learned forecaster (one for every layout)
-FORECASTERS = {"none": NoForecast, "constant_velocity": ConstantVelocity}
-FORECASTER_NAMES = (*FORECASTERS, "learned")
-
-
 class Wrapped(Forecaster):
     """A forecaster around another one (``inner``), under its name; ``reset`` resets both."""
 
@@ -434,7 +429,7 @@ class MeshForecaster(Wrapped):
         return out
 
 
-DEFAULT_FORECASTER = Path(__file__).with_name("forecaster")   # the bundled learned forecaster (one for every layout)
+DEFAULT_FORECASTER = Path(__file__).with_name("forecaster")   # the bundled learned forecaster (whole bodies, 33 joints)
 FORECASTERS = {"none": NoForecast, "constant_velocity": ConstantVelocity}
 FORECASTER_NAMES = (*FORECASTERS, "learned")
 DEFAULT_FORECAST = {"dance": "learned", "face": "constant_velocity"}   # the best measured for each (the client's)

@@ -4,7 +4,7 @@ One home for every transform between "landmarks as MediaPipe found them in a fra
 training label maps were drawn from", used by ``posecast prepare`` (training data) and by the capture client
 (live), so that both sides apply the very same arithmetic:
 
-* the **crop** a dataset was made with: a fixed square for dance videos (:class:`CropBox`), a causally
+* the **crop** a dataset was made with: a fixed square for dance videos (``(x0, y0, side)``, below), a causally
   stabilised square that follows the face for face videos (:class:`FaceCrop`);
 * the training **subject's statistics** (body measures for pose, face proportions for faces), saved with the
   model (``subject_stats`` in its metadata, announced by the server in the Welcome);

@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train-forecaster", help="train the learned pose forecaster (models/forecast.py) on the "
                                                 "synthetic dancer's motion")
-    s.add_argument("--out", required=True, help="folder to write forecaster.{json,safetensors} to")
+    s.add_argument("--out", required=True, help="folder to write forecaster.{json,safetensors,onnx} to")
     s.add_argument("--seeds", default="0-5,10-39,100-135",
                    help="motion seeds to train on, ranges allowed (default 0-5,10-39,100-135; report on 6-9, 40-99)")
     s.add_argument("--seconds", type=float, default=60.0, help="seconds of motion per seed (default 60)")

@@ -269,8 +269,9 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
 
 
 def export_onnx(net: torch.nn.Module, features: int, path: Path) -> Path:
-    """The network as ONNX (input ``x`` (M, features): one row per landmark, output ``displacement`` (M, 2)), for
-    runtimes without numpy (a browser page, another language). The client itself runs the same weights from the
+    """The network as ONNX (input ``x`` (M, features), output ``displacement`` (M, outputs): for a per-landmark
+    forecaster one row per landmark and 2 outputs, for a whole-body one one row per pose, its K landmarks'
+    features and the horizon, and 2K outputs), for runtimes without numpy (a browser page, another language). The client itself runs the same weights from the
     safetensors in numpy."""
     import io
     import warnings
