@@ -439,13 +439,13 @@ class Trainer:
         tc = self.tc
         weight = 1.0 + tc.w_person * person + tc.w_head * head + tc.w_limbs * limbs + tc.w_features * features
         l1 = ((fake - real).abs() * weight).mean() / weight.mean()
-        return tc.w_l1 * l1, {"L1": l1.item()}
+        return tc.w_l1 * l1, {"L1": l1.detach()}
 
     def _loss_alpha(self, alpha, sil) -> tuple[torch.Tensor, dict]:
         """BCE of the compositing alpha against the silhouette, inside the window (its faded border excluded)."""
         inner = (self.G.window >= 0.999).float().expand_as(alpha)
         bce = F.binary_cross_entropy(alpha.clamp(1e-4, 1 - 1e-4), sil, weight=inner)
-        return self.tc.w_alpha * bce, {"alpha": bce.item()}
+        return self.tc.w_alpha * bce, {"alpha": bce.detach()}
 
     def _loss_flow_warp(self, real_w, flow, gt_flow_w, conf_w) -> tuple[torch.Tensor, dict]:
         """Flow L1 vs the ground truth and warp loss, in window coordinates, from the second frame on (frame 0
@@ -456,7 +456,7 @@ class Trainer:
         g_flow = losses.masked_l1(flow[:, 1:], gt_flow_w[:, 1:], w)
         warped_real = warp(flat(real_w[:, :-1]), flat(flow[:, 1:])).reshape(real_w[:, 1:].shape)
         g_warp = losses.masked_l1(warped_real, real_w[:, 1:], w)
-        return tc.w_flow * g_flow + tc.w_warp * g_warp, {"flow": g_flow.item(), "warp": g_warp.item()}
+        return tc.w_flow * g_flow + tc.w_warp * g_warp, {"flow": g_flow.detach(), "warp": g_warp.detach()}
 
     def _d_real_fake(self, d, labels: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, mode: str):
         """One conditional discriminator on real and (detached) fake at once -> (its features of the real
@@ -500,7 +500,7 @@ class Trainer:
             self.scaler_D.scale(loss_d).backward()
             self.scaler_D.step(self.opt_D)
             self.scaler_D.update()
-            logs["D"] = loss_d.item()
+            logs["D"] = loss_d.detach()
         return d_real, temporal, logs
 
     def _loss_gan(self, d, labels, fake, d_real, weight: float, names: tuple[str, str]) -> tuple[torch.Tensor, dict]:
@@ -508,7 +508,7 @@ class Trainer:
         d_fake = self._forward(d, labels, fake)
         g_adv = losses.g_adv_loss(d_fake, self.tc.gan_mode)
         g_fm = losses.feature_matching_loss(d_fake, d_real)
-        return weight * g_adv + self.tc.w_fm * g_fm, {names[0]: g_adv.item(), names[1]: g_fm.item()}
+        return weight * g_adv + self.tc.w_fm * g_fm, {names[0]: g_adv.detach(), names[1]: g_fm.detach()}
 
     def _loss_temporal(self, fake, gt_flow, temporal) -> tuple[torch.Tensor, dict]:
         tc = self.tc
@@ -520,13 +520,13 @@ class Trainer:
                 out_real = self._forward(self.DT, real_stack, tflow, si)
             g_t = g_t + (losses.g_adv_loss(out_fake, tc.gan_mode)
                          + tc.w_fm * losses.feature_matching_loss(out_fake, out_real)) / len(temporal)
-        return tc.w_temporal * g_t, {"G_temporal": float(g_t.detach())}
+        return tc.w_temporal * g_t, {"G_temporal": g_t.detach()}
 
     def _loss_distill(self, fake, labels, landmarks) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
             target = self._forward(self.teacher.rollout, labels, landmarks=landmarks)[0]
         g_distill = (fake - target).abs().mean()
-        return self.tc.w_distill * g_distill, {"distill": g_distill.item()}
+        return self.tc.w_distill * g_distill, {"distill": g_distill.detach()}
 
     @torch.no_grad()
     def _update_ema(self, it: int) -> None:
@@ -566,9 +566,10 @@ class Trainer:
         if self.progress:
             bar.write(precision)
         first = self.iteration
+        now = elapsed()
         try:
             while self.iteration < tc.iterations:
-                progress = tc.progress(self.iteration, elapsed())
+                progress = tc.progress(self.iteration, now)     # (one broadcast of the clock an iteration)
                 logs, clip = self._iteration(progress, augment)
                 self.iteration += 1
                 history.append(logs)
@@ -603,7 +604,7 @@ class Trainer:
             with self.clock("discriminators"):
                 d_real, temporal, logs = self._d_step(clip, True)
         logs.update(self._g_step(clip, d_real, temporal))
-        return logs, clip
+        return _floats(logs), clip
 
     def _generate(self, progress: float, augment: Augment | None) -> Clip:
         """Sample a clip of the scheduled length, roll G over it from zero history, and cut every frame to the
@@ -681,7 +682,7 @@ class Trainer:
                 self._update_ema(self.iteration + 1)
         for _, part in terms:
             logs.update(part)
-        logs["G"] = loss_g.item()
+        logs["G"] = loss_g.detach()
         return logs
 
     def _g_terms(self, clip: Clip, d_real: dict, temporal: list) -> tuple[list, dict]:
@@ -693,10 +694,10 @@ class Trainer:
             terms.append(self._loss_alpha(clip.alpha, clip.silhouette))
         if self.cfg.is_temporal and clip.T > 1:
             terms.append(self._loss_flow_warp(clip.real_w, clip.flow_G, clip.flow_w, clip.conf_w))
-            logs["mask"] = clip.mask[:, 1:].mean().item()
+            logs["mask"] = clip.mask[:, 1:].mean().detach()
         if self.tc.w_stable > 0 and clip.T > 1:
             stable = losses.temporal_change_loss(clip.fake, clip.real, clip.flow, clip.conf)
-            terms.append((self.tc.w_stable * stable, {"stable": stable.item()}))
+            terms.append((self.tc.w_stable * stable, {"stable": stable.detach()}))
         judged = clip.judged_frames
         if "image" in d_real:
             terms.append(self._loss_gan(self.D, judged(clip.labels_w), judged(clip.fake_w), d_real["image"],
@@ -752,6 +753,16 @@ def _to_float(x):
     if isinstance(x, (list, tuple)):
         return type(x)(_to_float(v) for v in x)
     return x
+
+
+def _floats(logs: dict) -> dict:
+    """An iteration's logs as floats: the loss terms stay tensors on the device until the iteration is queued,
+    then come back in one transfer (a ``.item()`` per term would wait for the GPU ten times an iteration, leaving
+    it idle while the next kernels are launched)."""
+    keys = [k for k, v in logs.items() if torch.is_tensor(v)]
+    if keys:
+        logs.update(zip(keys, torch.stack([logs[k].float().reshape(()) for k in keys]).tolist()))
+    return logs
 
 
 def _time_limited_total(bar, done: int, elapsed_s: float, tc: TrainConfig) -> None:
