@@ -104,6 +104,15 @@ def test_a_config_refuses_a_field_its_architecture_would_ignore(preset, field, v
         get_preset(preset, **{field: value})
 
 
+def test_a_whole_frame_lite_config_refuses_a_window_smoothing_it_would_ignore():
+    with pytest.raises(ValueError, match=r"does not read window_smoothing=0.5: its window is the whole frame \(no "
+                                         r"person_crop\)"):
+        get_preset("face-lite", window_smoothing=0.5)
+    # a person crop sized from the data later (crop_height 0 until then) reads its smoothing; defaults always load
+    assert get_preset("lite", window_smoothing=0.5).window_smoothing == 0.5
+    assert get_preset("face-lite", head_crop=0).head_side == 0 and get_preset("face-lite").window_smoothing == 0.6
+
+
 def test_a_config_saves_the_fields_its_architecture_reads_and_loads_older_files():
     lite = get_preset("lite", size=128)
     saved = lite.to_dict()
