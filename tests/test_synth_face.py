@@ -131,3 +131,27 @@ def test_place_scales_and_centres_the_template():
     np.testing.assert_allclose(lm[:, :2], 0.5 + 0.4 * t[:, :2], atol=1e-6)
     turned = place(FaceState(**{**s.__dict__, "yaw": 0.4}))
     assert turned[FACE_POINTS["nose_tip"], 0] > lm[FACE_POINTS["nose_tip"], 0]    # turned to the image right
+
+
+@pytest.mark.timeout(300)
+def test_face_eval_figures_are_exact_on_the_synthetic_frames_fed_back(tmp_path):
+    """posecast eval's face figures on known answers, without footage: the synthetic talking face's real frames
+    scored as if generated give mouth and eye correlations of 1, a landmark-error ratio of 1, an exact face
+    region (MediaPipe finds the same mesh on the same pixels), and the mouth really moves in them."""
+    from trainer.clips import ClipSource
+    from trainer.dataset import Dataset
+    from trainer.evaluate import Scorer
+    from trainer.synth_face import synthesize_face
+
+    path = synthesize_face(tmp_path / "face", seed=2, num_frames=40, size=128, progress=False)
+    src = ClipSource(Dataset(path), 128)
+    scorer = Scorer("face", np.zeros((128, 128, 3), np.uint8))
+    for a, b in src.clips:
+        clip = src.load(a, b)
+        scorer.add_clip(clip["frames"].clone(), clip)
+    res = scorer.result()
+    assert res["frames"] == 40 and res["detect_rate"] == res["detect_rate_real"] > 0.9
+    assert res["mouth_correlation"] == pytest.approx(1.0) and res["eye_correlation"] == pytest.approx(1.0)
+    assert res["pose_error_ratio"] == pytest.approx(1.0) and res["psnr_face"] == float("inf")
+    mouths = [real[0] for _, real in scorer.openings]
+    assert len(mouths) >= 36 and max(mouths) > 1.5 * min(mouths)          # a correlation of something that moves
