@@ -131,21 +131,28 @@ def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), 
     return rows
 
 
-def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3) -> Path:
-    """A landmark recording of the synthetic dancer (what `capture --save-landmarks` writes)."""
+def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3, kind: str = "dance") -> Path:
+    """A landmark recording (what `capture --save-landmarks` writes) of the synthetic dancer, or for ``kind`` "face"
+    of the synthetic talking face."""
     from clients.sources import save_recording
-    from models.motion import DanceMotion
 
-    motion = DanceMotion(seed=seed, fps=fps)
+    if kind == "face":
+        from models.face_motion import FaceMotion
+
+        motion = FaceMotion(seed=seed, fps=fps)
+    else:
+        from models.motion import DanceMotion
+
+        motion = DanceMotion(seed=seed, fps=fps)
     lms = np.stack([motion.landmarks(i) for i in range(frames)]).astype(np.float32)
-    save_recording(path, lms, kind="dance", fps=fps)
+    save_recording(path, lms, kind=kind, fps=fps)
     return path
 
 
 def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, clients: int = 1,
                  model: str | os.PathLike | None = None, fps: float = 30.0, threads: int | None = None) -> dict:
     """The live loopback stream: a `posecast serve` process and ``clients`` capture clients replaying a landmark
-    recording at ``fps``. Reports received fps (per client, averaged), glass-to-glass latency p50/p99 and the
+    recording at ``fps`` (the synthetic dancer's, or for a face model the synthetic talking face's). Reports received fps (per client, averaged), glass-to-glass latency p50/p99 and the
     server's own work per frame other than the generator (decode + render + encode)."""
     import threading
 
@@ -156,7 +163,9 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = model or random_checkpoint(preset, size, tmp / "model")
-        rec = _recording(tmp / "rec.npz", frames, fps)
+        from models.checkpoint import read_checkpoint
+
+        rec = _recording(tmp / "rec.npz", frames, fps, kind=read_checkpoint(model)[0].kind)   # the model's landmarks
         with server_process(model, backend, threads=threads) as address:
             results: list = [None] * clients
             errors: list = []

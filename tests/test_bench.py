@@ -40,6 +40,14 @@ def test_bench_stream_accounts_for_every_frame():
 
 
 @pytest.mark.timeout(300)
+def test_bench_stream_drives_a_face_model_with_the_talking_face():
+    """A face model is streamed face-mesh landmarks (the synthetic talking face), not a dancer's it would refuse."""
+    row = bench_stream("face-lite", "onnxruntime", 32, frames=20, fps=60.0)
+    assert row["preset"] == "face-lite" and row["frames_sent"] == 20
+    assert row["frames_received"] + row["dropped"] == 20 and row["frames_received"] > 0
+
+
+@pytest.mark.timeout(300)
 def test_bench_train_times_the_real_loop_stage_by_stage(tmp_path):
     from trainer.bench import bench_data, bench_train
     from trainer.clock import STAGES
