@@ -448,11 +448,13 @@ def _cmd_bench(args) -> int:
         from models.presets import get_preset
         from trainer.bench import PHASES, bench_data, bench_train
 
-        # Training is timed on the synthetic dancer, so only presets of the dance kind.
+        # Timed on the synthetic dancer, or the synthetic talking face for face presets.
         with tempfile.TemporaryDirectory() as tmp:
             for size in plan.sizes:
-                data = bench_data(size, tmp)
-                for preset in [p for p in plan.presets if get_preset(p).kind == "dance"]:
+                datasets: dict[str, object] = {}
+                for preset in plan.presets:
+                    kind = get_preset(preset).kind
+                    data = datasets.get(kind) or datasets.setdefault(kind, bench_data(size, tmp, kind=kind))
                     for phase in PHASES:
                         for precision in args.precisions.split(","):
                             emit(bench_train(preset, size, phase=phase, precision=precision, data=data,

@@ -63,3 +63,18 @@ def test_bench_train_times_the_real_loop_stage_by_stage(tmp_path):
     assert rows["regression"]["discriminators_ms"] == 0 < rows["adversarial"]["discriminators_ms"]
     with pytest.raises(ValueError, match="phase must be one of"):
         bench_train("lite", 32, phase="both", data=data)
+
+
+@pytest.mark.timeout(300)
+def test_bench_train_times_a_face_preset_on_the_talking_face(capsys):
+    """`posecast bench --only-train` covers face presets too (the face model the issue timed at 0.29 it/s)."""
+    import json
+
+    from posecast.cli import main
+
+    assert main(["bench", "--only-train", "--presets", "face-lite", "--sizes", "32", "--precisions", "fp32",
+                 "--train-iterations", "1", "--json"]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert [(r["what"], r["preset"], r["phase"]) for r in rows] == [("train", "face-lite", "regression"),
+                                                                    ("train", "face-lite", "adversarial")]
+    assert all(r["it_per_s"] > 0 and r["generator_ms"] > 0 for r in rows)

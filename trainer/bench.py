@@ -18,8 +18,13 @@ from .clock import STAGES, StageClock
 PHASES = ("regression", "adversarial")
 
 
-def bench_data(size: int, folder: str | Path, frames: int = 120) -> Path:
-    """The synthetic dancer's dataset the training figures use (``frames`` frames at ``size``)."""
+def bench_data(size: int, folder: str | Path, frames: int = 120, kind: str = "dance") -> Path:
+    """The dataset the training figures use (``frames`` frames at ``size``): the synthetic dancer, or for
+    ``kind`` "face" the synthetic talking face."""
+    if kind == "face":
+        from .synth_face import synthesize_face
+
+        return synthesize_face(Path(folder) / f"face-{size}", num_frames=frames, size=size, progress=False)
     from .synth import synthesize
 
     return synthesize(Path(folder) / f"data-{size}", num_frames=frames, size=size, progress=False)
@@ -29,7 +34,8 @@ def bench_train(preset: str, size: int, *, phase: str = "adversarial", precision
                 clip_frames: int = 8, iterations: int = 5, device: str = "cpu", data: str | Path | None = None,
                 **fields) -> dict:
     """One row: it/s and ms per iteration in each stage (trainer/clock.py) of ``preset`` at ``size`` in ``phase``,
-    over ``iterations`` iterations after a warm-up one. ``data``: a dataset (default: 120 synthetic frames);
+    over ``iterations`` iterations after a warm-up one. ``data``: a dataset (default: 120 synthetic frames of
+    the preset's kind);
     ``fields``: TrainConfig fields on top of the recipe (what a change is measured with)."""
     from models.presets import get_preset
 
@@ -39,7 +45,7 @@ def bench_train(preset: str, size: int, *, phase: str = "adversarial", precision
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     cfg = get_preset(preset, size=size)
     with tempfile.TemporaryDirectory() as tmp:
-        data = data or bench_data(size, tmp)
+        data = data or bench_data(size, tmp, kind=cfg.kind)
         tc = train_config_for(cfg, iterations=iterations + 1, clip_frames_start=clip_frames,
                               clip_frames_max=clip_frames, gan_start=0.0 if phase == "adversarial" else 2.0,
                               checkpoint_every=10**9, sample_every=10**9, log_every=10**9, device=device,
