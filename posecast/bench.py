@@ -152,8 +152,9 @@ def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3, kind: 
 def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, clients: int = 1,
                  model: str | os.PathLike | None = None, fps: float = 30.0, threads: int | None = None) -> dict:
     """The live loopback stream: a `posecast serve` process and ``clients`` capture clients replaying a landmark
-    recording at ``fps`` (the synthetic dancer's, or for a face model the synthetic talking face's). Reports received fps (per client, averaged), glass-to-glass latency p50/p99 and the
-    server's own work per frame other than the generator (decode + render + encode)."""
+    recording at ``fps`` (the synthetic dancer's, or for a face model the synthetic talking face's). Reports received
+    fps (per client, averaged), glass-to-glass latency p50/p99 and the server's own work per frame other than the
+    generator (decode + render + encode)."""
     import threading
 
     from clients.capture import capture

@@ -451,10 +451,12 @@ def _cmd_bench(args) -> int:
         # Timed on the synthetic dancer, or the synthetic talking face for face presets.
         with tempfile.TemporaryDirectory() as tmp:
             for size in plan.sizes:
-                datasets: dict[str, object] = {}
+                datasets: dict[str, object] = {}             # one dataset a kind, made when first needed
                 for preset in plan.presets:
                     kind = get_preset(preset).kind
-                    data = datasets.get(kind) or datasets.setdefault(kind, bench_data(size, tmp, kind=kind))
+                    if kind not in datasets:
+                        datasets[kind] = bench_data(size, tmp, kind=kind)
+                    data = datasets[kind]
                     for phase in PHASES:
                         for precision in args.precisions.split(","):
                             emit(bench_train(preset, size, phase=phase, precision=precision, data=data,
