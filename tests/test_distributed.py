@@ -160,8 +160,8 @@ def test_a_failing_rank_ends_the_run_with_a_message_naming_it(data, tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (Linux /proc)."""
+def _descendants(pid: int) -> dict[int, int]:
+    """The processes below ``pid`` (Linux /proc), each with its parent."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -169,11 +169,11 @@ def _descendants(pid: int) -> list[int]:
         except OSError:                                   # gone meanwhile
             continue
         parents[int(stat.parent.name)] = int(fields[1])
-    found, todo = [], [pid]
+    found, todo = {}, [pid]
     while todo:
         p = todo.pop()
         kids = [c for c, pp in parents.items() if pp == p]
-        found += kids
+        found.update((c, p) for c in kids)
         todo += kids
     return found
 
@@ -206,7 +206,8 @@ def test_a_rank_killed_mid_run_ends_the_run_with_a_message_naming_it(data, tmp_p
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the two-process run wrote no checkpoint in 200 s"
             time.sleep(0.2)
-        rank1 = [p for p in _descendants(proc.pid) if _rank_of(p) == "1"]
+        below = _descendants(proc.pid)      # rank 1's process itself, not a child that inherited its RANK
+        rank1 = [p for p, parent in below.items() if _rank_of(p) == "1" and _rank_of(parent) != "1"]
         assert len(rank1) == 1, rank1
         os.kill(rank1[0], signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
