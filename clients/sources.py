@@ -240,6 +240,20 @@ def preview_image(kind: str, landmarks: np.ndarray | None, size: int) -> np.ndar
     return label_preview(render_labels(kind, landmarks, size, size))
 
 
+def synthetic_motion(kind: str, seed: int = 0, fps: float = DEFAULT_FPS):
+    """The procedural motion of ``kind``: the dancer (:class:`models.motion.DanceMotion`, "dance") or the talking
+    face (:class:`models.face_motion.FaceMotion`, "face"); ``landmarks(i)`` gives frame i's."""
+    if kind not in ("dance", "face"):
+        raise SourceError(f"no synthetic {kind!r} source (dance or face)")
+    if kind == "face":
+        from models.face_motion import FaceMotion
+
+        return FaceMotion(seed, fps)
+    from models.motion import DanceMotion
+
+    return DanceMotion(seed, fps)
+
+
 class SyntheticSource(Source):
     """The procedural dancer of :mod:`models.motion` (``kind="dance"``) or talking face of
     :mod:`models.face_motion` (``kind="face"``): landmarks only, square frame.
@@ -252,20 +266,15 @@ class SyntheticSource(Source):
 
     def __init__(self, seed: int = 0, fps: float = DEFAULT_FPS, num_frames: int | None = None, *,
                  realtime: bool = True, preview_size: int = 256, start: int = 0, kind: str = "dance"):
-        from models.face_motion import FaceMotion
-        from models.motion import DanceMotion
-
         if num_frames is not None and num_frames < 0:
             raise SourceError(f"num_frames must be >= 0, got {num_frames}")
-        if kind not in ("dance", "face"):
-            raise SourceError(f"no synthetic {kind!r} source (dance or face)")
+        self.motion = synthetic_motion(kind, int(seed), _sane_fps(fps))
         self.kind = kind
         self.seed, self.fps = int(seed), _sane_fps(fps)
         self.num_frames = None if num_frames is None else int(num_frames)
         self.realtime = bool(realtime)
         self.preview_size = int(preview_size)
         self.start = int(start)
-        self.motion = (FaceMotion if kind == "face" else DanceMotion)(self.seed, self.fps)
 
     def _items(self) -> Iterator[SourceItem]:
         pacer = _Pacer(self.fps, self.realtime)

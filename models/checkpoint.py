@@ -61,8 +61,9 @@ def resolve(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    """(config, tensors, meta) of a checkpoint; clear errors for every way it can be wrong."""
+def read_config(path: str | os.PathLike) -> tuple[ModelConfig, dict, Path]:
+    """(config, meta, the .json's path) of a checkpoint, without reading its weights; clear errors for every way
+    the JSON can be wrong."""
     cfg_path = resolve(path)
     try:
         doc = json.loads(cfg_path.read_text())
@@ -76,6 +77,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
         cfg = ModelConfig.from_dict(doc["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path}: bad model config ({e})") from None
+    return cfg, doc.get("meta", {}), cfg_path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, tensors, meta) of a checkpoint; clear errors for every way it can be wrong."""
+    cfg, meta, cfg_path = read_config(path)
     weights = cfg_path.with_suffix(".safetensors")
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file missing")
@@ -83,7 +90,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
-    return cfg, tensors, doc.get("meta", {})
+    return cfg, tensors, meta
 
 
 def subdict(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

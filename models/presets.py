@@ -163,9 +163,10 @@ class ModelConfig:
         if ignored:
             raise ValueError(f"a {self.arch!r} generator does not read {', '.join(ignored)} (its fields: "
                              f"{', '.join(ARCH_FIELDS[self.arch])}): leave them out")
+        # A whole-frame lite model (no person crop) has no window to smooth. (head_channels without a head branch
+        # stays accepted: face-lite's preset sets it, and `--set head_crop=0` should not have to undo it.)
         if (self.arch == "lite" and not self.person_crop and self.crop_hw == (self.size, self.size)
-                and self.window_smoothing != defaults["window_smoothing"]):    # (head_channels stays: a preset's
-            #                                                                   own, kept when head_crop=0 is set)
+                and self.window_smoothing != defaults["window_smoothing"]):
             raise ValueError(f"this lite generator does not read window_smoothing={self.window_smoothing!r}: its "
                              "window is the whole frame (no person_crop): nothing follows the person; leave it out")
         if self.arch == "lite":

@@ -134,16 +134,9 @@ def bench_batch(preset: str, backend: str, size: int, batch_sizes=(1, 2, 4, 8), 
 def _recording(path: Path, frames: int, fps: float = 30.0, seed: int = 3, kind: str = "dance") -> Path:
     """A landmark recording (what `capture --save-landmarks` writes) of the synthetic dancer, or for ``kind`` "face"
     of the synthetic talking face."""
-    from clients.sources import save_recording
+    from clients.sources import save_recording, synthetic_motion
 
-    if kind == "face":
-        from models.face_motion import FaceMotion
-
-        motion = FaceMotion(seed=seed, fps=fps)
-    else:
-        from models.motion import DanceMotion
-
-        motion = DanceMotion(seed=seed, fps=fps)
+    motion = synthetic_motion(kind, seed, fps)
     lms = np.stack([motion.landmarks(i) for i in range(frames)]).astype(np.float32)
     save_recording(path, lms, kind=kind, fps=fps)
     return path
@@ -164,9 +157,9 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = model or random_checkpoint(preset, size, tmp / "model")
-        from models.checkpoint import read_checkpoint
+        from models.checkpoint import read_config
 
-        rec = _recording(tmp / "rec.npz", frames, fps, kind=read_checkpoint(model)[0].kind)   # the model's landmarks
+        rec = _recording(tmp / "rec.npz", frames, fps, kind=read_config(model)[0].kind)   # the model's landmarks
         with server_process(model, backend, threads=threads) as address:
             results: list = [None] * clients
             errors: list = []

@@ -30,9 +30,9 @@ PRESETS = {"dance": dict(size=32, ngf=8, ndf=8), "lite": dict(size=32), "face-li
 def landmarks(engine, seed: int, n: int) -> list[np.ndarray]:
     """n frames of moving landmarks of the engine's kind: a swaying skeleton, or the synthetic talking face."""
     if engine.cfg.kind == "face":
-        from models.face_motion import FaceMotion
+        from clients.sources import synthetic_motion
 
-        face = FaceMotion(seed)
+        face = synthetic_motion("face", seed)
         return [face.landmarks(i) for i in range(n)]
     return motion(seed, n)
 
