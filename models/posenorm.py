@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from .landmarks import FACE_NUM_LANDMARKS, FACE_POINTS, POSE_INDEX, POSE_NUM_LANDMARKS
+from .window import LowPass
 
 L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = (POSE_INDEX[n] for n in ("left_shoulder", "right_shoulder", "left_hip",
                                                                  "right_hip"))
@@ -266,7 +267,7 @@ class FaceCrop:
     """The stabilised face crop, frame by frame and causal, so that live serving can apply it exactly as training.
 
     ``update(landmarks, aspect)`` -> ``(box, restarted)``: ``box = (x0, y0, side)`` in height units; the centre and
-    side of :func:`face_box` go through one-pole low-pass filters (time constants of ``cfg`` at ``cfg.fps``),
+    side of :func:`face_box` go through models.window.LowPass filters (time constants of ``cfg`` at ``cfg.fps``),
     which start over (``restarted``) on the first frame, after :meth:`reset` and on a jump of the raw box (see
     ``FaceCropConfig.jump``). ``__call__`` returns the landmarks in that crop's normalised coordinates
     (:func:`crop_landmarks`), or None (and resets) for no detection.
@@ -275,32 +276,30 @@ class FaceCrop:
     def __init__(self, cfg: FaceCropConfig | None = None):
         self.cfg = cfg or FaceCropConfig()
         fps = self.cfg.fps if self.cfg.fps > 0 else 30.0
-        self._a_center = 1.0 - math.exp(-1.0 / max(fps * self.cfg.tau_center_s, 1e-9))
-        self._a_side = 1.0 - math.exp(-1.0 / max(fps * self.cfg.tau_side_s, 1e-9))
-        self.reset()
+        # the smoothing every placement goes through (models/window.py), in seconds here: a face video has a rate
+        self._centre = LowPass.from_time_constant(self.cfg.tau_center_s, fps)
+        self._side = LowPass.from_time_constant(self.cfg.tau_side_s, fps)
 
     def reset(self) -> None:
-        self._state: np.ndarray | None = None
+        self._centre.reset()
+        self._side.reset()
 
     def is_jump(self, raw: np.ndarray) -> bool:
         """Whether a raw box is a jump from the current filtered box (a cut, another face)."""
-        if self._state is None:
+        if self._centre.value is None:
             return False
-        s = self._state
-        moved = math.hypot(raw[0] - s[0], raw[1] - s[1]) > self.cfg.jump * s[2]
-        resized = not (1.0 / (1.0 + self.cfg.jump) < raw[2] / s[2] < 1.0 + self.cfg.jump)
+        (cx, cy), side = self._centre.value, float(self._side.value[0])
+        moved = math.hypot(raw[0] - cx, raw[1] - cy) > self.cfg.jump * side
+        resized = not (1.0 / (1.0 + self.cfg.jump) < raw[2] / side < 1.0 + self.cfg.jump)
         return moved or resized
 
     def update(self, landmarks: np.ndarray, aspect: float = 1.0) -> tuple[tuple[float, float, float], bool]:
         raw = face_box(landmarks, aspect, self.cfg)
-        restarted = self._state is None or self.is_jump(raw)
+        restarted = self._centre.value is None or self.is_jump(raw)
         if restarted:
-            self._state = raw.copy()
-        else:
-            s = self._state
-            s[:2] += self._a_center * (raw[:2] - s[:2])
-            s[2] += self._a_side * (raw[2] - s[2])
-        cx, cy, side = (float(v) for v in self._state)
+            self.reset()
+        (cx, cy), (side,) = self._centre.update(raw[:2]), self._side.update(raw[2:])
+        cx, cy, side = float(cx), float(cy), float(side)
         return (cx - side / 2, cy - side / 2, side), restarted
 
     def __call__(self, landmarks: np.ndarray | None, aspect: float = 1.0) -> np.ndarray | None:

@@ -5,6 +5,10 @@ home, used by training, evaluation and the live session alike, so that all three
   whole frame; person-crop generators (models/lite.py) in a fixed-size window that follows the person, composited
   onto the background plate. Its position is snapped to ``CROP_STRIDE`` pixels (the generator's input stride, so
   a move shifts its features by whole cells) and smoothed over time (``BoxTracker``).
+* **Smoothing** (``LowPass``): the one causal filter every placement goes through: the model window's centre here
+  (its weight per frame, ``ModelConfig.window_smoothing``) and the stabilised face crop a face dataset's frames
+  are cut with (models/posenorm.py ``FaceCrop``, its time constants in seconds turned into weights per frame at
+  the video's frame rate by ``LowPass.from_time_constant``).
 * **The head window**: a ``head_side`` x ``head_side`` square inside the window, on a pose's head or a face's
   eyes and lips (``head_box``): what lite's head branch refines and the face discriminator judges. One size rule,
   ``default_head_side``.
@@ -21,6 +25,7 @@ function needs it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -30,6 +35,31 @@ from .landmarks import FACE_NUM_LANDMARKS
 CROP_STRIDE = 4              # window positions are multiples of this many pixels (lite's stride-4 input conv)
 SMOOTHING = 0.6              # the window's centre: weight of its previous position in the per-frame moving average
                              #   (a model's own: ModelConfig.window_smoothing)
+
+
+class LowPass:
+    """A causal one-pole low-pass on a vector: ``value <- keep * value + (1 - keep) * x`` per frame; the first
+    sample (and the first after ``reset``) is taken as it is. ``keep`` is the previous value's weight in [0, 1)."""
+
+    def __init__(self, keep: float):
+        if not 0.0 <= keep < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {keep}")
+        self.keep = float(keep)
+        self.value: np.ndarray | None = None
+
+    @classmethod
+    def from_time_constant(cls, tau_s: float, fps: float) -> "LowPass":
+        """The filter with time constant ``tau_s`` seconds on frames ``1 / fps`` apart (keep = exp(-1 / (fps tau)))."""
+        return cls(math.exp(-1.0 / max(fps * tau_s, 1e-9)))
+
+    def reset(self, value=None) -> None:
+        """Start over (at ``value``, if given)."""
+        self.value = None if value is None else np.array(value, np.float64)
+
+    def update(self, x) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        self.value = x.copy() if self.value is None else self.keep * self.value + (1.0 - self.keep) * x
+        return self.value
 
 
 def default_head_side(size: int, kind: str = "dance") -> int:
@@ -81,21 +111,19 @@ def person_centre(landmarks: np.ndarray) -> np.ndarray | None:
 
 class BoxTracker:
     """Causal crop placement: ``update(landmarks) -> CropBox`` for one stream of frames (a training clip or a
-    live session). The centre follows the person with an exponential moving average (``smoothing`` = weight of
-    the old position), the box is snapped to ``CROP_STRIDE`` and clamped inside the frame. Frames without a
+    live session). The centre follows the person through a ``LowPass`` (``smoothing`` = weight of the old
+    position), the box is snapped to ``CROP_STRIDE`` and clamped inside the frame. Frames without a
     person keep the last box (the frame centre before the first one)."""
 
     def __init__(self, frame_size: int, crop_height: int, crop_width: int, smoothing: float = SMOOTHING):
         if not (0 < crop_height <= frame_size and 0 < crop_width <= frame_size):
             raise ValueError(f"crop {crop_height}x{crop_width} must fit the {frame_size}px frame")
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.frame_size, self.crop_height, self.crop_width = frame_size, crop_height, crop_width
         self.smoothing = smoothing
-        self.reset()
+        self._centre = LowPass(smoothing)       # the smoothed centre in frame pixels
 
     def reset(self) -> None:
-        self._centre: np.ndarray | None = None  # smoothed centre in frame pixels
+        self._centre.reset()
 
     def _box(self, centre_px: np.ndarray) -> CropBox:
         S, h, w = self.frame_size, self.crop_height, self.crop_width
@@ -106,9 +134,9 @@ class BoxTracker:
     def update(self, landmarks: np.ndarray | None) -> CropBox:
         c = None if landmarks is None else person_centre(landmarks)
         if c is not None:
-            c = c.astype(np.float64) * self.frame_size
-            self._centre = c if self._centre is None else self.smoothing * self._centre + (1 - self.smoothing) * c
-        return self._box(self._centre if self._centre is not None else np.full(2, self.frame_size / 2.0))
+            self._centre.update(c.astype(np.float64) * self.frame_size)
+        centre = self._centre.value
+        return self._box(centre if centre is not None else np.full(2, self.frame_size / 2.0))
 
 
 def head_box(landmarks: np.ndarray | None, window: CropBox, frame_size: int, side: int,

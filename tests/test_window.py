@@ -9,8 +9,8 @@ import torch
 
 from models.presets import get_preset
 from models.registry import build_generator
-from models.window import (CropBox, Placer, cut, cut_batch, cut_clips, default_head_side, paste, paste_batch,
-                           place_clips)
+from models.window import (CropBox, LowPass, Placer, cut, cut_batch, cut_clips, default_head_side, paste,
+                           paste_batch, place_clips)
 
 
 def _pose(x: float, y: float) -> np.ndarray:
@@ -60,6 +60,39 @@ def test_cut_then_paste_gives_back_the_frame_in_numpy_and_torch():
     assert torch.equal(paste_batch(batch * 0, windows, boxes)[1, :, 4:20, 12:28], batch[1, :, 4:20, 12:28])
     clips = batch[:, None].expand(2, 3, 3, 32, 32)
     assert torch.equal(cut_clips(clips, [[b] * 3 for b in boxes])[1, 2], windows[1])
+
+
+def test_one_low_pass_smooths_the_model_window_and_the_face_crop_in_frames_or_seconds():
+    from models.posenorm import FaceCrop, FaceCropConfig, face_box
+
+    f = LowPass.from_time_constant(0.1, 30.0)              # 3 frames: after them a step is 1 - 1/e of the way
+    assert f.update([0.0, 10.0]).tolist() == [0.0, 10.0]   # the first sample is taken as it is
+    for _ in range(3):
+        v = f.update([1.0, 10.0])
+    np.testing.assert_allclose(v, [1 - np.exp(-1.0), 10.0], rtol=1e-12)
+    f.reset()
+    assert f.value is None and f.update([5.0]).tolist() == [5.0]
+    with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\), got 1.0"):
+        LowPass(1.0)
+
+    # the face crop's centre is that filter, at the video's rate: a face moved by 0.1 (under the jump threshold)
+    face = np.zeros((468, 3), np.float32)
+    face[:, 0] = np.linspace(0.4, 0.6, 468)
+    face[:, 1] = np.linspace(0.3, 0.5, 468)
+    cfg = FaceCropConfig(tau_center_s=0.1, tau_side_s=0.3, fps=30.0)
+    crop = FaceCrop(cfg)
+    (x0, _, side), restarted = crop.update(face)
+    assert restarted
+    centre = LowPass.from_time_constant(0.1, 30.0)
+    centre.update([x0 + side / 2])
+    moved = face.copy()
+    moved[:, 0] += 0.1
+    target = face_box(moved, 1.0, cfg)[0]
+    for _ in range(4):
+        (x0, _, side), restarted = crop.update(moved)
+        assert not restarted
+        assert x0 + side / 2 == pytest.approx(centre.update([target])[0], abs=1e-12)   # the side does not change
+    assert 0.5 < x0 + side / 2 < target
 
 
 def test_a_placer_follows_the_person_smoothly_and_places_the_head_on_the_head():
