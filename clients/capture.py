@@ -21,9 +21,11 @@ time -> landmarks on the wire), ``server_<stage>`` (the server's own timings: de
 total), ``wire`` (glass-to-glass minus capture->send minus the server total: network + waiting in the server's
 queue), ``decode`` (client JPEG decode) and ``glass_to_glass`` (reply received - capture time).
 
-With ``capture(..., realtime=False)`` files are streamed in lock-step (one frame in flight), so every frame is
+With ``capture(..., realtime=False)`` files are streamed in lock-step (``LOCKSTEP_IN_FLIGHT`` = 2 frames in
+flight: the client finds the next frame's landmarks while the server renders the last), so every frame is
 rendered; the source thread reads the next frame only when it can be sent at once, so nothing waits in a
-client-side queue and glass-to-glass is the pipeline's own latency.
+client-side queue, and glass-to-glass is the pipeline's own latency (a frame may wait in the server for the one
+before it).
 
 Where things live: the accounting (outstanding frames, drops, counts, latency samples) is the stream ledger of
 :mod:`clients.ledger`; panels, status bar, window and recorder are :mod:`clients.view`; the socket is
@@ -63,6 +65,8 @@ __all__ = ["DEFAULT_PORT", "MIN_VIEW_HEIGHT", "STATS_WINDOW_S", "CaptureClient",
 
 DEFAULT_PORT = 5555
 POLL_MS = 10                # the main loop wakes at least this often (replies and new frames wake it at once)
+LOCKSTEP_IN_FLIGHT = 2      # lock-step (--fast): frames outstanding, so MediaPipe on the next one overlaps the
+                            #   server's rendering of the last (one in flight: the two ran one after the other)
 
 
 class ServerLostError(ConnectionError):
@@ -934,7 +938,7 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --retries N                   connection attempts (default 3)                        -> retries
         --fast                        read files as fast as the server renders them, not at
                                       their fps (lock-step: every frame rendered, the next
-                                      one read only when it can be sent)                    -> realtime=False
+                                      one read only when it can be sent, two in flight)     -> realtime=False
         --loop                        loop a video / recording                               -> loop
         --server-key server.key       the server's CURVE public key (with --key)             -> server_key
         --key NAME.key_secret         this client's CURVE key pair (its .key allowed there)  -> key
@@ -950,14 +954,16 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --virtual-cam                 the output to a virtual camera (pyvirtualcam)          -> virtual_cam
         --web PORT                    the view as MJPEG on http://127.0.0.1:PORT/            -> web_port
 
-    ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and 1
-    with ``realtime=False`` (lock-step, so no frame is dropped); an int or None (unbounded) to override.
+    ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and
+    ``LOCKSTEP_IN_FLIGHT`` (2) with ``realtime=False`` (lock-step: the next frame's landmarks are found while the
+    server renders the last one, and the server, which renders a client's frames one at a time, holds at most one
+    waiting, so none is dropped); an int or None (unbounded) to override.
 
     Raises ``ConnectionError`` when no server answers, :class:`ServerLostError` when it goes away for good,
     ``FileNotFoundError`` / :class:`~clients.sources.SourceError` for an unusable source.
     """
     if max_in_flight == "auto":
-        max_in_flight = 32 if realtime else 1
+        max_in_flight = 32 if realtime else LOCKSTEP_IN_FLIGHT
     client = CaptureClient(server, timeout_s=timeout_s, retries=retries, normalize=normalize,
                            max_in_flight=max_in_flight, log=log, server_key=server_key, key=key)
     try:

@@ -374,7 +374,7 @@ def for_frame(forecaster: "Forecaster", aspect: float) -> "Forecaster":
     return SquareFrame(forecaster, aspect)
 
 
-MESH_GAIN = 0.8    # a face mesh moves by this fraction of its centroid's forecast (chosen on shot 1 of Megamind)
+MESH_GAIN = 0.8    # a face mesh moves by this fraction of its centroid's forecast (chosen on shot 0 of Megamind)
 
 
 class MeshForecaster(Wrapped):

@@ -6,8 +6,10 @@ Tests on real footage read ``$POSECAST_SHARED_DATA`` (default ``<repo>/../shared
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -46,13 +48,17 @@ class FakeServer(threading.Thread):
     ``garbage_seqs``: answer these with bytes that are no protocol message; ``bad_jpeg_seqs``: with a frame whose
     JPEG cannot be decoded; ``hello_error``: answer hellos with this error instead of a welcome; ``version``: the
     protocol version the welcome names; ``forget_after``: the first session is forgotten after this many frames
-    (later landmarks get a no_session error until the next hello, as after a server restart).
+    (later landmarks get a no_session error until the next hello, as after a server restart); ``render_s``: each
+    frame takes this long to render, one after another as the real server renders a client's frames (its reply
+    held back until then; ``max_waiting``: the most landmarks received and not yet answered at one time).
     """
 
     def __init__(self, *, kind="dance", num_landmarks=33, subject_stats=None, drop=(), mute_after=None,
                  error_seqs=(), garbage_seqs=(), bad_jpeg_seqs=(), hello_error: P.Error | None = None,
-                 version: int = P.PROTOCOL_VERSION, forget_after: int | None = None):
+                 version: int = P.PROTOCOL_VERSION, forget_after: int | None = None, render_s: float = 0.0):
         super().__init__(daemon=True)
+        self.render_s, self.max_waiting = render_s, 0
+        self._rendering: collections.deque = collections.deque()   # (due, ident, frame) of frames held back
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -74,7 +80,10 @@ class FakeServer(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            if not self.sock.poll(20):
+            while self._rendering and self._rendering[0][0] <= time.perf_counter():
+                _, ident, frame = self._rendering.popleft()
+                self.sock.send_multipart([ident, P.encode(frame)])
+            if not self.sock.poll(5 if self._rendering else 20):
                 continue
             ident, raw = self.sock.recv_multipart()
             msg = P.decode(raw, min(self.version, P.PROTOCOL_VERSION))   # strict, as the real server
@@ -110,10 +119,15 @@ class FakeServer(threading.Thread):
                     self.sock.send_multipart([ident, b"\xc1 not msgpack"])
                     continue
                 jpeg = b"not a jpeg" if msg.seq in self.bad_jpeg_seqs else self.jpeg
-                self._reply(ident, P.Frame(seq=msg.seq, capture_ts=msg.capture_ts, jpeg=jpeg,
-                                           timings={"decode": 0.1, "render": 0.5, "engine": 1.0, "encode": 0.3,
-                                                    "total": 1.9},
-                                           dropped=self._dropped.get(ident, 0)))
+                frame = P.Frame(seq=msg.seq, capture_ts=msg.capture_ts, jpeg=jpeg,
+                                timings={"decode": 0.1, "render": 0.5, "engine": 1.0, "encode": 0.3, "total": 1.9},
+                                dropped=self._dropped.get(ident, 0))
+                if self.render_s > 0:
+                    start = max(time.perf_counter(), self._rendering[-1][0] if self._rendering else 0.0)
+                    self._rendering.append((start + self.render_s, ident, frame))
+                    self.max_waiting = max(self.max_waiting, len(self._rendering))
+                else:
+                    self._reply(ident, frame)
 
     def _reply(self, ident: bytes, msg) -> None:
         self.sock.send_multipart([ident, P.encode(msg)])
@@ -370,6 +384,20 @@ def test_fast_mode_reads_a_frame_only_when_it_can_be_sent():
     assert st.frames_sent == st.frames_received == n
     # item k is taken only once frame k - 1 was answered: no frame waits in a client-side queue
     assert src.seen == list(range(n))
+
+
+@pytest.mark.timeout(30)
+def test_lock_step_finds_the_next_frame_while_the_server_renders_and_drops_none():
+    """--fast keeps two frames in flight: the next one's landmarks reach the server while it renders the last (the
+    client's MediaPipe no longer waits for the reply), never more, so a server that renders a client's frames one
+    at a time holds at most one waiting and latest-wins drops none."""
+    n = 12
+    with FakeServer(render_s=0.03) as srv:
+        st = capture(srv.address, "synthetic:1", headless=True, realtime=False, max_frames=n, timeout_s=2,
+                     log=_quiet)
+        assert [seq for seq, _ in srv.received] == list(range(n))
+        assert srv.max_waiting == 2
+    assert (st.frames_sent, st.frames_received, st.dropped, st.lost) == (n, n, 0, 0)
 
 
 @pytest.mark.timeout(30)
