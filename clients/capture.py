@@ -21,11 +21,10 @@ time -> landmarks on the wire), ``server_<stage>`` (the server's own timings: de
 total), ``wire`` (glass-to-glass minus capture->send minus the server total: network + waiting in the server's
 queue), ``decode`` (client JPEG decode) and ``glass_to_glass`` (reply received - capture time).
 
-With ``capture(..., realtime=False)`` files are streamed in lock-step (``LOCKSTEP_IN_FLIGHT`` = 2 frames in
-flight: the client finds the next frame's landmarks while the server renders the last), so every frame is
-rendered; the source thread reads the next frame only when it can be sent at once, so nothing waits in a
-client-side queue, and glass-to-glass is the pipeline's own latency (a frame may wait in the server for the one
-before it).
+With ``capture(..., realtime=False)`` files are streamed in lock-step (one frame in flight), so every frame is
+rendered; the source thread reads one frame ahead: the next frame's landmarks are found while the server renders
+the last one, and it is sent when that one's reply comes back (glass-to-glass is the pipeline's own latency, that
+wait included; nothing else queues on the client).
 
 Where things live: the accounting (outstanding frames, drops, counts, latency samples) is the stream ledger of
 :mod:`clients.ledger`; panels, status bar, window and recorder are :mod:`clients.view`; the socket is
@@ -65,8 +64,6 @@ __all__ = ["DEFAULT_PORT", "MIN_VIEW_HEIGHT", "STATS_WINDOW_S", "CaptureClient",
 
 DEFAULT_PORT = 5555
 POLL_MS = 10                # the main loop wakes at least this often (replies and new frames wake it at once)
-LOCKSTEP_IN_FLIGHT = 2      # lock-step (--fast): frames outstanding, so MediaPipe on the next one overlaps the
-                            #   server's rendering of the last (one in flight: the two ran one after the other)
 
 
 class ServerLostError(ConnectionError):
@@ -820,8 +817,8 @@ class _Run:
         wake_tx = self.c.context.socket(zmq.PAIR)
         wake_tx.setsockopt(zmq.LINGER, 0)
         wake_tx.connect(addr)
-        # Lock-step (--fast on a file or recording): the reader takes the next item only when it can be sent at
-        # once, so no frame ever waits in a client-side queue (glass-to-glass is the pipeline, not a backlog).
+        # Lock-step (--fast on a file or recording): the reader takes the next item only when the main loop holds
+        # none, one ahead of what is in flight, so no backlog builds in a client-side queue.
         demand = None if self.paced else threading.Semaphore(0)
         w = self.c.welcome
         self.log(f"streaming {self.source.describe()} to {self.c.address} ({w.kind} model {w.model or '?'}, "
@@ -835,7 +832,9 @@ class _Run:
         work, asked = None, False
         while True:
             full = self._full()
-            if demand is not None and work is None and not asked and not full:
+            if demand is not None and work is None and not asked:
+                # lock-step reads one frame ahead: its landmarks are found while the last frame renders, and it
+                # is sent when that one's reply makes room (waiting for room first ran the two one after the other)
                 demand.release()
                 asked = True
             ready = (not full) if work is not None else not q.empty()
@@ -938,7 +937,7 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --retries N                   connection attempts (default 3)                        -> retries
         --fast                        read files as fast as the server renders them, not at
                                       their fps (lock-step: every frame rendered, the next
-                                      one read only when it can be sent, two in flight)     -> realtime=False
+                                      one read while the last one renders)                  -> realtime=False
         --loop                        loop a video / recording                               -> loop
         --server-key server.key       the server's CURVE public key (with --key)             -> server_key
         --key NAME.key_secret         this client's CURVE key pair (its .key allowed there)  -> key
@@ -954,16 +953,15 @@ def capture(server: str | int = f"tcp://127.0.0.1:{DEFAULT_PORT}", source="0", *
         --virtual-cam                 the output to a virtual camera (pyvirtualcam)          -> virtual_cam
         --web PORT                    the view as MJPEG on http://127.0.0.1:PORT/            -> web_port
 
-    ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and
-    ``LOCKSTEP_IN_FLIGHT`` (2) with ``realtime=False`` (lock-step: the next frame's landmarks are found while the
-    server renders the last one, and the server, which renders a client's frames one at a time, holds at most one
-    waiting, so none is dropped); an int or None (unbounded) to override.
+    ``max_in_flight``: ``"auto"`` = 32 when paced (the server's latest-wins dropping keeps latency low) and 1
+    with ``realtime=False`` (lock-step, so no frame is dropped: two in flight would let latest-wins drop one
+    whenever the next arrives before the server reads the last); an int or None (unbounded) to override.
 
     Raises ``ConnectionError`` when no server answers, :class:`ServerLostError` when it goes away for good,
     ``FileNotFoundError`` / :class:`~clients.sources.SourceError` for an unusable source.
     """
     if max_in_flight == "auto":
-        max_in_flight = 32 if realtime else LOCKSTEP_IN_FLIGHT
+        max_in_flight = 32 if realtime else 1
     client = CaptureClient(server, timeout_s=timeout_s, retries=retries, normalize=normalize,
                            max_in_flight=max_in_flight, log=log, server_key=server_key, key=key)
     try:
