@@ -153,6 +153,11 @@ def test_training_recipe_follows_the_architecture():
     assert lite.channels_last and not TrainConfig().channels_last     # NHWC where it measured faster
     # The recipe belongs to the generator, whatever the preset is called.
     assert train_config_for(get_preset("dance", arch="lite")).gan_start == 0.75
+    # ... and to the kind of landmarks it draws: a face on lite has the face GAN on its eyes and mouth
+    face = train_config_for(get_preset("face-lite"))
+    assert (face.w_face_gan, face.w_gan, face.gan_start, face.w_stable) == (1.0, 0.2, 0.75, 10.0)
+    assert lite.w_face_gan == 0.0 and train_config_for(get_preset("face")).w_face_gan == 0.0
+    assert train_config_for(get_preset("face-lite"), w_face_gan=0.0).w_face_gan == 0.0   # --train-set wins
 
 
 def test_clip_length_grows_and_lr_decays():
