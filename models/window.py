@@ -52,9 +52,9 @@ class LowPass:
         """The filter with time constant ``tau_s`` seconds on frames ``1 / fps`` apart (keep = exp(-1 / (fps tau)))."""
         return cls(math.exp(-1.0 / max(fps * tau_s, 1e-9)))
 
-    def reset(self, value=None) -> None:
-        """Start over (at ``value``, if given)."""
-        self.value = None if value is None else np.array(value, np.float64)
+    def reset(self) -> None:
+        """Start over: the next sample is taken as it is."""
+        self.value = None
 
     def update(self, x) -> np.ndarray:
         x = np.asarray(x, np.float64)
