@@ -13,6 +13,7 @@ import torch
 from models.checkpoint import CheckpointError, load_generator, read_checkpoint, save_checkpoint
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import Generator
+from models.layers import up_block
 from models.presets import ModelConfig, get_preset, list_presets, parse_overrides
 from models.registry import ARCHITECTURES, build_generator
 from models.warp import compose_flows, warp
@@ -208,6 +209,26 @@ def test_lite_in_a_person_crop_draws_the_plate_outside_it_and_needs_the_landmark
         G.rollout(torch.zeros(1, 2, 3, 64, 64))
     with pytest.raises(ValueError, match="needs the plate's window"):
         G(torch.zeros(1, 9, 48, 32), torch.zeros(1, 6, 48, 32))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 9), (1, 16, 1, 3)])
+def test_up_block_is_upsample_pad_conv_in_its_sub_pixel_form(shape):
+    """vid2vid's decoder step runs as one 2x2 convolution on the un-upsampled input: the same values and the
+    same gradients as nearest x2 upsample, reflection pad and 3x3 conv, odd and one-pixel sizes included, with
+    the state dict of that plain sequence (checkpoints written before load unchanged)."""
+    torch.manual_seed(0)
+    block = up_block(shape[1], 7, norm="none")               # norm "none": the conv has a bias too
+    up, pad, conv, norm, relu = block
+    x = torch.randn(*shape, requires_grad=True)
+    got = block(x)
+    want = relu(norm(conv(pad(up(x)))))
+    assert got.shape == (shape[0], 7, 2 * shape[2], 2 * shape[3])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, (x, conv.weight, conv.bias), g),
+                    torch.autograd.grad(want, (x, conv.weight, conv.bias), g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert sorted(block.state_dict()) == ["2.bias", "2.weight"]
 
 
 def test_mac_count_of_a_known_conv():
