@@ -51,13 +51,20 @@ _FOLD = torch.tensor([[0.0, 0.0, 1.0],       # k=0: odd output rows, input row i
                       [1.0, 0.0, 0.0]])      # k=3: even rows, input row i-1: kernel row 0
 
 
+_FOLDS: dict[tuple, torch.Tensor] = {}     # _FOLD on each (device, dtype) used, copied there once
+
+
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``conv3x3(reflect_pad1(upsample_nearest_x2(x)))`` computed on ``x`` itself, as one stride-2 transposed
     convolution: the same function to float rounding, with 4/9 of the multiply-adds and no upsampled or padded
     full-size copy (one decoder step of dance's generator, forward + backward, 2x faster in fp32 and bf16 on a
-    CPU), exported as one ConvTranspose. x (B, Ci, H, W), weight (Co, Ci, 3, 3) -> (B, Co, 2H, 2W)."""
-    fold = _FOLD.to(weight)
-    kernel = torch.einsum("kr,oirc,lc->iokl", fold, weight, fold)          # (Ci, Co, 4, 4)
+    CPU). The kernel is folded in fp32 even under autocast. x (B, Ci, H, W), weight (Co, Ci, 3, 3) -> (B, Co, 2H, 2W)."""
+    key = (weight.device, weight.dtype)
+    fold = _FOLDS.get(key)
+    if fold is None:
+        fold = _FOLDS[key] = _FOLD.to(weight)
+    with torch.autocast(weight.device.type, enabled=False):
+        kernel = torch.einsum("kr,oirc,lc->iokl", fold, weight, fold)      # (Ci, Co, 4, 4)
     return F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, bias, stride=2, padding=3)
 
 
@@ -65,9 +72,13 @@ class UpBlock(nn.Sequential):
     """x2 nearest upsample, reflection pad, 3x3 conv, norm, ReLU (no checkerboard artefacts, exports cleanly).
 
     The module tree (and so the state dict) is that plain sequence; ``forward`` runs its first three steps in
-    their sub-pixel form (``upsample_conv3x3``)."""
+    their sub-pixel form (``upsample_conv3x3``) — except while traced for export (ONNX, TorchScript), where the
+    plain sequence is what the graph records: Upsample, Pad and Conv, the ops every runtime (TensorRT's parser
+    included) takes with its weights as constants."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return super().forward(x)
         _, _, conv, *rest = self
         x = upsample_conv3x3(x, conv.weight, conv.bias)
         for layer in rest:

@@ -13,6 +13,7 @@ import torch
 from models.checkpoint import CheckpointError, load_generator, read_checkpoint, save_checkpoint
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import Generator
+from models.flops import count_macs
 from models.layers import up_block
 from models.presets import ModelConfig, get_preset, list_presets, parse_overrides
 from models.registry import ARCHITECTURES, build_generator
@@ -80,7 +81,6 @@ def test_generator_and_discriminators_forward_backward(name, n_local):
 
 def test_lite_in_its_person_crop_is_fifty_times_cheaper():
     from models.window import typical_crop
-    from models.flops import count_macs
 
     dance = get_preset("dance", size=256)
     lite = get_preset("lite", size=256).replace(**dict(zip(("crop_height", "crop_width"), typical_crop(256))))
@@ -229,6 +229,10 @@ def test_up_block_is_upsample_pad_conv_in_its_sub_pixel_form(shape):
                     torch.autograd.grad(want, (x, conv.weight, conv.bias), g)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert sorted(block.state_dict()) == ["2.bias", "2.weight"]
+    # counted as the plain 3x3 conv on the upsampled map, and traced (ONNX, TorchScript) as the plain sequence
+    assert count_macs(block, x) == shape[0] * 7 * (2 * shape[2]) * (2 * shape[3]) * shape[1] * 9
+    graph = str(torch.jit.trace(block, x.detach()).inlined_graph)
+    assert "upsample_nearest2d" in graph and "conv_transpose" not in graph
 
 
 def test_mac_count_of_a_known_conv():
