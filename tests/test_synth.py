@@ -279,3 +279,79 @@ def test_dataset_masks_are_for_every_frame_or_none(tmp_path):
     np.save(tmp_path / "m" / "masks.npy", np.zeros((3, 8, 8), np.uint8))
     with pytest.raises(Exception, match=r"masks.npy: expected uint8\(2, 8, 8\), found uint8\(3, 8, 8\)"):
         Dataset(tmp_path / "m")
+
+
+def test_a_tilted_clip_moves_frames_flow_masks_and_landmarks_alike(ds128):
+    """``Augment.tilt_prob``: one similarity transform per clip, the same for all its frames; the label map is
+    rendered from the moved landmarks onto the moved body, the flow still explains each frame from the last,
+    and the person mask moves with them."""
+    import torch
+
+    from models.warp import warp
+    from trainer.clips import Augment, ClipSource
+
+    src = ClipSource(ds128, 128)
+    quiet = dict(limb_drop_prob=0.0, head_jitter_px=0.0, face_jitter_px=0.0)
+    plain = src.load(10, 16, seed=(1, 0), augment=Augment(**quiet))
+    tilted = src.load(10, 16, seed=(1, 0), augment=Augment(**quiet, tilt_prob=1.0, tilt_deg=25.0))
+    again = src.load(10, 16, seed=(1, 0), augment=Augment(**quiet, tilt_prob=1.0, tilt_deg=25.0))
+    for k in tilted:                                            # the clip's transform comes from its seed
+        assert torch.equal(tilted[k], again[k]), k
+    assert not torch.equal(plain["frames"], tilted["frames"])
+    # one transform for the clip: the landmarks of every frame moved by the same similarity
+    a, b = plain["landmarks"][..., :2].double(), tilted["landmarks"][..., :2].double()
+    A = torch.cat((a.reshape(-1, 2), torch.ones(a.numel() // 2, 1, dtype=a.dtype)), 1)
+    fit = torch.linalg.lstsq(A, b.reshape(-1, 2)).solution
+    assert (A @ fit - b.reshape(-1, 2)).abs().max() < 1e-5
+    lin = fit[:2].tolist()
+    assert lin[0][0] == pytest.approx(lin[1][1], abs=1e-6) and lin[0][1] == pytest.approx(-lin[1][0], abs=1e-6)
+    assert abs(lin[0][1]) > 1e-3                                # turned, not only moved
+
+    def agreement(clip):                                        # the body's pixels inside its label-map region
+        m, r = clip["person_mask"] > 0, clip["person"] > 0
+        return ((m & r).sum() / m.sum()).item()
+
+    assert agreement(tilted) > 0.95 * agreement(plain) > 0.5
+
+    def errors(clip):               # mean |frame t - frame t-1 warped by flow t| (and by no flow) where it moves
+        f, fl, c = clip["frames"], clip["flow"], clip["conf"][1:]
+        moving = c * (fl[1:].norm(dim=1, keepdim=True) > 1.0)
+        err = lambda prev: ((prev - f[1:]).abs() * moving).sum().item() / moving.sum().item() / 3  # noqa: E731
+        return err(warp(f[:-1], fl[1:])), err(f[:-1])
+
+    (flowed, still), (flowed_plain, _) = errors(tilted), errors(plain)
+    assert flowed < 1.3 * flowed_plain + 0.005
+    assert flowed < 0.5 * still                                 # the moved flow explains the moved motion
+    # where the frame had no pixels (mirrored in at the border) the flow has no confidence
+    assert tilted["conf"].mean() < plain["conf"].mean()
+
+
+def test_similarity_warp_moves_pixels_landmarks_and_flow_by_the_same_map():
+    """Known answers: a dot and the landmark drawn on it land on the same pixel after a quarter turn about the
+    frame's centre; a constant flow turns with the frame; the border the frame never covered has no confidence;
+    a face's depth scales with the frame, a pose's visibility does not."""
+    import cv2
+
+    from trainer.clips import similarity_warp
+
+    S = 32
+    frame = np.zeros((S, S, 3), np.uint8)
+    frame[5, 9] = 255                                            # a dot at pixel (x 9, y 5) ...
+    lm = np.array([[(9 + 0.5) / S, (5 + 0.5) / S, 0.7], [np.nan, np.nan, np.nan]], np.float32)  # ... its landmark
+    flow = np.zeros((S, S, 2), np.float32)
+    flow[..., 0] = 2.0                                           # everything came from 2 px to the right
+    conf = np.full((S, S), 255, np.uint8)
+    turn = cv2.getRotationMatrix2D(((S - 1) / 2, (S - 1) / 2), 90, 1.0)
+    f2, fl2, c2, m2, lm2 = similarity_warp(S, turn, frame, flow, conf, conf.copy(), lm)
+    y, x = np.unravel_index(f2[..., 0].argmax(), (S, S))
+    assert f2[y, x, 0] == 255 and [x, y] == pytest.approx(turn @ np.array([9, 5, 1.0]), abs=1e-6)
+    assert lm2[0, :2] * S - 0.5 == pytest.approx([x, y], abs=1e-4)
+    assert np.isnan(lm2[1]).all() and lm2[0, 2] == pytest.approx(0.7)
+    assert fl2[S // 2, S // 2] == pytest.approx(turn[:, :2] @ np.array([2.0, 0.0]), abs=1e-5)
+    assert (c2[1:-1, 1:-1] == 255).all() and m2.min() == 255     # a quarter turn of a square covers it all ...
+    shift = np.array([[1.0, 0.0, 6.0], [0.0, 1.0, 0.0]])
+    _, _, c3, m3, _ = similarity_warp(S, shift, frame, flow, conf, conf.copy(), lm)
+    assert (c3[:, :7] == 0).all() and (c3[1:-1, 7:-1] == 255).all()   # ... a shift leaves a strip, one px more
+    assert (m3[:, :6] == 0).all() and (m3[:, 6:] == 255).all()
+    zoom = cv2.getRotationMatrix2D((10.0, 10.0), 30, 2.0)
+    assert similarity_warp(S, zoom, frame, flow, conf, None, lm, z_scales=True)[4][0, 2] == pytest.approx(1.4)

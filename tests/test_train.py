@@ -356,10 +356,13 @@ def test_cli_training_overrides_and_teacher_errors(trained, tmp_path):
     ("lr", 0.0, "must be > 0"), ("w_l1", -1.0, "must be >= 0"), ("w_gan", float("nan"), "finite"),
     ("iterations", 0, "integer >= 1"), ("batch_size", 1.5, "integer >= 1"), ("beta1", 1.5, "in [0, 1]"),
     ("device", "gpu", "auto, cpu, cuda"), ("frame_ranges", ((5, 2),), "start < stop"),
-    ("clips", (-1,), "clip numbers >= 0"), ("d_frames", -1, "integer >= 0")])
+    ("clips", (-1,), "clip numbers >= 0"), ("d_frames", -1, "integer >= 0"), ("tilt_prob", 1.5, "in [0, 1]"),
+    ("tilt_scale", 50.0, "must be <= 1"), ("tilt_deg", -5.0, "must be >= 0"), ("tilt_shift", 0.9, "<= 0.5")])
 def test_training_config_names_a_bad_value_when_it_is_made(field, value, rule):
     with pytest.raises(ValueError, match=f"training config: {field} = .* {re.escape(rule)}"):
         TrainConfig(**{field: value})
+    with pytest.raises(ValueError, match="tilt_prob = 0.5 needs augment"):
+        TrainConfig(tilt_prob=0.5, augment=False)
 
 
 def test_lite_trains_in_its_person_crop_then_adversarially_and_saves_the_ema(trained, tmp_path):
@@ -722,3 +725,21 @@ def test_a_run_keeps_the_statistics_of_its_own_frames_and_warns_of_mixed_identit
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "warning: the 24 training frames (clips 1, 2) span identities A, B" in out.stderr
+
+
+def test_tilted_clips_on_a_plate_generator_need_the_datasets_person_masks(trained, tmp_path):
+    """Without masks.npy a plate generator's alpha is pulled to where a frame differs from the (untilted)
+    background plate: all of a tilted frame. Refused at the start, naming the way out."""
+    import shutil
+
+    from trainer.train import train_config_for
+
+    bare = tmp_path / "bare"
+    shutil.copytree(trained["train"], bare)
+    (bare / "masks.npy").unlink()
+    lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
+    tc = train_config_for(lite, iterations=2, tilt_prob=0.5)
+    with pytest.raises(ValueError, match=r"tilt_prob = 0.5: a tilted clip needs the dataset's person masks .*"
+                                         r"Re-run `posecast prepare`"):
+        Trainer(lite, tc, bare, tmp_path / "r", progress=False)
+    assert Trainer(lite, train_config_for(lite, iterations=2), bare, tmp_path / "ok", progress=False)

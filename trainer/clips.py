@@ -14,6 +14,7 @@ import torch
 
 from models.crop import PERSON_MARGIN, feature_region, head_region, limb_region, person_region
 from models.render import render_labels
+from models.window import person_centre
 
 from .dataset import Dataset, DatasetError
 
@@ -23,6 +24,38 @@ class Augment:
     limb_drop_prob: float = 0.05   # pose: probability of dropping each limb from the label map (vid2vid: 0.05)
     head_jitter_px: float = 1.0    # pose: Gaussian noise on head landmarks, pixels at the model resolution
     face_jitter_px: float = 0.5    # face: Gaussian noise on every landmark, pixels
+    # A clip turned, scaled and moved as a whole (one similarity transform of its frames, flow, masks and
+    # landmarks alike, about the subject's centre in its first frame), with probability ``tilt_prob``: poses at
+    # angles, sizes and places the footage never shows (Megamind's held-out shot tilts the head ~17 degrees from
+    # every training frame with its expression). Frames are mirrored at the border; flow and masks are empty there.
+    tilt_prob: float = 0.0
+    tilt_deg: float = 20.0         # rotation uniform in +-tilt_deg degrees
+    tilt_scale: float = 0.1        # scale exp(uniform in +-tilt_scale)
+    tilt_shift: float = 0.05       # shift uniform in +-tilt_shift x the side, each axis
+
+
+def similarity_warp(size: int, matrix: np.ndarray, frame: np.ndarray, flow: np.ndarray, conf: np.ndarray,
+                    mask: np.ndarray | None, landmarks: np.ndarray, *, z_scales: bool = False) -> tuple:
+    """Move one frame's data by the 2x3 similarity ``matrix`` (pixel centres of the ``size`` x ``size`` frame, as
+    cv2.warpAffine takes it: source -> destination): the frame (mirrored at the border), the backward flow
+    (resampled, and its vectors turned and scaled with it: both frames of a pair move alike), its confidence (zero
+    where the frame had no pixels, and one pixel inside that, where the flow mixes with the border's zeros) and the
+    person mask (zero where the frame had none), and the normalised landmarks (a landmark at x maps to the pixel
+    coordinate x * size - 0.5, as models/render.py draws it; NaN, missing, stays NaN; ``z_scales``: the third
+    column is a face's depth, scaled with the frame, not a pose's visibility)."""
+    dsize = (size, size)
+    lin = matrix[:, :2].astype(np.float32)
+    frame = cv2.warpAffine(frame, matrix, dsize, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    flow = cv2.warpAffine(flow, matrix, dsize, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT) @ lin.T
+    conf = cv2.erode(cv2.warpAffine(conf, matrix, dsize, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT),
+                     np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    if mask is not None:
+        mask = cv2.warpAffine(mask, matrix, dsize, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    lm = np.array(landmarks, np.float32, copy=True)
+    lm[:, :2] = ((lm[:, :2] * size - 0.5) @ lin.T + matrix[:, 2].astype(np.float32) + 0.5) / size
+    if z_scales:
+        lm[:, 2] *= float(np.sqrt(abs(np.linalg.det(lin))))
+    return frame, np.ascontiguousarray(flow, np.float32), conf, mask, lm
 
 
 def parse_frame_ranges(text: str | None) -> tuple[tuple[int, int], ...] | None:
@@ -159,15 +192,31 @@ class ClipSource:
         r = max(1, round(0.02 * self.size))
         return cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
 
-    def labels(self, index: int, rng: np.random.Generator | None = None, augment: Augment | None = None) -> np.ndarray:
-        """(C, S, S) float32 label map of frame ``index``."""
+    def labels(self, index: int, rng: np.random.Generator | None = None, augment: Augment | None = None,
+               landmarks: np.ndarray | None = None) -> np.ndarray:
+        """(C, S, S) float32 label map of frame ``index`` (or of ``landmarks`` given for it)."""
         kw = {}
         if rng is not None and augment is not None:
             if self.kind == "dance":
                 kw = dict(rng=rng, limb_drop_prob=augment.limb_drop_prob, head_jitter_px=augment.head_jitter_px)
             else:
                 kw = dict(rng=rng, jitter_px=augment.face_jitter_px)
-        return render_labels(self.kind, np.asarray(self.ds.landmarks[index]), self.size, self.size, **kw)
+        lm = np.asarray(self.ds.landmarks[index]) if landmarks is None else landmarks
+        return render_labels(self.kind, lm, self.size, self.size, **kw)
+
+    def _tilt(self, start: int, rng: np.random.Generator, augment: Augment) -> np.ndarray | None:
+        """The clip's similarity transform (``Augment.tilt_*``), 2x3 in pixels, or None (not this clip)."""
+        if augment.tilt_prob <= 0 or rng.random() >= augment.tilt_prob:
+            return None
+        S = self.size
+        lm = np.asarray(self.ds.landmarks[start], np.float32)
+        centre = person_centre(lm) if self.kind == "dance" else np.nanmean(lm[:, :2], 0)   # a face's z is no visibility
+        centre = (np.array([0.5, 0.5], np.float32) if centre is None or not np.isfinite(centre).all() else centre) * S - 0.5
+        angle = rng.uniform(-augment.tilt_deg, augment.tilt_deg)
+        scale = float(np.exp(rng.uniform(-augment.tilt_scale, augment.tilt_scale)))
+        m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
+        m[:, 2] += rng.uniform(-augment.tilt_shift, augment.tilt_shift, 2) * S
+        return m
 
     def load(self, start: int, stop: int, seed: tuple[int, ...] | None = None,
              augment: Augment | None = None) -> dict[str, torch.Tensor]:
@@ -181,15 +230,18 @@ class ClipSource:
 
         ``augment`` with ``seed`` (a sequence of ints): frame ``start + t`` is augmented from the random stream
         ``[*seed, t]``, its own (a frame's augmentation does not depend on which frames are loaded with it)."""
+        tilt = None
+        if augment is not None and seed is not None:     # the clip's own stream, apart from every frame's
+            tilt = self._tilt(start, np.random.default_rng([*seed, 1 << 31]), augment)
         parts = [self._frame(i, None if augment is None or seed is None else np.random.default_rng([*seed, i - start]),
-                             augment) for i in range(start, stop)]
-        frames, flows, confs, labels, person, head, limbs, features, masks = (np.stack(x) for x in zip(*parts))
+                             augment, tilt) for i in range(start, stop)]
+        frames, flows, confs, labels, person, head, limbs, features, masks, lms = (np.stack(x) for x in zip(*parts))
         out = {
             "labels": torch.from_numpy(labels),
             "frames": torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
             "flow": torch.from_numpy(flows).permute(0, 3, 1, 2).contiguous(),
             "conf": torch.from_numpy(confs).unsqueeze(1).float() / 255.0,
-            "landmarks": torch.from_numpy(np.array(self.ds.landmarks[start:stop], np.float32)),
+            "landmarks": torch.from_numpy(lms),
             "person": torch.from_numpy(person).unsqueeze(1).float(),
             "head": torch.from_numpy(head).unsqueeze(1).float(),
             "limbs": torch.from_numpy(limbs).unsqueeze(1).float(),
@@ -199,23 +251,29 @@ class ClipSource:
             out = {"person_mask": torch.from_numpy(masks).unsqueeze(1).float(), **out}
         return out
 
-    def _frame(self, i: int, rng: np.random.Generator | None, augment: Augment | None) -> tuple[np.ndarray, ...]:
-        """Everything :meth:`load` stacks, for frame ``i`` (mask: the subject's mask, or an empty placeholder)."""
+    def _frame(self, i: int, rng: np.random.Generator | None, augment: Augment | None,
+               tilt: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Everything :meth:`load` stacks, for frame ``i`` (mask: the subject's mask, or an empty placeholder),
+        moved by the clip's ``tilt`` (:func:`similarity_warp`) when it has one."""
         ds = self.ds
         sx, sy = self._scale
         frame = self._resize(np.asarray(ds.frames[i]))
         flow = self._resize(np.asarray(ds.flow[i], np.float32), cv2.INTER_LINEAR) * np.float32((sx, sy))
         conf = self._resize(np.asarray(ds.flow_conf[i]), cv2.INTER_NEAREST)
-        labels = self.labels(i, rng, augment)
-        clean = labels if augment is None else self.labels(i)
+        everyone = self._resize(np.asarray(ds.masks[i])) if ds.masks is not None else None
+        lm = np.array(ds.landmarks[i], np.float32)
+        if tilt is not None:
+            frame, flow, conf, everyone, lm = similarity_warp(self.size, tilt, frame, flow, conf, everyone, lm,
+                                                              z_scales=self.kind == "face")
+        labels = self.labels(i, rng, augment, lm)
+        clean = labels if augment is None else self.labels(i, landmarks=lm)
         person = person_region(clean)
         empty = np.zeros((self.size, self.size), np.uint8)
-        lm = np.asarray(ds.landmarks[i])
         head = head_region(self.kind, lm, self.size, self.size) if self.kind == "dance" else empty
         limbs = limb_region(lm, self.size, self.size) if self.kind == "dance" else empty
         features = feature_region(lm, self.size, self.size, kind=self.kind)
-        mask = subject_mask(self._resize(np.asarray(ds.masks[i])), person) if ds.masks is not None else empty
-        return frame, flow, conf, labels, person, head, limbs, features, mask
+        mask = subject_mask(everyone, person) if everyone is not None else empty
+        return frame, flow, conf, labels, person, head, limbs, features, mask, lm
 
     def background_plate(self, max_frames: int = 200, margin: float = PERSON_MARGIN,
                          warn_unseen: bool = False) -> torch.Tensor:

@@ -112,6 +112,10 @@ class TrainConfig:
     head_jitter_px: float = Augment.head_jitter_px  # pose: Gaussian noise (px at the model size) on the head
                                       #   landmarks; the frame is not moved, so features a few px wide blur with it
     face_jitter_px: float = Augment.face_jitter_px  # face: Gaussian noise (px) on every landmark
+    tilt_prob: float = Augment.tilt_prob  # probability that a clip is turned/scaled/moved as a whole (trainer/clips.py)
+    tilt_deg: float = Augment.tilt_deg    # its rotation range, +- degrees
+    tilt_scale: float = Augment.tilt_scale  # its scale range, exp(+-)
+    tilt_shift: float = Augment.tilt_shift  # its shift range, +- x the side
     seed: int = 0
     device: str = "auto"              # "auto" (CUDA when present) | "cpu" | "cuda" | "cuda:N"
     log_every: int = 10               # iterations between TensorBoard scalar writes
@@ -153,10 +157,15 @@ class TrainConfig:
             if f.type == "float" and not (type(v) in (int, float) and math.isfinite(v)):
                 need(False, f.name, "must be a finite number")
             if f.name.startswith("w_") or f.name in ("ema_halflife", "time_limit_s", "head_jitter_px",
-                                                     "face_jitter_px", "gan_start"):
+                                                     "face_jitter_px", "gan_start", "tilt_deg", "tilt_scale",
+                                                     "tilt_shift"):
                 need(v >= 0, f.name, "must be >= 0")
         need(self.lr > 0, "lr", "must be > 0")
-        for name in ("beta1", "beta2", "decay_start", "limb_drop_prob"):
+        need(self.tilt_deg <= 180, "tilt_deg", "must be <= 180 (degrees either way)")
+        need(self.tilt_scale <= 1, "tilt_scale", "must be <= 1 (a scale range of exp(+-1), 0.37x to 2.7x)")
+        need(self.tilt_shift <= 0.5, "tilt_shift", "must be <= 0.5 (of the side)")
+        need(self.tilt_prob == 0 or self.augment, "tilt_prob", "needs augment (it is a clip augmentation)")
+        for name in ("beta1", "beta2", "decay_start", "limb_drop_prob", "tilt_prob"):
             need(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]")
         if self.frame_ranges is not None:
             need(len(self.frame_ranges) > 0 and all(len(r) == 2 and 0 <= r[0] < r[1] for r in self.frame_ranges),
@@ -312,6 +321,11 @@ class Trainer:
         # The data's background plate (the room with the person masked out): what the silhouette is measured against.
         self.data_plate = (self.source.background_plate(warn_unseen=dist.main).to(dev)
                            if self.G.uses_background_plate else None)
+        if self.data_plate is not None and train.augment and train.tilt_prob > 0 and self.dataset.masks is None:
+            raise ValueError(f"tilt_prob = {train.tilt_prob}: a tilted clip needs the dataset's person masks "
+                             f"(masks.npy, which {data} lacks) to pull {model.name}'s alpha to: without them its "
+                             "silhouette is where a frame differs from the untilted background plate, all of a "
+                             "tilted frame. Re-run `posecast prepare` (it writes them), or leave tilt_prob at 0")
         if train.grow_from and not resume:
             from models.generator import grow_from
 
@@ -565,7 +579,8 @@ class Trainer:
                  "processes": self.dist.world}, indent=2))
         tb = SummaryWriter(str(self.out / "tensorboard")) if main else _NoWriter()
         augment = Augment(limb_drop_prob=tc.limb_drop_prob, head_jitter_px=tc.head_jitter_px,
-                          face_jitter_px=tc.face_jitter_px) if tc.augment else None
+                          face_jitter_px=tc.face_jitter_px, tilt_prob=tc.tilt_prob, tilt_deg=tc.tilt_deg,
+                          tilt_scale=tc.tilt_scale, tilt_shift=tc.tilt_shift) if tc.augment else None
         history: list[dict] = []
         t0 = time.monotonic()
         # The schedules follow rank 0's clock, so that every rank takes the same step.
