@@ -157,6 +157,7 @@ def test_training_recipe_follows_the_architecture():
     face = train_config_for(get_preset("face-lite"))
     assert (face.w_face_gan, face.w_gan, face.gan_start, face.w_stable) == (1.0, 0.2, 0.75, 10.0)
     assert lite.w_face_gan == 0.0 and train_config_for(get_preset("face")).w_face_gan == 0.0
+    assert face.tilt_prob == 0.5 and lite.tilt_prob == 0.0 == train_config_for(get_preset("face")).tilt_prob
     assert train_config_for(get_preset("face-lite"), w_face_gan=0.0).w_face_gan == 0.0   # --train-set wins
 
 
@@ -740,6 +741,6 @@ def test_tilted_clips_on_a_plate_generator_need_the_datasets_person_masks(traine
     lite = get_preset("lite", size=SIZE, ngf=8, ndf=8)
     tc = train_config_for(lite, iterations=2, tilt_prob=0.5)
     with pytest.raises(ValueError, match=r"tilt_prob = 0.5: a tilted clip needs the dataset's person masks .*"
-                                         r"Re-run `posecast prepare`"):
+                                         r"Re-run `posecast prepare`.*--train-set tilt_prob=0"):
         Trainer(lite, tc, bare, tmp_path / "r", progress=False)
     assert Trainer(lite, train_config_for(lite, iterations=2), bare, tmp_path / "ok", progress=False)
