@@ -158,6 +158,7 @@ def test_training_recipe_follows_the_architecture():
     assert (face.w_face_gan, face.w_gan, face.gan_start, face.w_stable) == (1.0, 0.2, 0.75, 10.0)
     assert lite.w_face_gan == 0.0 and train_config_for(get_preset("face")).w_face_gan == 0.0
     assert face.tilt_prob == 0.5 and lite.tilt_prob == 0.0 == train_config_for(get_preset("face")).tilt_prob
+    assert not train_config_for(get_preset("face-lite"), augment=False).augment   # no augmentation, tilt included
     assert train_config_for(get_preset("face-lite"), w_face_gan=0.0).w_face_gan == 0.0   # --train-set wins
 
 
@@ -362,8 +363,6 @@ def test_cli_training_overrides_and_teacher_errors(trained, tmp_path):
 def test_training_config_names_a_bad_value_when_it_is_made(field, value, rule):
     with pytest.raises(ValueError, match=f"training config: {field} = .* {re.escape(rule)}"):
         TrainConfig(**{field: value})
-    with pytest.raises(ValueError, match="tilt_prob = 0.5 needs augment"):
-        TrainConfig(tilt_prob=0.5, augment=False)
 
 
 def test_lite_trains_in_its_person_crop_then_adversarially_and_saves_the_ema(trained, tmp_path):
@@ -744,3 +743,8 @@ def test_tilted_clips_on_a_plate_generator_need_the_datasets_person_masks(traine
                                          r"Re-run `posecast prepare`.*--train-set tilt_prob=0"):
         Trainer(lite, tc, bare, tmp_path / "r", progress=False)
     assert Trainer(lite, train_config_for(lite, iterations=2), bare, tmp_path / "ok", progress=False)
+    # with the masks it trains, every clip tilted
+    tilted = train_config_for(lite, iterations=2, tilt_prob=1.0, clip_frames_start=4, clip_frames_max=4,
+                              checkpoint_every=10**6)
+    Trainer(lite, tilted, trained["train"], tmp_path / "tilted", progress=False).run()
+    assert (tmp_path / "tilted" / "generator.safetensors").exists()

@@ -210,8 +210,10 @@ class ClipSource:
             return None
         S = self.size
         lm = np.asarray(self.ds.landmarks[start], np.float32)
-        centre = person_centre(lm) if self.kind == "dance" else np.nanmean(lm[:, :2], 0)   # a face's z is no visibility
-        centre = (np.array([0.5, 0.5], np.float32) if centre is None or not np.isfinite(centre).all() else centre) * S - 0.5
+        centre = person_centre(lm) if self.kind == "dance" else np.nanmean(lm[:, :2], 0)  # a face's z: no visibility
+        if centre is None or not np.isfinite(centre).all():
+            centre = np.array([0.5, 0.5], np.float32)
+        centre = centre * S - 0.5                              # pixel coordinates (models/render.py's convention)
         angle = rng.uniform(-augment.tilt_deg, augment.tilt_deg)
         scale = float(np.exp(rng.uniform(-augment.tilt_scale, augment.tilt_scale)))
         m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)

@@ -106,7 +106,7 @@ class TrainConfig:
                                       #   stages (vid2vid's coarse-to-fine: models.generator.grow_from) ("": none)
     teacher: str = ""                 # trained run (folder or generator .json) to distil from ("": none)
     w_distill: float = 10.0           # L1 to the teacher's frames (used only with a teacher)
-    augment: bool = True              # limb dropout / landmark jitter on label maps
+    augment: bool = True              # limb dropout / landmark jitter on label maps, clip tilt (False: none)
     # Label-map augmentation (defaults: trainer/clips.Augment's).
     limb_drop_prob: float = Augment.limb_drop_prob  # pose: probability of dropping each limb (vid2vid: 0.05)
     head_jitter_px: float = Augment.head_jitter_px  # pose: Gaussian noise (px at the model size) on the head
@@ -164,7 +164,6 @@ class TrainConfig:
         need(self.tilt_deg <= 180, "tilt_deg", "must be <= 180 (degrees either way)")
         need(self.tilt_scale <= 1, "tilt_scale", "must be <= 1 (a scale range of exp(+-1), 0.37x to 2.7x)")
         need(self.tilt_shift <= 0.5, "tilt_shift", "must be <= 0.5 (of the side)")
-        need(self.tilt_prob == 0 or self.augment, "tilt_prob", "needs augment (it is a clip augmentation)")
         for name in ("beta1", "beta2", "decay_start", "limb_drop_prob", "tilt_prob"):
             need(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]")
         if self.frame_ranges is not None:
@@ -580,9 +579,8 @@ class Trainer:
                 {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "precision": self.precision,
                  "processes": self.dist.world}, indent=2))
         tb = SummaryWriter(str(self.out / "tensorboard")) if main else _NoWriter()
-        augment = Augment(limb_drop_prob=tc.limb_drop_prob, head_jitter_px=tc.head_jitter_px,
-                          face_jitter_px=tc.face_jitter_px, tilt_prob=tc.tilt_prob, tilt_deg=tc.tilt_deg,
-                          tilt_scale=tc.tilt_scale, tilt_shift=tc.tilt_shift) if tc.augment else None
+        # every Augment field has its TrainConfig twin; augment=False turns all of them off (tilting included)
+        augment = Augment(**{f.name: getattr(tc, f.name) for f in dataclasses.fields(Augment)}) if tc.augment else None
         history: list[dict] = []
         t0 = time.monotonic()
         # The schedules follow rank 0's clock, so that every rank takes the same step.
