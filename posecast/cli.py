@@ -143,16 +143,35 @@ def _selection_options(s, verb: str) -> None:
 
 
 def _cmd_train(args) -> int:
-    from models.presets import get_preset, parse_overrides
-    from trainer.clips import parse_clip_numbers, parse_frame_ranges
     from trainer.distributed import init_from_env, shutdown
-    from trainer.train import TrainConfig, Trainer, train_config_for
+    from trainer.train import Trainer
 
     if args.nproc > 1:   # torchrun this very command on N processes
         if args.batch_size % args.nproc:
             raise ValueError(f"--batch-size {args.batch_size} must divide among the {args.nproc} processes (each "
                              f"trains on batch_size / {args.nproc} clips an iteration)")
         return _torchrun(args.nproc, _without_option(args.argv, "--nproc"))
+    cfg, tc = _train_configs(args)
+    dist = init_from_env(tc.device)
+    try:
+        with _plain_warnings():
+            trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet, dist=dist)
+        result = trainer.run()
+    finally:
+        shutdown()
+    if dist.main:
+        print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
+              f"({result['it_per_s']:.2f} it/s on {trainer.device}"
+              f"{f' x {dist.world} process' + 'es' * (dist.world > 1) if dist.on else ''}); checkpoint {result['checkpoint']}")
+    return 0
+
+
+def _train_configs(args):
+    """The model config and the TrainConfig that ``posecast train`` ARGS ask for (the preset's recipe under the
+    options given)."""
+    from models.presets import get_preset, parse_overrides
+    from trainer.clips import parse_clip_numbers, parse_frame_ranges
+    from trainer.train import TrainConfig, train_config_for
 
     overrides = parse_overrides(args.set or [])
     if args.grow_from:   # vid2vid's coarse-to-fine: that run's model, twice the resolution, one more local level
@@ -168,11 +187,13 @@ def _cmd_train(args) -> int:
         if args.size:
             overrides["size"] = args.size
         cfg = get_preset(args.preset, **overrides)
-    fields = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, device=args.device,
+    fields = dict(iterations=args.iterations, batch_size=args.batch_size, device=args.device,
                   seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
                   checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, gan_mode=args.gan_mode,
                   threads=args.threads, precision=args.precision,
                   frame_ranges=parse_frame_ranges(args.frames), identity=args.identity or "")
+    if args.lr is not None:   # else the recipe's (trainer/train.py: KIND_TRAINING), or TrainConfig's 2e-4
+        fields["lr"] = args.lr
     clips = parse_clip_numbers(args.clips)
     if clips is not None:
         fields["clips"] = tuple(clips)
@@ -183,19 +204,7 @@ def _cmd_train(args) -> int:
     if args.grow_from:
         fields["grow_from"] = args.grow_from
     fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_ranges", "clips", "identity")))
-    tc = train_config_for(cfg, **fields)
-    dist = init_from_env(tc.device)
-    try:
-        with _plain_warnings():
-            trainer = Trainer(cfg, tc, args.data, args.out, resume=args.resume, progress=not args.quiet, dist=dist)
-        result = trainer.run()
-    finally:
-        shutdown()
-    if dist.main:
-        print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
-              f"({result['it_per_s']:.2f} it/s on {trainer.device}"
-              f"{f' x {dist.world} process' + 'es' * (dist.world > 1) if dist.on else ''}); checkpoint {result['checkpoint']}")
-    return 0
+    return cfg, train_config_for(cfg, **fields)
 
 
 def _cmd_eval(args) -> int:
@@ -521,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "generator as its coarse stages and one new local enhancer (the preset and size follow RUN)")
     s.add_argument("--iterations", type=int, default=2000, help="generator updates (default 2000)")
     s.add_argument("--batch-size", type=int, default=1, help="clips per iteration (default 1)")
-    s.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    s.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: the preset's recipe: 1e-3 for face-lite, else vid2vid's 2e-4)")
     s.add_argument("--max-clip-frames", type=int, default=8, help="clip length T grows up to this (default 8)")
     s.add_argument("--gan-mode", choices=["lsgan", "hinge"], default="lsgan", help="GAN loss (default lsgan)")
     _selection_options(s, "train on")

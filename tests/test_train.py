@@ -162,6 +162,19 @@ def test_training_recipe_follows_the_architecture():
     assert train_config_for(get_preset("face-lite"), w_face_gan=0.0).w_face_gan == 0.0   # --train-set wins
 
 
+def test_train_command_takes_the_recipes_learning_rate_unless_one_is_given():
+    from posecast.cli import _train_configs, build_parser
+
+    def lr(*options):
+        args = build_parser().parse_args(["train", "--data", "d", "--out", "o", *options])
+        return _train_configs(args)[1].lr
+
+    assert lr("--preset", "face-lite") == 1e-3          # face-lite's recipe (KIND_TRAINING)
+    assert lr("--preset", "lite") == lr("--preset", "dance") == TrainConfig().lr == 2e-4
+    assert lr("--preset", "face-lite", "--lr", "3e-4") == 3e-4
+    assert lr("--preset", "lite", "--train-set", "lr=5e-4") == 5e-4
+
+
 def test_clip_length_grows_and_lr_decays():
     tc = TrainConfig(iterations=300, clip_frames_start=4, clip_frames_max=16, decay_start=0.5)
     lengths = [tc.clip_frames(tc.progress(i), 4) for i in range(300)]
