@@ -218,7 +218,7 @@ ARCH_TRAINING: dict[str, dict] = {
 # clips tilted (trainer/clips.py Augment.tilt_*): the held-out shot tilts the head ~17 degrees from every training
 # frame with its expression; 55 min more from the same seed: face PSNR 18.0 -> 18.7 dB, landmark error 4.0x -> 3.6x,
 # mouth 0.76 -> 0.84, flicker 1.61x -> 1.36x. And Adam at 1e-3, not vid2vid's 2e-4: face-lite underfit its own
-# training frames (21 dB face PSNR) for want of steps, not of channels (twice the head branch's changed nothing);
+# training frames (21 dB face PSNR) for want of step size, not of channels (twice the head branch's changed nothing);
 # 55 min more: trained frames 21.2 -> 22.3 dB, held out 18.7 -> 19.1 dB, landmark error 3.6x -> 2.7x, mouth 0.84 ->
 # 0.94, flicker 1.36x -> 1.53x (docs/performance.md).
 KIND_TRAINING: dict[tuple[str, str], dict] = {
