@@ -146,9 +146,10 @@ def _cmd_train(args) -> int:
     from trainer.distributed import init_from_env, shutdown
     from trainer.train import Trainer
 
-    if args.nproc > 1:   # torchrun this very command on N processes
-        if args.batch_size % args.nproc:
-            raise ValueError(f"--batch-size {args.batch_size} must divide among the {args.nproc} processes (each "
+    if args.nproc > 1:   # torchrun this very command on N processes (a resumed run's batch is checked by its ranks)
+        batch = args.batch_size or 1
+        if not args.resume and batch % args.nproc:
+            raise ValueError(f"--batch-size {batch} must divide among the {args.nproc} processes (each "
                              f"trains on batch_size / {args.nproc} clips an iteration)")
         return _torchrun(args.nproc, _without_option(args.argv, "--nproc"))
     cfg, tc = _train_configs(args)
@@ -160,19 +161,24 @@ def _cmd_train(args) -> int:
     finally:
         shutdown()
     if dist.main:
-        print(f"trained {cfg.name} {cfg.size}px for {result['iterations']} iterations "
-              f"({result['it_per_s']:.2f} it/s on {trainer.device}"
+        session = len(result["history"])
+        done = (f"to iteration {result['iterations']} ({session} in this session, " if session != result["iterations"]
+                else f"for {result['iterations']} iterations (")
+        print(f"trained {cfg.name} {cfg.size}px {done}{result['it_per_s']:.2f} it/s on {trainer.device}"
               f"{f' x {dist.world} process' + 'es' * (dist.world > 1) if dist.on else ''}); checkpoint {result['checkpoint']}")
     return 0
 
 
 def _train_configs(args):
-    """The model config and the TrainConfig that ``posecast train`` ARGS ask for (the preset's recipe under the
-    options given)."""
+    """The model config and the TrainConfig that ``posecast train`` ARGS ask for: the preset's recipe under the
+    options given; with ``--resume``, the run's own (its checkpoint's) under the options given."""
     from models.presets import get_preset, parse_overrides
-    from trainer.clips import parse_clip_numbers, parse_frame_ranges
-    from trainer.train import TrainConfig, train_config_for
+    from trainer.train import train_config_for
 
+    if args.resume:
+        return _resume_configs(args)
+    if args.data is None:
+        raise ValueError("--data is required: the dataset folder to train on (from posecast synth or prepare)")
     overrides = parse_overrides(args.set or [])
     if args.grow_from:   # vid2vid's coarse-to-fine: that run's model, twice the resolution, one more local level
         from models.checkpoint import read_checkpoint
@@ -186,25 +192,75 @@ def _train_configs(args):
     else:
         if args.size:
             overrides["size"] = args.size
-        cfg = get_preset(args.preset, **overrides)
-    fields = dict(iterations=args.iterations, batch_size=args.batch_size, device=args.device,
-                  seed=args.seed, clip_frames_max=args.max_clip_frames, time_limit_s=args.time_limit,
-                  checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, gan_mode=args.gan_mode,
-                  threads=args.threads, precision=args.precision,
-                  frame_ranges=parse_frame_ranges(args.frames), identity=args.identity or "")
-    if args.lr is not None:   # else the recipe's (trainer/train.py: KIND_TRAINING), or TrainConfig's 2e-4
-        fields["lr"] = args.lr
-    clips = parse_clip_numbers(args.clips)
-    if clips is not None:
-        fields["clips"] = tuple(clips)
-    if args.teacher:
-        fields["teacher"] = args.teacher
-    if args.init:
-        fields["init"] = args.init
-    if args.grow_from:
-        fields["grow_from"] = args.grow_from
+        cfg = get_preset(args.preset or "dance", **overrides)
+    return cfg, train_config_for(cfg, **_given_train_fields(args))
+
+
+# `posecast train` options -> the TrainConfig fields they set. Every one defaults to None on the command line, so
+# that what was given is known: a fresh run takes the recipe (trainer/train.py) for the rest, a resumed one its own.
+_TRAIN_OPTIONS = {"iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
+                  "max_clip_frames": "clip_frames_max", "gan_mode": "gan_mode", "time_limit": "time_limit_s",
+                  "threads": "threads", "checkpoint_every": "checkpoint_every", "sample_every": "sample_every",
+                  "device": "device", "precision": "precision", "seed": "seed", "identity": "identity",
+                  "teacher": "teacher", "init": "init", "grow_from": "grow_from"}
+
+
+def _given_train_fields(args) -> dict:
+    """The TrainConfig fields the command line sets: its options given, then ``--train-set``."""
+    from models.presets import parse_overrides
+    from trainer.clips import parse_clip_numbers, parse_frame_ranges
+    from trainer.train import TrainConfig
+
+    fields = {name: getattr(args, opt) for opt, name in _TRAIN_OPTIONS.items() if getattr(args, opt) is not None}
+    if args.frames is not None:
+        fields["frame_ranges"] = parse_frame_ranges(args.frames)
+    if args.clips is not None:
+        fields["clips"] = tuple(parse_clip_numbers(args.clips))
     fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_ranges", "clips", "identity")))
-    return cfg, train_config_for(cfg, **fields)
+    return fields
+
+
+def _resume_configs(args):
+    """``--resume``: the run's model config and TrainConfig from its checkpoint (RUN/latest.json), with only the
+    training options given on this command line changed (each change said on stderr). The model cannot change
+    under its weights: --preset, --size and --set must agree with the run's, or be left out."""
+    import dataclasses
+
+    from models.checkpoint import CheckpointError, read_config
+    from models.presets import parse_overrides
+    from trainer.train import TrainConfig
+
+    latest = Path(args.out) / "latest.json"
+    if not latest.is_file():
+        raise CheckpointError(f"--resume: {latest} not found: {args.out} holds no run to continue (leave out "
+                              f"--resume to start one there)")
+    cfg, meta, _ = read_config(latest)
+    asked = {"preset": (args.preset, cfg.name), "size": (args.size, cfg.size)}
+    asked.update({f"--set {k}": (v, getattr(cfg, k)) for k, v in parse_overrides(args.set or []).items()})
+    differ = [f"--{k} {a} (the run's: {r})" if not k.startswith("--") else f"{k}={a} (the run's: {r})"
+              for k, (a, r) in asked.items() if a is not None and a != r]
+    if differ:
+        raise ValueError(f"--resume: {args.out} is a {cfg.name} {cfg.size}px model; its model cannot change under "
+                         f"its weights: {', '.join(differ)}. Leave those out to continue it, or start a new run "
+                         f"from its weights with --init {args.out}")
+    if not isinstance(meta.get("train"), dict):
+        raise CheckpointError(f"--resume: {latest} holds no training settings (its meta has no 'train'): not a "
+                              f"checkpoint posecast train wrote")
+    saved, dropped = TrainConfig.from_dict(meta["train"])
+    main = os.environ.get("RANK", "0") == "0"   # (torchrun's ranks each resolve this; rank 0 speaks)
+    if dropped and main:
+        print(f"posecast train: note: {latest} has training settings this version no longer knows, left out: "
+              f"{', '.join(dropped)}", file=sys.stderr)
+    given = _given_train_fields(args)
+    changed = {k: v for k, v in given.items() if getattr(saved, k) != v}
+    tc = dataclasses.replace(saved, **changed)
+    if changed and main:
+        print(f"posecast train: resuming {args.out} at iteration {meta['iteration']} with its own settings, but "
+              + ", ".join(f"{k} {getattr(saved, k)!r} -> {v!r}" for k, v in changed.items())
+              + " (from this command line)", file=sys.stderr)
+    if args.data is None:
+        args.data = meta["dataset"]
+    return cfg, tc
 
 
 def _cmd_eval(args) -> int:
@@ -513,8 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_prepare)
 
     s = sub.add_parser("train", help="train a vid2vid model on a dataset")
-    s.add_argument("--data", required=True, help="dataset folder (from synth or prepare)")
-    s.add_argument("--preset", default="dance", help="model preset (dance, dance-perframe, face, ...)")
+    s.add_argument("--data", default=None, help="dataset folder (from synth or prepare; with --resume, default: the "
+                                                "run's own)")
+    s.add_argument("--preset", default=None, help="model preset (dance, dance-perframe, face, ...; default dance)")
     s.add_argument("--out", required=True, help="run folder (checkpoints, config, TensorBoard logs)")
     s.add_argument("--size", type=int, default=None, help="override the preset's frame side in pixels")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field (repeatable)")
@@ -528,25 +585,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grow-from", default=None, metavar="RUN",
                    help="vid2vid's coarse-to-fine: train a dance/face model at twice RUN's resolution with RUN's "
                         "generator as its coarse stages and one new local enhancer (the preset and size follow RUN)")
-    s.add_argument("--iterations", type=int, default=2000, help="generator updates (default 2000)")
-    s.add_argument("--batch-size", type=int, default=1, help="clips per iteration (default 1)")
+    s.add_argument("--iterations", type=int, default=None, help="generator updates (default 2000)")
+    s.add_argument("--batch-size", type=int, default=None, help="clips per iteration (default 1)")
     s.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default: the preset's recipe: 1e-3 for face-lite, else vid2vid's 2e-4)")
-    s.add_argument("--max-clip-frames", type=int, default=8, help="clip length T grows up to this (default 8)")
-    s.add_argument("--gan-mode", choices=["lsgan", "hinge"], default="lsgan", help="GAN loss (default lsgan)")
+    s.add_argument("--max-clip-frames", type=int, default=None, help="clip length T grows up to this (default 8)")
+    s.add_argument("--gan-mode", choices=["lsgan", "hinge"], default=None, help="GAN loss (default lsgan)")
     _selection_options(s, "train on")
-    s.add_argument("--time-limit", type=float, default=0.0,
-                   help="stop after this many seconds (default: none); lr decay, clip growth and the GAN phase then "
-                        "follow the time used, so the whole schedule fits in the time given")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    s.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
-    s.add_argument("--sample-every", type=int, default=200, help="iterations between TensorBoard sample grids")
-    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    s.add_argument("--time-limit", type=float, default=None,
+                   help="stop after this many seconds of training, counted over every --resume (default: none); lr "
+                        "decay, clip growth and the GAN phase then follow the time used, so the whole schedule fits "
+                        "in the time given")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (default 500)")
+    s.add_argument("--sample-every", type=int, default=None, help="iterations between TensorBoard sample grids (default 200)")
+    s.add_argument("--device", default=None, help="auto (CUDA when present; the default), cpu, cuda, cuda:N")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                    help="the networks' forward passes: auto (default): bf16 where the CPU (AVX512-BF16/AMX) or GPU "
                         "does it natively, fp16 on older GPUs, else fp32; losses, optimiser and EMA stay fp32")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--resume", action="store_true", help="continue from RUN/latest.*")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint, with its own settings (model, recipe, "
+                        "data, time limit); options given change those (e.g. a larger --time-limit or --iterations)")
     s.add_argument("--nproc", type=int, default=1,
                    help="processes (one per GPU; gloo on a CPU): N > 1 runs torchrun --nproc_per_node N on this command; "
                         "--batch-size is the total, split among them")

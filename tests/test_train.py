@@ -129,6 +129,39 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
         Trainer(cfg.replace(ngf=16), tc5, trained["train"], tmp_path / "r", resume=True, progress=False)
 
 
+@pytest.mark.timeout(300)
+def test_a_resumed_run_keeps_its_clock_and_says_when_nothing_is_left(trained, tmp_path):
+    """A time-limited run's schedule follows the training seconds of every session, so --resume continues it."""
+    import dataclasses
+
+    cfg = trained["cfg"]
+    tc = TrainConfig(iterations=2, clip_frames_start=3, clip_frames_max=3, checkpoint_every=10**6,
+                     time_limit_s=1000.0, decay_start=0.0)
+    Trainer(cfg, tc, trained["train"], tmp_path / "r", progress=False).run()
+    latest = tmp_path / "r" / "latest.json"
+    first = read_checkpoint(latest)[2]["trained_seconds"]
+    assert 0 < first < 1000
+    # As if that session had used 600 s of the 1000: the resumed one starts 60 % through its schedule.
+    doc = json.loads(latest.read_text())
+    doc["meta"]["trained_seconds"] = 600.0
+    latest.write_text(json.dumps(doc))
+    t = Trainer(cfg, dataclasses.replace(tc, iterations=3), trained["train"], tmp_path / "r", resume=True,
+                progress=False)
+    assert t.trained_seconds() == 600.0
+    seen, step = [], t._iteration
+    t._iteration = lambda progress, augment: (seen.append(progress), step(progress, augment))[1]
+    t.run()
+    assert len(seen) == 1 and 0.6 <= seen[0] < 0.7
+    assert 600.0 < read_checkpoint(latest)[2]["trained_seconds"] < 700.0
+    # Nothing left to do: said, with the option that gives more.
+    with pytest.raises(ValueError, match="already at iteration 3 of its 3: give a larger --iterations"):
+        Trainer(cfg, dataclasses.replace(tc, iterations=3), trained["train"], tmp_path / "r", resume=True,
+                progress=False)
+    with pytest.raises(ValueError, match=r"already trained for 6\d\d s of its --time-limit 500: give a larger"):
+        Trainer(cfg, dataclasses.replace(tc, iterations=10, time_limit_s=500.0), trained["train"], tmp_path / "r",
+                resume=True, progress=False)
+
+
 def test_regression_only_training_builds_no_discriminator_and_resumes(trained, tmp_path):
     plain = dict(w_gan=0.0, w_fm=0.0, w_temporal=0.0, clip_frames_start=3, clip_frames_max=3, checkpoint_every=10**6)
     t = Trainer(trained["cfg"], TrainConfig(iterations=2, **plain), trained["train"], tmp_path / "r", progress=False)
@@ -173,6 +206,54 @@ def test_train_command_takes_the_recipes_learning_rate_unless_one_is_given():
     assert lr("--preset", "lite") == lr("--preset", "dance") == TrainConfig().lr == 2e-4
     assert lr("--preset", "face-lite", "--lr", "3e-4") == 3e-4
     assert lr("--preset", "lite", "--train-set", "lr=5e-4") == 5e-4
+
+
+def test_train_command_given_nothing_is_the_recipe():
+    """Options left out are the recipe's (or TrainConfig's) values, not the command line's own copies of them."""
+    from posecast.cli import _train_configs, build_parser
+    from trainer.train import train_config_for
+
+    cfg, tc = _train_configs(build_parser().parse_args(["train", "--data", "d", "--out", "o"]))
+    assert cfg == get_preset("dance") and tc == train_config_for(cfg) == TrainConfig()
+    with pytest.raises(ValueError, match="--data is required"):
+        _train_configs(build_parser().parse_args(["train", "--out", "o"]))
+
+
+def test_resume_takes_the_runs_own_settings_and_changes_only_what_is_given(tmp_path, capsys):
+    import dataclasses
+
+    from models.checkpoint import save_checkpoint
+    from posecast.cli import _train_configs, build_parser
+    from trainer.train import train_config_for
+
+    cfg = get_preset("face-lite", size=128)
+    saved = train_config_for(cfg, iterations=10**6, time_limit_s=3300.0, seed=3, w_stable=7.0,
+                             frame_ranges=((0, 97), (152, 174)), clips=(0, 2))
+    (tmp_path / "run").mkdir()
+    meta = {"iteration": 12, "train": {**dataclasses.asdict(saved), "retired_knob": 1}, "dataset": "/data/mm"}
+    save_checkpoint(tmp_path / "run" / "latest", {"G.x": torch.zeros(1)}, cfg, meta)
+
+    def configs(*options, out="run"):
+        args = build_parser().parse_args(["train", "--out", str(tmp_path / out), "--resume", *options])
+        return (*_train_configs(args), args.data)
+
+    # Nothing given: the run's model, recipe (face-lite's lr, the --train-set), frames, seed, time limit and data.
+    assert configs() == (cfg, saved, "/data/mm") and saved.lr == 1e-3
+    assert "left out: retired_knob" in capsys.readouterr().err
+    # Given options change just those fields, each said; one equal to the run's own is no change.
+    _, tc, _ = configs("--time-limit", "6000", "--train-set", "lr=5e-4", "--seed", "3", "--data", "/elsewhere")
+    assert tc == dataclasses.replace(saved, time_limit_s=6000.0, lr=5e-4)
+    err = capsys.readouterr().err
+    assert "resuming" in err and "at iteration 12" in err and "time_limit_s 3300.0 -> 6000.0" in err
+    assert "lr 0.001 -> 0.0005" in err and "seed" not in err
+    # The model cannot change under its weights; naming the run's own is fine.
+    assert configs("--preset", "face-lite", "--size", "128")[0] == cfg
+    with pytest.raises(ValueError, match=r"--preset dance \(the run's: face-lite\), --size 256 \(the run's: 128\)"):
+        configs("--preset", "dance", "--size", "256")
+    with pytest.raises(ValueError, match=r"--set head_channels=32 \(the run's: 16\).*--init"):
+        configs("--set", "head_channels=32")
+    with pytest.raises(CheckpointError, match="holds no run to continue"):
+        configs(out="nothing-here")
 
 
 def test_clip_length_grows_and_lr_decays():
@@ -621,17 +702,18 @@ def test_the_progress_bar_follows_the_time_limit():
 
     from trainer.train import _time_limited_total
 
-    tc = TrainConfig(iterations=100_000, time_limit_s=60.0)
-    with tqdm(total=tc.iterations, file=io.StringIO()) as bar:
+    with tqdm(total=100_000, file=io.StringIO()) as bar:
         bar.update(10)
-        _time_limited_total(bar, 10, 5.0, tc)          # 2 it/s with 55 s left: 110 more
+        _time_limited_total(bar, 10, 5.0, 55.0, 100_000)     # 2 it/s with 55 s left: 110 more
         assert bar.total == 120
-        _time_limited_total(bar, 10, 70.0, tc)         # past the limit: this iteration is the last
+        _time_limited_total(bar, 10, 70.0, -10.0, 100_000)   # past the limit: this iteration is the last
         assert bar.total == 11
-    short = TrainConfig(iterations=50, time_limit_s=3600.0)
-    with tqdm(total=short.iterations, file=io.StringIO()) as bar:
+        # A resumed run: 10 iterations in this session's 5 s, 20 s of its limit left: 40 more, not the whole limit's
+        _time_limited_total(bar, 10, 5.0, 20.0, 100_000)
+        assert bar.total == 50
+    with tqdm(total=50, file=io.StringIO()) as bar:
         bar.update(10)
-        _time_limited_total(bar, 10, 1.0, short)       # the iterations bind first
+        _time_limited_total(bar, 10, 1.0, 3599.0, 50)        # the iterations bind first
         assert bar.total == 50
 
 

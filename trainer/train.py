@@ -173,6 +173,19 @@ class TrainConfig:
             need(len(self.clips) > 0 and all(type(c) is int and c >= 0 for c in self.clips), "clips",
                  "must be clip numbers >= 0")
 
+    @classmethod
+    def from_dict(cls, d: dict) -> tuple["TrainConfig", list[str]]:
+        """A TrainConfig saved as JSON (a run's config.json / checkpoint meta ``train``), and the names of saved
+        fields this version no longer has (left out; the caller says so). Lists come back as the tuples they were;
+        fields added since take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in d.items() if k in known}
+        if fields.get("clips") is not None:
+            fields["clips"] = tuple(fields["clips"])
+        if fields.get("frame_ranges") is not None:
+            fields["frame_ranges"] = tuple(tuple(r) for r in fields["frame_ranges"])
+        return cls(**fields), sorted(set(d) - known)
+
     def progress(self, it: int, elapsed_s: float = 0.0) -> float:
         """How far through the run, in [0, 1]: the iterations done, or the time used of ``time_limit_s`` when
         that is further along (a time-limited run then gets its whole schedule in the time it has)."""
@@ -323,7 +336,7 @@ class Trainer:
         dev = self.device
         self.G = build_generator(model).to(dev)
         # The data's background plate (the room with the person masked out): what the silhouette is measured against.
-        self.data_plate = (self.source.background_plate(warn_unseen=dist.main).to(dev)
+        self.data_plate = (self.source.background_plate(warn_unseen=dist.main and not resume).to(dev)   # (said once)
                            if self.G.uses_background_plate else None)
         if self.data_plate is not None and train.augment and train.tilt_prob > 0 and self.dataset.masks is None:
             raise ValueError(f"tilt_prob = {train.tilt_prob}: a tilted clip needs the dataset's person masks "
@@ -362,9 +375,27 @@ class Trainer:
         self.scaler_G, self.scaler_D = grad_scaler(self.precision, dev), grad_scaler(self.precision, dev)
         self.teacher = self._load_teacher(train.teacher) if train.teacher else None
         self.iteration = 0
+        self.trained_s = 0.0              # training seconds of the runs this one resumes (the time limit's clock)
+        self._session_t0: float | None = None   # monotonic start of this process's run(), while it runs
         self.subject_stats = self.dataset.subject_stats_of(self.selection.ranges)   # of the training frames only
         if resume:
             self._resume()
+            self._check_work_left()
+
+    def _check_work_left(self) -> None:
+        """A resumed run that has nothing left to do says so, naming the option that would give it more."""
+        tc = self.tc
+        if self.iteration >= tc.iterations:
+            raise ValueError(f"--resume: {self.out} is already at iteration {self.iteration} of its {tc.iterations}: "
+                             f"give a larger --iterations to train on")
+        if tc.time_limit_s and self.trained_s >= tc.time_limit_s:
+            raise ValueError(f"--resume: {self.out} has already trained for {self.trained_s:.0f} s of its "
+                             f"--time-limit {tc.time_limit_s:.0f}: give a larger --time-limit to train on")
+
+    def trained_seconds(self) -> float:
+        """Training seconds so far, over every resume (what --time-limit counts and the schedules follow)."""
+        running = time.monotonic() - self._session_t0 if self._session_t0 is not None else 0.0
+        return self.trained_s + running
 
     def _init_from(self, path: str, cfg: ModelConfig, tensors: dict, meta: dict) -> None:
         """Start G from a trained generator's weights (its background plate included)."""
@@ -391,7 +422,8 @@ class Trainer:
     # -- Checkpoints -----------------------------------------------------------------------------------
     def _meta(self) -> dict:
         tc = dataclasses.asdict(self.tc)
-        return {"iteration": self.iteration, "train": tc, "precision": self.precision, "dataset": str(self.dataset.path),
+        return {"iteration": self.iteration, "trained_seconds": self.trained_seconds(), "train": tc,
+                "precision": self.precision, "dataset": str(self.dataset.path),
                 "dataset_fps": self.dataset.manifest.fps, "subject_stats": self.subject_stats}
 
     def _generator_checkpoint(self) -> tuple[dict, ModelConfig, dict]:
@@ -439,6 +471,7 @@ class Trainer:
         if self.opt_D:
             _load_optim(self.opt_D, tensors, "optD", meta["optim"]["optD"])
         self.iteration = int(meta["iteration"])
+        self.trained_s = float(meta.get("trained_seconds", 0.0))   # (0 for checkpoints written before it was kept)
         self.rng.bit_generator.state = meta["rng"]
 
     def _forward(self, net, *args, **kwargs):
@@ -585,9 +618,10 @@ class Trainer:
         # every Augment field has its TrainConfig twin; augment=False turns all of them off (tilting included)
         augment = Augment(**{f.name: getattr(tc, f.name) for f in dataclasses.fields(Augment)}) if tc.augment else None
         history: list[dict] = []
-        t0 = time.monotonic()
-        # The schedules follow rank 0's clock, so that every rank takes the same step.
-        elapsed = lambda: self.dist.from_main(time.monotonic() - t0)  # noqa: E731
+        t0 = self._session_t0 = time.monotonic()
+        # The schedules follow rank 0's clock, so that every rank takes the same step; a resumed run's clock goes on
+        # from the seconds its checkpoint had trained (a time-limited schedule continues, not restarts).
+        elapsed = lambda: self.dist.from_main(self.trained_seconds())  # noqa: E731
         bar = tqdm(total=tc.iterations, initial=self.iteration, disable=not self.progress, unit="it",
                    desc=f"train {cfg.name} {cfg.size}px", dynamic_ncols=True)
         precision = f"precision {self.precision} ({self.precision_why}) on {self.device}" + \
@@ -606,7 +640,8 @@ class Trainer:
                 self._report(logs, clip, progress, tb, bar)
                 now = elapsed()
                 if tc.time_limit_s:
-                    _time_limited_total(bar, self.iteration - first, now, tc)
+                    _time_limited_total(bar, self.iteration - first, time.monotonic() - t0, tc.time_limit_s - now,
+                                        tc.iterations)
                 if main:
                     self._checkpoints(tc.gan_on(progress), tc.progress(self.iteration, now))
                 if tc.time_limit_s and now > tc.time_limit_s:
@@ -618,6 +653,7 @@ class Trainer:
             if self.iteration and main:
                 self.save()
             tb.close()
+            self.trained_s, self._session_t0 = self.trained_seconds(), None
         seconds = time.monotonic() - t0
         return {"iterations": self.iteration, "seconds": seconds,
                 "it_per_s": len(history) / seconds if seconds else 0.0,
@@ -795,11 +831,11 @@ def _floats(logs: dict) -> dict:
     return logs
 
 
-def _time_limited_total(bar, done: int, elapsed_s: float, tc: TrainConfig) -> None:
-    """With a time limit, the progress bar's total (and so its ETA) is what the time left allows at the pace so
-    far, not ``iterations``."""
-    reachable = bar.n + max(0.0, tc.time_limit_s - elapsed_s) * done / max(elapsed_s, 1e-9)
-    total = min(tc.iterations, max(bar.n + 1, int(reachable)))
+def _time_limited_total(bar, done: int, session_s: float, left_s: float, iterations: int) -> None:
+    """With a time limit, the progress bar's total (and so its ETA) is what the ``left_s`` seconds left allow at
+    this session's pace (``done`` iterations in ``session_s``), not ``iterations``."""
+    reachable = bar.n + max(0.0, left_s) * done / max(session_s, 1e-9)
+    total = min(iterations, max(bar.n + 1, int(reachable)))
     if total != bar.total:
         bar.total = total
         bar.refresh()
