@@ -214,8 +214,12 @@ def _given_train_fields(args) -> dict:
     fields = {name: getattr(args, opt) for opt, name in _TRAIN_OPTIONS.items() if getattr(args, opt) is not None}
     if args.frames is not None:
         fields["frame_ranges"] = parse_frame_ranges(args.frames)
-    if args.clips is not None:
-        fields["clips"] = tuple(parse_clip_numbers(args.clips))
+    if args.clips is not None:   # ("" = every clip: how a resumed run drops its saved list)
+        clips = parse_clip_numbers(args.clips)
+        fields["clips"] = None if clips is None else tuple(clips)
+    for name in ("teacher", "init", "grow_from"):   # (saved absolute, so that --resume finds them from anywhere)
+        if fields.get(name):
+            fields[name] = str(Path(fields[name]).resolve())
     fields.update(parse_overrides(args.train_set or [], TrainConfig, exclude=("frame_ranges", "clips", "identity")))
     return fields
 
@@ -239,6 +243,10 @@ def _resume_configs(args):
     asked.update({f"--set {k}": (v, getattr(cfg, k)) for k, v in parse_overrides(args.set or []).items()})
     differ = [f"--{k} {a} (the run's: {r})" if not k.startswith("--") else f"{k}={a} (the run's: {r})"
               for k, (a, r) in asked.items() if a is not None and a != r]
+    fresh = [f"--{o.replace('_', '-')}" for o in ("init", "grow_from") if getattr(args, o)]
+    if fresh:
+        raise ValueError(f"--resume continues {args.out} from its own weights; {' and '.join(fresh)} start a new "
+                         f"schedule from another run's: give one or the other")
     if differ:
         raise ValueError(f"--resume: {args.out} is a {cfg.name} {cfg.size}px model; its model cannot change under "
                          f"its weights: {', '.join(differ)}. Leave those out to continue it, or start a new run "
@@ -247,6 +255,8 @@ def _resume_configs(args):
         raise CheckpointError(f"--resume: {latest} holds no training settings (its meta has no 'train'): not a "
                               f"checkpoint posecast train wrote")
     saved, dropped = TrainConfig.from_dict(meta["train"])
+    # Where it runs is this machine's business, not the run's: the device and threads are this command's.
+    saved = dataclasses.replace(saved, device=TrainConfig.device, threads=TrainConfig.threads)
     main = os.environ.get("RANK", "0") == "0"   # (torchrun's ranks each resolve this; rank 0 speaks)
     if dropped and main:
         print(f"posecast train: note: {latest} has training settings this version no longer knows, left out: "

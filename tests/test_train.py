@@ -228,7 +228,7 @@ def test_resume_takes_the_runs_own_settings_and_changes_only_what_is_given(tmp_p
 
     cfg = get_preset("face-lite", size=128)
     saved = train_config_for(cfg, iterations=10**6, time_limit_s=3300.0, seed=3, w_stable=7.0,
-                             frame_ranges=((0, 97), (152, 174)), clips=(0, 2))
+                             frame_ranges=((0, 97), (152, 174)), clips=(0, 2), threads=1, device="cpu")
     (tmp_path / "run").mkdir()
     meta = {"iteration": 12, "train": {**dataclasses.asdict(saved), "retired_knob": 1}, "dataset": "/data/mm"}
     save_checkpoint(tmp_path / "run" / "latest", {"G.x": torch.zeros(1)}, cfg, meta)
@@ -237,12 +237,15 @@ def test_resume_takes_the_runs_own_settings_and_changes_only_what_is_given(tmp_p
         args = build_parser().parse_args(["train", "--out", str(tmp_path / out), "--resume", *options])
         return (*_train_configs(args), args.data)
 
-    # Nothing given: the run's model, recipe (face-lite's lr, the --train-set), frames, seed, time limit and data.
-    assert configs() == (cfg, saved, "/data/mm") and saved.lr == 1e-3
+    # Nothing given: the run's model, recipe (face-lite's lr, the --train-set), frames, seed, time limit and data;
+    # where it runs (device, threads) is this machine's.
+    here = dataclasses.replace(saved, threads=0, device="auto")
+    assert configs() == (cfg, here, "/data/mm") and saved.lr == 1e-3
     assert "left out: retired_knob" in capsys.readouterr().err
+    assert configs("--clips", "")[1] == dataclasses.replace(here, clips=None)    # "" drops the saved list
     # Given options change just those fields, each said; one equal to the run's own is no change.
     _, tc, _ = configs("--time-limit", "6000", "--train-set", "lr=5e-4", "--seed", "3", "--data", "/elsewhere")
-    assert tc == dataclasses.replace(saved, time_limit_s=6000.0, lr=5e-4)
+    assert tc == dataclasses.replace(here, time_limit_s=6000.0, lr=5e-4)
     err = capsys.readouterr().err
     assert "resuming" in err and "at iteration 12" in err and "time_limit_s 3300.0 -> 6000.0" in err
     assert "lr 0.001 -> 0.0005" in err and "seed" not in err
@@ -252,6 +255,8 @@ def test_resume_takes_the_runs_own_settings_and_changes_only_what_is_given(tmp_p
         configs("--preset", "dance", "--size", "256")
     with pytest.raises(ValueError, match=r"--set head_channels=32 \(the run's: 16\).*--init"):
         configs("--set", "head_channels=32")
+    with pytest.raises(ValueError, match="from its own weights; --init start a new schedule"):
+        configs("--init", "models/default")
     with pytest.raises(CheckpointError, match="holds no run to continue"):
         configs(out="nothing-here")
 

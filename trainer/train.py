@@ -423,7 +423,7 @@ class Trainer:
     def _meta(self) -> dict:
         tc = dataclasses.asdict(self.tc)
         return {"iteration": self.iteration, "trained_seconds": self.trained_seconds(), "train": tc,
-                "precision": self.precision, "dataset": str(self.dataset.path),
+                "precision": self.precision, "dataset": str(Path(self.dataset.path).resolve()),
                 "dataset_fps": self.dataset.manifest.fps, "subject_stats": self.subject_stats}
 
     def _generator_checkpoint(self) -> tuple[dict, ModelConfig, dict]:
@@ -649,11 +649,11 @@ class Trainer:
                         bar.write(f"time limit of {tc.time_limit_s:.0f}s reached at iteration {self.iteration}")
                     break
         finally:
+            self.trained_s, self._session_t0 = self.trained_seconds(), None   # (this session's time, kept first)
             bar.close()
             if self.iteration and main:
                 self.save()
             tb.close()
-            self.trained_s, self._session_t0 = self.trained_seconds(), None
         seconds = time.monotonic() - t0
         return {"iterations": self.iteration, "seconds": seconds,
                 "it_per_s": len(history) / seconds if seconds else 0.0,
