@@ -208,7 +208,8 @@ class LiteGenerator(SequentialGenerator):
         alpha = torch.sigmoid(out[:, 3:4]) * self.window
         if self.record_alpha is not None:
             self.record_alpha.append(alpha)
-        hallucinated = alpha * torch.tanh(out[:, :3]) + (1 - alpha) * plate
+        # (a contiguous copy first: tanh on the strided channel slice of a channels_last map is ~8x slower on CPU)
+        hallucinated = alpha * torch.tanh(out[:, :3].contiguous()) + (1 - alpha) * plate
         if not L:
             zeros = torch.zeros_like(hallucinated[:, :1])
             return self._refine(hallucinated, current, head), torch.cat((zeros, zeros), 1), zeros

@@ -37,7 +37,7 @@ from models.presets import ModelConfig
 from models.registry import build_generator
 from models.visualize import label_preview, side_by_side, to_uint8
 from models.warp import compose_flows, warp
-from models.window import crop_size_for, cut, cut_clips, default_head_side
+from models.window import crop_size_for, cut_clips, default_head_side
 
 from . import losses
 from .clips import Augment, Clip, ClipSource
@@ -494,8 +494,7 @@ class Trainer:
         """(B, T, C, S, S) -> (B, T, C, side, side): every frame's head window (``models.window.head_box``, placed in
         the generator's window exactly as the head branch's), cut from the full frames."""
         side = self.face_side
-        return torch.stack([torch.stack([cut(x[b, t], p.head_window(side)) for t, p in enumerate(row)])
-                            for b, row in enumerate(places)])
+        return cut_clips(x, [[p.head_window(side) for p in row] for row in places])
 
     def _loss_l1(self, fake, real, *, person, head, limbs, features) -> tuple[torch.Tensor, dict]:
         """L1 to the real frames, weighted up on the person, head, limbs and face features (their {0, 1} maps)."""
