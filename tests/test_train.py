@@ -804,6 +804,28 @@ def test_frames_are_chosen_by_clip_identity_and_range(two_people):
         parse_frame_ranges("5")
 
 
+def test_clip_sampling_draws_every_shot_alike_or_every_window_alike(two_people):
+    """``clip_sampling="clips"`` (vid2vid's) draws a 4-frame shot as often as a 12-frame one; "frames" draws every
+    window alike, so the short shot's one window of T=4 comes up 1 time in 10."""
+    src = ClipSource(Dataset(two_people), SIZE, frame_ranges=((0, 12), (24, 28)))
+    assert src.clips == [(0, 12), (24, 28)]
+    drawn = []
+    src.load = lambda start, stop, seed=None, augment=None: drawn.append((start, stop)) or {"x": torch.zeros(1)}
+    rng = np.random.default_rng(0)
+    for by_clip in (True, False):
+        drawn.clear()
+        for _ in range(400):
+            src.sample_batch(4, 1, rng, by_clip=by_clip)
+        short = sum(start == 24 for start, _ in drawn) / len(drawn)
+        assert all(stop - start == 4 and (stop <= 12 or (start, stop) == (24, 28)) for start, stop in drawn)
+        assert 0.42 <= short <= 0.58 if by_clip else 0.05 <= short <= 0.16, (by_clip, short)
+        assert {start for start, _ in drawn if start < 12} == set(range(9))       # every window of the long shot
+    with pytest.raises(DatasetError, match="no clip has 13 consecutive frames"):
+        src.sample_batch(13, 1, rng, by_clip=True)
+    with pytest.raises(ValueError, match="clip_sampling = 'shots' is not one of frames, clips"):
+        TrainConfig(clip_sampling="shots")
+
+
 def test_a_run_keeps_the_statistics_of_its_own_frames_and_warns_of_mixed_identities(two_people, tmp_path):
     from trainer.dataset import subject_stats_for
     from trainer.train import MixedIdentityWarning

@@ -319,14 +319,26 @@ class ClipSource:
         return torch.from_numpy(plate).permute(2, 0, 1).float() / 127.5 - 1.0
 
     def sample_batch(self, length: int, batch: int, rng: np.random.Generator, augment: Augment | None = None,
-                     part: range | None = None) -> dict[str, torch.Tensor]:
+                     part: range | None = None, by_clip: bool = False) -> dict[str, torch.Tensor]:
         """``batch`` random windows of ``length`` frames, stacked: (B, T, ...). ``part``: load only these of the
         ``batch`` clips (a rank's share of a distributed iteration: every rank draws the same windows from the same
-        ``rng``, and each clip is augmented from a seed of its own, so how a batch is split never changes it)."""
-        wins = self.windows(length)
-        if not wins:
-            raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
-        starts = [wins[rng.integers(len(wins))] for _ in range(batch)]
+        ``rng``, and each clip is augmented from a seed of its own, so how a batch is split never changes it).
+        ``by_clip``: every clip (shot) long enough is drawn as often as any other, then a window in it (vid2vid's
+        sampling: a sequence, then a start); otherwise every window is (a long shot drawn as often as it is long)."""
+        if by_clip:
+            clips = [(a, b) for a, b in self.clips if b - a >= length]
+            if not clips:
+                raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
+            starts = []
+            for _ in range(batch):
+                a, b = clips[rng.integers(len(clips))]
+                s = a + int(rng.integers(b - a - length + 1))
+                starts.append((s, s + length))
+        else:
+            wins = self.windows(length)
+            if not wins:
+                raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
+            starts = [wins[rng.integers(len(wins))] for _ in range(batch)]
         seed = int(rng.integers(1 << 62))
         picks = [self.load(*starts[k], seed=(seed, k), augment=augment)
                  for k in (range(batch) if part is None else part)]

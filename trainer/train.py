@@ -132,8 +132,11 @@ class TrainConfig:
     clips: tuple | None = None        # train on these clips only (the clip table's numbers; None: every clip)
     identity: str = ""                # train on the clips of this identity only (the clip table's letter; "": any)
     frame_ranges: tuple | None = None # and within these dataset frame ranges only, ((start, stop), ...) (None: all)
+    clip_sampling: str = "frames"     # "frames": every window of T frames drawn alike (a shot as often as it is long)
+                                      #   | "clips": every clip (shot) alike, then a window in it (vid2vid's)
 
     GAN_MODES = ("lsgan", "hinge")
+    CLIP_SAMPLING = ("frames", "clips")
 
     def __post_init__(self):
         """Every value checked when the config is made, so a mistyped one fails before iteration 1, named."""
@@ -145,6 +148,7 @@ class TrainConfig:
 
         need(self.gan_mode in self.GAN_MODES, "gan_mode", f"is not one of {', '.join(self.GAN_MODES)}")
         need(self.precision in PRECISIONS, "precision", f"is not one of {', '.join(PRECISIONS)}")
+        need(self.clip_sampling in self.CLIP_SAMPLING, "clip_sampling", f"is not one of {', '.join(self.CLIP_SAMPLING)}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "is not auto, cpu, cuda or cuda:N")
         for name in ("iterations", "batch_size", "clip_frames_start", "clip_frames_max", "log_every", "sample_every",
@@ -677,7 +681,8 @@ class Trainer:
         T = min(self.tc.clip_frames(progress, self.min_frames), self.source.longest_clip())
         with self.clock("data"):
             part = self.dist.share(self.tc.batch_size)
-            batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment, part=part)
+            batch = self.source.sample_batch(T, self.tc.batch_size, self.rng, augment, part=part,
+                                             by_clip=self.tc.clip_sampling == "clips")
             clip = Clip.from_batch(batch, T, self.device)
             if 0 < self.tc.d_frames < T and (self.D is not None or self.DF is not None) and self.tc.gan_on(progress):
                 # (drawn for the whole batch on every rank, so that the ranks' random streams, and with them the
