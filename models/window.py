@@ -293,7 +293,7 @@ def cut_clips(x, boxes: list[list[CropBox]]):
     a 256² training iteration)."""
     import torch
 
-    if x.requires_grad and torch.is_grad_enabled():
+    if x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
         return _cut_clips_function().apply(x, boxes)
     return _stack_windows(x, boxes)
 

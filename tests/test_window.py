@@ -64,7 +64,7 @@ def test_cut_then_paste_gives_back_the_frame_in_numpy_and_torch():
 
 def test_cut_clips_backward_pastes_each_windows_gradient_where_it_was_cut():
     """cut_clips' own backward (one zeroed clip, every window's gradient pasted in) gives the gradient that
-    autograd's per-frame selections and slices give, overlapping windows of one frame and two clips included."""
+    autograd's per-frame selections and slices give, for two clips whose frames' windows overlap."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 2, 24, 20, requires_grad=True)
     boxes = [[CropBox(0, 0, 12, 10), CropBox(8, 5, 12, 10), CropBox(10, 12, 12, 10)],
@@ -73,11 +73,13 @@ def test_cut_clips_backward_pastes_each_windows_gradient_where_it_was_cut():
     plain = torch.stack([torch.stack([cut(x[b, t], bx) for t, bx in enumerate(row)]) for b, row in enumerate(boxes)])
     want_grad, = torch.autograd.grad((plain * weights).sum(), x)
     got = cut_clips(x, boxes)
+    assert type(got.grad_fn).__name__ == "CutClipsBackward"                  # its own backward, not autograd's
     got_grad, = torch.autograd.grad((got * weights).sum(), x)
     assert got.shape == (2, 3, 2, 12, 10) and torch.equal(got, plain)
     assert torch.equal(got_grad, want_grad)
     assert float(got_grad[0, 0, :, 12:].abs().sum()) == 0.0          # outside frame (0, 0)'s window: no gradient
     assert not cut_clips(x.detach(), boxes).requires_grad
+
 
 def test_one_low_pass_smooths_the_model_window_and_the_face_crop_in_frames_or_seconds():
     from models.posenorm import FaceCrop, FaceCropConfig, face_box

@@ -323,8 +323,9 @@ class ClipSource:
         """``batch`` random windows of ``length`` frames, stacked: (B, T, ...). ``part``: load only these of the
         ``batch`` clips (a rank's share of a distributed iteration: every rank draws the same windows from the same
         ``rng``, and each clip is augmented from a seed of its own, so how a batch is split never changes it).
-        ``by_clip``: every clip (shot) long enough is drawn as often as any other, then a window in it (vid2vid's
-        sampling: a sequence, then a start); otherwise every window is (a long shot drawn as often as it is long)."""
+        ``by_clip``: every stretch of the chosen frames (``self.clips``: a clip, or the part of one a frame range
+        keeps) long enough is drawn as often as any other, then a window in it (vid2vid's sampling: a sequence,
+        then a start); otherwise every window is (a long shot drawn as often as it is long)."""
         if by_clip:
             clips = [(a, b) for a, b in self.clips if b - a >= length]
             if not clips:
