@@ -326,10 +326,10 @@ class ClipSource:
         ``by_clip``: every stretch of the chosen frames (``self.clips``: a clip, or the part of one a frame range
         keeps) long enough is drawn as often as any other, then a window in it (vid2vid's sampling: a sequence,
         then a start); otherwise every window is (a long shot drawn as often as it is long)."""
+        clips = [(a, b) for a, b in self.clips if b - a >= length]
+        if not clips:
+            raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
         if by_clip:
-            clips = [(a, b) for a, b in self.clips if b - a >= length]
-            if not clips:
-                raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
             starts = []
             for _ in range(batch):
                 a, b = clips[rng.integers(len(clips))]
@@ -337,8 +337,6 @@ class ClipSource:
                 starts.append((s, s + length))
         else:
             wins = self.windows(length)
-            if not wins:
-                raise DatasetError(f"no clip has {length} consecutive frames (longest: {self.longest_clip()})")
             starts = [wins[rng.integers(len(wins))] for _ in range(batch)]
         seed = int(rng.integers(1 << 62))
         picks = [self.load(*starts[k], seed=(seed, k), augment=augment)
