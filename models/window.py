@@ -25,6 +25,7 @@ function needs it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -304,28 +305,23 @@ def _stack_windows(x, boxes: list[list[CropBox]]):
     return torch.stack([torch.stack([cut(x[b, t], bx) for t, bx in enumerate(row)]) for b, row in enumerate(boxes)])
 
 
-_CUT_CLIPS = None
-
-
+@functools.cache
 def _cut_clips_function():
     """The autograd Function behind :func:`cut_clips` (made on first use: this module does not import torch)."""
-    global _CUT_CLIPS
-    if _CUT_CLIPS is None:
-        import torch
+    import torch
 
-        class CutClips(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x, boxes):
-                ctx.shape, ctx.boxes = x.shape, boxes
-                return _stack_windows(x, boxes)
+    class CutClips(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, boxes):
+            ctx.shape, ctx.boxes = x.shape, boxes
+            return _stack_windows(x, boxes)
 
-            @staticmethod
-            def backward(ctx, grad):
-                out = grad.new_zeros(ctx.shape)
-                for b, row in enumerate(ctx.boxes):
-                    for t, bx in enumerate(row):
-                        paste(out[b, t], grad[b, t], bx)
-                return out, None
+        @staticmethod
+        def backward(ctx, grad):
+            out = grad.new_zeros(ctx.shape)
+            for b, row in enumerate(ctx.boxes):
+                for t, bx in enumerate(row):
+                    paste(out[b, t], grad[b, t], bx)
+            return out, None
 
-        _CUT_CLIPS = CutClips
-    return _CUT_CLIPS
+    return CutClips

@@ -133,7 +133,8 @@ class TrainConfig:
     identity: str = ""                # train on the clips of this identity only (the clip table's letter; "": any)
     frame_ranges: tuple | None = None # and within these dataset frame ranges only, ((start, stop), ...) (None: all)
     clip_sampling: str = "frames"     # "frames": every window of T frames drawn alike (a shot as often as it is long)
-                                      #   | "clips": every clip (shot) alike, then a window in it (vid2vid's)
+                                      #   | "clips": every stretch of the chosen frames (a clip, or the part of one
+                                      #   frame_ranges keeps) alike, then a window in it (vid2vid's)
 
     GAN_MODES = ("lsgan", "hinge")
     CLIP_SAMPLING = ("frames", "clips")
