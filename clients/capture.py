@@ -173,22 +173,27 @@ class _Work:
     aspect: float
     shown: np.ndarray | None = None   # the landmarks sent (raw, before normalisation): forecast, or as detected
     lead_ms: float = 0.0              # how far ahead they were forecast
+    step: np.ndarray | None = None    # a face's step since the last frame, measured on the image (HeadMotion)
+    step_ms: float | None = None      # what measuring it took
 
 
 _END = object()
 
 
 class _Reader(threading.Thread):
-    """Reads the source and runs MediaPipe on images, feeding a small queue."""
+    """Reads the source and runs MediaPipe on images, feeding a small queue. ``motion``: a
+    :class:`~models.forecast.HeadMotion` that measures a face's step on each image its landmarks are found in
+    (a forecast of the face mesh moves by it)."""
 
     def __init__(self, source: Source, kind: str, max_frames: int | None, out: queue.Queue, wake: zmq.Socket,
-                 extractor=None, demand: threading.Semaphore | None = None):
+                 extractor=None, demand: threading.Semaphore | None = None, motion=None):
         super().__init__(name="posecast-capture-source", daemon=True)
         self.source, self.kind, self.max_frames, self.out = source, kind, max_frames, out
         self.wake = wake            # inproc PAIR (used by this thread only): wakes the main loop's poll at once
         self.stop = threading.Event()
         self.extractor = extractor  # built by the main thread (its start-up silences fd 2 for a moment)
         self.demand = demand        # lock-step (--fast): read the next item only when the main loop asks for it
+        self.motion = motion
 
     def _wait_demand(self) -> bool:
         if self.demand is None:
@@ -231,7 +236,12 @@ class _Reader(threading.Thread):
                     t = time.perf_counter()
                     lm = self.extractor(item.rgb)
                     ms = (time.perf_counter() - t) * 1e3
-                if not self._put(_Work(item, lm, ms, aspect)):
+                work = _Work(item, lm, ms, aspect)
+                if self.motion is not None and ms is not None:   # (not on a preview drawn from the landmarks)
+                    t = time.perf_counter()
+                    work.step = self.motion(item.rgb, lm)
+                    work.step_ms = (time.perf_counter() - t) * 1e3
+                if not self._put(work):
                     break
                 n += 1
             self._put(_END)
@@ -469,7 +479,8 @@ class CaptureClient:
         :mod:`clients.sources`). ``forecast``: send the landmarks forecast ``lead_ms`` ahead (None: the measured
         glass-to-glass latency, see :class:`~clients.ledger.Lead`) by ``none`` / ``constant_velocity`` /
         ``learned`` (the model in ``forecaster_model``, default the bundled one) / ``auto`` (the best measured for
-        the model's kind: learned for dance, constant velocity of the mesh's centroid for faces; models/forecast.py). ``emulate_latency_ms``: hold every
+        the model's kind: learned for dance, constant velocity of the mesh's centroid for faces, stepping as the image
+        shows the head move; models/forecast.py). ``emulate_latency_ms``: hold every
         reply that long before handling it, as a slow network would (for demos and measurements on loopback).
         ``one_euro``: the One Euro filter in front of the forecaster (see models/forecast.py ``make_forecaster``).
         ``virtual_cam``: the output to a virtual camera (True, or pyvirtualcam's ``{"backend": ..., "device": ...}``);
@@ -602,7 +613,7 @@ class _Run:
         w.shown = raw
         if raw is not None and self.forecaster.name != "none":
             t = time.perf_counter()
-            self.forecaster.update(item.capture_ts, raw)
+            self.forecaster.update(item.capture_ts, raw, w.step)
             w.lead_ms = self.lead.ms(self.ledger)
             w.shown = self.forecaster.predict(w.lead_ms / 1e3)
             self.ledger.sample("forecast", (time.perf_counter() - t) * 1e3)
@@ -613,6 +624,8 @@ class _Run:
         self.ledger.sample("normalize", (time.perf_counter() - t) * 1e3)
         if w.extract_ms is not None:
             self.ledger.sample("extract", w.extract_ms)
+        if w.step_ms is not None:
+            self.ledger.sample("head_motion", w.step_ms)
         if self.save_path is not None:
             self.saved_lms.append(None if raw is None else np.asarray(raw, np.float32))
             self.saved_ts.append(item.capture_ts)
@@ -823,7 +836,11 @@ class _Run:
         w = self.c.welcome
         self.log(f"streaming {self.source.describe()} to {self.c.address} ({w.kind} model {w.model or '?'}, "
                  f"{w.size}px{'' if self.paced else ', lock-step'})")
-        reader = _Reader(self.source, w.kind, self.max_frames, q, wake_tx, extractor, demand)
+        motion = None
+        if w.kind == "face" and self.forecaster.name != "none":
+            from models.forecast import HeadMotion
+            motion = HeadMotion()
+        reader = _Reader(self.source, w.kind, self.max_frames, q, wake_tx, extractor, demand, motion)
         reader.start()
         return reader
 

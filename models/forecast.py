@@ -7,11 +7,14 @@ glass-to-glass latency ago.
   ``predict(horizon_s)``: the landmarks expected ``horizon_s`` after the last sample.
   - ``NoForecast``: the last sample (what is shown today);
   - ``ConstantVelocity``: the last sample moved on by the velocity between the last two (of the smoothed stream).
+  - ``MeshForecaster``: a face mesh moved by the forecast of its centroid, whose step ``HeadMotion`` can measure on
+    the image (``update(t, landmarks, step)``).
 
 Landmarks are ``(K, 3)`` float arrays normalised to the frame (models/render.py): only x and y are smoothed and
 forecast; column 2 (a pose's visibility, a face mesh's depth) passes through. A landmark that is missing (NaN) or,
 for poses, not visible (visibility < ``VISIBLE``) in the newest sample stays exactly as it came: a forecast never
-invents a hidden joint, and a joint that reappears starts afresh. Imports numpy only (client and server alike).
+invents a hidden joint, and a joint that reappears starts afresh. Imports numpy only (client and server alike;
+``HeadMotion`` imports OpenCV when made).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,7 +116,9 @@ class Forecaster:
     def reset(self) -> None:
         self._last: tuple[float, np.ndarray] | None = None
 
-    def update(self, t: float, landmarks: np.ndarray) -> None:
+    def update(self, t: float, landmarks: np.ndarray, step: np.ndarray | None = None) -> None:
+        """``step``: the move of the whole landmark set since the previous sample as measured on the image ((2,)
+        frame fractions, :class:`HeadMotion`), where one was; only a face mesh's forecast uses it."""
         self._last = (float(t), np.array(landmarks, np.float32, copy=True))
 
     def predict(self, horizon_s: float) -> np.ndarray:
@@ -135,7 +141,7 @@ class ConstantVelocity(Forecaster):
         super().reset()
         self._prev: tuple[float, np.ndarray] | None = None
 
-    def update(self, t: float, landmarks: np.ndarray) -> None:
+    def update(self, t: float, landmarks: np.ndarray, step: np.ndarray | None = None) -> None:
         self._prev = self._last
         super().update(t, landmarks)
 
@@ -219,7 +225,7 @@ class LearnedForecaster(Forecaster):
             if part is not None:
                 part.reset()
 
-    def update(self, t: float, landmarks: np.ndarray) -> None:
+    def update(self, t: float, landmarks: np.ndarray, step: np.ndarray | None = None) -> None:
         if self._last is not None and t <= self._last[0]:
             self.reset()                                   # time went back (a new stream): start afresh
         if self.smoother is not None:
@@ -335,9 +341,9 @@ class Smoothed(Wrapped):
         super().reset()
         self.filter.reset()
 
-    def update(self, t: float, landmarks: np.ndarray) -> None:
+    def update(self, t: float, landmarks: np.ndarray, step: np.ndarray | None = None) -> None:
         super().update(t, landmarks)
-        self.inner.update(t, self.filter(t, landmarks))
+        self.inner.update(t, self.filter(t, landmarks), step)
 
     def predict(self, horizon_s: float) -> np.ndarray:
         return self.inner.predict(horizon_s)
@@ -354,11 +360,13 @@ class SquareFrame(Wrapped):
         self.aspect = float(aspect)
         super().__init__(inner)
 
-    def update(self, t: float, landmarks: np.ndarray) -> None:
+    def update(self, t: float, landmarks: np.ndarray, step: np.ndarray | None = None) -> None:
         super().update(t, landmarks)
         square = np.array(landmarks, np.float32, copy=True)
         square[:, 0] *= self.aspect
-        self.inner.update(t, square)
+        if step is not None:
+            step = np.asarray(step, np.float32) * np.float32([self.aspect, 1.0])
+        self.inner.update(t, square, step)
 
     def predict(self, horizon_s: float) -> np.ndarray:
         out = self.inner.predict(horizon_s)
@@ -380,10 +388,11 @@ MESH_GAIN = 0.8    # a face mesh moves by this fraction of its centroid's foreca
 class MeshForecaster(Wrapped):
     """A face mesh moved by the forecast of what drives it: its centroid (the head's motion, with the noise of
     hundreds of points averaged out), forecast by ``inner`` as one landmark and damped by ``gain`` (a head's
-    motion turns often: a shorter step errs less); the mesh's shape (mouth, eyes) stays as last seen. Per-point
-    forecasts of a face mesh chase each point's tracker noise: on the face mesh of shared/data/Megamind.avi at
-    100 ms, constant velocity per point errs 0.93x showing the past on the shots not used to choose ``gain``,
-    this 0.74x (docs/performance.md)."""
+    motion turns often: a shorter step errs less); the mesh's shape (mouth, eyes) stays as last seen. The centroid
+    moves by the image's own step where ``update`` is given one (:class:`HeadMotion`), else by the mean step of
+    the points. Per-point forecasts of a face mesh chase each point's tracker noise: on the face mesh of
+    shared/data/Megamind.avi at 100 ms, constant velocity per point errs 0.93x showing the past on the shots not
+    used to choose ``gain``, this 0.74x driven by the points and 0.69x by the image (docs/performance.md)."""
 
     def __init__(self, inner: Forecaster, gain: float = MESH_GAIN):
         if not 0 <= gain <= 2:
@@ -395,15 +404,15 @@ class MeshForecaster(Wrapped):
         super().reset()
         self._centroid: np.ndarray | None = None
 
-    def update(self, t: float, landmarks: np.ndarray) -> None:
+    def update(self, t: float, landmarks: np.ndarray, step: np.ndarray | None = None) -> None:
         lm = np.asarray(landmarks, np.float32)
         if self._last is not None and t <= self._last[0]:
             self.reset()
         prev = self._last[1] if self._last is not None else None
         super().update(t, lm)
         ok = _present(lm, False)
-        # The drive moves by the mean step of the points seen in both samples: a point lost or found does not
-        # move the centroid.
+        # The drive moves by the image's step, or the mean step of the points seen in both samples: a point lost
+        # or found does not move the centroid.
         both = ok & _present(prev, False) if prev is not None else ok
         if prev is None or self._centroid is None or not both.any():
             drive = np.full((1, 3), np.nan, np.float32)
@@ -412,7 +421,8 @@ class MeshForecaster(Wrapped):
             self.inner.reset()                          # nothing in common with the last sample: a new track
         else:
             drive = self._centroid.copy()
-            drive[0, :2] += (lm[both, :2] - prev[both, :2]).mean(0)
+            measured = step is not None and np.shape(step) == (2,) and np.isfinite(step).all()
+            drive[0, :2] += np.asarray(step, np.float32) if measured else (lm[both, :2] - prev[both, :2]).mean(0)
         self._centroid = drive
         if np.isfinite(drive).all():
             self.inner.update(t, drive)
@@ -427,6 +437,63 @@ class MeshForecaster(Wrapped):
         if np.isfinite(move).all():
             out[:, :2] += move                          # NaN (missing) points stay NaN
         return out
+
+
+class HeadMotion:
+    """The step of a face between consecutive frames as the image shows it: the median optical flow (OpenCV's
+    DIS, ultrafast preset) inside the face mesh's bounding box, from the previous frame to this one, the box
+    scaled down (bilinear) to at most ``max_side`` pixels. The tracker's mesh jitters from frame to frame as a
+    whole; the pixels' own motion measures the head's step with less of that noise (on Megamind's face, the two
+    agree with a correlation of 0.92-0.99 on the large moves, 0.66 on a still head's small ones).
+    ``__call__(image, landmarks)`` with every frame and its mesh (normalised to that frame, None where none was
+    found) -> the step since the last frame, (2,) frame fractions, or None: on the first frame, after a frame
+    without a mesh (a forecaster is not updated there, and the step must span the same two samples as the
+    mesh's), after a change of frame size, or for a box under ``MIN_SIDE`` pixels. ~0.35 ms a frame on an idle
+    core (docs/performance.md)."""
+
+    MIN_SIDE = 8
+
+    def __init__(self, max_side: int = 96):
+        if max_side < self.MIN_SIDE:
+            raise ValueError(f"max_side must be >= {self.MIN_SIDE}, got {max_side}")
+        import cv2
+
+        self.max_side = int(max_side)
+        self._cv2 = cv2
+        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self.reset()
+
+    def reset(self) -> None:
+        self._prev: np.ndarray | None = None      # the previous frame, grey
+
+    def __call__(self, image: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray | None:
+        cv2 = self._cv2
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise ValueError(f"HeadMotion wants a uint8 grey or RGB image, got {image.dtype} {image.shape}")
+        if landmarks is None:
+            self._prev = None
+            return None
+        grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        prev, self._prev = self._prev, grey
+        if prev is None or prev.shape != grey.shape:
+            return None
+        ok = _present(np.asarray(landmarks), False)
+        if not ok.any():
+            return None
+        h, w = grey.shape
+        pts = np.asarray(landmarks, np.float64)[ok, :2] * (w, h)
+        (x0, y0), (x1, y1) = np.floor(pts.min(0)).astype(int), np.ceil(pts.max(0)).astype(int)
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if min(x1 - x0, y1 - y0) < self.MIN_SIDE:
+            return None
+        s = min(1.0, self.max_side / max(x1 - x0, y1 - y0))
+        a, b = (cv2.resize(np.ascontiguousarray(f[y0:y1, x0:x1]), None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+                for f in (prev, grey))
+        if min(a.shape) < self.MIN_SIDE:
+            return None
+        flow = self._flow.calc(a, b, None)
+        return (np.median(flow.reshape(-1, 2), axis=0) / s / (w, h)).astype(np.float32)
 
 
 DEFAULT_FORECASTER = Path(__file__).with_name("forecaster")   # the bundled learned forecaster (whole bodies, 33 joints)
@@ -469,19 +536,21 @@ def make_forecaster(name: str, kind: str = "dance", learned: str | Path | None =
 
 def display_error(forecaster: Forecaster, times: np.ndarray, observed: np.ndarray, truth_at,
                   horizon_s: float, smoother: OneEuroFilter | None = None,
-                  cost_ms: list | None = None) -> tuple[float, float]:
+                  cost_ms: list | None = None, steps: np.ndarray | None = None) -> tuple[float, float]:
     """(error, jitter) of what a display shows ``horizon_s`` after each sample when it renders the forecaster's
     prediction: error = mean distance (frame fractions) between the prediction and the true landmarks at display
     time (``truth_at(t)`` -> (K, 3)) over the landmarks present in both; jitter = mean magnitude of the shown
     stream's frame-to-frame acceleration (second difference). ``observed`` (N, K, 3) samples at ``times`` (N,).
-    ``cost_ms``: a list that receives each sample's update + predict time (smoothing included), ms."""
+    ``cost_ms``: a list that receives each sample's update + predict time (smoothing included), ms. ``steps``:
+    (N, 2) each sample's step measured on the image (:class:`HeadMotion`; NaN: none), handed to ``update``."""
     forecaster.reset()
     if smoother is not None:
         smoother.reset()
     errors, shown = [], []
-    for t, lm in zip(times, observed):
+    for i, (t, lm) in enumerate(zip(times, observed)):
         t0 = time.perf_counter()
-        forecaster.update(t, smoother(t, lm) if smoother is not None else lm)
+        forecaster.update(t, smoother(t, lm) if smoother is not None else lm,
+                          None if steps is None else steps[i])
         p = forecaster.predict(horizon_s)
         if cost_ms is not None:
             cost_ms.append((time.perf_counter() - t0) * 1e3)
@@ -600,42 +669,63 @@ class DisplayErrorMeter:
         return float(np.mean(self.errors)) if self.errors else None
 
 
-def bench_forecast_stream(shots: list[tuple[np.ndarray, np.ndarray]], kind: str, horizons_ms=(50, 100, 150),
+class Shot(NamedTuple):
+    """One uninterrupted piece of a recorded landmark stream (posecast/forecasting.py ``stream_shots``): ``times``
+    (N,) s, ``landmarks`` (N, K, 3) and, where the frames were there to measure it, each sample's step on the
+    image (``steps`` (N, 2), NaN where none, :class:`HeadMotion`) and what measuring it cost (``step_ms`` (N,))."""
+
+    times: np.ndarray
+    landmarks: np.ndarray
+    steps: np.ndarray | None = None
+    step_ms: np.ndarray | None = None
+
+
+def bench_forecast_stream(shots: list, kind: str, horizons_ms=(50, 100, 150),
                           learned: str | Path | None = None) -> list[dict]:
     """``posecast bench --forecast --video/--recording``: display-time error and jitter of the forecasters on a
     recorded landmark stream, the recording itself (interpolated on its timestamps) as the truth. ``shots``: the
-    stream's uninterrupted pieces, ``(times (N,), landmarks (N, K, 3))`` each (a forecast never spans a cut);
-    every figure is the mean over the shots, weighted by their frames. Face meshes are forecast per point
-    (``drive`` "points") and by their centroid ("centroid", the client's default); poses per joint. ``learned``:
-    a learned forecaster's folder (a body one serves poses only)."""
+    stream's uninterrupted pieces, :class:`Shot` or ``(times (N,), landmarks (N, K, 3))`` each (a forecast never
+    spans a cut); every figure is the mean over the shots, weighted by their frames. Face meshes are forecast per
+    point (``drive`` "points"), by their centroid moved by the points' step ("centroid") and, where every shot has
+    its steps measured on the image, by the image's step ("image", the capture client's default on a camera or a
+    video); poses per joint. ``learned``: a learned forecaster's folder (a body one serves poses only). The image
+    drive's ``cost_ms`` includes measuring the step."""
     def truth_for(times, lms):
         def truth_at(t: float) -> np.ndarray:      # past the end of the shot: nothing to score
             at = stream_at(times, lms, t, has_visibility=False)
             return np.full_like(lms[0], np.nan) if at is None else at
         return truth_at
 
+    shots = [Shot(*s) for s in shots]
+    shots = [Shot(np.asarray(s.times, np.float64), np.asarray(s.landmarks, np.float32), s.steps, s.step_ms)
+             for s in shots if len(s.times) >= 3]
+    if not shots:
+        raise ValueError("no shot of 3 frames or more to forecast")
     vis = kind == "dance"
     candidates = [("none", "points", lambda: NoForecast(vis)), ("constant_velocity", "points",
                                                                 lambda: ConstantVelocity(vis))]
     if kind == "face":
         candidates.append(("constant_velocity", "centroid", lambda: make_forecaster("constant_velocity", "face")))
+        if all(s.steps is not None for s in shots):
+            candidates.append(("constant_velocity", "image", lambda: make_forecaster("constant_velocity", "face")))
     if learned is not None or kind == "dance":
         model = load_forecaster(learned or DEFAULT_FORECASTER, vis)
         if kind == "dance":
             candidates.append(("learned", "points", lambda: load_forecaster(learned or DEFAULT_FORECASTER)))
         elif model.arch == "landmark":
             candidates.append(("learned", "centroid", lambda: MeshForecaster(load_forecaster(learned))))
-    shots = [(np.asarray(t, np.float64), np.asarray(x, np.float32)) for t, x in shots if len(t) >= 3]
-    if not shots:
-        raise ValueError("no shot of 3 frames or more to forecast")
-    weights = np.array([len(t) for t, _ in shots], np.float64)
-    raw = np.array([display_error(NoForecast(vis), t, x, truth_for(t, x), 0.0)[1] for t, x in shots])
+    weights = np.array([len(s.times) for s in shots], np.float64)
+    raw = np.array([display_error(NoForecast(vis), t, x, truth_for(t, x), 0.0)[1] for t, x, *_ in shots])
     rows = []
     for name, drive, make in candidates:
         for h in horizons_ms:
             res, cost = [], []
-            for t, x in shots:
-                res.append(display_error(make(), t, x, truth_for(t, x), h / 1000.0, cost_ms=cost))
+            for t, x, steps, _ in shots:
+                res.append(display_error(make(), t, x, truth_for(t, x), h / 1000.0, cost_ms=cost,
+                                         steps=steps if drive == "image" else None))
+            if drive == "image":
+                measured = np.concatenate([s.step_ms for s in shots if s.step_ms is not None] or [np.zeros(0)])
+                cost = np.asarray(cost) + (float(np.median(measured)) if measured.size else 0.0)
             err, jit = np.array(res).T
             rows.append({"what": "forecast", "forecaster": name, "drive": drive, "smoothing": "none",
                          "horizon_ms": int(h), "shots": len(shots), "frames": int(weights.sum()),

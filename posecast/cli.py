@@ -440,7 +440,7 @@ def _cmd_train_forecaster(args) -> int:
         if rec["kind"] != "dance":
             raise ValueError(f"{path} is a {rec['kind']} recording: the forecaster learns poses (record with a "
                              f"dance model: posecast capture --save-landmarks)")
-        for times, lms in stream_shots(path, "dance", progress=False):
+        for times, lms, *_ in stream_shots(path, "dance", progress=False):
             square = lms.copy()
             square[:, :, 0] *= rec["aspect"]            # the forecaster runs in square units (models/forecast.py)
             recorded.append((times, square))

@@ -17,6 +17,7 @@ Offline and deterministic (every frame rendered, no network): the live counterpa
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -108,14 +109,15 @@ def forecast_video(out: str | os.PathLike = "demo/forecast.mp4", *, model: str |
             "model": str(model), "backend": backend}
 
 
-def stream_shots(path: str | Path, kind: str = "face", *, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A recorded landmark stream as its uninterrupted shots ``(times, landmarks)`` for
-    models/forecast.py ``bench_forecast_stream``: a landmark recording (``capture --save-landmarks``, its capture
-    times, or its fps) or a video (MediaPipe ``kind`` in tracking mode, as the capture client runs it, and the shot
-    cuts ``prepare`` finds). A shot also ends where nothing was detected."""
-    import cv2
+def stream_shots(path: str | Path, kind: str = "face", *, progress: bool = True) -> list:
+    """A recorded landmark stream as its uninterrupted shots (models/forecast.py ``Shot``: times, landmarks and,
+    from a video of a face, each frame's step measured on the image as the capture client measures it) for
+    ``bench_forecast_stream``: a landmark recording (``capture --save-landmarks``, its capture times, or its fps)
+    or a video (MediaPipe ``kind`` in tracking mode, as the capture client runs it, and the shot cuts ``prepare``
+    finds). A shot also ends where nothing was detected."""
     from tqdm import tqdm
 
+    from models.forecast import HeadMotion, Shot
     from trainer.prepare import _detect_cuts, _frame_change
 
     path = Path(path)
@@ -126,6 +128,7 @@ def stream_shots(path: str | Path, kind: str = "face", *, progress: bool = True)
         lms, ts = rec["landmarks"], rec["capture_ts"]
         times = ts - ts[0] if np.isfinite(ts).all() else np.arange(len(lms)) / rec["fps"]
         starts = np.zeros(len(lms), bool)
+        steps = step_ms = None
     else:
         from models.detect import LandmarkExtractor
 
@@ -136,6 +139,8 @@ def stream_shots(path: str | Path, kind: str = "face", *, progress: bool = True)
         if not cap.isOpened() or not fps or fps <= 0:
             raise ValueError(f"{path}: not a readable video")
         frames, diffs, hdiffs, prev = [], [], [], None
+        motion = HeadMotion() if kind == "face" else None
+        steps, step_ms = [], []
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
         with LandmarkExtractor(kind) as ex, tqdm(total=total, desc="landmarks", disable=not progress) as bar:
             while True:
@@ -144,6 +149,11 @@ def stream_shots(path: str | Path, kind: str = "face", *, progress: bool = True)
                     break
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 frames.append(ex(rgb))
+                if motion is not None:
+                    t0 = time.perf_counter()
+                    step = motion(rgb, frames[-1])
+                    step_ms.append((time.perf_counter() - t0) * 1e3)
+                    steps.append(np.full(2, np.nan, np.float32) if step is None else step)
                 diff, hdiff, prev = _frame_change(rgb, prev)
                 diffs.append(diff)
                 hdiffs.append(hdiff)
@@ -155,6 +165,7 @@ def stream_shots(path: str | Path, kind: str = "face", *, progress: bool = True)
         lms = np.stack([np.full((k, 3), np.nan, np.float32) if f is None else f.astype(np.float32) for f in frames])
         times = np.arange(len(lms)) / fps
         starts = _detect_cuts(np.array(diffs), np.array(hdiffs))
+        steps, step_ms = (np.array(steps, np.float32), np.array(step_ms)) if motion is not None else (None, None)
     found = np.isfinite(lms[:, :, :2]).any((1, 2))
     shots, cur = [], []
     for i in range(len(lms)):
@@ -165,4 +176,5 @@ def stream_shots(path: str | Path, kind: str = "face", *, progress: bool = True)
             cur.append(i)
     if cur:
         shots.append(cur)
-    return [(times[s], lms[s]) for s in shots]
+    return [Shot(times[s], lms[s], None if steps is None else steps[s], None if step_ms is None else step_ms[s])
+            for s in shots]

@@ -777,6 +777,37 @@ def test_live_face_labels_equal_training_labels(tmp_path):
     assert st.frames_sent == 2 and sent[0].shape == (478, 3)
 
 
+@needs_megamind
+@pytest.mark.timeout(120)
+def test_a_live_face_is_forecast_with_its_step_measured_on_the_image(monkeypatch):
+    """On a camera or a video the client measures each frame's head step on the image (models/forecast.py
+    HeadMotion, in the source thread) and the face mesh's forecast moves by it."""
+    from models import forecast
+
+    steps = []
+    update = forecast.MeshForecaster.update
+
+    def spy(self, t, landmarks, step=None):
+        steps.append(step)
+        return update(self, t, landmarks, step)
+
+    monkeypatch.setattr(forecast.MeshForecaster, "update", spy)
+    n = 12
+    with FakeServer(kind="face", num_landmarks=478) as srv:
+        st = capture(srv.address, str(MEGAMIND), headless=True, max_frames=n, timeout_s=10, normalize="off",
+                     lead_ms=100, log=_quiet)
+    assert st.frames_sent == n and st.forecast == "constant_velocity"
+    assert st.stages.get("head_motion", 0) > 0
+    measured = [s for s in steps if s is not None]
+    assert len(steps) >= n - 2 and len(measured) >= len(steps) - 2      # all but the first (and a lost face)
+    assert all(s.shape == (2,) and np.isfinite(s).all() and np.abs(s).max() < 0.2 for s in measured)
+    steps.clear()
+    with FakeServer(kind="face", num_landmarks=478) as srv:
+        st = capture(srv.address, str(MEGAMIND), headless=True, max_frames=4, timeout_s=10, normalize="off",
+                     forecast="none", log=_quiet)
+    assert st.frames_sent == 4 and "head_motion" not in st.stages and not steps   # nothing forecast: not measured
+
+
 def test_face_crop_is_causal_stable_and_restarts_on_jumps():
     from models.posenorm import FaceCrop, FaceCropConfig, crop_landmarks, face_box
     from trainer.prepare import map_landmarks
