@@ -185,12 +185,17 @@ def body_features(x: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return np.concatenate([flat, seen.astype(np.float32), x[..., 0, -1:]], -1).astype(np.float32)
 
 
+RATE_ALPHA = 0.7   # a learned forecast's rate is smoothed sample to sample by this factor (chosen on seed 7)
+
+
 class LearnedForecaster(Forecaster):
     """A small MLP, shared by every landmark (so one model serves poses and face meshes): from a landmark's last
     ``history`` positions (relative to the newest, at the stream's frame rate ``fps``) and the horizon, its
     displacement at that horizon. Landmarks without the whole history present fall back to constant velocity
-    (or stay as they came). Weights: ``load_forecaster`` (safetensors + JSON, made by trainer/forecast.py);
-    inference is numpy matrix products (~0.1 ms for 33 landmarks)."""
+    (or stay as they came). The forecast's rate (its move from the last sample, over the horizon) is smoothed
+    from sample to sample by ``rate_alpha`` of the config (1: not at all): the network answers each sample's noise a
+    little, and more so the further ahead it looks. Weights: ``load_forecaster`` (safetensors + JSON, made by
+    trainer/forecast.py); inference is numpy matrix products (~0.1 ms for 33 landmarks)."""
 
     name = "learned"
     MAX_GAP_FRAMES = 3.5   # samples further apart than this (frames at the model's fps) break the history
@@ -211,6 +216,9 @@ class LearnedForecaster(Forecaster):
             raise ValueError(f"weights of {self.w[0][0].shape[0]} inputs and {self.w[-1][0].shape[1]} outputs do "
                              f"not fit history {self.history}, context {self.context}, arch {self.arch} ({want} "
                              f"inputs, {outs} outputs)")
+        self.rate_alpha = float(config.get("rate_alpha", 1.0))
+        if not 0 < self.rate_alpha <= 1:
+            raise ValueError(f"rate_alpha must be in (0, 1], got {self.rate_alpha}")
         self.config = dict(config)
         self._fallback = ConstantVelocity(has_visibility)
         # Trained behind a One Euro filter: the filter is part of the forecaster (it learned to undo its lag).
@@ -221,6 +229,9 @@ class LearnedForecaster(Forecaster):
     def reset(self) -> None:
         super().reset()
         self._samples: list[tuple[float, np.ndarray]] = []
+        self._rate: np.ndarray | None = None         # (K, 2) the smoothed rate after the newest sample (NaN: none)
+        self._rate_before: np.ndarray | None = None  # ... and after the one before it
+        self._rate_t: float | None = None            # the sample ``_rate`` belongs to
         for part in (self._fallback, self.smoother):    # (both set before Forecaster.__init__ calls this)
             if part is not None:
                 part.reset()
@@ -273,11 +284,9 @@ class LearnedForecaster(Forecaster):
             return super().predict(0.0)
         out = self._fallback.predict(horizon_s)
         feats = self.features(horizon_s)
-        if feats is None:
-            return out
+        if feats is None or not feats[1].any():
+            return self._smooth_rate(out, horizon_s)
         x, ok = feats
-        if not ok.any():
-            return out
         if self.arch == "body":
             if len(ok) != self.num_landmarks:
                 raise ValueError(f"this forecaster was trained on bodies of {self.num_landmarks} landmarks; got "
@@ -286,6 +295,29 @@ class LearnedForecaster(Forecaster):
             out[ok, :2] = self._last[1][ok, :2] + move[ok] / self.scale
         else:
             out[ok, :2] = self._last[1][ok, :2] + self.run(x[ok]) / self.scale
+        return self._smooth_rate(out, horizon_s)
+
+    def _smooth_rate(self, out: np.ndarray, horizon_s: float) -> np.ndarray:
+        """``out`` with each landmark's rate (its move from the last sample / ``horizon_s``) smoothed by
+        ``rate_alpha`` against the smoothed rate of the last prediction from an earlier sample (so predicting
+        twice from one sample, at any horizons, smooths once); a landmark hidden or missing starts afresh, and so
+        does the stream's first sample (one sample has no rate)."""
+        if self.rate_alpha >= 1.0:
+            return out
+        base, t = self._last[1], self._last[0]
+        if len(self._samples) < 2:
+            self._rate = self._rate_before = self._rate_t = None
+            return out
+        ok = _present(out, self.has_visibility) & _present(base, self.has_visibility)
+        rate = np.full((len(out), 2), np.nan, np.float32)
+        rate[ok] = (out[ok, :2] - base[ok, :2]) / np.float32(horizon_s)
+        if self._rate_t != t:
+            self._rate_before, self._rate_t = self._rate, t
+        before = self._rate_before
+        if before is not None and before.shape == rate.shape:
+            rate = np.where(np.isfinite(before), before + np.float32(self.rate_alpha) * (rate - before), rate)
+        self._rate = rate
+        out[ok, :2] = base[ok, :2] + rate[ok] * np.float32(horizon_s)
         return out
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -121,7 +121,8 @@ def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it
 
     config = json.loads((learned / "forecaster.json").read_text())
     assert config["format"] == "posecast-forecaster" and config["trained_on"]["motion_seeds"] == [0]
-    f = load_forecaster(learned)
+    assert config["rate_alpha"] == 0.7 and load_forecaster(learned).rate_alpha == 0.7   # the default, saved
+    f = load_forecaster_with(learned, rate_alpha=1.0)                       # the network's own answers
     stream = [_moving(i / 30) for i in range(config["history"])]
     for i, lm in enumerate(stream[:2]):
         f.update(i / 30, lm)
@@ -148,6 +149,28 @@ def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it
 
     sess = ort.InferenceSession(str(learned / "forecaster.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], f.run(x), atol=1e-5)
+    # Smoothed: each sample's rate (move / horizon) goes rate_alpha of the way from the last sample's (the first
+    # sample has none: its "forecast" is itself).
+    sm, f = load_forecaster(learned), load_forecaster_with(learned, rate_alpha=1.0)
+    raw = []
+    for i, lm in enumerate(stream):
+        sm.update(i / 30, lm)
+        f.update(i / 30, lm)
+        raw.append((f.predict(0.1)[:, :2] - lm[:, :2]) / 0.1)
+        if i < len(stream) - 1:
+            sm.predict(0.1)
+    np.testing.assert_array_equal(raw[0], 0.0)
+    before = raw[1]
+    for r in raw[2:-1]:
+        before = before + 0.7 * (r - before)
+    want = stream[-1][:, :2] + (before + 0.7 * (raw[-1] - before)) * 0.1
+    np.testing.assert_allclose(sm.predict(0.1)[:, :2], want, atol=1e-5)
+    np.testing.assert_allclose(sm.predict(0.1)[:, :2], want, atol=1e-5)    # asked again: smoothed once
+    np.testing.assert_allclose(sm.predict(0.2)[:, :2] - stream[-1][:, :2], 2 * (want - stream[-1][:, :2]) +
+                               0.7 * 0.2 * (((f.predict(0.2)[:, :2] - stream[-1][:, :2]) / 0.2) - raw[-1]),
+                               atol=1e-5)                                   # another horizon: its own rate
+    with pytest.raises(ValueError, match="rate_alpha must be in"):
+        load_forecaster_with(learned, rate_alpha=0.0)
     hidden = [lm.copy() for lm in stream]
     hidden[-1][1, 2] = 0.0                                                  # hidden now: left as it came
     g = load_forecaster(learned)

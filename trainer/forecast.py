@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.forecast import VISIBLE, OneEuroFilter, body_features, window_features
+from models.forecast import RATE_ALPHA, VISIBLE, OneEuroFilter, body_features, window_features
 
 STEP_HZ = 120     # the motion is sampled this often: horizons are multiples of 1/120 s
 
@@ -160,7 +160,7 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
                      noise_max: float = 0.004, horizon_max_s: float = 0.3, scale: float = 30.0, seed: int = 0,
                      one_euro: dict | None = None, context: bool = True, smooth: float | None = None, arch: str = "body",
                      augment: bool = True, carry_hz: float = CARRY_HZ, recorded=(), observed=(),
-                     real_share: float | None = None, progress: bool = True) -> Path:
+                     real_share: float | None = None, rate_alpha: float | None = None, progress: bool = True) -> Path:
     """Train the forecaster on ``seeds``' motion and write ``out``/forecaster.{json,safetensors,onnx}. ``hidden``,
     ``batch`` (landmark rows a step) and ``smooth`` (the weight of the acceleration term) default per ``arch``;
     ``steps`` to 20000. ``carry_hz``: how fast the carried copies (``augment``) move. ``recorded``: shots of
@@ -170,7 +170,8 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
     ``real_share``: the fraction of steps drawn from those two (None: each shot or pair as likely as a motion
     seed). ``one_euro``: the
     One Euro filter's parameters when the forecaster runs behind one (it then learns to undo the filter's lag; saved
-    with it), None: on the raw landmarks."""
+    with it), None: on the raw landmarks. ``rate_alpha``: how much of each sample's forecast rate it takes against
+    the last one's (saved with it; None: models/forecast.py ``RATE_ALPHA``)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -253,12 +254,11 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
                (("weight", m.weight), ("bias", m.bias))}
     config = {"format": "posecast-forecaster", "version": 1, "layers": len(layers), "history": history, "fps": fps,
               "scale": scale, "hidden": hidden, "one_euro": one_euro, "context": context, "arch": arch,
-              "num_landmarks": int(k_all), "trained_on": {"motion_seeds": list(seeds), "seconds": seconds,
-                                                               "noise_max": noise_max, "horizon_max_s": horizon_max_s,
-                                                               "steps": steps, "smooth": smooth, "augment": augment,
-                                                               "carry_hz": carry_hz, "recorded_shots": used,
-                                                               "observed_streams": len(observed),
-                                                               "real_share": real_share}}
+              "num_landmarks": int(k_all), "rate_alpha": RATE_ALPHA if rate_alpha is None else float(rate_alpha),
+              "trained_on": {"motion_seeds": list(seeds), "seconds": seconds, "noise_max": noise_max,
+                             "horizon_max_s": horizon_max_s, "steps": steps, "smooth": smooth, "augment": augment,
+                             "carry_hz": carry_hz, "recorded_shots": used, "observed_streams": len(observed),
+                             "real_share": real_share}}
     # Each file is written beside its name and moved over it: an interrupted run leaves the old forecaster whole.
     save_file(tensors, str(out / "forecaster.safetensors.tmp"))
     (out / "forecaster.json.tmp").write_text(json.dumps(config, indent=2))
