@@ -189,13 +189,15 @@ RATE_ALPHA = 0.7   # a learned forecast's rate is smoothed sample to sample by t
 
 
 class LearnedForecaster(Forecaster):
-    """A small MLP, shared by every landmark (so one model serves poses and face meshes): from a landmark's last
-    ``history`` positions (relative to the newest, at the stream's frame rate ``fps``) and the horizon, its
-    displacement at that horizon. Landmarks without the whole history present fall back to constant velocity
-    (or stay as they came). The forecast's rate (its move from the last sample, over the horizon) is smoothed
-    from sample to sample by ``rate_alpha`` of the config (1: not at all): the network answers each sample's noise a
-    little, and more so the further ahead it looks. Weights: ``load_forecaster`` (safetensors + JSON, made by
-    trainer/forecast.py); inference is numpy matrix products (~0.1 ms for 33 landmarks)."""
+    """A small MLP: per landmark (``arch`` "landmark", one network for every landmark of any layout) or per body
+    (``arch`` "body", the bundled one: the whole 33-joint pose in, every joint out), from the last ``history``
+    positions (relative to the newest, at the stream's frame rate ``fps``) and the horizon, the displacement at
+    that horizon. Landmarks without the whole history present fall back to constant velocity (or stay as they
+    came). The forecast's rate (its move from the last sample, over the horizon) is smoothed from sample to sample
+    by ``rate_alpha`` of the config (1: not at all): the network answers each sample's noise a little, and more so
+    the further ahead it looks. Weights: ``load_forecaster`` (safetensors + JSON, made by trainer/forecast.py);
+    inference is numpy matrix products: the bundled network ~0.04 ms, update + predict with its 20-pose window
+    ~0.5 ms a frame (1.0 ms in the live client beside a server on 2 cores; docs/performance.md)."""
 
     name = "learned"
     MAX_GAP_FRAMES = 3.5   # samples further apart than this (frames at the model's fps) break the history
@@ -300,8 +302,9 @@ class LearnedForecaster(Forecaster):
     def _smooth_rate(self, out: np.ndarray, horizon_s: float) -> np.ndarray:
         """``out`` with each landmark's rate (its move from the last sample / ``horizon_s``) smoothed by
         ``rate_alpha`` against the smoothed rate of the last prediction from an earlier sample (so predicting
-        twice from one sample, at any horizons, smooths once); a landmark hidden or missing starts afresh, and so
-        does the stream's first sample (one sample has no rate)."""
+        twice from one sample, at any horizons, smooths once; live there is one prediction a sample, at a lead
+        that changes slowly); a landmark hidden or missing starts afresh, and so do the stream's first sample (one
+        sample has no rate) and a sample more than ``MAX_GAP_FRAMES`` after the last prediction."""
         if self.rate_alpha >= 1.0:
             return out
         base, t = self._last[1], self._last[0]
@@ -312,7 +315,8 @@ class LearnedForecaster(Forecaster):
         rate = np.full((len(out), 2), np.nan, np.float32)
         rate[ok] = (out[ok, :2] - base[ok, :2]) / np.float32(horizon_s)
         if self._rate_t != t:
-            self._rate_before, self._rate_t = self._rate, t
+            fresh = self._rate_t is None or t - self._rate_t > self.MAX_GAP_FRAMES / self.fps
+            self._rate_before, self._rate_t = None if fresh else self._rate, t   # (after a gap: nothing to keep)
         before = self._rate_before
         if before is not None and before.shape == rate.shape:
             rate = np.where(np.isfinite(before), before + np.float32(self.rate_alpha) * (rate - before), rate)
@@ -424,7 +428,7 @@ class MeshForecaster(Wrapped):
     moves by the image's own step where ``update`` is given one (:class:`HeadMotion`), else by the mean step of
     the points. Per-point forecasts of a face mesh chase each point's tracker noise: on the face mesh of
     shared/data/Megamind.avi at 100 ms, constant velocity per point errs 0.93x showing the past on the shots not
-    used to choose ``gain``, this 0.74x driven by the points and 0.69x by the image (docs/performance.md)."""
+    used to choose ``gain``, this 0.74x driven by the points and 0.68x by the image (docs/performance.md)."""
 
     def __init__(self, inner: Forecaster, gain: float = MESH_GAIN):
         if not 0 <= gain <= 2:
@@ -441,6 +445,8 @@ class MeshForecaster(Wrapped):
         if self._last is not None and t <= self._last[0]:
             self.reset()
         prev = self._last[1] if self._last is not None else None
+        if prev is not None and prev.shape != lm.shape:
+            prev = None                                 # another layout (a refined mesh): a new track
         super().update(t, lm)
         ok = _present(lm, False)
         # The drive moves by the image's step, or the mean step of the points seen in both samples: a point lost
@@ -480,10 +486,12 @@ class HeadMotion:
     ``__call__(image, landmarks)`` with every frame and its mesh (normalised to that frame, None where none was
     found) -> the step since the last frame, (2,) frame fractions, or None: on the first frame, after a frame
     without a mesh (a forecaster is not updated there, and the step must span the same two samples as the
-    mesh's), after a change of frame size, or for a box under ``MIN_SIDE`` pixels. ~0.35 ms a frame on an idle
-    core (docs/performance.md)."""
+    mesh's), after a change of frame size, and where the box (a square about the mesh, clipped to the frame) is
+    under ``MIN_SIDE`` pixels either way once scaled: a small face, or one half out of the frame (the forecast then
+    moves by the mesh's own step). ~0.4 ms a frame on an idle core, 0.8 ms in the capture client beside MediaPipe
+    and a server (docs/performance.md)."""
 
-    MIN_SIDE = 8
+    MIN_SIDE = 32   # DIS needs this much either way: OpenCV 4.11 crashes (SIGSEGV) on a wide image under 32 high
 
     def __init__(self, max_side: int = 96):
         if max_side < self.MIN_SIDE:
@@ -496,7 +504,7 @@ class HeadMotion:
         self.reset()
 
     def reset(self) -> None:
-        self._prev: np.ndarray | None = None      # the previous frame, grey
+        self._prev: np.ndarray | None = None      # the previous frame, grey (our own copy)
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray | None:
         cv2 = self._cv2
@@ -506,7 +514,7 @@ class HeadMotion:
         if landmarks is None:
             self._prev = None
             return None
-        grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        grey = image.copy() if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         prev, self._prev = self._prev, grey
         if prev is None or prev.shape != grey.shape:
             return None
@@ -515,17 +523,23 @@ class HeadMotion:
             return None
         h, w = grey.shape
         pts = np.asarray(landmarks, np.float64)[ok, :2] * (w, h)
-        (x0, y0), (x1, y1) = np.floor(pts.min(0)).astype(int), np.ceil(pts.max(0)).astype(int)
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        if min(x1 - x0, y1 - y0) < self.MIN_SIDE:
-            return None
+        centre, half = (pts.min(0) + pts.max(0)) / 2, (pts.max(0) - pts.min(0)).max() / 2
+        x0, y0 = np.maximum(np.floor(centre - half).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(centre + half).astype(int), (w, h))
+        if x1 <= x0 or y1 <= y0:
+            return None                                   # the mesh is off the frame
         s = min(1.0, self.max_side / max(x1 - x0, y1 - y0))
-        a, b = (cv2.resize(np.ascontiguousarray(f[y0:y1, x0:x1]), None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
-                for f in (prev, grey))
-        if min(a.shape) < self.MIN_SIDE:
+        size = (round((x1 - x0) * s), round((y1 - y0) * s))
+        if min(size) < self.MIN_SIDE:
             return None
-        flow = self._flow.calc(a, b, None)
-        return (np.median(flow.reshape(-1, 2), axis=0) / s / (w, h)).astype(np.float32)
+        a, b = (cv2.resize(np.ascontiguousarray(f[y0:y1, x0:x1]), size, interpolation=cv2.INTER_LINEAR)
+                for f in (prev, grey))
+        try:
+            flow = self._flow.calc(a, b, None)
+        except cv2.error:
+            return None
+        scale = np.array([size[0] / (x1 - x0) * w, size[1] / (y1 - y0) * h])     # flow pixels per frame width
+        return (np.median(flow.reshape(-1, 2), axis=0) / scale).astype(np.float32)
 
 
 DEFAULT_FORECASTER = Path(__file__).with_name("forecaster")   # the bundled learned forecaster (whole bodies, 33 joints)
@@ -602,8 +616,9 @@ def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 3
     Euro smoothing) on the synthetic dancer's motion of ``seed`` (models/motion.py: the truth at every instant),
     sampled at ``fps`` for ``seconds`` with Gaussian noise of ``noise`` (frame fractions; MediaPipe's own jitter on
     real footage is of that order), displayed ``horizon`` ms after each sample. One row per forecaster x smoothing
-    x horizon: forecaster, smoothing, horizon_ms, error, jitter, the raw stream's jitter_raw, and cost_ms (the median
-    CPU time of one sample's update + predict). ``learned``: the
+    x horizon: forecaster, smoothing, horizon_ms, client (true on the one row a forecaster x horizon that is set up as
+    the capture client runs it: constant velocity behind the filter, the others without), error, jitter, the raw
+    stream's jitter_raw, and cost_ms (the median CPU time of one sample's update + predict). ``learned``: the
     folder of the learned forecaster to measure (default the bundled one)."""
     from models.motion import DanceMotion
 
@@ -628,8 +643,9 @@ def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 3
                 error, jitter = display_error(make_forecaster(name, learned=learned, one_euro=None), times,
                                               observed, truth_at,
                                               h / 1000.0, smoother, cost)
+                client = smoothing == ("one_euro" if inside or name == "constant_velocity" else "none")
                 rows.append({"what": "forecast", "forecaster": name, "smoothing": smoothing, "horizon_ms": int(h),
-                             "seed": seed, "error": round(error, 5), "jitter": round(jitter, 5),
+                             "client": client, "seed": seed, "error": round(error, 5), "jitter": round(jitter, 5),
                              "jitter_raw": round(raw_jitter, 5), "cost_ms": round(float(np.median(cost)), 3)})
     return rows
 
@@ -721,7 +737,8 @@ def bench_forecast_stream(shots: list, kind: str, horizons_ms=(50, 100, 150),
     point (``drive`` "points"), by their centroid moved by the points' step ("centroid") and, where every shot has
     its steps measured on the image, by the image's step ("image", the capture client's default on a camera or a
     video); poses per joint. ``learned``: a learned forecaster's folder (a body one serves poses only). The image
-    drive's ``cost_ms`` includes measuring the step."""
+    drive's ``cost_ms`` includes measuring the step; ``client`` marks the rows set up as the capture client runs
+    them."""
     def truth_for(times, lms):
         def truth_at(t: float) -> np.ndarray:      # past the end of the shot: nothing to score
             at = stream_at(times, lms, t, has_visibility=False)
@@ -746,6 +763,10 @@ def bench_forecast_stream(shots: list, kind: str, horizons_ms=(50, 100, 150),
             candidates.append(("learned", "points", lambda: load_forecaster(learned or DEFAULT_FORECASTER)))
         elif model.arch == "landmark":
             candidates.append(("learned", "centroid", lambda: MeshForecaster(load_forecaster(learned))))
+    # how the capture client drives each (a face: by the image's step where it has the frames)
+    mesh_drive = "image" if all(s.steps is not None for s in shots) else "centroid"
+    client_drive = {"none": "points", "learned": "points" if kind == "dance" else mesh_drive,
+                    "constant_velocity": None if kind == "dance" else mesh_drive}   # (poses: behind the filter)
     weights = np.array([len(s.times) for s in shots], np.float64)
     raw = np.array([display_error(NoForecast(vis), t, x, truth_for(t, x), 0.0)[1] for t, x, *_ in shots])
     rows = []
@@ -760,7 +781,8 @@ def bench_forecast_stream(shots: list, kind: str, horizons_ms=(50, 100, 150),
                 cost = np.asarray(cost) + (float(np.median(measured)) if measured.size else 0.0)
             err, jit = np.array(res).T
             rows.append({"what": "forecast", "forecaster": name, "drive": drive, "smoothing": "none",
-                         "horizon_ms": int(h), "shots": len(shots), "frames": int(weights.sum()),
+                         "horizon_ms": int(h), "client": drive == client_drive.get(name),
+                         "shots": len(shots), "frames": int(weights.sum()),
                          "error": round(float(np.average(err, weights=weights)), 5),
                          "jitter": round(float(np.average(jit, weights=weights)), 5),
                          "jitter_raw": round(float(np.average(raw, weights=weights)), 5),

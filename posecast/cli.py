@@ -455,7 +455,7 @@ def _cmd_train_forecaster(args) -> int:
     used = json.loads((out / "forecaster.json").read_text())["trained_on"]["recorded_shots"]
     extra = (f", {used} of {len(recorded)} recorded shots" if recorded else "") + \
         (f", motion {args.redetect} re-detected by MediaPipe" if observed else "")
-    print(f"wrote {out}/forecaster.{{json,safetensors}} (motion seeds {', '.join(map(str, seeds))}{extra}; report "
+    print(f"wrote {out}/forecaster.{{json,safetensors,onnx}} (motion seeds {', '.join(map(str, seeds))}{extra}; report "
           f"on others: posecast bench --forecast --forecaster-model {out} --seed N)")
     return 0
 
@@ -741,7 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "dancer, or the talking face for a face model) (default 0)")
     s.add_argument("--record", default=None, metavar="OUT.mp4", help="record input | output to an mp4")
     s.add_argument("--headless", action="store_true", help="no window (recording still works)")
-    s.add_argument("--save-landmarks", default=None, metavar="REC.npz", help="save the landmarks sent (replayable)")
+    s.add_argument("--save-landmarks", default=None, metavar="REC.npz",
+                   help="save the raw landmarks of every frame, as detected, before any forecast or normalisation "
+                   "(a replayable recording)")
     s.add_argument("--normalize", default="retarget", choices=["retarget", "same-camera", "off"],
                    help="retarget (default): map your body size / face proportions onto the training subject's; "
                         "same-camera: this is the training camera, apply only the training crop; off: no person "
@@ -842,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forecast", action="store_true",
                    help="only the pose forecasters' display-time error and jitter at 50/100/150 ms ahead, on the "
                         "synthetic dancer's motion of --seed (models/forecast.py)")
-    s.add_argument("--seed", type=int, default=7, help="motion seed of the --forecast figures (default 7)")
+    s.add_argument("--seed", type=int, default=7, help="motion seed of the --forecast figures (default 7, the seed the bundled forecaster "
+                   "was chosen on; 8, 9 and 40-99 it never saw)")
     s.add_argument("--forecaster-model", default=None, metavar="DIR",
                    help="--forecast: the learned forecaster in DIR (default: the bundled one)")
     s.add_argument("--stream", default=None, metavar="VIDEO|REC.npz",

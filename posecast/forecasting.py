@@ -98,13 +98,16 @@ def forecast_video(out: str | os.PathLike = "demo/forecast.mp4", *, model: str |
                                          ("forecast", ahead, f"forecast {latency_ms:g} ms ahead")):
                 rgb, _ = session.step(shown[name])
                 ok = (np.nan_to_num(now[:, 2]) >= 0.5) & (np.nan_to_num(shown[name][:, 2]) >= 0.5)
-                err = float(np.linalg.norm(shown[name][ok, :2] - now[ok, :2], axis=1).mean()) if ok.any() else 0.0
-                errors[name].append(err)
-                panels.append(_panel(rgb, title, f"error {err * size:.1f} px (green: now)", now))
+                err = float(np.linalg.norm(shown[name][ok, :2] - now[ok, :2], axis=1).mean()) if ok.any() else None
+                if err is not None:                                # (no joint seen in both: nothing to score)
+                    errors[name].append(err)
+                panels.append(_panel(rgb, title, "error -" if err is None else f"error {err * size:.1f} px "
+                                     "(green: now)", now))
             writer.write(np.hstack(panels))
     finally:
         writer.close()
-    return {"output": str(out), "frames": len(errors["none"]), "latency_ms": latency_ms, "seed": seed,
+    return {"output": str(out), "frames": int(seconds * fps), "scored": len(errors["none"]),
+            "latency_ms": latency_ms, "seed": seed,
             "error_none": float(np.mean(errors["none"])), "error_forecast": float(np.mean(errors["forecast"])),
             "model": str(model), "backend": backend}
 

@@ -93,6 +93,8 @@ def test_bench_forecast_rows_and_cli(monkeypatch):
         ("learned", "none"), ("learned", "one_euro")]
     assert all(r["what"] == "forecast" and r["horizon_ms"] == 100 and r["error"] > 0 for r in rows)
     assert rows[0]["jitter"] == rows[0]["jitter_raw"]                       # no forecast, no smoothing: the raw stream
+    assert [(r["forecaster"], r["smoothing"]) for r in rows if r["client"]] == [   # one row each, as the client runs
+        ("none", "none"), ("constant_velocity", "one_euro"), ("learned", "none")]
     out = subprocess.run([sys.executable, "-m", "posecast", "bench", "--forecast", "--seed", "3"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -288,11 +290,25 @@ def test_head_motion_measures_the_faces_step_on_the_image():
     assert motion(at(0, 0)[:100], None) is None                            # no face ...
     assert motion(at(1, 0)[:100], box) is None                             # ... and no step across the gap
     assert motion(at(1, 0)[:100], box) is not None
-    tiny = box.copy()
-    tiny[:, :2] = tiny[:, :2] * 0.02 + 0.5                                 # a 3-px face: too small to measure
-    assert motion(at(0, 0)[:100], tiny) is None
+    small = box.copy()
+    small[:, :2] = (small[:, :2] - 0.5) * 0.2 + 0.5                        # a 24 x 20 px face: too small to measure
+    motion.reset()
+    motion(at(0, 0), small)
+    assert motion(at(2, 0), small) is None
+    # Mostly below the frame: the square about the mesh, clipped, is 64 x 11 px; DIS would crash on it (OpenCV
+    # 4.11 segfaults on wide images under 32 px high), so it is not measured.
+    low = np.zeros((478, 3), np.float32)
+    low[:, 0], low[:, 1] = np.linspace(0.4, 0.6, 478), np.linspace(0.97, 1.2, 478)
+    motion(at(0, 0), low)
+    assert motion(at(2, 0), low) is None
+    half = low.copy()
+    half[:, 0] = np.linspace(0.1, 0.9, 478)                                # a wide face half out: its square is in
+    motion(at(0, 0), half)
+    np.testing.assert_allclose(motion(at(2, 0), half) * (w, h), (2, 0), atol=0.3)
     with pytest.raises(ValueError, match="uint8 grey or RGB"):
         motion(at(0, 0).astype(np.float32), box)
+    with pytest.raises(ValueError, match="max_side must be >= 32"):
+        HeadMotion(max_side=16)
 
 
 def test_a_face_mesh_driven_by_the_image_step_ignores_the_trackers_jitter():
@@ -335,6 +351,7 @@ def test_the_stream_bench_scores_the_image_drive_where_the_steps_were_measured()
     assert set(rows) == {("none", "points"), ("constant_velocity", "points"), ("constant_velocity", "centroid"),
                          ("constant_velocity", "image")}
     image, centroid = rows[("constant_velocity", "image")], rows[("constant_velocity", "centroid")]
+    assert image["client"] and not centroid["client"] and rows[("none", "points")]["client"]
     assert image["error"] < 0.8 * centroid["error"] and image["jitter"] < centroid["jitter"]
     assert image["cost_ms"] >= 0.5                                          # measuring the step counts
     without = bench_forecast_stream([shot, Shot(t, lms)], "face", horizons_ms=(100,))   # one shot not measured
@@ -344,7 +361,7 @@ def test_the_stream_bench_scores_the_image_drive_where_the_steps_were_measured()
 @needs_megamind
 def test_on_a_real_face_the_image_drive_forecasts_within_the_target():
     """The issue's real-face target, on the footage it names: shots 1-3 of Megamind's face mesh at 100 ms, the
-    gain chosen on shot 0. Measured 0.69x no forecast (the points' centroid 0.74x)."""
+    gain chosen on shot 0. Measured 0.68x no forecast (the points' centroid 0.74x)."""
     from models.forecast import bench_forecast_stream
     from posecast.forecasting import stream_shots
 
@@ -542,8 +559,9 @@ def test_constant_velocity_on_poses_runs_behind_the_one_euro_filter_unless_told_
 
 def test_the_bundled_forecaster_follows_a_body_gliding_at_constant_velocity():
     """Known answer: a pose carried across the frame at constant velocity (someone walking sideways) is where the
-    bundled forecaster says, within the stated tolerance: at most 0.6x the error of showing the past, and a pose
-    at rest stays within 0.008 of the frame side (2 px at 256)."""
+    bundled forecaster says, within the stated tolerance: at most 0.45x the error of showing the past (measured
+    0.20-0.37x), and a pose at rest stays within 0.007 of the frame side (measured 0.0055-0.0057; 1.8 px at 256).
+    Predicted at every sample, as the client does (its rate smoothing runs)."""
     from models.forecast import make_forecaster
     from models.motion import DanceMotion
 
@@ -555,11 +573,12 @@ def test_the_bundled_forecaster_follows_a_body_gliding_at_constant_velocity():
                 lm = base.copy()
                 lm[:, :2] += v * i / 30
                 f.update(i / 30, lm)
+                shown = f.predict(0.1)
             want = lm[:, :2] + v * 0.1
             seen = lm[:, 2] >= 0.5
-            err = float(np.linalg.norm(f.predict(0.1)[seen, :2] - want[seen], axis=1).mean())
+            err = float(np.linalg.norm(shown[seen, :2] - want[seen], axis=1).mean())
             late = float(np.linalg.norm(v)) * 0.1
-            assert err <= (0.6 * late if late else 0.008), (seed, v, err, late)
+            assert err <= (0.45 * late if late else 0.007), (seed, v, err, late)
 
 
 def test_a_wide_frame_is_forecast_in_square_units():
