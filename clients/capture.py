@@ -837,7 +837,7 @@ class _Run:
         self.log(f"streaming {self.source.describe()} to {self.c.address} ({w.kind} model {w.model or '?'}, "
                  f"{w.size}px{'' if self.paced else ', lock-step'})")
         motion = None
-        if w.kind == "face" and self.forecaster.name != "none":
+        if w.kind == "face" and self.forecaster.name != "none" and self.source.kind is None:   # (images only)
             from models.forecast import HeadMotion
             motion = HeadMotion()
         reader = _Reader(self.source, w.kind, self.max_frames, q, wake_tx, extractor, demand, motion)

@@ -379,7 +379,7 @@ class Smoothed(Wrapped):
 
     def update(self, t: float, landmarks: np.ndarray, step: np.ndarray | None = None) -> None:
         super().update(t, landmarks)
-        self.inner.update(t, self.filter(t, landmarks), step)
+        self.inner.update(t, self.filter(t, landmarks))   # (a raw step would not match filtered landmarks)
 
     def predict(self, horizon_s: float) -> np.ndarray:
         return self.inner.predict(horizon_s)
@@ -459,7 +459,9 @@ class MeshForecaster(Wrapped):
             self.inner.reset()                          # nothing in common with the last sample: a new track
         else:
             drive = self._centroid.copy()
-            measured = step is not None and np.shape(step) == (2,) and np.isfinite(step).all()
+            if step is not None and np.shape(step) != (2,):
+                raise ValueError(f"step must be (2,) frame fractions (NaN: none measured), got shape {np.shape(step)}")
+            measured = step is not None and np.isfinite(step).all()
             drive[0, :2] += np.asarray(step, np.float32) if measured else (lm[both, :2] - prev[both, :2]).mean(0)
         self._centroid = drive
         if np.isfinite(drive).all():
@@ -498,8 +500,10 @@ class HeadMotion:
             raise ValueError(f"max_side must be >= {self.MIN_SIDE}, got {max_side}")
         import cv2
 
+        from models.visualize import to_grey
+
         self.max_side = int(max_side)
-        self._cv2 = cv2
+        self._cv2, self._grey = cv2, to_grey
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self.reset()
 
@@ -508,13 +512,12 @@ class HeadMotion:
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray | None:
         cv2 = self._cv2
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-            raise ValueError(f"HeadMotion wants a uint8 grey or RGB image, got {image.dtype} {image.shape}")
+        grey = self._grey(image)
         if landmarks is None:
             self._prev = None
             return None
-        grey = image.copy() if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if np.shares_memory(grey, image):
+            grey = grey.copy()                            # the caller's grey frame: ours to keep
         prev, self._prev = self._prev, grey
         if prev is None or prev.shape != grey.shape:
             return None
@@ -745,17 +748,17 @@ def bench_forecast_stream(shots: list, kind: str, horizons_ms=(50, 100, 150),
             return np.full_like(lms[0], np.nan) if at is None else at
         return truth_at
 
-    shots = [Shot(*s) for s in shots]
-    shots = [Shot(np.asarray(s.times, np.float64), np.asarray(s.landmarks, np.float32), s.steps, s.step_ms)
-             for s in shots if len(s.times) >= 3]
+    shots = [Shot(np.asarray(t, np.float64), np.asarray(x, np.float32), *rest) for t, x, *rest in shots if len(t) >= 3]
     if not shots:
         raise ValueError("no shot of 3 frames or more to forecast")
+    has_steps = all(s.steps is not None for s in shots)
+    step_ms = np.concatenate([s.step_ms for s in shots if s.step_ms is not None] or [np.zeros(0)])
     vis = kind == "dance"
     candidates = [("none", "points", lambda: NoForecast(vis)), ("constant_velocity", "points",
                                                                 lambda: ConstantVelocity(vis))]
     if kind == "face":
         candidates.append(("constant_velocity", "centroid", lambda: make_forecaster("constant_velocity", "face")))
-        if all(s.steps is not None for s in shots):
+        if has_steps:
             candidates.append(("constant_velocity", "image", lambda: make_forecaster("constant_velocity", "face")))
     if learned is not None or kind == "dance":
         model = load_forecaster(learned or DEFAULT_FORECASTER, vis)
@@ -764,7 +767,7 @@ def bench_forecast_stream(shots: list, kind: str, horizons_ms=(50, 100, 150),
         elif model.arch == "landmark":
             candidates.append(("learned", "centroid", lambda: MeshForecaster(load_forecaster(learned))))
     # how the capture client drives each (a face: by the image's step where it has the frames)
-    mesh_drive = "image" if all(s.steps is not None for s in shots) else "centroid"
+    mesh_drive = "image" if has_steps else "centroid"
     client_drive = {"none": "points", "learned": "points" if kind == "dance" else mesh_drive,
                     "constant_velocity": None if kind == "dance" else mesh_drive}   # (poses: behind the filter)
     weights = np.array([len(s.times) for s in shots], np.float64)
@@ -777,8 +780,7 @@ def bench_forecast_stream(shots: list, kind: str, horizons_ms=(50, 100, 150),
                 res.append(display_error(make(), t, x, truth_for(t, x), h / 1000.0, cost_ms=cost,
                                          steps=steps if drive == "image" else None))
             if drive == "image":
-                measured = np.concatenate([s.step_ms for s in shots if s.step_ms is not None] or [np.zeros(0)])
-                cost = np.asarray(cost) + (float(np.median(measured)) if measured.size else 0.0)
+                cost = np.asarray(cost) + (float(np.median(step_ms)) if step_ms.size else 0.0)
             err, jit = np.array(res).T
             rows.append({"what": "forecast", "forecaster": name, "drive": drive, "smoothing": "none",
                          "horizon_ms": int(h), "client": drive == client_drive.get(name),

@@ -9,6 +9,19 @@ import cv2
 import numpy as np
 
 
+def to_grey(img: np.ndarray) -> np.ndarray:
+    """A uint8 RGB (H, W, 3) or grey (H, W) image as a contiguous grey one (a grey input comes back as it is, when
+    contiguous: copy it to keep it)."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {img.dtype}")
+    if img.ndim == 2:
+        return np.ascontiguousarray(img)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+    raise ValueError(f"expected an RGB (H, W, 3) or grey (H, W) image, got shape {img.shape}")
+
+
 def label_preview(labels: np.ndarray) -> np.ndarray:
     """One frame's label map (C, H, W) in [0, 1] -> uint8 RGB (H, W, 3).
 

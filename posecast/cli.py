@@ -757,7 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forecast", default="auto", choices=["auto", "none", "constant_velocity", "learned"],
                    help="send the pose forecast one glass-to-glass latency ahead, so the frame shown matches the "
                         "body now (default auto: the bundled learned forecaster for dance, constant velocity of "
-                        "the mesh's centroid for faces; none: the pose as captured)")
+                        "the mesh's centroid for faces, stepping as the image shows the head move; none: the pose "
+                        "as captured)")
     s.add_argument("--forecaster-model", default=None, metavar="DIR",
                    help="a learned forecaster of your own (posecast train-forecaster --out DIR)")
     s.add_argument("--lead", type=float, default=None, metavar="MS",
@@ -845,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the pose forecasters' display-time error and jitter at 50/100/150 ms ahead, on the "
                         "synthetic dancer's motion of --seed (models/forecast.py)")
     s.add_argument("--seed", type=int, default=7, help="motion seed of the --forecast figures (default 7, the seed the bundled forecaster "
-                   "was chosen on; 8, 9 and 40-99 it never saw)")
+                   "was chosen on; it was never trained on 6-9 and 40-99)")
     s.add_argument("--forecaster-model", default=None, metavar="DIR",
                    help="--forecast: the learned forecaster in DIR (default: the bundled one)")
     s.add_argument("--stream", default=None, metavar="VIDEO|REC.npz",

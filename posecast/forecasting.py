@@ -50,7 +50,8 @@ def forecast_video(out: str | os.PathLike = "demo/forecast.mp4", *, model: str |
                    noise: float = 0.002, forecaster: str | os.PathLike | None = None, backend: str | None = None,
                    progress: bool = True) -> dict:
     """Write the side-by-side video to ``out``; returns the mean display-time pose error of each output stream
-    (``error_none``, ``error_forecast``, frame fractions), ``frames`` and ``output``."""
+    (``error_none``, ``error_forecast``, frame fractions, over the ``scored`` frames: those with a joint seen both
+    in what was shown and at display time; NaN where none was), ``frames`` (written) and ``output``."""
     from tqdm import tqdm
 
     from clients.sources import preview_image
@@ -108,7 +109,8 @@ def forecast_video(out: str | os.PathLike = "demo/forecast.mp4", *, model: str |
         writer.close()
     return {"output": str(out), "frames": int(seconds * fps), "scored": len(errors["none"]),
             "latency_ms": latency_ms, "seed": seed,
-            "error_none": float(np.mean(errors["none"])), "error_forecast": float(np.mean(errors["forecast"])),
+            "error_none": float(np.mean(errors["none"])) if errors["none"] else float("nan"),
+            "error_forecast": float(np.mean(errors["forecast"])) if errors["forecast"] else float("nan"),
             "model": str(model), "backend": backend}
 
 

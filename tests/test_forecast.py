@@ -123,8 +123,8 @@ def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it
 
     config = json.loads((learned / "forecaster.json").read_text())
     assert config["format"] == "posecast-forecaster" and config["trained_on"]["motion_seeds"] == [0]
-    assert config["rate_alpha"] == 0.7 and load_forecaster(learned).rate_alpha == 0.7   # the default, saved
-    f = load_forecaster_with(learned, rate_alpha=1.0)                       # the network's own answers
+    assert config["rate_alpha"] == 1.0 and load_forecaster(learned).rate_alpha == 1.0   # a per-landmark one's
+    f = load_forecaster(learned)                                            # the network's own answers
     stream = [_moving(i / 30) for i in range(config["history"])]
     for i, lm in enumerate(stream[:2]):
         f.update(i / 30, lm)
@@ -153,7 +153,7 @@ def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], f.run(x), atol=1e-5)
     # Smoothed: each sample's rate (move / horizon) goes rate_alpha of the way from the last sample's (the first
     # sample has none: its "forecast" is itself).
-    sm, f = load_forecaster(learned), load_forecaster_with(learned, rate_alpha=1.0)
+    sm, f = load_forecaster_with(learned, rate_alpha=0.7), load_forecaster(learned)
     raw = []
     for i, lm in enumerate(stream):
         sm.update(i / 30, lm)
@@ -173,6 +173,10 @@ def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it
                                atol=1e-5)                                   # another horizon: its own rate
     with pytest.raises(ValueError, match="rate_alpha must be in"):
         load_forecaster_with(learned, rate_alpha=0.0)
+    from trainer.forecast import train_forecaster
+    with pytest.raises(ValueError, match="rate_alpha must be in"):                  # before any training
+        train_forecaster(learned.parent / "never", rate_alpha=1.5, progress=False)
+    assert not (learned.parent / "never").exists()
     hidden = [lm.copy() for lm in stream]
     hidden[-1][1, 2] = 0.0                                                  # hidden now: left as it came
     g = load_forecaster(learned)
@@ -305,7 +309,7 @@ def test_head_motion_measures_the_faces_step_on_the_image():
     half[:, 0] = np.linspace(0.1, 0.9, 478)                                # a wide face half out: its square is in
     motion(at(0, 0), half)
     np.testing.assert_allclose(motion(at(2, 0), half) * (w, h), (2, 0), atol=0.3)
-    with pytest.raises(ValueError, match="uint8 grey or RGB"):
+    with pytest.raises(ValueError, match="expected a uint8 image"):
         motion(at(0, 0).astype(np.float32), box)
     with pytest.raises(ValueError, match="max_side must be >= 32"):
         HeadMotion(max_side=16)
@@ -329,6 +333,8 @@ def test_a_face_mesh_driven_by_the_image_step_ignores_the_trackers_jitter():
     for i in range(3):
         g.update(i / 30, seen[i], np.float32([np.nan, np.nan]) if i else None)   # none measured: the points' step
     np.testing.assert_allclose(g.predict(0.1)[:, :2], seen[2][:, :2] + 3 * (step + shake[2] - shake[1]), atol=1e-5)
+    with pytest.raises(ValueError, match=r"step must be \(2,\) frame fractions"):
+        g.update(3 / 30, seen[2], step[None])
     # On a 2:1 frame the forecast runs in square units; the step comes and goes in the frame's own fractions.
     wide = for_frame(MeshForecaster(ConstantVelocity(), gain=1.0), 2.0)
     for i in range(3):

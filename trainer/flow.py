@@ -10,16 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
-def _gray(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {img.dtype}")
-    if img.ndim == 2:
-        return np.ascontiguousarray(img)
-    if img.ndim == 3 and img.shape[2] == 3:
-        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
-    raise ValueError(f"expected an RGB (H, W, 3) or grey (H, W) image, got shape {img.shape}")
+from models.visualize import to_grey
 
 
 class FlowEstimator:
@@ -44,7 +35,7 @@ class FlowEstimator:
         thr = self.fb_threshold_px if fb_threshold_px is None else float(fb_threshold_px)
         if thr <= 0:
             raise ValueError(f"fb_threshold_px must be > 0, got {thr}")
-        prev, cur = _gray(prev_rgb), _gray(cur_rgb)
+        prev, cur = to_grey(prev_rgb), to_grey(cur_rgb)
         if prev.shape != cur.shape:
             raise ValueError(f"frames differ in size: {prev.shape} vs {cur.shape}")
         h, w = cur.shape

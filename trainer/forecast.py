@@ -171,7 +171,8 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
     seed). ``one_euro``: the
     One Euro filter's parameters when the forecaster runs behind one (it then learns to undo the filter's lag; saved
     with it), None: on the raw landmarks. ``rate_alpha``: how much of each sample's forecast rate it takes against
-    the last one's (saved with it; None: models/forecast.py ``RATE_ALPHA``)."""
+    the last one's, in (0, 1] (saved with it; None: models/forecast.py ``RATE_ALPHA`` for a whole-body network,
+    where it was chosen, 1 (no smoothing) for a per-landmark one)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -182,6 +183,9 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
     batch = batch or (256 * 99 if body else 4096)     # landmark rows a step: 256 / 41 runs of 3 poses
     steps = steps or 20000
     smooth = (2.0 if body else 0.7) if smooth is None else smooth
+    rate_alpha = (RATE_ALPHA if body else 1.0) if rate_alpha is None else float(rate_alpha)
+    if not 0 < rate_alpha <= 1:
+        raise ValueError(f"rate_alpha must be in (0, 1], got {rate_alpha}")
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -254,7 +258,7 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
                (("weight", m.weight), ("bias", m.bias))}
     config = {"format": "posecast-forecaster", "version": 1, "layers": len(layers), "history": history, "fps": fps,
               "scale": scale, "hidden": hidden, "one_euro": one_euro, "context": context, "arch": arch,
-              "num_landmarks": int(k_all), "rate_alpha": RATE_ALPHA if rate_alpha is None else float(rate_alpha),
+              "num_landmarks": int(k_all), "rate_alpha": rate_alpha,
               "trained_on": {"motion_seeds": list(seeds), "seconds": seconds, "noise_max": noise_max,
                              "horizon_max_s": horizon_max_s, "steps": steps, "smooth": smooth, "augment": augment,
                              "carry_hz": carry_hz, "recorded_shots": used, "observed_streams": len(observed),
@@ -271,8 +275,10 @@ def train_forecaster(out: str | Path, *, seeds=TRAIN_SEEDS, seconds: float = 60.
 def export_onnx(net: torch.nn.Module, features: int, path: Path) -> Path:
     """The network as ONNX (input ``x`` (M, features), output ``displacement`` (M, outputs): for a per-landmark
     forecaster one row per landmark and 2 outputs, for a whole-body one one row per pose, its K landmarks'
-    features and the horizon, and 2K outputs), for runtimes without numpy (a browser page, another language). The client itself runs the same weights from the
-    safetensors in numpy."""
+    features and the horizon, and 2K outputs), for runtimes without numpy (a browser page, another language). The
+    client itself runs the same weights from the safetensors in numpy. A runtime of its own also applies what is
+    around the network: the constant-velocity fallback and ``rate_alpha`` from the JSON (models/forecast.py
+    ``LearnedForecaster._smooth_rate``)."""
     import io
     import warnings
 
