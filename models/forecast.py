@@ -192,12 +192,12 @@ class LearnedForecaster(Forecaster):
     """A small MLP: per landmark (``arch`` "landmark", one network for every landmark of any layout) or per body
     (``arch`` "body", the bundled one: the whole 33-joint pose in, every joint out), from the last ``history``
     positions (relative to the newest, at the stream's frame rate ``fps``) and the horizon, the displacement at
-    that horizon. Landmarks without the whole history present fall back to constant velocity (or stay as they
-    came). The forecast's rate (its move from the last sample, over the horizon) is smoothed from sample to sample
+    that horizon. Landmarks without the whole history present fall back to constant velocity behind the One Euro
+    filter (or stay as they came). The forecast's rate (its move from the last sample, over the horizon) is smoothed from sample to sample
     by ``rate_alpha`` of the config (1: not at all): the network answers each sample's noise a little, and more so
     the further ahead it looks. Weights: ``load_forecaster`` (safetensors + JSON, made by trainer/forecast.py);
     inference is numpy matrix products: the bundled network ~0.04 ms, update + predict with its 20-pose window
-    ~0.5 ms a frame (1.0 ms in the live client beside a server on 2 cores; docs/performance.md)."""
+    ~0.6 ms a frame (1.0–1.1 ms in the live client beside a server on 2 cores; docs/performance.md)."""
 
     name = "learned"
     MAX_GAP_FRAMES = 3.5   # samples further apart than this (frames at the model's fps) break the history
@@ -222,7 +222,12 @@ class LearnedForecaster(Forecaster):
         if not 0 < self.rate_alpha <= 1:
             raise ValueError(f"rate_alpha must be in (0, 1], got {self.rate_alpha}")
         self.config = dict(config)
+        # Until a landmark's history is whole (a stream's first ``history`` samples, after a gap): constant velocity,
+        # behind the One Euro filter unless the forecaster filters its input itself (on seed 7's first 20 samples
+        # the shown stream's jitter 4.0x the raw stream's unfiltered, 1.1x filtered; docs/performance.md).
         self._fallback = ConstantVelocity(has_visibility)
+        if not config.get("one_euro"):
+            self._fallback = Smoothed(self._fallback, ONE_EURO)
         # Trained behind a One Euro filter: the filter is part of the forecaster (it learned to undo its lag).
         self.smoother = OneEuroFilter(**config["one_euro"], has_visibility=has_visibility) \
             if config.get("one_euro") else None

@@ -119,7 +119,7 @@ def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it
     import torch
     from safetensors.torch import load_file
 
-    from models.forecast import load_forecaster
+    from models.forecast import ONE_EURO, Smoothed, load_forecaster
 
     config = json.loads((learned / "forecaster.json").read_text())
     assert config["format"] == "posecast-forecaster" and config["trained_on"]["motion_seeds"] == [0]
@@ -128,10 +128,11 @@ def test_the_learned_forecaster_runs_the_trained_network_and_falls_back_where_it
     stream = [_moving(i / 30) for i in range(config["history"])]
     for i, lm in enumerate(stream[:2]):
         f.update(i / 30, lm)
-    cv = ConstantVelocity()
+    cv = Smoothed(ConstantVelocity(), ONE_EURO)
     for i, lm in enumerate(stream[:2]):
         cv.update(i / 30, lm)
     np.testing.assert_array_equal(f.predict(0.1), cv.predict(0.1))         # too little history: constant velocity
+    assert isinstance(f._fallback, Smoothed)                                # (behind the One Euro filter)
     for i, lm in enumerate(stream[2:], 2):
         f.update(i / 30, lm)
     np.testing.assert_array_equal(f.predict(0.0), stream[-1])              # zero horizon: the input
@@ -210,7 +211,7 @@ def test_the_learned_forecaster_reads_its_history_at_its_own_frame_rate(learned)
     """A 24 fps camera, or one that skips a frame, feeds the model the 30 fps window it was trained on
     (interpolated: exact for motion at constant velocity); a gap too long for that falls back to constant
     velocity; time going back starts a new stream."""
-    from models.forecast import load_forecaster
+    from models.forecast import ONE_EURO, Smoothed, load_forecaster
 
     at30, at24 = load_forecaster(learned), load_forecaster(learned)
     for i in range(12):
@@ -225,8 +226,8 @@ def test_the_learned_forecaster_reads_its_history_at_its_own_frame_rate(learned)
     skipped = load_forecaster(learned)
     for i in (*range(0, 10), 14, 15):                                       # frames 10-13 lost: 4 frames apart
         skipped.update(i / 30, _moving(i / 30))
-    cv = ConstantVelocity()
-    for i in (14, 15):
+    cv = Smoothed(ConstantVelocity(), ONE_EURO)                             # the fallback, fed the same samples
+    for i in (*range(0, 10), 14, 15):
         cv.update(i / 30, _moving(i / 30))
     assert skipped.window() is None
     np.testing.assert_array_equal(skipped.predict(0.1), cv.predict(0.1))
