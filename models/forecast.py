@@ -486,8 +486,8 @@ class MeshForecaster(Wrapped):
 
 class HeadMotion:
     """The step of a face between consecutive frames as the image shows it: the median optical flow (OpenCV's
-    DIS, ultrafast preset) inside the face mesh's bounding box, from the previous frame to this one, the box
-    scaled down (bilinear) to at most ``max_side`` pixels. The tracker's mesh jitters from frame to frame as a
+    DIS, ultrafast preset) inside a square about the face mesh (clipped to the frame), from the previous frame to
+    this one, the box scaled down (bilinear) to at most ``max_side`` pixels. The tracker's mesh jitters from frame to frame as a
     whole; the pixels' own motion measures the head's step with less of that noise (on Megamind's face, the two
     agree with a correlation of 0.92-0.99 on the large moves, 0.66 on a still head's small ones).
     ``__call__(image, landmarks)`` with every frame and its mesh (normalised to that frame, None where none was
@@ -624,8 +624,8 @@ def bench_forecast(seed: int = 7, horizons_ms=(50, 100, 150), seconds: float = 3
     Euro smoothing) on the synthetic dancer's motion of ``seed`` (models/motion.py: the truth at every instant),
     sampled at ``fps`` for ``seconds`` with Gaussian noise of ``noise`` (frame fractions; MediaPipe's own jitter on
     real footage is of that order), displayed ``horizon`` ms after each sample. One row per forecaster x smoothing
-    x horizon: forecaster, smoothing, horizon_ms, client (true on the one row a forecaster x horizon that is set up as
-    the capture client runs it: constant velocity behind the filter, the others without), error, jitter, the raw
+    x horizon: forecaster, smoothing, horizon_ms, client (true on the one row per forecaster x horizon set up as the
+    capture client runs it: constant velocity behind the filter, the others without), error, jitter, the raw
     stream's jitter_raw, and cost_ms (the median CPU time of one sample's update + predict). ``learned``: the
     folder of the learned forecaster to measure (default the bundled one)."""
     from models.motion import DanceMotion
