@@ -495,7 +495,7 @@ class HeadMotion:
     without a mesh (a forecaster is not updated there, and the step must span the same two samples as the
     mesh's), after a change of frame size, and where the box (a square about the mesh, clipped to the frame) is
     under ``MIN_SIDE`` pixels either way once scaled: a small face, or one half out of the frame (the forecast then
-    moves by the mesh's own step). ~0.4 ms a frame on an idle core, 0.8 ms in the capture client beside MediaPipe
+    moves by the mesh's own step). ~0.4 ms a frame on an idle core, ~1 ms in the capture client beside MediaPipe
     and a server (docs/performance.md)."""
 
     MIN_SIDE = 32   # DIS needs this much either way: OpenCV 4.11 crashes (SIGSEGV) on a wide image under 32 high
