@@ -191,13 +191,14 @@ RATE_ALPHA = 0.7   # a learned forecast's rate is smoothed sample to sample by t
 class LearnedForecaster(Forecaster):
     """A small MLP: per landmark (``arch`` "landmark", one network for every landmark of any layout) or per body
     (``arch`` "body", the bundled one: the whole 33-joint pose in, every joint out), from the last ``history``
-    positions (relative to the newest, at the stream's frame rate ``fps``) and the horizon, the displacement at
-    that horizon. Landmarks without the whole history present fall back to constant velocity behind the One Euro
-    filter (or stay as they came). The forecast's rate (its move from the last sample, over the horizon) is smoothed from sample to sample
-    by ``rate_alpha`` of the config (1: not at all): the network answers each sample's noise a little, and more so
-    the further ahead it looks. Weights: ``load_forecaster`` (safetensors + JSON, made by trainer/forecast.py);
-    inference is numpy matrix products: the bundled network ~0.04 ms, update + predict with its 20-pose window
-    ~0.6 ms a frame (1.0–1.1 ms in the live client beside a server on 2 cores; docs/performance.md)."""
+    positions (relative to the newest, at the stream's frame rate ``fps``) and the horizon, the displacement at that
+    horizon. Landmarks without the whole history present fall back to constant velocity behind the One Euro filter
+    (or stay as they came). The forecast's rate (its move from the last sample, over the horizon) is smoothed from
+    sample to sample by ``rate_alpha`` of the config (1: not at all): the network answers each sample's noise a
+    little, and more so the further ahead it looks. Weights: ``load_forecaster`` (safetensors + JSON, made by
+    trainer/forecast.py); inference is numpy matrix products: the bundled network ~0.04 ms, update + predict with
+    its 20-pose window ~0.6 ms a frame (1.0–1.1 ms in the live client beside a server on 2 cores;
+    docs/performance.md)."""
 
     name = "learned"
     MAX_GAP_FRAMES = 3.5   # samples further apart than this (frames at the model's fps) break the history
@@ -485,18 +486,17 @@ class MeshForecaster(Wrapped):
 
 
 class HeadMotion:
-    """The step of a face between consecutive frames as the image shows it: the median optical flow (OpenCV's
-    DIS, ultrafast preset) inside a square about the face mesh (clipped to the frame), from the previous frame to
-    this one, the box scaled down (bilinear) to at most ``max_side`` pixels. The tracker's mesh jitters from frame to frame as a
-    whole; the pixels' own motion measures the head's step with less of that noise (on Megamind's face, the two
-    agree with a correlation of 0.92-0.99 on the large moves, 0.66 on a still head's small ones).
+    """The step of a face between consecutive frames as the image shows it: the median optical flow (OpenCV's DIS,
+    ultrafast preset) inside a square about the face mesh (clipped to the frame), from the previous frame to this
+    one, the box scaled down (bilinear) to at most ``max_side`` pixels. The tracker's mesh jitters from frame to
+    frame as a whole; the pixels' own motion measures the head's step with less of that noise (on Megamind's face,
+    the two agree with a correlation of 0.92-0.99 on the large moves, 0.66 on a still head's small ones).
     ``__call__(image, landmarks)`` with every frame and its mesh (normalised to that frame, None where none was
     found) -> the step since the last frame, (2,) frame fractions, or None: on the first frame, after a frame
-    without a mesh (a forecaster is not updated there, and the step must span the same two samples as the
-    mesh's), after a change of frame size, and where the box (a square about the mesh, clipped to the frame) is
-    under ``MIN_SIDE`` pixels either way once scaled: a small face, or one half out of the frame (the forecast then
-    moves by the mesh's own step). ~0.4 ms a frame on an idle core, ~1 ms in the capture client beside MediaPipe
-    and a server (docs/performance.md)."""
+    without a mesh (a forecaster is not updated there, and the step must span the same two samples as the mesh's),
+    after a change of frame size, and where the box is under ``MIN_SIDE`` pixels either way once scaled: a small
+    face, or one half out of the frame (the forecast then moves by the mesh's own step). ~0.4 ms a frame on an idle
+    core, ~1 ms in the capture client beside MediaPipe and a server (docs/performance.md)."""
 
     MIN_SIDE = 32   # DIS needs this much either way: OpenCV 4.11 crashes (SIGSEGV) on a wide image under 32 high
 

@@ -455,8 +455,8 @@ def _cmd_train_forecaster(args) -> int:
     used = json.loads((out / "forecaster.json").read_text())["trained_on"]["recorded_shots"]
     extra = (f", {used} of {len(recorded)} recorded shots" if recorded else "") + \
         (f", motion {args.redetect} re-detected by MediaPipe" if observed else "")
-    print(f"wrote {out}/forecaster.{{json,safetensors,onnx}} (motion seeds {', '.join(map(str, seeds))}{extra}; report "
-          f"on others: posecast bench --forecast --forecaster-model {out} --seed N)")
+    print(f"wrote {out}/forecaster.{{json,safetensors,onnx}} (motion seeds {', '.join(map(str, seeds))}{extra}; "
+          f"report on others: posecast bench --forecast --forecaster-model {out} --seed N)")
     return 0
 
 
@@ -845,8 +845,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forecast", action="store_true",
                    help="only the pose forecasters' display-time error and jitter at 50/100/150 ms ahead, on the "
                         "synthetic dancer's motion of --seed (models/forecast.py)")
-    s.add_argument("--seed", type=int, default=7, help="motion seed of the --forecast figures (default 7, the seed the bundled forecaster "
-                   "was chosen on; it was never trained on 6-9 and 40-99)")
+    s.add_argument("--seed", type=int, default=7,
+                   help="motion seed of the --forecast figures (default 7, the seed the bundled forecaster was chosen "
+                   "on; it was never trained on 6-9 and 40-99)")
     s.add_argument("--forecaster-model", default=None, metavar="DIR",
                    help="--forecast: the learned forecaster in DIR (default: the bundled one)")
     s.add_argument("--stream", default=None, metavar="VIDEO|REC.npz",

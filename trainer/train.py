@@ -149,7 +149,8 @@ class TrainConfig:
 
         need(self.gan_mode in self.GAN_MODES, "gan_mode", f"is not one of {', '.join(self.GAN_MODES)}")
         need(self.precision in PRECISIONS, "precision", f"is not one of {', '.join(PRECISIONS)}")
-        need(self.clip_sampling in self.CLIP_SAMPLING, "clip_sampling", f"is not one of {', '.join(self.CLIP_SAMPLING)}")
+        need(self.clip_sampling in self.CLIP_SAMPLING, "clip_sampling",
+             f"is not one of {', '.join(self.CLIP_SAMPLING)}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "is not auto, cpu, cuda or cuda:N")
         for name in ("iterations", "batch_size", "clip_frames_start", "clip_frames_max", "log_every", "sample_every",
