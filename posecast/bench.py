@@ -159,7 +159,9 @@ def bench_stream(preset: str, backend: str, size: int, *, frames: int = 300, cli
         model = model or random_checkpoint(preset, size, tmp / "model")
         from models.checkpoint import read_config
 
-        rec = _recording(tmp / "rec.npz", frames, fps, kind=read_config(model)[0].kind)   # the model's landmarks
+        cfg = read_config(model)[0]
+        preset, size = cfg.name, cfg.size                # the row names what streamed: a given model's own
+        rec = _recording(tmp / "rec.npz", frames, fps, kind=cfg.kind)   # the model's landmarks
         with server_process(model, backend, threads=threads) as address:
             results: list = [None] * clients
             errors: list = []

@@ -829,11 +829,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backends", default="onnxruntime,torch", help="comma-separated backends (default onnxruntime,torch)")
     s.add_argument("--sizes", default="128,256", help="comma-separated frame sides (default 128,256)")
     s.add_argument("--runs", type=int, default=50, help="timed runs per generator figure (default 50)")
-    s.add_argument("--stream-preset", default="lite", help="preset of the stream figure (default lite)")
-    s.add_argument("--stream-size", type=int, default=256, help="frame side of the stream figure (default 256)")
+    s.add_argument("--stream-preset", default="lite", help="preset of the stream figure (default lite; "
+                   "a --stream-model streams its own)")
+    s.add_argument("--stream-size", type=int, default=256, help="frame side of the stream figure (default 256; "
+                   "a --stream-model streams its own)")
     s.add_argument("--stream-frames", type=int, default=300, help="frames streamed (default 300)")
     s.add_argument("--stream-clients", default="1", help="comma-separated client counts, '' for none (default 1)")
-    s.add_argument("--stream-model", default=None, help="trained model for the stream (default: random weights)")
+    s.add_argument("--stream-model", default=None, help="trained model for the stream (default: random "
+                   "weights of --stream-preset at --stream-size)")
     s.add_argument("--stream-threads", type=int, default=None, help="server onnxruntime threads (default: all cores)")
     s.add_argument("--batch-sizes", default="1,2,4,8",
                    help="batched-engine throughput at these batch sizes, '' for none (default 1,2,4,8)")

@@ -48,6 +48,16 @@ def test_bench_stream_drives_a_face_model_with_the_talking_face():
 
 
 @pytest.mark.timeout(300)
+def test_bench_stream_row_names_the_model_it_streamed(tmp_path):
+    """With a trained model (--stream-model) the row says that model's preset and size, not the defaults'."""
+    from posecast.bench import random_checkpoint
+
+    model = random_checkpoint("face-lite", 32, tmp_path / "model")
+    row = bench_stream("lite", "onnxruntime", 256, frames=10, fps=60.0, model=model)
+    assert (row["preset"], row["size"], row["frames_sent"]) == ("face-lite", 32, 10)
+
+
+@pytest.mark.timeout(300)
 def test_bench_train_times_the_real_loop_stage_by_stage(tmp_path):
     from trainer.bench import bench_data, bench_train
     from trainer.clock import STAGES
