@@ -1,13 +1,15 @@
 """What the training frames say about a held-out face: every training frame, warped onto each held-out frame's own
-face mesh (piecewise affine over MediaPipe's mesh triangles), scored by the face-region PSNR ``posecast eval``
-reports (inside the face-mesh hull, squared error pooled over the frames).
+face mesh (piecewise affine over MediaPipe's mesh triangles, the eyes and mouth filled), scored by the face-region
+PSNR ``posecast eval`` reports (inside the face-mesh hull, squared error pooled over the frames).
 
-It answers: could the training footage show the held-out face at all? For each held-out frame it keeps the best
-training frame *as judged by that held-out frame itself* (an oracle: no model can choose this way), optionally
-with the per-channel gain and offset that fit it best. A generator trained on those frames has only their pixels to
-learn the face from; when even the oracle's pick, placed exactly on the held-out mesh, scores below a target, the
-target asks for appearance the footage does not hold. For scale, it also warps the held-out shot's own real
-frames from k frames earlier (``--lags``): how fast the face's appearance drifts from what a mesh warp explains.
+It asks: could the training footage show the held-out face at all? For each held-out frame, oracles pick what fits
+it best *as judged by that held-out frame itself* (no model can choose this way): the best training frame, the best
+after a per-channel gain and offset fitted to it, the best frame for each part of the face, a least-squares blend of
+the best eight. A generator trained on those frames learns the face from their pixels; when even the oracles, placed
+on the held-out mesh, score below a target, that is strong evidence (not a proof: a generator can do more than
+re-place pixels) that the target asks for appearance the footage does not hold. For scale, it also warps the
+held-out shot's own real frames from k frames earlier (``--lags``): how fast the face's appearance drifts from what
+a mesh warp explains.
 
     .venv/bin/python scripts/face-heldout-bound.py DATA [--train 0:97,152:174] [--held 174:197] [--lags 1,2,4,8]
 
@@ -38,11 +40,34 @@ def ranges(text: str) -> list[int]:
     return out
 
 
+def warp_triangles() -> np.ndarray:
+    """(T, 3) landmark indices of the triangles a face is warped by: the mesh's faces, and the holes of the eyes and
+    the mouth filled by fans from their rings, so the whole face moves with its mesh. The faces are the 3-cliques of
+    MediaPipe's tessellation less the few that are not faces: a 3-cycle around other triangles, each of whose edges
+    then lies in three cliques where a face's inner edge lies in two."""
+    cliques = mesh_triangles()
+    edges = np.sort(np.stack([cliques[:, [0, 1]], cliques[:, [1, 2]], cliques[:, [0, 2]]], 1), -1)   # (T, 3, 2)
+    keys, counts = np.unique(edges.reshape(-1, 2), axis=0, return_counts=True)
+    uses = {tuple(k): int(c) for k, c in zip(keys, counts)}
+    faces = [tuple(t) for t, e in zip(cliques, edges) if not all(uses[tuple(x)] > 2 for x in e)]
+    for group in ("left_eye", "right_eye", "lips_inner"):
+        ring = FACE_CONTOURS[group][0][:-1]
+        faces += [(ring[0], ring[k], ring[k + 1]) for k in range(1, len(ring) - 1)]
+    return np.array(faces, np.int32)
+
+
 class MeshWarp:
-    """Warps any frame onto one destination mesh: the triangle under each destination pixel is found once."""
+    """Warps any frame onto one destination mesh: the triangle under each destination pixel is found once.
+    Triangles too thin to carry a map (under ``MIN_AREA`` px²) are left out; pixels no triangle covers (the few at
+    the hull's edge) move by the affine map that fits the whole mesh best (least squares)."""
+
+    MIN_AREA = 1e-2
 
     def __init__(self, dst: np.ndarray, size: int):
-        self.dst, self.tris = dst, mesh_triangles()
+        tris = warp_triangles()
+        d = dst[tris]
+        area = 0.5 * np.abs(np.cross(d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]))
+        self.dst, self.tris = dst, tris[area >= self.MIN_AREA]
         self.tri_id = np.full((size, size), -1, np.int32)
         for k, tri in enumerate(self.tris):
             cv2.fillConvexPoly(self.tri_id, np.round(dst[tri] - 0.5).astype(np.int32), k)
@@ -50,13 +75,12 @@ class MeshWarp:
         self.pix = np.stack([xx + 0.5, yy + 0.5, np.ones_like(xx)], -1)          # pixel centres, homogeneous
 
     def __call__(self, image: np.ndarray, src: np.ndarray) -> np.ndarray:
-        d = np.concatenate([self.dst[self.tris], np.ones((len(self.tris), 3, 1), np.float32)], -1)   # (T, 3, 3)
-        s = src[self.tris]                                                                              # (T, 3, 2)
-        affine = np.linalg.solve(d, s)                                                                  # (T, 3, 2)
-        whole = cv2.estimateAffinePartial2D(self.dst, src)[0]                                          # (2, 3)
+        homog = lambda p: np.concatenate([p, np.ones((*p.shape[:-1], 1), np.float64)], -1)  # noqa: E731
+        affine = np.linalg.solve(homog(self.dst[self.tris].astype(np.float64)), src[self.tris])      # (T, 3, 2)
+        whole = np.linalg.lstsq(homog(self.dst.astype(np.float64)), src, rcond=None)[0]               # (3, 2)
         ids = self.tri_id
         maps = np.einsum("hwi,hwij->hwj", self.pix, affine[np.maximum(ids, 0)])
-        maps = np.where((ids >= 0)[..., None], maps, self.pix @ whole.T) - 0.5
+        maps = np.where((ids >= 0)[..., None], maps, self.pix @ whole) - 0.5
         return cv2.remap(image, maps[..., 0].astype(np.float32), maps[..., 1].astype(np.float32),
                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
@@ -101,10 +125,10 @@ def db(total_sse: float, count: int) -> float:
 
 
 def bound(ds: Dataset, hds: Dataset, train: list[int], held: list[int], lags: list[int] = (),
-          progress: bool = True) -> dict[str, float]:
-    """The figures, in dB, keyed as printed: the training frames of ``ds`` warped onto the held-out frames of
-    ``hds`` (the oracle's picks), and ``hds``' own frames ``lags`` earlier in the same clip. Frames without a
-    whole mesh are left out."""
+          progress: bool = True) -> tuple[dict[str, float], dict[str, int]]:
+    """(figures in dB keyed as printed, frame counts): the training frames of ``ds`` warped onto the held-out
+    frames of ``hds`` (the oracle's picks), and ``hds``' own frames ``lags`` earlier in the same clip, scored on
+    the held-out frames that have every lag in their clip. Frames without a whole mesh are left out."""
     size = ds.frames.shape[1]
     for d in (ds, hds):
         if d.frames.shape[1:3] != (size, size):
@@ -125,6 +149,7 @@ def bound(ds: Dataset, hds: Dataset, train: list[int], held: list[int], lags: li
     clip_of = np.full(len(hds), -1)
     for c, (a, b) in enumerate(hds.clips):
         clip_of[a:b] = c
+    lag_frames = 0
     for n, i in enumerate(held):
         warp, real = MeshWarp(mesh[i], size), frames[i]
         mask = face_region(hds.landmarks[i], size, size).astype(bool)
@@ -142,8 +167,9 @@ def bound(ds: Dataset, hds: Dataset, train: list[int], held: list[int], lags: li
                  f"best {blend_k} blended": float(((np.clip(top @ weights, 0, 255) - target) ** 2).sum())}
         if hds is ds:
             found["nearest in time"] = errors[min(train, key=lambda j: abs(j - i))]
-        for k in lags:
-            if i - k >= 0 and usable[i - k] and clip_of[i - k] == clip_of[i]:
+        if all(i - k >= 0 and usable[i - k] and clip_of[i - k] == clip_of[i] for k in lags):   # every lag, or none
+            lag_frames += 1
+            for k in lags:
                 found[f"the same shot's frame {k} earlier"] = sse(
                     warp(np.ascontiguousarray(frames[i - k]), mesh[i - k]), real, mask)
         for key, value in found.items():
@@ -152,7 +178,8 @@ def bound(ds: Dataset, hds: Dataset, train: list[int], held: list[int], lags: li
         if progress:
             print(f"held-out frame {i}: best training frame {order[0]} {db(errors[order[0]], count):.2f} dB "
                   f"({n + 1}/{len(held)})", flush=True)
-    return {k: db(total, count) for k, (total, count) in pooled.items() if count}
+    figures = {k: db(total, count) for k, (total, count) in pooled.items() if count}
+    return figures, {"training": len(train), "held out": len(held), "with every lag": lag_frames}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,10 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     ds = Dataset(args.data)
     hds = Dataset(args.held_data) if args.held_data else ds
-    train, held = ranges(args.train), ranges(args.held)
-    figures = bound(ds, hds, train, held, [int(k) for k in args.lags.split(",") if k])
-    print(f"\n{len(held)} held-out frames, {len(train)} training frames; face-region PSNR pooled as "
-          "`posecast eval` pools it:")
+    figures, n = bound(ds, hds, ranges(args.train), ranges(args.held), [int(k) for k in args.lags.split(",") if k])
+    print(f"\n{n['held out']} held-out frames ({n['with every lag']} with every lag in their shot), "
+          f"{n['training']} training frames; face-region PSNR pooled as `posecast eval` pools it:")
     for key, value in figures.items():
         what = key if key.startswith("the same") else f"training frame warped, {key}"
         print(f"  {what:<45} {value:6.2f} dB")

@@ -36,7 +36,7 @@ def test_mesh_warp_moves_a_frame_with_its_mesh(script):
     image = _texture(size)
     warp = script.MeshWarp(mesh, size)
     assert np.abs(warp(image, mesh).astype(int) - image).max() <= 1
-    assert (warp.tri_id >= 0).sum() > 0.9 * face_region(lm, size, size).sum()
+    assert (warp.tri_id >= 0).sum() > 0.99 * face_region(lm, size, size).sum()       # the eyes and mouth too
 
     moved = cv2.getRotationMatrix2D((60.0, 70.0), 8.0, 1.1)
     moved[:, 2] += (4.0, -3.0)
@@ -50,24 +50,31 @@ def test_mesh_warp_moves_a_frame_with_its_mesh(script):
 
 
 def test_the_oracles_figures_rise_with_what_they_may_choose(script, tmp_path):
-    """On the synthetic talking face (one motion seed trains, another is held out): every oracle at least matches
-    the plain best frame (each can choose it), the frame just before scores above the frame 4 before, and the
-    mesh warp explains the textured synthetic face far better than the 22 dB the issue asks of real footage."""
+    """On the synthetic talking face (one motion seed trains, another is held out): a figure is eval's face-region
+    PSNR of the warped frame, every oracle at least matches the plain best frame (each can choose it), and the mesh
+    warp explains the textured synthetic face far better than the 22 dB the issue asks of real footage."""
     from trainer.dataset import Dataset
+    from trainer.evaluate import masked_psnr
     from trainer.synth_face import synthesize_face
 
     train = Dataset(synthesize_face(tmp_path / "a", seed=1, num_frames=12, size=96, progress=False))
     held = Dataset(synthesize_face(tmp_path / "b", seed=7, num_frames=8, size=96, progress=False))
-    fig = script.bound(train, held, list(range(12)), list(range(8)), lags=[1, 4], progress=False)
+    fig, n = script.bound(train, held, list(range(12)), list(range(4, 8)), lags=[1, 4], progress=False)
+    assert n == {"training": 12, "held out": 4, "with every lag": 4}
     assert set(fig) == {"best", "best, gain-fitted", "best per part", "best 8 blended",
                         "the same shot's frame 1 earlier", "the same shot's frame 4 earlier"}
     for key in ("best, gain-fitted", "best per part", "best 8 blended"):
         assert fig[key] >= fig["best"] - 1e-9
-    assert fig["best"] > 26
-    assert fig["the same shot's frame 1 earlier"] > fig["the same shot's frame 4 earlier"]
+    assert min(fig.values()) > 26          # the textured synthetic face moves with its mesh, whichever frame it is
 
-    same = script.bound(train, train, [0, 1, 2, 3, 4, 5], [9, 10], progress=False)
+    one, _ = script.bound(train, held, [3], [5], progress=False)           # one pair: exactly eval's figure
+    mesh = lambda d, i: np.asarray(d.landmarks[i], np.float32)[:FACE_NUM_LANDMARKS, :2] * 96  # noqa: E731
+    warped = script.MeshWarp(mesh(held, 5), 96)(np.ascontiguousarray(train.frames[3]), mesh(train, 3))
+    assert one["best"] == pytest.approx(masked_psnr(warped, held.frames[5], face_region(held.landmarks[5], 96, 96)))
+
+    same, n = script.bound(train, train, [0, 1, 2, 3, 4, 5], [3, 9, 10], lags=[4], progress=False)
     assert "nearest in time" in same and same["best"] >= same["nearest in time"]
+    assert n["with every lag"] == 2                                         # frame 3 has no frame 4 before it
     with pytest.raises(ValueError, match="square frames of one size"):
         script.bound(train, Dataset(synthesize_face(tmp_path / "c", seed=7, num_frames=3, size=64,
                                                     progress=False)), [0], [0], progress=False)
