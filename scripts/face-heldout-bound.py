@@ -29,15 +29,14 @@ import numpy as np  # noqa: E402
 from models.crop import face_region  # noqa: E402
 from models.face_motion import mesh_triangles  # noqa: E402
 from models.landmarks import FACE_CONTOURS, FACE_NUM_LANDMARKS  # noqa: E402
+from trainer.clips import parse_frame_ranges  # noqa: E402
 from trainer.dataset import Dataset  # noqa: E402
+from trainer.evaluate import _Pooled, masked_sse  # noqa: E402
 
 
-def ranges(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, b = (int(x) for x in part.split(":"))
-        out.extend(range(a, b))
-    return out
+def frames_of(text: str, ds: Dataset) -> list[int]:
+    """The frame indices of ``ds`` in ``text`` (``train --frames``' syntax: ``0:97,152:174``)."""
+    return [i for a, b in parse_frame_ranges(text) or ((0, len(ds)),) for i in range(a, min(b, len(ds)))]
 
 
 def warp_triangles() -> np.ndarray:
@@ -106,10 +105,6 @@ def part_masks(mesh: np.ndarray, face: np.ndarray) -> list[np.ndarray]:
     return [*masks, rest]
 
 
-def sse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    return float(((a.astype(np.float64) - b) ** 2)[mask].sum())
-
-
 def gain_fit(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``a`` with the per-channel gain and offset that bring it closest to ``b`` inside ``mask``."""
     out = a.astype(np.float64)
@@ -118,10 +113,6 @@ def gain_fit(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
         g, o = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
         out[..., c] = out[..., c] * g + o
     return np.clip(out, 0, 255)
-
-
-def db(total_sse: float, count: int) -> float:
-    return float(10 * np.log10(255.0 ** 2 / (total_sse / count)))
 
 
 def bound(ds: Dataset, hds: Dataset, train: list[int], held: list[int], lags: list[int] = (),
@@ -145,7 +136,7 @@ def bound(ds: Dataset, hds: Dataset, train: list[int], held: list[int], lags: li
     keys = ["best", "best, gain-fitted", "best per part", f"best {blend_k} blended"]
     keys += ["nearest in time"] if hds is ds else []
     keys += [f"the same shot's frame {k} earlier" for k in lags]
-    pooled = {k: [0.0, 0] for k in keys}
+    pooled = {k: _Pooled() for k in keys}
     clip_of = np.full(len(hds), -1)
     for c, (a, b) in enumerate(hds.clips):
         clip_of[a:b] = c
@@ -153,32 +144,33 @@ def bound(ds: Dataset, hds: Dataset, train: list[int], held: list[int], lags: li
     for n, i in enumerate(held):
         warp, real = MeshWarp(mesh[i], size), frames[i]
         mask = face_region(hds.landmarks[i], size, size).astype(bool)
-        count = int(mask.sum()) * 3
         warped = {j: warp(np.ascontiguousarray(ds.frames[j]), meshes[0][j]) for j in train}
-        errors = {j: sse(w, real, mask) for j, w in warped.items()}
-        order = sorted(errors, key=errors.get)
+        errors = {j: masked_sse(w, real, mask) for j, w in warped.items()}       # (sse, count)
+        order = sorted(errors, key=lambda j: errors[j][0])
         top = np.stack([warped[j][mask] for j in order[:blend_k]], -1).astype(np.float64)     # (P, 3, k)
         target = real[mask].astype(np.float64)
         weights = np.linalg.lstsq(top.reshape(-1, blend_k), target.ravel(), rcond=None)[0]
-        found = {"best": errors[order[0]],
-                 "best, gain-fitted": min(sse(gain_fit(w, real, mask), real, mask) for w in warped.values()),
-                 "best per part": sum(min(sse(w, real, m) for w in warped.values())
+        count = target.size
+        found = {"best": errors[order[0]][0],
+                 "best, gain-fitted": min(masked_sse(gain_fit(w, real, mask), real, mask)[0] for w in warped.values()),
+                 "best per part": sum(min(masked_sse(w, real, m)[0] for w in warped.values())
                                       for m in part_masks(mesh[i], mask)),
                  f"best {blend_k} blended": float(((np.clip(top @ weights, 0, 255) - target) ** 2).sum())}
         if hds is ds:
-            found["nearest in time"] = errors[min(train, key=lambda j: abs(j - i))]
+            found["nearest in time"] = errors[min(train, key=lambda j: abs(j - i))][0]
         if all(i - k >= 0 and usable[i - k] and clip_of[i - k] == clip_of[i] for k in lags):   # every lag, or none
             lag_frames += 1
             for k in lags:
-                found[f"the same shot's frame {k} earlier"] = sse(
-                    warp(np.ascontiguousarray(frames[i - k]), mesh[i - k]), real, mask)
+                found[f"the same shot's frame {k} earlier"] = masked_sse(
+                    warp(np.ascontiguousarray(frames[i - k]), mesh[i - k]), real, mask)[0]
         for key, value in found.items():
-            pooled[key][0] += value
-            pooled[key][1] += count
+            pooled[key].add((value, count))
         if progress:
-            print(f"held-out frame {i}: best training frame {order[0]} {db(errors[order[0]], count):.2f} dB "
+            one = _Pooled()
+            one.add(errors[order[0]])
+            print(f"held-out frame {i}: best training frame {order[0]} {one.value():.2f} dB "
                   f"({n + 1}/{len(held)})", flush=True)
-    figures = {k: db(total, count) for k, (total, count) in pooled.items() if count}
+    figures = {k: p.value() for k, p in pooled.items() if p.count}
     return figures, {"training": len(train), "held out": len(held), "with every lag": lag_frames}
 
 
@@ -193,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     ds = Dataset(args.data)
     hds = Dataset(args.held_data) if args.held_data else ds
-    figures, n = bound(ds, hds, ranges(args.train), ranges(args.held), [int(k) for k in args.lags.split(",") if k])
+    figures, n = bound(ds, hds, frames_of(args.train, ds), frames_of(args.held, hds),
+                       [int(k) for k in args.lags.split(",") if k])
     print(f"\n{n['held out']} held-out frames ({n['with every lag']} with every lag in their shot), "
           f"{n['training']} training frames; face-region PSNR pooled as `posecast eval` pools it:")
     for key, value in figures.items():
